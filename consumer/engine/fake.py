@@ -1,0 +1,99 @@
+"""A real, model-free implementation of ``GradingEngine`` for tests and load runs.
+
+It builds the same prompts, applies the same length check and runs its
+generations through the same validation and retry code as ``VllmEngine``;
+only the text generation itself is scripted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+
+from consumer.engine.base import EngineHealth, GradeOutcome
+from consumer.engine.grading import grade_prompt
+from consumer.engine.output import Generation
+from consumer.models import Item, Sampling
+from consumer.prompt import PromptBuilder
+
+# (item, attempt) -> a generation; raising simulates an engine failure.
+Script = Callable[[Item, int], Generation]
+
+FAKE_MODEL_NAME = "texteval/fake-engine"
+CHARS_PER_TOKEN = 4  # the fake's stand-in for a tokenizer
+
+
+def deterministic_script(item: Item, attempt: int) -> Generation:
+    """A valid grade derived from the text, so equal items get equal grades."""
+    digest = hashlib.sha256(item.respuesta.encode("utf-8")).digest()
+    text = json.dumps({"nota": digest[0] % 6, "feedback": f"Resposta de {len(item.respuesta)} caràcters."})
+    return Generation(text=text, finish_reason="stop", output_tokens=len(text) // CHARS_PER_TOKEN)
+
+
+class FakeEngine:
+    def __init__(
+        self,
+        *,
+        script: Script = deterministic_script,
+        delay_s: float = 0.0,
+        max_model_len: int = 2048,
+        sampling: Sampling | None = None,
+        attempts: int = 2,
+        builder: PromptBuilder | None = None,
+    ) -> None:
+        self._script = script
+        self._delay_s = delay_s
+        self._sampling = sampling or Sampling(temperature=0.1, top_p=0.95, max_tokens=200, seed=0)
+        self._max_prompt_tokens = max_model_len - self._sampling.max_tokens
+        self._attempts = attempts
+        self._builder = builder or PromptBuilder.gemma_finetune()
+        self._dead: str | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.calls = 0  # generations started, retries included
+
+    @property
+    def model_name(self) -> str:
+        return FAKE_MODEL_NAME
+
+    @property
+    def sampling(self) -> Sampling:
+        return self._sampling
+
+    async def grade(self, item: Item, request_id: str) -> GradeOutcome:
+        prompt = self._builder.build(item)
+
+        async def generate(attempt: int) -> Generation:
+            self.calls += 1
+            if self._dead is not None:
+                raise RuntimeError(f"engine is dead: {self._dead}")
+            if self._delay_s:
+                await asyncio.sleep(self._delay_s)
+            return self._script(item, attempt)
+
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await grade_prompt(
+                prompt,
+                prompt_tokens=len(prompt.text) // CHARS_PER_TOKEN,
+                max_prompt_tokens=self._max_prompt_tokens,
+                generate=generate,
+                attempts=self._attempts,
+            )
+        finally:
+            self.in_flight -= 1
+
+    def kill(self, reason: str = "killed") -> None:
+        """Simulate the engine process dying: health goes red, grades fail."""
+        self._dead = reason
+
+    def health(self) -> EngineHealth:
+        if self._dead is not None:
+            return EngineHealth(loaded=False, detail=f"engine dead: {self._dead}", device="cpu")
+        return EngineHealth(loaded=True, detail="fake engine ready", device="cpu")
+
+    async def close(self) -> None:
+        self._dead = self._dead or "closed"

@@ -1,0 +1,74 @@
+"""The per-item flow both engines share: length check, generate, validate, retry.
+
+Keeping it in one place means the fake engine exercises exactly the failure
+handling the real one uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from consumer.engine.base import GradeOutcome
+from consumer.engine.output import Generation, OutputError, ParsedGrade, parse_generation
+from consumer.models import ErrorCode
+from consumer.prompt import Prompt
+
+Generate = Callable[[int], Awaitable[Generation]]
+
+
+async def grade_prompt(
+    prompt: Prompt,
+    prompt_tokens: int,
+    max_prompt_tokens: int,
+    generate: Generate,
+    attempts: int,
+) -> GradeOutcome:
+    """Grade one prompt; every failure becomes a typed outcome (cancellation still propagates)."""
+    started = time.perf_counter()
+
+    def elapsed_ms() -> float:
+        return (time.perf_counter() - started) * 1000.0
+
+    if prompt_tokens > max_prompt_tokens:
+        # Without calling the model: vLLM would cut the output short or reject it.
+        return GradeOutcome.failed(
+            ErrorCode.INPUT_TOO_LONG,
+            f"prompt is {prompt_tokens} tokens; at most {max_prompt_tokens} fit "
+            "(MAX_MODEL_LEN minus MAX_TOKENS)",
+            prompt_sha256=prompt.sha256,
+            latency_ms=elapsed_ms(),
+        )
+    verdict: ParsedGrade | OutputError = OutputError(ErrorCode.INVALID_OUTPUT, "no attempt made")
+    tokens = used = 0
+    try:
+        for attempt in range(attempts):
+            # The attempt number lets the engine move to the next seed: with a
+            # fixed seed a plain retry would repeat the same output.
+            generation = await generate(attempt)
+            used, tokens = attempt + 1, tokens + generation.output_tokens
+            verdict = parse_generation(generation)
+            if isinstance(verdict, ParsedGrade):
+                break
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any engine failure is an outcome
+        return GradeOutcome.failed(
+            ErrorCode.ENGINE_ERROR,
+            # Type and a bounded message: engine errors carry ids and sizes, not text.
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+            prompt_sha256=prompt.sha256,
+            latency_ms=elapsed_ms(),
+            output_tokens=tokens,
+            attempts=used + 1,
+        )
+    common = {
+        "prompt_sha256": prompt.sha256,
+        "latency_ms": elapsed_ms(),
+        "output_tokens": tokens,
+        "attempts": used,
+    }
+    if isinstance(verdict, ParsedGrade):
+        return GradeOutcome.ok(verdict.nota, verdict.feedback, **common)
+    return GradeOutcome.failed(verdict.code, verdict.message, **common)

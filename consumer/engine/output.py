@@ -1,0 +1,74 @@
+"""Model output -> grade, or the reason it is not one.
+
+The grammar (``output_schema``) keeps vLLM's output in shape; this module
+still checks everything, because a cut-off generation or a different backend
+can produce anything. A failure here is an ``invalid_output`` error result:
+never a made-up grade.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from consumer.models import ErrorCode
+
+NOTA_VALUES = (0, 1, 2, 3, 4, 5)
+
+
+def output_schema(feedback_max_chars: int) -> dict[str, Any]:
+    """JSON Schema for structured decoding, in the fine-tune's key order."""
+    return {
+        "type": "object",
+        "properties": {
+            "nota": {"type": "integer", "enum": list(NOTA_VALUES)},
+            "feedback": {"type": "string", "minLength": 1, "maxLength": feedback_max_chars},
+        },
+        "required": ["nota", "feedback"],
+        "additionalProperties": False,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One finished generation as the engine reports it."""
+
+    text: str
+    finish_reason: str | None  # "stop", "length", "abort", ...
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedGrade:
+    nota: int
+    feedback: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputError:
+    code: ErrorCode
+    message: str  # no model text in here: it may quote the student
+
+
+def parse_generation(generation: Generation) -> ParsedGrade | OutputError:
+    if generation.finish_reason == "length":
+        return OutputError(
+            ErrorCode.INVALID_OUTPUT,
+            f"output cut off at max_tokens ({generation.output_tokens} tokens)",
+        )
+    if generation.finish_reason not in ("stop", None):
+        return OutputError(ErrorCode.INVALID_OUTPUT, f"generation ended: {generation.finish_reason}")
+    try:
+        data = json.loads(generation.text)
+    except json.JSONDecodeError as exc:
+        return OutputError(ErrorCode.INVALID_OUTPUT, f"output is not JSON ({exc.msg} at {exc.pos})")
+    if not isinstance(data, dict):
+        return OutputError(ErrorCode.INVALID_OUTPUT, "output is not a JSON object")
+    nota, feedback = data.get("nota"), data.get("feedback")
+    # bool is an int in Python; true is not a grade.
+    if type(nota) is not int or nota not in NOTA_VALUES:
+        return OutputError(ErrorCode.INVALID_OUTPUT, "nota missing or not an integer 0..5")
+    if not isinstance(feedback, str) or not feedback.strip():
+        return OutputError(ErrorCode.INVALID_OUTPUT, "feedback missing or empty")
+    return ParsedGrade(nota=nota, feedback=feedback.strip())

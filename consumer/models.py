@@ -1,0 +1,208 @@
+"""The message contract (../shared/contract.md, version 1) as pydantic models.
+
+``schemas/`` is generated from these models (``texteval schemas``) and a test
+fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION: Literal[1] = 1
+DEFAULT_MAX_ITEMS = 2000
+JOB_ID_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
+
+
+def _not_blank(value: str) -> str:
+    # Checked on the trimmed text, but the value is kept as given: the prompt
+    # must carry the student's text exactly (only NFC-normalised).
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace")
+    return value
+
+
+def _text(max_chars: int) -> object:
+    return Annotated[StrictStr, Field(min_length=1, max_length=max_chars), AfterValidator(_not_blank)]
+
+
+class Item(BaseModel):
+    """One student answer. Unknown extra fields are ignored (forward compatible)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id_alumno: _text(128)  # type: ignore[valid-type]
+    curso: _text(1_000)  # type: ignore[valid-type]
+    consigna: _text(1_000)  # type: ignore[valid-type]
+    respuesta: _text(20_000)  # type: ignore[valid-type]
+
+
+class EvaluationRequest(BaseModel):
+    """One job. ``job_id`` may be absent: the consumer then derives one."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: Annotated[StrictStr, Field(pattern=JOB_ID_PATTERN)] | None = None
+    items: Annotated[list[Item], Field(min_length=1, json_schema_extra={"maxItems": DEFAULT_MAX_ITEMS})]
+
+    @field_validator("items")
+    @classmethod
+    def _cap_items(cls, items: list[Item], info: ValidationInfo) -> list[Item]:
+        # MAX_ITEMS_PER_JOB is a setting, so the cap arrives through the
+        # validation context instead of being fixed in the type.
+        context = info.context or {}
+        max_items = int(context.get("max_items", DEFAULT_MAX_ITEMS))
+        if len(items) > max_items:
+            raise ValueError(f"{len(items)} items, more than the maximum {max_items}")
+        return items
+
+
+class ItemStatus(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class ErrorCode(StrEnum):
+    INPUT_TOO_LONG = "input_too_long"  # prompt + max_tokens exceed MAX_MODEL_LEN
+    INVALID_OUTPUT = "invalid_output"  # cut off, not JSON, or grade out of range
+    ENGINE_ERROR = "engine_error"  # the engine raised or is gone
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: ErrorCode
+    message: str
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+
+
+class EvaluationResult(BaseModel):
+    """One graded text; ``result_id`` is the idempotency key."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    result_id: str
+    job_id: str
+    item_index: Annotated[int, Field(ge=0)]
+    id_alumno: str
+    status: ItemStatus
+    nota: Annotated[int, Field(ge=0, le=5)] | None
+    feedback: str | None
+    error: ErrorInfo | None
+    model: str
+    prompt_sha256: str
+    sampling: Sampling
+    latency_ms: Annotated[float, Field(ge=0)]
+    produced_at: datetime
+
+    @model_validator(mode="after")
+    def _status_matches_fields(self) -> EvaluationResult:
+        if self.status is ItemStatus.OK:
+            if self.nota is None or self.feedback is None or self.error is not None:
+                raise ValueError("status ok needs nota and feedback and no error")
+        elif self.nota is not None or self.feedback is not None or self.error is None:
+            raise ValueError("status error needs an error and no nota or feedback")
+        return self
+
+
+def result_id(job_id: str, item_index: int) -> str:
+    return f"{job_id}#{item_index}"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- progress events (the ``data`` parts keep the prototype's shapes) ---
+
+
+class JobStatus(StrEnum):
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+
+
+class ProgressEventType(StrEnum):
+    ACCEPTED = "accepted"
+    BATCH_COMPLETE = "batch_complete"
+    COMPLETE = "complete"
+
+
+class AcceptedData(BaseModel):
+    total_items: int
+    estimated_time_seconds: float
+    status: Literal[JobStatus.PROCESSING] = JobStatus.PROCESSING
+
+
+class ItemSummary(BaseModel):
+    id_alumno: str
+    item_index: int
+    status: ItemStatus
+    nota: int | None
+    feedback: str | None
+
+
+class ProgressFigures(BaseModel):
+    completed: int
+    total: int
+    percentage: float
+    elapsed_seconds: float
+    estimated_remaining_seconds: float
+    avg_time_per_item: float
+
+
+class BatchCompleteData(BaseModel):
+    batch_number: int
+    results: list[ItemSummary]
+    progress: ProgressFigures
+
+
+class CompleteData(BaseModel):
+    total_processed: int
+    succeeded: int
+    failed: int
+    total_time_seconds: float
+    status: Literal[JobStatus.COMPLETED] = JobStatus.COMPLETED
+
+
+class AcceptedEvent(BaseModel):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event: Literal[ProgressEventType.ACCEPTED] = ProgressEventType.ACCEPTED
+    job_id: str
+    data: AcceptedData
+
+
+class BatchCompleteEvent(BaseModel):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event: Literal[ProgressEventType.BATCH_COMPLETE] = ProgressEventType.BATCH_COMPLETE
+    job_id: str
+    data: BatchCompleteData
+
+
+class CompleteEvent(BaseModel):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event: Literal[ProgressEventType.COMPLETE] = ProgressEventType.COMPLETE
+    job_id: str
+    data: CompleteData
+
+
+ProgressEvent = Annotated[AcceptedEvent | BatchCompleteEvent | CompleteEvent, Field(discriminator="event")]

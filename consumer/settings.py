@@ -1,0 +1,104 @@
+"""One settings object, read from the environment (and ``.env``).
+
+The prototype's variable names are kept so existing ``.env`` files work.
+Nothing here is read at import time: ``Settings()`` is built once by the
+entry point and passed down.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Tokens of `{"nota":N,"feedback":"` and `"}` around the feedback, with margin.
+JSON_OVERHEAD_TOKENS = 24
+
+
+class PromptFormat(StrEnum):
+    """How an item becomes the model's input."""
+
+    AUTO = "auto"  # gemma_finetune for the production model, else chat_template
+    GEMMA_FINETUNE = "gemma_finetune"  # byte-exact training format of the fine-tune
+    CHAT_TEMPLATE = "chat_template"  # the model's own chat template
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # --- model and engine (the prototype's names) ---
+    # Unset: the production fine-tune on a GPU host, the packaged SmolLM2 on CPU.
+    model_name: str | None = Field(default=None, alias="MODEL_NAME")
+    prompt_format: PromptFormat = Field(default=PromptFormat.AUTO, alias="PROMPT_FORMAT")
+    model_cache_dir: Path = Field(default=Path(".cache/models"), alias="MODEL_CACHE_DIR")
+    # Unset: 0.90 of the GPU; on CPU vLLM reads it as a share of host memory,
+    # and 0.92 fails there, so the CPU default is lower.
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, alias="GPU_MEMORY_UTILIZATION")
+    max_model_len: int = Field(default=2048, ge=128, alias="MAX_MODEL_LEN")
+    tensor_parallel_size: int = Field(default=1, ge=1, alias="TENSOR_PARALLEL_SIZE")
+    dtype: str = Field(default="bfloat16", alias="DTYPE")
+    enable_prefix_caching: bool = Field(default=True, alias="ENABLE_PREFIX_CACHING")
+    block_size: int | None = Field(default=None, ge=1, alias="BLOCK_SIZE")
+    max_num_seqs: int = Field(default=256, ge=1, alias="MAX_NUM_SEQS")
+    # Unset: 3 (full vLLM compile) on GPU; 0 (eager) on CPU, where compiling
+    # costs 2-4 minutes of start-up for a small gain.
+    compilation_level: int | None = Field(default=None, ge=0, le=3, alias="COMPILATION_LEVEL")
+    # CPU only: KV cache size in GiB (vLLM's VLLM_CPU_KVCACHE_SPACE).
+    cpu_kvcache_space_gib: int = Field(default=2, ge=1, alias="CPU_KVCACHE_SPACE_GIB")
+
+    # --- sampling (the prototype's values plus a fixed seed) ---
+    temperature: float = Field(default=0.1, ge=0, alias="TEMPERATURE")
+    top_p: float = Field(default=0.95, gt=0, le=1, alias="TOP_P")
+    max_tokens: int = Field(default=200, ge=32, alias="MAX_TOKENS")
+    seed: int = Field(default=0, alias="SEED")
+    # The grammar caps feedback in characters so the JSON always closes
+    # inside max_tokens: text never has more tokens than characters, so
+    # chars + the JSON around them <= max_tokens is a guarantee. Unset: the
+    # largest value that fits. Longer feedback: raise MAX_TOKENS with it.
+    feedback_max_chars: int | None = Field(default=None, ge=20, alias="FEEDBACK_MAX_CHARS")
+    # Extra attempts (with the next seed) after an invalid or cut-off output.
+    invalid_output_retries: int = Field(default=1, ge=0, le=3, alias="INVALID_OUTPUT_RETRIES")
+
+    @model_validator(mode="after")
+    def _feedback_fits(self) -> Settings:
+        if self.feedback_chars > self.max_tokens - JSON_OVERHEAD_TOKENS:
+            raise ValueError(
+                f"FEEDBACK_MAX_CHARS={self.feedback_max_chars} cannot close inside "
+                f"MAX_TOKENS={self.max_tokens}: keep it <= MAX_TOKENS - {JSON_OVERHEAD_TOKENS}"
+            )
+        return self
+
+    @property
+    def feedback_chars(self) -> int:
+        if self.feedback_max_chars is None:
+            return self.max_tokens - JSON_OVERHEAD_TOKENS
+        return self.feedback_max_chars
+
+    # --- jobs and progress ---
+    batch_size: int = Field(default=10, ge=1, alias="BATCH_SIZE")  # results per progress event
+    max_concurrent_jobs: int = Field(default=8, ge=1, alias="MAX_CONCURRENT_JOBS")
+    max_items_per_job: int = Field(default=2000, ge=1, alias="MAX_ITEMS_PER_JOB")
+    max_inflight_items: int = Field(default=4096, ge=1, alias="MAX_INFLIGHT_ITEMS")
+    progress_flush_ms: int = Field(default=250, ge=1, alias="PROGRESS_FLUSH_MS")
+
+    # --- Kafka ---
+    kafka_bootstrap_servers: str = Field(default="localhost:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
+    kafka_group_id: str = Field(default="texteval", alias="KAFKA_GROUP_ID")
+    requests_topic: str = Field(default="evaluation.requests", alias="KAFKA_REQUESTS_TOPIC")
+    results_topic: str = Field(default="evaluation.results", alias="KAFKA_RESULTS_TOPIC")
+    progress_topic: str = Field(default="evaluation.progress", alias="KAFKA_PROGRESS_TOPIC")
+    dlt_topic: str = Field(default="evaluation.requests.DLT", alias="KAFKA_DLT_TOPIC")
+    kafka_security_protocol: str = Field(default="PLAINTEXT", alias="KAFKA_SECURITY_PROTOCOL")
+    kafka_sasl_mechanism: str | None = Field(default=None, alias="KAFKA_SASL_MECHANISM")
+    kafka_sasl_username: str | None = Field(default=None, alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(default=None, alias="KAFKA_SASL_PASSWORD")
+    kafka_ssl_cafile: Path | None = Field(default=None, alias="KAFKA_SSL_CAFILE")
+    commit_interval_ms: int = Field(default=500, ge=10, alias="COMMIT_INTERVAL_MS")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, alias="SHUTDOWN_GRACE_S")
+
+    # --- side HTTP server ---
+    host: str = Field(default="0.0.0.0", alias="HOST")
+    port: int = Field(default=8000, ge=0, le=65535, alias="PORT")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")

