@@ -97,8 +97,34 @@ class Sampling(BaseModel):
     seed: int
 
 
+# The status rule, for readers that validate with the JSON Schema only.
+_RESULT_STATUS_RULE = {
+    "allOf": [
+        {
+            "if": {"properties": {"status": {"const": "ok"}}},
+            "then": {
+                "properties": {
+                    "nota": {"type": "integer"},
+                    "feedback": {"type": "string"},
+                    "error": {"type": "null"},
+                }
+            },
+            "else": {
+                "properties": {
+                    "nota": {"type": "null"},
+                    "feedback": {"type": "null"},
+                    "error": {"type": "object"},
+                }
+            },
+        }
+    ]
+}
+
+
 class EvaluationResult(BaseModel):
     """One graded text; ``result_id`` is the idempotency key."""
+
+    model_config = ConfigDict(json_schema_extra=_RESULT_STATUS_RULE)
 
     schema_version: Literal[1] = SCHEMA_VERSION
     result_id: str

@@ -162,9 +162,6 @@ class VllmEngine:
         if self._llm is not None:
             llm, self._llm = self._llm, None
             await asyncio.to_thread(llm.shutdown)
-            # Drop the last reference now: AsyncLLM.__del__ shuts down again
-            # and fails noisily if it only runs at interpreter exit.
-            del llm
 
 
 def _gpu_memory_gib() -> dict[str, float]:

@@ -1,0 +1,96 @@
+"""Pytest fixtures for tests that need a real Kafka-compatible broker.
+
+Use from a conftest with `from tests.kafka_harness import *`, or
+`pytest_plugins = ["tests.kafka_harness"]`.
+
+`kafka_bootstrap` picks, in order:
+1. `KAFKA_BOOTSTRAP_SERVERS` from the environment (an external broker);
+2. a testcontainers Kafka, when a Docker engine answers;
+3. the embedded Tansu broker (consumer.broker), on a free loopback port.
+
+Every test gets its own topic names (`topic_names`), so tests share one
+broker per session without seeing each other's messages.
+
+PYTEST_DONT_REWRITE: this module has no asserts; the marker lets it be both
+imported and named in `pytest_plugins` without pytest's "already imported"
+warning (an error under `filterwarnings = error`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import astuple, dataclass
+
+import pytest
+
+from consumer.broker import EmbeddedBroker, ensure_topics
+
+__all__ = ["TopicNames", "create_topics", "docker_available", "kafka_bootstrap", "topic_names"]
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    requests: str
+    results: str
+    progress: str
+    dlt: str
+
+    @classmethod
+    def unique(cls) -> TopicNames:
+        prefix = f"t-{uuid.uuid4().hex[:8]}"
+        return cls(
+            requests=f"{prefix}.evaluation.requests",
+            results=f"{prefix}.evaluation.results",
+            progress=f"{prefix}.evaluation.progress",
+            dlt=f"{prefix}.evaluation.requests.DLT",
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(astuple(self))
+
+
+async def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3) -> None:
+    """Create the topics (a TopicNames or any names) with `partitions` each."""
+    await ensure_topics(bootstrap, dict.fromkeys(names, partitions))
+
+
+def docker_available() -> bool:
+    """True when a Docker engine answers a ping. Fails fast (no socket: ~1 ms)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    # Any failure (no SDK, no socket, refused, a warning turned error) means
+    # "no Docker": fall through to the embedded broker.
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    if docker_available():
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:  # testcontainers before the community split
+            from testcontainers.kafka import KafkaContainer  # type: ignore[no-redef]
+
+        with KafkaContainer() as container:
+            yield container.get_bootstrap_server()
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def topic_names() -> TopicNames:
+    return TopicNames.unique()
