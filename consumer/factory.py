@@ -65,9 +65,7 @@ def load_tokenizer(model: ModelChoice) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(model.path)
 
 
-def build_prompt_builder(
-    model: ModelChoice, tokenizer: PreTrainedTokenizerBase | None = None
-) -> PromptBuilder:
+def build_prompt_builder(model: ModelChoice, tokenizer: PreTrainedTokenizerBase | None = None) -> PromptBuilder:
     """The fine-tune's fixed format needs no tokenizer; a chat template does."""
     if model.prompt_format is PromptFormat.GEMMA_FINETUNE:
         return PromptBuilder.gemma_finetune()

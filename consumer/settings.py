@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = Field(default=None, alias="KAFKA_SASL_USERNAME")
     kafka_sasl_password: SecretStr | None = Field(default=None, alias="KAFKA_SASL_PASSWORD")
     kafka_ssl_cafile: Path | None = Field(default=None, alias="KAFKA_SSL_CAFILE")
+    # Tansu answers a group join only after about half the session timeout,
+    # so shorter sessions make the embedded broker usable; Apache Kafka
+    # refuses sessions under group.min.session.timeout.ms (6 s by default).
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, alias="KAFKA_SESSION_TIMEOUT_MS")
+    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100, alias="KAFKA_HEARTBEAT_INTERVAL_MS")
+    kafka_linger_ms: int = Field(default=5, ge=0, alias="KAFKA_LINGER_MS")
+    # A full job (2000 items of up to 20,000 characters) can be tens of MB;
+    # the broker's message.max.bytes must allow what upstream sends.
+    kafka_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, alias="KAFKA_MAX_MESSAGE_BYTES")
+    kafka_create_topics: bool = Field(default=False, alias="KAFKA_CREATE_TOPICS")
+    kafka_topic_partitions: int = Field(default=3, ge=1, alias="KAFKA_TOPIC_PARTITIONS")
     commit_interval_ms: int = Field(default=500, ge=10, alias="COMMIT_INTERVAL_MS")
     shutdown_grace_s: float = Field(default=30.0, ge=0, alias="SHUTDOWN_GRACE_S")
 

@@ -10,6 +10,7 @@ import pytest
 
 from consumer.models import Item
 from consumer.settings import Settings
+from tests.kafka_harness import *  # noqa: F403 - broker fixtures for every test module
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"

@@ -3,11 +3,12 @@
 Use from a conftest with `from tests.kafka_harness import *`, or
 `pytest_plugins = ["tests.kafka_harness"]`.
 
-`kafka_bootstrap` picks, in order:
+`kafka_bootstrap` (from `kafka_target`) picks, in order:
 1. `KAFKA_BOOTSTRAP_SERVERS` from the environment (an external broker);
 2. a testcontainers Kafka, when a Docker engine answers;
 3. the embedded Tansu broker (consumer.broker), on a free loopback port.
 
+Consumers should add `**kafka_group_kwargs` (fast group joins on Tansu).
 Every test gets its own topic names (`topic_names`), so tests share one
 broker per session without seeing each other's messages.
 
@@ -22,12 +23,22 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import astuple, dataclass
+from typing import Literal
 
 import pytest
 
 from consumer.broker import EmbeddedBroker, ensure_topics
 
-__all__ = ["TopicNames", "create_topics", "docker_available", "kafka_bootstrap", "topic_names"]
+__all__ = [
+    "KafkaTarget",
+    "TopicNames",
+    "create_topics",
+    "docker_available",
+    "kafka_bootstrap",
+    "kafka_group_kwargs",
+    "kafka_target",
+    "topic_names",
+]
 
 
 @dataclass(frozen=True)
@@ -72,23 +83,48 @@ def docker_available() -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class KafkaTarget:
+    bootstrap: str
+    kind: Literal["external", "testcontainers", "embedded"]
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_target() -> Iterator[KafkaTarget]:
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
-        yield external
+        yield KafkaTarget(external, "external")
         return
     if docker_available():
         try:
             from testcontainers.community.kafka import KafkaContainer
         except ImportError:  # testcontainers before the community split
-            from testcontainers.kafka import KafkaContainer  # type: ignore[no-redef]
+            from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as container:
-            yield container.get_bootstrap_server()
+            yield KafkaTarget(container.get_bootstrap_server(), "testcontainers")
         return
     with EmbeddedBroker() as broker:
-        yield broker.bootstrap_servers
+        yield KafkaTarget(broker.bootstrap_servers, "embedded")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_target: KafkaTarget) -> str:
+    return kafka_target.bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_group_kwargs(kafka_target: KafkaTarget) -> dict[str, int]:
+    """Consumer-group timings that keep tests fast on the chosen broker.
+
+    Tansu answers a JoinGroup only after about half the member's session
+    timeout: 5 s per join with aiokafka's 10 s default, 1 s with 2 s. Apache
+    Kafka refuses sessions under group.min.session.timeout.ms (6 s by
+    default), so other brokers keep aiokafka's defaults.
+    """
+    if kafka_target.kind == "embedded":
+        return {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
+    return {}
 
 
 @pytest.fixture

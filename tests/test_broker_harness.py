@@ -17,21 +17,17 @@ from consumer.kafka_config import client_kwargs
 from consumer.settings import Settings
 from tests.kafka_harness import TopicNames, create_topics
 
-# Registered by name, so a conftest that also loads the harness does not make
-# a second session broker.
-pytest_plugins = ["tests.kafka_harness"]
-
 pytestmark = pytest.mark.kafka
 
 
-async def test_round_trip_with_manual_commit(kafka_bootstrap: str, topic_names: TopicNames) -> None:
+async def test_round_trip_with_manual_commit(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
     await create_topics(kafka_bootstrap, topic_names)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
-        sent = await producer.send_and_wait(
-            topic_names.requests, b'{"job_id": "j1"}', key=b"j1", headers=[("h", b"v")]
-        )
+        sent = await producer.send_and_wait(topic_names.requests, b'{"job_id": "j1"}', key=b"j1", headers=[("h", b"v")])
     finally:
         await producer.stop()
 
@@ -41,6 +37,7 @@ async def test_round_trip_with_manual_commit(kafka_bootstrap: str, topic_names: 
         group_id=f"{topic_names.requests}.group",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **kafka_group_kwargs,
     )
     await consumer.start()
     try:
@@ -114,7 +111,7 @@ def test_embedded_broker_reports_a_taken_port(tmp_path: Path) -> None:
 
 async def test_wait_ready_on_a_running_broker() -> None:
     with EmbeddedBroker() as broker:
-        await broker.wait_ready(timeout=2)
+        await broker.wait_ready()
 
 
 def test_client_kwargs_plaintext_and_sasl_ssl() -> None:

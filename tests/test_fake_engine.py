@@ -12,9 +12,7 @@ from consumer.engine.fake import FakeEngine, deterministic_script
 from consumer.engine.output import Generation
 from consumer.models import ErrorCode, Item, ItemStatus
 
-ITEM = Item(
-    id_alumno="A1", curso="3r ESO", consigna="Explica la fotosíntesi.", respuesta="Les plantes fan sucre."
-)
+ITEM = Item(id_alumno="A1", curso="3r ESO", consigna="Explica la fotosíntesi.", respuesta="Les plantes fan sucre.")
 
 
 def valid(nota: int = 3) -> Generation:
@@ -63,9 +61,7 @@ async def test_output_that_stays_invalid_is_an_error_never_a_grade() -> None:
 async def test_out_of_range_grade_is_invalid_output() -> None:
     bad = Generation('{"nota": 7, "feedback": "x"}', "stop", 5)
     outcome = await FakeEngine(script=lambda item, attempt: bad, attempts=1).grade(ITEM, "r1")
-    assert (
-        outcome.error is not None and outcome.error.code is ErrorCode.INVALID_OUTPUT and outcome.nota is None
-    )
+    assert outcome.error is not None and outcome.error.code is ErrorCode.INVALID_OUTPUT and outcome.nota is None
 
 
 async def test_engine_exception_is_engine_error() -> None:

@@ -61,9 +61,7 @@ def test_contract_violations_name_the_field(raw: dict[str, object], where: str) 
 def test_item_cap_is_a_setting() -> None:
     with pytest.raises(ValidationError):
         EvaluationRequest.model_validate(request(items=[ITEM] * 3), context={"max_items": 2})
-    assert (
-        len(EvaluationRequest.model_validate(request(items=[ITEM] * 3), context={"max_items": 3}).items) == 3
-    )
+    assert len(EvaluationRequest.model_validate(request(items=[ITEM] * 3), context={"max_items": 3}).items) == 3
 
 
 def _result(**overrides: object) -> dict[str, object]:
@@ -93,9 +91,7 @@ def test_schemas_directory_matches_the_models() -> None:
     for name, schema in all_schemas().items():
         path = REPO / "schemas" / name
         assert path.exists(), f"schemas/{name} missing: run make schemas"
-        assert path.read_text(encoding="utf-8") == render(schema), (
-            f"schemas/{name} is stale: run make schemas"
-        )
+        assert path.read_text(encoding="utf-8") == render(schema), f"schemas/{name} is stale: run make schemas"
 
 
 def test_result_schema_accepts_a_real_result_and_rejects_a_graded_error() -> None:

@@ -44,9 +44,7 @@ def test_unreadable_files_say_where(tmp_path: Path, name: str, content: str, mes
 
 def test_invalid_item_error_does_not_quote_the_text(tmp_path: Path) -> None:
     path = tmp_path / "items.jsonl"
-    path.write_text(
-        json.dumps({"id_alumno": "A1", "curso": "1r", "consigna": "Q", "respuesta": 12345}) + "\n"
-    )
+    path.write_text(json.dumps({"id_alumno": "A1", "curso": "1r", "consigna": "Q", "respuesta": 12345}) + "\n")
     with pytest.raises(InputFileError) as caught:
         read_items(path, 2000)
     assert "items.0.respuesta" in str(caught.value) and "12345" not in str(caught.value)
@@ -64,10 +62,7 @@ async def test_every_item_is_in_flight_at_once_and_results_keep_item_order() -> 
     assert engine.max_in_flight == len(items)  # not chunks of ten
     assert [r.item_index for r in results] == list(range(len(items)))
     assert sorted(seen) == list(range(len(items)))
-    assert all(
-        r.result_id == f"job-1#{r.item_index}" and r.id_alumno == items[r.item_index].id_alumno
-        for r in results
-    )
+    assert all(r.result_id == f"job-1#{r.item_index}" and r.id_alumno == items[r.item_index].id_alumno for r in results)
     assert {r.status for r in results} == {ItemStatus.OK}
 
 

@@ -35,8 +35,7 @@ async def grade_prompt(
         # Without calling the model: vLLM would cut the output short or reject it.
         return GradeOutcome.failed(
             ErrorCode.INPUT_TOO_LONG,
-            f"prompt is {prompt_tokens} tokens; at most {max_prompt_tokens} fit "
-            "(MAX_MODEL_LEN minus MAX_TOKENS)",
+            f"prompt is {prompt_tokens} tokens; at most {max_prompt_tokens} fit (MAX_MODEL_LEN minus MAX_TOKENS)",
             prompt_sha256=prompt.sha256,
             latency_ms=elapsed_ms(),
         )

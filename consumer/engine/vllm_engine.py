@@ -148,9 +148,7 @@ class VllmEngine:
         if self._llm is None:
             return EngineHealth(loaded=False, detail="engine closed", device=self._device)
         if self._llm.errored:
-            return EngineHealth(
-                loaded=False, detail=f"engine dead: {self._llm.dead_error}", device=self._device
-            )
+            return EngineHealth(loaded=False, detail=f"engine dead: {self._llm.dead_error}", device=self._device)
         return EngineHealth(loaded=True, detail="ready", device=self._device, gpu_memory=_gpu_memory_gib())
 
     def _live(self) -> AsyncLLM:

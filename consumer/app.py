@@ -1,0 +1,322 @@
+"""The consumer loop: poll, start work, pause when full, commit what is done.
+
+    poll -> intake (job or dead letter) -> JobRun (engine, sinks) -> mark done -> commit
+
+The loop never waits on the engine: it keeps polling (so the group
+membership stays alive through long GPU jobs) and starts every job it has
+room for at once, so the engine batches across jobs. When work in flight
+reaches its cap, records already fetched wait in a backlog and the
+assigned partitions are paused; they resume when there is room.
+
+Offsets are committed explicitly, on a timer, one past the contiguous
+prefix of records whose work is done and acknowledged (``OffsetTracker``):
+a crash re-delivers unfinished jobs (at-least-once; ``result_id`` dedups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumer.checkpointing import OffsetTracker
+from consumer.engine.base import GradingEngine
+from consumer.http import HealthReport
+from consumer.intake import Job, Rejection, parse_request
+from consumer.jobs import JobRun, ThroughputMeter
+from consumer.metrics import Metrics
+from consumer.sinks import Sinks
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_items_per_job: int = 2000
+    max_inflight_items: int = 4096
+    max_concurrent_jobs: int = 8
+    batch_size: int = 10
+    progress_flush_s: float = 0.25
+    commit_interval_s: float = 0.5
+    shutdown_grace_s: float = 30.0
+    revoke_timeout_s: float = 10.0  # bounded work inside a rebalance
+    retry_backoff_s: float = 1.0  # before re-running a job whose output could not be sent
+
+
+@dataclass(slots=True)
+class _Pending:
+    tp: TopicPartition
+    record: Any  # ConsumerRecord[bytes, bytes]
+    parsed: Job | Rejection | None = None  # parsed once, on first look
+
+
+@dataclass(slots=True)
+class _Work:
+    tp: TopicPartition
+    record: Any  # ConsumerRecord[bytes, bytes]
+    run: JobRun | None  # None for a dead letter
+
+
+class ConsumerApp:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        sinks: Sinks,
+        engine: GradingEngine,
+        metrics: Metrics,
+        *,
+        requests_topic: str,
+        limits: Limits,
+    ) -> None:
+        self._consumer = consumer
+        self._sinks = sinks
+        self._engine = engine
+        self._metrics = metrics
+        self._topic = requests_topic
+        self._limits = limits
+        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._meter = ThroughputMeter()
+        self._backlog: deque[_Pending] = deque()
+        self._work: dict[asyncio.Task[None], _Work] = {}
+        self._member = False  # in the group, with an assignment (maybe empty)
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    # --- lifecycle -------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; then drain within the grace period."""
+        self._consumer.subscribe([self._topic], listener=_Listener(self))
+        committer = asyncio.create_task(self._commit_loop())
+        try:
+            while not self._stopping.is_set():
+                self._start_from_backlog()
+                self._apply_pause()
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=100)
+                for tp, records in batches.items():
+                    for record in records:
+                        self._tracker.track(tp, record.offset)
+                        self._backlog.append(_Pending(tp, record))
+        finally:
+            committer.cancel()
+            await self._drain()
+            self._stopped.set()
+
+    def stop(self) -> None:
+        """Begin a graceful stop (signal handlers call this)."""
+        if not self._stopping.is_set():
+            logger.info("stopping: draining %d jobs", self.active_jobs)
+            self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def _drain(self) -> None:
+        # Records not started are not done, so their offsets are not
+        # committed: whoever owns the partition next will take them.
+        self._backlog.clear()
+        with contextlib.suppress(KafkaError, AssertionError):
+            self._consumer.pause(*self._consumer.assignment())
+        if self._work:
+            _, late = await asyncio.wait(list(self._work), timeout=self._limits.shutdown_grace_s)
+            if late:
+                logger.warning("grace period over: aborting %d jobs", len(late))
+                await self._cancel(late)
+        await self._sinks.flush()
+        await self._commit()
+
+    # --- starting work ---------------------------------------------------
+
+    @property
+    def active_jobs(self) -> int:
+        return sum(1 for work in self._work.values() if work.run is not None)
+
+    def _inflight_items(self) -> int:
+        return sum(work.run.remaining for work in self._work.values() if work.run is not None)
+
+    def _has_room(self, items: int) -> bool:
+        if self.active_jobs >= self._limits.max_concurrent_jobs:
+            return False
+        inflight = self._inflight_items()
+        # An idle consumer always takes the next job, even one above the cap.
+        return inflight == 0 or inflight + items <= self._limits.max_inflight_items
+
+    def _start_from_backlog(self) -> None:
+        while self._backlog and not self._stopping.is_set():
+            head = self._backlog[0]
+            if head.parsed is None:
+                record = head.record
+                head.parsed = parse_request(
+                    record.value,
+                    fallback_job_id=f"{record.topic}:{record.partition}:{record.offset}",
+                    max_items=self._limits.max_items_per_job,
+                )
+            if isinstance(head.parsed, Job) and not self._has_room(len(head.parsed.items)):
+                return
+            self._backlog.popleft()
+            self._start(head.tp, head.record, head.parsed)
+
+    def _start(self, tp: TopicPartition, record: Any, parsed: Job | Rejection) -> None:
+        if isinstance(parsed, Rejection):
+            logger.warning("dead letter: %s:%d:%d reason=%s", tp.topic, tp.partition, record.offset, parsed.reason)
+            self._metrics.dead_letters.labels(reason=parsed.reason.value).inc()
+            task = asyncio.create_task(self._dead_letter(record, parsed))
+            self._work[task] = _Work(tp, record, None)
+        else:
+            run = JobRun(
+                parsed,
+                engine=self._engine,
+                sinks=self._sinks,
+                metrics=self._metrics,
+                meter=self._meter,
+                batch_size=self._limits.batch_size,
+                flush_s=self._limits.progress_flush_s,
+            )
+            logger.info("job accepted: job_id=%s items=%d offset=%d", parsed.job_id, len(parsed.items), record.offset)
+            self._metrics.jobs_accepted.inc()
+            task = asyncio.create_task(run.run())
+            self._work[task] = _Work(tp, record, run)
+        self._metrics.jobs_active.set(self.active_jobs)
+        task.add_done_callback(self._finished)
+
+    async def _dead_letter(self, record: Any, rejection: Rejection) -> None:
+        await (await self._sinks.dead_letter(record, rejection))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        work = self._work.pop(task)
+        self._metrics.jobs_active.set(self.active_jobs)
+        if task.cancelled():
+            return  # revoked or shut down: the record stays uncommitted
+        error = task.exception()
+        if error is None:
+            self._tracker.mark_done(work.tp, work.record.offset)
+            if work.run is not None:
+                self._metrics.jobs_completed.inc()
+            return
+        # Output could not be delivered (e.g. broker unreachable past the
+        # producer's retries). Run the record again: duplicates, never loss.
+        logger.error("work failed, will retry: offset=%d error=%r", work.record.offset, error)
+        if work.tp in self._consumer.assignment() and not self._stopping.is_set():
+            asyncio.get_running_loop().call_later(
+                self._limits.retry_backoff_s, self._backlog.appendleft, _Pending(work.tp, work.record)
+            )
+
+    def _apply_pause(self) -> None:
+        # pause() state is lost on reassignment, so it is re-applied every
+        # turn of the loop (cheap: a set operation in aiokafka).
+        assigned = self._consumer.assignment()
+        if self._backlog:
+            self._consumer.pause(*assigned)
+        else:
+            self._consumer.resume(*self._consumer.paused())
+        self._metrics.partitions_paused.set(len(self._consumer.paused()))
+
+    async def _cancel(self, tasks: Iterable[asyncio.Task[None]]) -> None:
+        tasks = list(tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._limits.revoke_timeout_s)
+
+    # --- commits and rebalances -------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._limits.commit_interval_s)
+            try:
+                await self._commit()
+            except KafkaError as exc:  # e.g. a rebalance in progress: next turn retries
+                logger.warning("commit failed: %r", exc)
+            self._update_lag()
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        offsets = self._tracker.committable()
+        if only is not None:
+            offsets = {tp: offset for tp, offset in offsets.items() if tp in only}
+        if not offsets:
+            return
+        started = time.perf_counter()
+        await self._consumer.commit(offsets)
+        self._metrics.commit_latency_seconds.observe(time.perf_counter() - started)
+        self._tracker.mark_committed(offsets)
+
+    def _update_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is None:
+                continue
+            committed = self._tracker.committed(tp)
+            behind = end - committed if committed is not None else self._tracker.pending(tp)
+            self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, behind))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._member = False
+        lost = [task for task, work in self._work.items() if work.tp in revoked]
+        if lost:
+            logger.info("revoked %d partitions: aborting %d jobs", len(revoked), len(lost))
+        await self._cancel(lost)
+        self._backlog = deque(entry for entry in self._backlog if entry.tp not in revoked)
+        try:
+            async with asyncio.timeout(self._limits.revoke_timeout_s):
+                await self._commit(only=revoked)
+        except (KafkaError, TimeoutError) as exc:
+            logger.warning("commit on revoke failed: %r", exc)
+        self._tracker.drop(revoked)
+        for tp in revoked:
+            with contextlib.suppress(KeyError):
+                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._member = True
+        logger.info("assigned %d partitions", len(assigned))
+
+    # --- health ------------------------------------------------------------
+
+    def health_report(self) -> HealthReport:
+        engine = self._engine.health()
+        reasons = []
+        if not engine.loaded:
+            reasons.append(f"engine not ready: {engine.detail}")
+        if not self._member:
+            reasons.append("not in the consumer group")
+        if self._stopping.is_set():
+            reasons.append("draining")
+        self._metrics.engine_up.set(1 if engine.loaded else 0)
+        self._metrics.kafka_up.set(1 if self._member else 0)
+        body: dict[str, object] = {
+            "model_loaded": engine.loaded,
+            "model": self._engine.model_name,
+            "gpu_available": engine.device == "cuda",
+            "active_jobs": self.active_jobs,
+            "engine_in_flight": self._inflight_items(),
+            "kafka": {
+                "group_member": self._member,
+                "assigned_partitions": len(self._consumer.assignment()),
+                "paused_partitions": len(self._consumer.paused()),
+                "backlog_records": len(self._backlog),
+            },
+            **engine.gpu_memory,
+        }
+        return HealthReport(ready=not reasons, reasons=reasons, body=body)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, app: ConsumerApp) -> None:
+        self._app = app
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._app.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._app.on_assigned(set(assigned))

@@ -1,0 +1,58 @@
+"""Kafka record -> a job to grade, or a rejection for the dead-letter topic.
+
+A rejection carries a reason code and a detail naming the field and item
+index, never the rejected text itself (it is a minor's personal data; the
+dead letter keeps the original bytes for whoever is allowed to read them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import ValidationError
+
+from consumer.models import EvaluationRequest, Item
+
+
+class RejectReason(StrEnum):
+    EMPTY_VALUE = "empty_value"  # null or zero-length value
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"  # JSON, but breaks the contract
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: RejectReason
+    detail: str
+
+
+def parse_request(value: bytes | None, *, fallback_job_id: str, max_items: int) -> Job | Rejection:
+    """``fallback_job_id`` (``topic:partition:offset``) names jobs sent without one."""
+    if not value:
+        return Rejection(RejectReason.EMPTY_VALUE, "message value is empty")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(RejectReason.INVALID_UTF8, f"value is not UTF-8 (byte {exc.start})")
+    try:
+        request = EvaluationRequest.model_validate_json(text, context={"max_items": max_items})
+    except ValidationError as exc:
+        return _rejection(exc)
+    return Job(job_id=request.job_id or fallback_job_id, items=tuple(request.items))
+
+
+def _rejection(exc: ValidationError) -> Rejection:
+    errors = exc.errors(include_input=False, include_url=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        return Rejection(RejectReason.INVALID_JSON, f"value is not JSON: {errors[0]['msg']}")
+    shown = [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in errors[:5]]
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return Rejection(RejectReason.INVALID_REQUEST, "; ".join(shown) + more)

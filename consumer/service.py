@@ -1,0 +1,152 @@
+"""Assemble and run the service: Kafka clients, the consumer app, the side HTTP server.
+
+``consumer_running`` is the one way a ConsumerApp is built and started, used
+by ``texteval run``, the demo and the integration tests alike, so tests
+exercise the production wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from consumer.app import ConsumerApp, Limits
+from consumer.engine.base import GradingEngine
+from consumer.http import HealthReport, HttpServer, create_app
+from consumer.kafka_config import client_kwargs
+from consumer.metrics import Metrics
+from consumer.settings import Settings
+from consumer.sinks import Sinks
+
+logger = logging.getLogger(__name__)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_items_per_job=settings.max_items_per_job,
+        max_inflight_items=settings.max_inflight_items,
+        max_concurrent_jobs=settings.max_concurrent_jobs,
+        batch_size=settings.batch_size,
+        progress_flush_s=settings.progress_flush_ms / 1000.0,
+        commit_interval_s=settings.commit_interval_ms / 1000.0,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+
+
+async def ensure_service_topics(settings: Settings) -> None:
+    """Create the four topics if missing (development and demo; production
+    topics are created by operations, see docker-compose.yml)."""
+    from consumer.broker import ensure_topics
+
+    partitions = settings.kafka_topic_partitions
+    topics = [settings.requests_topic, settings.results_topic, settings.progress_topic, settings.dlt_topic]
+    await ensure_topics(settings.kafka_bootstrap_servers, dict.fromkeys(topics, partitions), **client_kwargs(settings))
+
+
+@asynccontextmanager
+async def consumer_running(settings: Settings, engine: GradingEngine, metrics: Metrics) -> AsyncIterator[ConsumerApp]:
+    """A started ConsumerApp; on exit it drains, commits and leaves the group."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    kafka = client_kwargs(settings)
+    producer = AIOKafkaProducer(
+        **kafka,
+        client_id="texteval",
+        acks="all",
+        # The embedded broker (and aiokafka's KIP-447-less client) cannot do
+        # idempotence or transactions: delivery is at-least-once by design.
+        enable_idempotence=False,
+        linger_ms=settings.kafka_linger_ms,
+        max_request_size=settings.kafka_max_message_bytes,
+    )
+    consumer = AIOKafkaConsumer(
+        **kafka,
+        client_id="texteval",
+        group_id=settings.kafka_group_id,
+        enable_auto_commit=False,  # offsets are committed only when work is done
+        auto_offset_reset="earliest",  # a new group must not skip waiting jobs
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        # The poll loop never blocks on the engine, so these only need to
+        # cover one loop turn and the bounded work done on revoke.
+        max_poll_interval_ms=300_000,
+        rebalance_timeout_ms=60_000,
+        max_partition_fetch_bytes=settings.kafka_max_message_bytes,
+        fetch_max_bytes=settings.kafka_max_message_bytes,
+    )
+    await producer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    sinks = Sinks(
+        producer,
+        results_topic=settings.results_topic,
+        progress_topic=settings.progress_topic,
+        dlt_topic=settings.dlt_topic,
+        group_id=settings.kafka_group_id,
+    )
+    app = ConsumerApp(
+        consumer, sinks, engine, metrics, requests_topic=settings.requests_topic, limits=limits_from(settings)
+    )
+    task = asyncio.create_task(app.run())
+    try:
+        yield app
+    finally:
+        app.stop()
+        try:
+            await task
+        finally:
+            await consumer.stop()  # leaves the group
+            await producer.stop()
+
+
+class _ServiceHealth:
+    """Health before the consumer exists (engine loading), then the app's own."""
+
+    def __init__(self) -> None:
+        self.app: ConsumerApp | None = None
+        self.phase = "starting"
+
+    def health_report(self) -> HealthReport:
+        if self.app is None:
+            return HealthReport(ready=False, reasons=[self.phase], body={"model_loaded": False, "active_jobs": 0})
+        return self.app.health_report()
+
+
+async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
+    """``texteval run``: until SIGTERM/SIGINT, then drain and exit 0."""
+    from consumer.factory import build_engine
+
+    metrics = Metrics()
+    health = _ServiceHealth()
+    http = HttpServer(create_app(health, metrics), settings.host, settings.port)
+    await http.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        health.phase = "engine loading"
+        engine = engine or await build_engine(settings)
+        if stop.is_set():
+            return 0
+        if settings.kafka_create_topics:
+            await ensure_service_topics(settings)
+        health.phase = "joining the consumer group"
+        async with consumer_running(settings, engine, metrics) as app:
+            health.app = app
+            logger.info("consuming %s as group %s", settings.requests_topic, settings.kafka_group_id)
+            await stop.wait()
+            logger.info("signal received: draining (grace %.0f s)", settings.shutdown_grace_s)
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if engine is not None:
+            await engine.close()
+        await http.stop()
