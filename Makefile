@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup model demo test test-fast lint schemas clean
+.PHONY: setup model demo grade run test test-fast lint schemas clean
 
 setup:
 	@scripts/setup-venv.sh
@@ -13,9 +13,21 @@ setup:
 
 model: setup
 
-# Grade the 20 sample items with the real engine (SmolLM2-135M on CPU).
+# The whole service on this machine: embedded broker, consumer with the real
+# engine (SmolLM2-135M on CPU), the 3 sample jobs streamed live, clean stop.
 demo: setup
+	$(VENV)/bin/texteval demo --file data/sample_requests.jsonl --out results.csv
+
+# Offline: grade the 20 sample items without Kafka.
+grade: setup
 	$(VENV)/bin/texteval grade data/sample_items.csv --out results.csv
+
+# Broker + consumer for manual use (submit with: .venv/bin/texteval submit FILE --follow).
+run: setup
+	@$(VENV)/bin/texteval broker --port 9092 & broker=$$!; \
+	trap "kill $$broker" EXIT; \
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 KAFKA_CREATE_TOPICS=true \
+	KAFKA_SESSION_TIMEOUT_MS=2000 KAFKA_HEARTBEAT_INTERVAL_MS=500 $(VENV)/bin/texteval run
 
 test: setup lint
 	$(PY) -m pytest -q

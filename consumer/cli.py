@@ -111,9 +111,96 @@ async def _grade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.service import serve
+
+    engine = None
+    if args.engine == "fake":
+        # For load and fault tests of the pipeline: no model, same code path.
+        from consumer.engine.fake import FakeEngine
+
+        engine = FakeEngine(delay_s=args.fake_delay_ms / 1000.0)
+    return await serve(settings, engine)
+
+
+async def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from consumer.client import read_jobs, submit_and_follow
+    from consumer.inputs import InputFileError
+    from consumer.results import write_results
+
+    console = Console(stderr=True)
+    try:
+        jobs = read_jobs(Path(args.file), settings.max_items_per_job)
+    except (InputFileError, OSError) as exc:
+        console.print(f"[red]cannot read {args.file}: {exc}")
+        return 2
+    total = sum(len(job.items) for job in jobs)
+    if not args.follow:
+        await submit_and_follow(settings, jobs, follow=False)
+        console.print(f"submitted {len(jobs)} jobs ({total} texts): {', '.join(str(j.job_id) for j in jobs)}")
+        return 0
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"{len(jobs)} jobs", total=total)
+        followed = await submit_and_follow(
+            settings, jobs, follow=True, on_result=lambda _: bar.advance(task), timeout_s=args.timeout_s
+        )
+    results = [r for job in followed.values() for r in job.results.values()]
+    if args.out:
+        write_results(results, Path(args.out))
+        console.print(f"{len(results)} results written to {args.out}")
+    failed = sum(1 for r in results if r.error is not None)
+    console.print(f"{len(results)} results: {len(results) - failed} ok, {failed} typed errors")
+    return 0
+
+
+async def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.demo import run_demo
+
+    # The demo narrates on the terminal itself; service logs would interleave.
+    for name in ("consumer", "uvicorn.error"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+    return await run_demo(settings, Path(args.file), Path(args.out))
+
+
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.broker import run_forever
+
+    run_forever(port=args.port, host=args.host)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="texteval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the consumer and its side HTTP server, until SIGTERM/SIGINT")
+    run.add_argument("--engine", choices=["vllm", "fake"], default="vllm", help="fake: no model (tests)")
+    run.add_argument("--fake-delay-ms", type=float, default=50.0, help="per-item delay of the fake engine")
+    run.set_defaults(run=lambda a, s: asyncio.run(_run(a, s)))
+
+    broker = sub.add_parser("broker", help="a local Kafka-compatible broker (Tansu) for development")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--host", default="127.0.0.1")
+    broker.set_defaults(run=cmd_broker)
+
+    submit = sub.add_parser("submit", help="produce jobs from JSON, JSONL or CSV; --follow to wait for results")
+    submit.add_argument("file")
+    submit.add_argument("--follow", action="store_true")
+    submit.add_argument("--out", default=None, help="with --follow: write results (.csv or .jsonl)")
+    submit.add_argument("--timeout-s", type=float, default=3600.0)
+    submit.set_defaults(run=lambda a, s: asyncio.run(_submit(a, s)))
+
+    demo = sub.add_parser("demo", help="broker + consumer + the sample jobs, streamed, then a clean stop")
+    demo.add_argument("--file", default="data/sample_requests.jsonl")
+    demo.add_argument("--out", default="results.csv")
+    demo.set_defaults(run=lambda a, s: asyncio.run(_demo(a, s)))
 
     grade = sub.add_parser("grade", help="grade a JSON/JSONL/CSV file of items offline")
     grade.add_argument("file")

@@ -127,9 +127,15 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
     http = HttpServer(create_app(health, metrics), settings.host, settings.port)
     await http.start()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        stop.set()
+        if health.app is not None:
+            health.app.stop()  # /health says 503 "draining" from this instant
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         health.phase = "engine loading"
         engine = engine or await build_engine(settings)

@@ -89,8 +89,8 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(**engine_args)
-        # Built in a worker thread: AsyncLLM starts its output loop lazily on
-        # the first request, inside the caller's event loop.
+        # Built in a worker thread so /health keeps answering while it loads;
+        # AsyncLLM starts its output loop lazily, on the caller's event loop.
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         return cls(
             llm,
@@ -157,9 +157,19 @@ class VllmEngine:
         return self._llm
 
     async def close(self) -> None:
-        if self._llm is not None:
-            llm, self._llm = self._llm, None
-            await asyncio.to_thread(llm.shutdown)
+        if self._llm is None:
+            return
+        llm, self._llm = self._llm, None
+        await asyncio.to_thread(llm.shutdown)
+        # AsyncLLM.__del__ calls shutdown() again. The object sits in
+        # reference cycles, so that often happens at interpreter exit, after
+        # vLLM's module globals are gone, and prints a TypeError. It is shut
+        # down already: give it a class whose finaliser does nothing.
+        llm.__class__ = _shut_down_class(type(llm))
+
+
+def _shut_down_class(cls: type[AsyncLLM]) -> type[AsyncLLM]:
+    return type(f"ShutDown{cls.__name__}", (cls,), {"__del__": lambda self: None})
 
 
 def _gpu_memory_gib() -> dict[str, float]:

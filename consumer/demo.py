@@ -1,0 +1,103 @@
+"""``texteval demo``: the whole service on one machine, then a clean stop.
+
+embedded broker -> consumer with the real engine (+ /health, /metrics) ->
+the sample jobs submitted and followed live -> results written -> drain,
+leave the group, stop the broker.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from consumer.broker import EmbeddedBroker
+from consumer.client import read_jobs, submit_and_follow
+from consumer.engine.base import GradingEngine
+from consumer.http import HttpServer, create_app
+from consumer.metrics import Metrics
+from consumer.models import EvaluationResult
+from consumer.results import write_results
+from consumer.service import consumer_running, ensure_service_topics
+from consumer.settings import Settings
+
+
+async def run_demo(settings: Settings, jobs_file: Path, out: Path, engine: GradingEngine | None = None) -> int:
+    from consumer.factory import build_engine
+
+    console = Console(stderr=True)
+    started = time.monotonic()
+    with EmbeddedBroker() as broker:
+        settings = settings.model_copy(
+            update={
+                "kafka_bootstrap_servers": broker.bootstrap_servers,
+                # The embedded broker answers a group join after half the
+                # session timeout: keep it short for a snappy demo.
+                "kafka_session_timeout_ms": 2000,
+                "kafka_heartbeat_interval_ms": 500,
+            }
+        )
+        await ensure_service_topics(settings)
+        console.print(f"[bold]broker[/] Tansu on {broker.bootstrap_servers} (in memory)")
+        console.print("[bold]engine[/] loading …")
+        engine_started = time.monotonic()
+        engine = engine or await build_engine(settings)
+        console.print(f"[bold]engine[/] {engine.model_name} ready in {time.monotonic() - engine_started:.1f} s")
+        metrics = Metrics()
+        try:
+            async with consumer_running(settings, engine, metrics) as app:
+                http = HttpServer(create_app(app, metrics), "127.0.0.1", 0)
+                await http.start()
+                console.print(f"[bold]http[/] health and metrics on http://127.0.0.1:{http.port}/health, /metrics")
+                try:
+                    results, grading_s = await _submit(settings, jobs_file, console)
+                finally:
+                    await http.stop()
+            console.print("[bold]consumer[/] drained, offsets committed, left the group")
+        finally:
+            await engine.close()
+    write_results(results, out)
+    ok = sum(1 for r in results if r.error is None)
+    console.print(
+        f"[bold green]done[/] {len(results)} results ({ok} ok, {len(results) - ok} typed errors) in "
+        f"{grading_s:.1f} s = {len(results) / grading_s:.2f} texts/s end to end; "
+        f"demo total {time.monotonic() - started:.1f} s; results in {out}"
+    )
+    return 0
+
+
+async def _submit(settings: Settings, jobs_file: Path, console: Console) -> tuple[list[EvaluationResult], float]:
+    jobs = read_jobs(jobs_file, settings.max_items_per_job)
+    total = sum(len(job.items) for job in jobs)
+    console.print(f"[bold]submit[/] {len(jobs)} jobs, {total} texts from {jobs_file}")
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("grading", total=total)
+
+        def on_result(result: EvaluationResult) -> None:
+            bar.advance(task)
+            verdict = f"nota {result.nota}" if result.error is None else f"[red]{result.error.code.value}[/]"
+            feedback = (result.feedback or "").replace("\n", " ")[:70]
+            bar.console.print(f"  {result.job_id} #{result.item_index:<3} {result.id_alumno:<6} {verdict}  {feedback}")
+
+        def on_event(event: dict[str, Any]) -> None:
+            data, job_id = event["data"], event["job_id"]
+            if event["event"] == "accepted":
+                line = f"accepted: {data['total_items']} texts, estimate {data['estimated_time_seconds']} s"
+            elif event["event"] == "batch_complete":
+                p = data["progress"]
+                line = (f"batch {data['batch_number']}: {p['completed']}/{p['total']} ({p['percentage']}%), "
+                        f"{p['estimated_remaining_seconds']:.1f} s to go")  # fmt: skip
+            else:
+                line = f"complete: {data['succeeded']} ok, {data['failed']} failed in {data['total_time_seconds']} s"
+            bar.console.print(f"  [cyan]{job_id}[/] {line}")
+
+        started = time.monotonic()
+        followed = await submit_and_follow(settings, jobs, follow=True, on_result=on_result, on_event=on_event)
+        grading_s = time.monotonic() - started
+    return [r for job in followed.values() for r in job.results.values()], grading_s

@@ -1,0 +1,87 @@
+"""``texteval run`` as its own process: health over HTTP, SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from consumer.broker import free_port
+from tests.conftest import REPO
+from tests.kafka_harness import TopicNames
+from tests.kafka_io import count_events, items, job, make_settings, produce, read_until, values
+
+pytestmark = pytest.mark.kafka
+
+
+def service_env(settings_env: dict[str, str], port: int) -> dict[str, str]:
+    return {**os.environ, **settings_env, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "INFO"}
+
+
+async def test_run_serves_health_and_drains_on_sigterm(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
+) -> None:
+    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_REQUESTS_TOPIC": topic_names.requests,
+        "KAFKA_RESULTS_TOPIC": topic_names.results,
+        "KAFKA_PROGRESS_TOPIC": topic_names.progress,
+        "KAFKA_DLT_TOPIC": topic_names.dlt,
+        "KAFKA_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
+        "KAFKA_CREATE_TOPICS": "true",
+        "SHUTDOWN_GRACE_S": "20",
+        "KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
+        "KAFKA_HEARTBEAT_INTERVAL_MS": str(settings.kafka_heartbeat_interval_ms),
+    }  # fmt: skip
+    port = free_port()
+    log = tmp_path / "service.log"
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "consumer.cli", "run", "--engine", "fake", "--fake-delay-ms", "20",
+            cwd=REPO, env=service_env(env, port), stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def ready() -> bool:
+                try:
+                    return (await client.get("/health")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            deadline = time.monotonic() + 60
+            while not await ready():
+                assert proc.returncode is None, "service exited early"
+                assert time.monotonic() < deadline, "service never became healthy"
+                await asyncio.sleep(0.2)
+            # A job long enough to be mid-flight when SIGTERM arrives.
+            await produce(kafka_bootstrap, topic_names.requests, [(b"k", job("sig", items(300)))])
+            await read_until(kafka_bootstrap, topic_names.progress, count_events("batch_complete", 2))
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while (draining := await client.get("/health")).status_code == 200:
+                assert time.monotonic() < deadline, "health stayed green after SIGTERM"
+                await asyncio.sleep(0.02)
+            assert draining.status_code == 503 and "draining" in draining.json()["reasons"]
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    output = log.read_text()
+    # Drained, not aborted: the job finished and every item has one result.
+    progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
+    assert progress[-1]["data"]["total_processed"] == 300
+    results = values(await read_until(kafka_bootstrap, topic_names.results, lambda r: len(r) >= 300))
+    assert len({r["result_id"] for r in results}) == len(results) == 300
+    assert "grace period over" not in output
+    assert "La fotosíntesi produeix" not in output  # no student text in the logs
