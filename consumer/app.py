@@ -31,7 +31,7 @@ from consumer.checkpointing import OffsetTracker
 from consumer.engine.base import GradingEngine
 from consumer.http import HealthReport
 from consumer.intake import Job, Rejection, parse_request
-from consumer.jobs import JobRun, ThroughputMeter
+from consumer.jobs import EngineUnavailable, JobRun, ThroughputMeter
 from consumer.metrics import Metrics
 from consumer.sinks import Sinks
 
@@ -90,6 +90,7 @@ class ConsumerApp:
         self._backlog: deque[_Pending] = deque()
         self._work: dict[asyncio.Task[None], _Work] = {}
         self._member = False  # in the group, with an assignment (maybe empty)
+        self.engine_failed = False  # the engine died: stop, and let the process be restarted
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -203,6 +204,15 @@ class ConsumerApp:
             self._tracker.mark_done(work.tp, work.record.offset)
             if work.run is not None:
                 self._metrics.jobs_completed.inc()
+            return
+        if isinstance(error, EngineUnavailable):
+            # Nothing here can bring vLLM back: stop taking work and let the
+            # orchestrator restart the process; the job's offset is not
+            # committed, so it is graded again then.
+            if not self.engine_failed:
+                logger.error("engine died (%s): stopping the consumer", error)
+            self.engine_failed = True
+            self.stop()
             return
         # Output could not be delivered (e.g. broker unreachable past the
         # producer's retries). Run the record again: duplicates, never loss.

@@ -157,4 +157,5 @@ async def build_engine(settings: Settings) -> VllmEngine:
         attempts=1 + settings.invalid_output_retries,
         device=device,
         tokenizer=tokenizer,
+        timeout_s=settings.engine_timeout_s,
     )

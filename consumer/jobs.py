@@ -58,11 +58,21 @@ class ThroughputMeter:
         return items / max(self._rate, 1e-6)
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine died under this job.
+
+    Its items did not fail, the engine did: publishing ``engine_error``
+    results would replace their grades for good. The job fails instead, its
+    offset stays uncommitted, and it is graded again after a restart.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class _Finished:
     index: int
     outcome: GradeOutcome
     ready_at: float
+    engine_gone: bool = False  # the engine died while grading it
 
 
 class JobRun:
@@ -119,7 +129,8 @@ class JobRun:
         finally:
             self._metrics.engine_in_flight.dec()
         self.remaining -= 1
-        self._finished.put_nowait(_Finished(index, outcome, time.monotonic()))
+        engine_gone = outcome.error is not None and not self._engine.health().loaded
+        self._finished.put_nowait(_Finished(index, outcome, time.monotonic(), engine_gone))
 
     async def _stream(self, total: int, acks: list[Awaitable[object]], started: float) -> int:
         """Publish results as they finish, with a progress event per batch; returns the ok count."""
@@ -135,6 +146,8 @@ class JobRun:
                     finished = await self._finished.get()
             except TimeoutError:
                 pass
+            if finished is not None and finished.engine_gone:
+                raise EngineUnavailable(self._engine.health().detail)
             if finished is not None:
                 received += 1
                 succeeded += finished.outcome.status is ItemStatus.OK

@@ -79,7 +79,8 @@ class ItemStatus(StrEnum):
 class ErrorCode(StrEnum):
     INPUT_TOO_LONG = "input_too_long"  # prompt + max_tokens exceed MAX_MODEL_LEN
     INVALID_OUTPUT = "invalid_output"  # cut off, not JSON, or grade out of range
-    ENGINE_ERROR = "engine_error"  # the engine raised or is gone
+    ENGINE_ERROR = "engine_error"  # the engine raised for this item
+    ENGINE_TIMEOUT = "engine_timeout"  # no output within ENGINE_TIMEOUT_S
 
 
 class ErrorInfo(BaseModel):

@@ -23,6 +23,8 @@ from consumer.sinks import Sinks
 
 logger = logging.getLogger(__name__)
 
+EXIT_ENGINE_DIED = 3  # the orchestrator restarts the process; unfinished jobs are redone
+
 
 def limits_from(settings: Settings) -> Limits:
     return Limits(
@@ -147,8 +149,15 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
         async with consumer_running(settings, engine, metrics) as app:
             health.app = app
             logger.info("consuming %s as group %s", settings.requests_topic, settings.kafka_group_id)
-            await stop.wait()
-            logger.info("signal received: draining (grace %.0f s)", settings.shutdown_grace_s)
+            stopped = asyncio.create_task(app.wait_stopped())
+            signalled = asyncio.create_task(stop.wait())
+            await asyncio.wait([stopped, signalled], return_when=asyncio.FIRST_COMPLETED)
+            signalled.cancel()
+            if stop.is_set():
+                logger.info("signal received: draining (grace %.0f s)", settings.shutdown_grace_s)
+        if app.engine_failed:
+            logger.error("exiting with code %d so the service is restarted", EXIT_ENGINE_DIED)
+            return EXIT_ENGINE_DIED
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

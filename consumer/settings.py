@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # chars + the JSON around them <= max_tokens is a guarantee. Unset: the
     # largest value that fits. Longer feedback: raise MAX_TOKENS with it.
     feedback_max_chars: int | None = Field(default=None, ge=20, alias="FEEDBACK_MAX_CHARS")
+    # Per item, retries included; past it the item is an engine_timeout error.
+    # Generous: a 2000-text batch queues items behind each other on one GPU.
+    engine_timeout_s: float = Field(default=900.0, gt=0, alias="ENGINE_TIMEOUT_S")
     # Extra attempts (with the next seed) after an invalid or cut-off output.
     invalid_output_retries: int = Field(default=1, ge=0, le=3, alias="INVALID_OUTPUT_RETRIES")
 

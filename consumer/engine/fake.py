@@ -42,6 +42,8 @@ class FakeEngine:
         sampling: Sampling | None = None,
         attempts: int = 2,
         builder: PromptBuilder | None = None,
+        max_concurrency: int | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self._script = script
         self._delay_s = delay_s
@@ -50,6 +52,10 @@ class FakeEngine:
         self._attempts = attempts
         self._builder = builder or PromptBuilder.gemma_finetune()
         self._dead: str | None = None
+        # Like a GPU's batch: at most this many generations progress at once,
+        # so load runs take realistic time with many items in flight.
+        self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self._timeout_s = timeout_s
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls = 0  # generations started, retries included
@@ -69,8 +75,13 @@ class FakeEngine:
             self.calls += 1
             if self._dead is not None:
                 raise RuntimeError(f"engine is dead: {self._dead}")
-            if self._delay_s:
+            if self._slots is not None:
+                async with self._slots:
+                    await asyncio.sleep(self._delay_s)
+            elif self._delay_s:
                 await asyncio.sleep(self._delay_s)
+            if self._dead is not None:
+                raise RuntimeError(f"engine is dead: {self._dead}")
             return self._script(item, attempt)
 
         self.in_flight += 1
@@ -82,6 +93,7 @@ class FakeEngine:
                 max_prompt_tokens=self._max_prompt_tokens,
                 generate=generate,
                 attempts=self._attempts,
+                timeout_s=self._timeout_s,
             )
         finally:
             self.in_flight -= 1

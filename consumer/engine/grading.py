@@ -24,8 +24,13 @@ async def grade_prompt(
     max_prompt_tokens: int,
     generate: Generate,
     attempts: int,
+    timeout_s: float | None = None,
 ) -> GradeOutcome:
-    """Grade one prompt; every failure becomes a typed outcome (cancellation still propagates)."""
+    """Grade one prompt; every failure becomes a typed outcome (cancellation still propagates).
+
+    ``timeout_s`` bounds the whole item, retries included: a hung engine
+    turns into ``engine_timeout`` results instead of a job that never ends.
+    """
     started = time.perf_counter()
 
     def elapsed_ms() -> float:
@@ -42,14 +47,24 @@ async def grade_prompt(
     verdict: ParsedGrade | OutputError = OutputError(ErrorCode.INVALID_OUTPUT, "no attempt made")
     tokens = used = 0
     try:
-        for attempt in range(attempts):
-            # The attempt number lets the engine move to the next seed: with a
-            # fixed seed a plain retry would repeat the same output.
-            generation = await generate(attempt)
-            used, tokens = attempt + 1, tokens + generation.output_tokens
-            verdict = parse_generation(generation)
-            if isinstance(verdict, ParsedGrade):
-                break
+        async with asyncio.timeout(timeout_s):
+            for attempt in range(attempts):
+                # The attempt number lets the engine move to the next seed: with
+                # a fixed seed a plain retry would repeat the same output.
+                generation = await generate(attempt)
+                used, tokens = attempt + 1, tokens + generation.output_tokens
+                verdict = parse_generation(generation)
+                if isinstance(verdict, ParsedGrade):
+                    break
+    except TimeoutError:
+        return GradeOutcome.failed(
+            ErrorCode.ENGINE_TIMEOUT,
+            f"no valid output within {timeout_s} s (ENGINE_TIMEOUT_S)",
+            prompt_sha256=prompt.sha256,
+            latency_ms=elapsed_ms(),
+            output_tokens=tokens,
+            attempts=used + 1,
+        )
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - any engine failure is an outcome

@@ -42,6 +42,7 @@ class VllmEngine:
         max_model_len: int,
         attempts: int,
         device: str,
+        timeout_s: float | None = None,
     ) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -54,6 +55,7 @@ class VllmEngine:
         self._max_prompt_tokens = max_model_len - sampling.max_tokens
         self._attempts = attempts
         self._device = device
+        self._timeout_s = timeout_s
         # Compact JSON: with free whitespace allowed, a weak model can pad
         # newlines until max_tokens cuts the object off.
         schema = StructuredOutputsParams(json=output_schema(feedback_max_chars), disable_any_whitespace=True)
@@ -83,6 +85,7 @@ class VllmEngine:
         attempts: int,
         device: str,
         tokenizer: PreTrainedTokenizerBase,
+        timeout_s: float | None = None,
     ) -> VllmEngine:
         """Load the model (tens of seconds) without blocking the event loop."""
         from vllm import AsyncEngineArgs
@@ -102,6 +105,7 @@ class VllmEngine:
             max_model_len=int(engine_args["max_model_len"]),
             attempts=attempts,
             device=device,
+            timeout_s=timeout_s,
         )
 
     @property
@@ -142,6 +146,7 @@ class VllmEngine:
             max_prompt_tokens=self._max_prompt_tokens,
             generate=generate,
             attempts=self._attempts,
+            timeout_s=self._timeout_s,
         )
 
     def health(self) -> EngineHealth:
