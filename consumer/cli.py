@@ -119,7 +119,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         # For load and fault tests of the pipeline: no model, same code path.
         from consumer.engine.fake import FakeEngine
 
-        engine = FakeEngine(delay_s=args.fake_delay_ms / 1000.0)
+        engine = FakeEngine(delay_s=args.fake_delay_ms / 1000.0, max_concurrency=args.fake_concurrency)
     return await serve(settings, engine)
 
 
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the consumer and its side HTTP server, until SIGTERM/SIGINT")
     run.add_argument("--engine", choices=["vllm", "fake"], default="vllm", help="fake: no model (tests)")
     run.add_argument("--fake-delay-ms", type=float, default=50.0, help="per-item delay of the fake engine")
+    run.add_argument("--fake-concurrency", type=int, default=None, help="items the fake engine runs at once")
     run.set_defaults(run=lambda a, s: asyncio.run(_run(a, s)))
 
     broker = sub.add_parser("broker", help="a local Kafka-compatible broker (Tansu) for development")

@@ -1,0 +1,149 @@
+"""Fault scenarios against real consumer processes and a real broker.
+
+Each returns a ``FaultRun``: items lost (must be 0), duplicate deliveries,
+and the recovery time. ``tests/test_faults_process.py`` runs a few in CI;
+``scripts/fault_matrix.py`` runs many and prints the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from consumer.settings import Settings
+from tests.fault_tools import ServiceProcess
+from tests.kafka_harness import TopicNames, create_topics
+from tests.kafka_io import at_least, count_events, items, job, make_settings, produce, read_until, values
+
+
+@dataclass(frozen=True)
+class FaultRun:
+    fault: str
+    expected: int
+    lost: int
+    duplicates: int
+    recovery_s: float
+    detail: str = ""
+
+
+def tally(fault: str, expected_ids: set[str], results: list[dict[str, Any]], recovery_s: float,
+          detail: str = "") -> FaultRun:  # fmt: skip
+    received = [r["result_id"] for r in results if r["result_id"] in expected_ids]
+    lost = len(expected_ids - set(received))
+    return FaultRun(fault, len(expected_ids), lost, len(received) - len(set(received)), recovery_s, detail)
+
+
+async def _setup(bootstrap: str, group_kwargs: dict[str, int], **overrides: Any) -> tuple[Settings, TopicNames]:
+    topics = TopicNames.unique()
+    settings = make_settings(bootstrap, topics, group_kwargs, COMMIT_INTERVAL_MS=200, **overrides)
+    await create_topics(bootstrap, topics, partitions=3)
+    return settings, topics
+
+
+def _unique_at_least(ids: set[str]):  # type: ignore[no-untyped-def]
+    return lambda records: len({v["result_id"] for v in values(records)} & ids) >= len(ids)
+
+
+async def kill9_during_job(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, kill_after: int,
+                           n_items: int = 2000) -> FaultRun:  # fmt: skip
+    """SIGKILL the consumer once ``kill_after`` results are out; a new one takes over."""
+    settings, topics = await _setup(bootstrap, group_kwargs)
+    ids = {f"k9#{i}" for i in range(n_items)}
+    first = await ServiceProcess(settings, log_dir, f"kill9-{kill_after}-a").start()
+    second = ServiceProcess(settings, log_dir, f"kill9-{kill_after}-b")
+    try:
+        await first.wait_healthy()
+        await produce(bootstrap, topics.requests, [(b"k9", job("k9", items(n_items)))])
+        await read_until(bootstrap, topics.results, at_least(kill_after))
+        first.kill()
+        await first.wait()
+        restarted = time.monotonic()
+        await second.start()
+        results = values(await read_until(bootstrap, topics.results, _unique_at_least(ids), timeout_s=120))
+        recovery_s = time.monotonic() - restarted
+        await read_until(bootstrap, topics.progress, count_events("complete", 1))
+    finally:
+        await first.close()
+        await second.close()
+    return tally("kill -9 mid-job, restart", ids, results, recovery_s, f"killed after {kill_after} results")
+
+
+async def sigterm_during_job(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, stop_after: int,
+                             n_items: int = 2000, grace_s: float = 20.0) -> tuple[FaultRun, int, float]:  # fmt: skip
+    """SIGTERM mid-job: returns the run, the exit code and the seconds the drain took."""
+    settings, topics = await _setup(bootstrap, group_kwargs, SHUTDOWN_GRACE_S=grace_s)
+    ids = {f"st#{i}" for i in range(n_items)}
+    first = await ServiceProcess(settings, log_dir, f"sigterm-{stop_after}-a").start()
+    second = ServiceProcess(settings, log_dir, f"sigterm-{stop_after}-b")
+    try:
+        await first.wait_healthy()
+        await produce(bootstrap, topics.requests, [(b"st", job("st", items(n_items)))])
+        await read_until(bootstrap, topics.results, at_least(stop_after))
+        stopping = time.monotonic()
+        first.terminate()
+        code = await first.wait(timeout_s=grace_s + 10)
+        drain_s = time.monotonic() - stopping
+        results = values(await read_until(bootstrap, topics.results, _unique_at_least(ids)))
+        # A new consumer in the group must find nothing left to redo.
+        await second.start()
+        await second.wait_healthy()
+        await asyncio.sleep(3)
+        results = values(await read_until(bootstrap, topics.results, _unique_at_least(ids)))
+    finally:
+        await first.close()
+        await second.close()
+    return tally("SIGTERM mid-job, restart", ids, results, drain_s), code, drain_s
+
+
+async def churn(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, duration_s: float,
+                seed: int = 0, consumers: int = 3, items_per_job: int = 50) -> FaultRun:  # fmt: skip
+    """Consumers started and stopped (SIGTERM or SIGKILL) at random while jobs flow."""
+    rng = random.Random(seed)
+    settings, topics = await _setup(bootstrap, group_kwargs)
+    produced: list[str] = []
+    procs: list[ServiceProcess] = []
+    ending = asyncio.Event()
+
+    async def feed() -> None:
+        while not ending.is_set():
+            job_id = f"churn-{len(produced)}"
+            await produce(bootstrap, topics.requests, [(job_id.encode(), job(job_id, items(items_per_job)))])
+            produced.append(job_id)
+            await asyncio.sleep(0.4)
+
+    async def slot(index: int) -> None:
+        generation = 0
+        while not ending.is_set():
+            proc = ServiceProcess(settings, log_dir, f"churn-{index}-{generation}", delay_ms=50, concurrency=32)
+            procs.append(proc)
+            await proc.start()
+            await asyncio.sleep(rng.uniform(1.5, 5.0))
+            if rng.random() < 0.5:
+                proc.kill()
+            else:
+                proc.terminate()
+            await proc.wait(timeout_s=60)
+            generation += 1
+            await asyncio.sleep(rng.uniform(0.2, 1.5))
+
+    tasks = [asyncio.create_task(feed())] + [asyncio.create_task(slot(i)) for i in range(consumers)]
+    try:
+        await asyncio.sleep(duration_s)
+        ending.set()
+        await asyncio.gather(*tasks)
+        settled = time.monotonic()
+        survivor = await ServiceProcess(settings, log_dir, "churn-survivor").start()
+        procs.append(survivor)
+        ids = {f"{j}#{i}" for j in produced for i in range(items_per_job)}
+        results = values(await read_until(bootstrap, topics.results, _unique_at_least(ids), timeout_s=180))
+        recovery_s = time.monotonic() - settled
+    finally:
+        ending.set()
+        for proc in procs:
+            await proc.close()
+    detail = f"{len(produced)} jobs, {len(procs) - 1} consumer starts in {duration_s:.0f} s"
+    return tally(f"{consumers} consumers churning", ids, results, recovery_s, detail)
