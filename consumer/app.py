@@ -51,6 +51,7 @@ class Limits:
     commit_interval_s: float = 0.5
     shutdown_grace_s: float = 30.0
     revoke_timeout_s: float = 10.0  # bounded work inside a rebalance
+    kafka_check_interval_s: float = 2.0  # how often the broker is asked for metadata (health)
     retry_backoff_s: float = 1.0  # before re-running a job whose output could not be sent
 
 
@@ -91,6 +92,7 @@ class ConsumerApp:
         self._work: dict[asyncio.Task[None], _Work] = {}
         self._member = False  # in the group, with an assignment (maybe empty)
         self.engine_failed = False  # the engine died: stop, and let the process be restarted
+        self._kafka_down_since: float | None = None  # monotonic time of the first failed check
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -100,6 +102,7 @@ class ConsumerApp:
         """Consume until ``stop()``; then drain within the grace period."""
         self._consumer.subscribe([self._topic], listener=_Listener(self))
         committer = asyncio.create_task(self._commit_loop())
+        watchdog = asyncio.create_task(self._watch())
         try:
             while not self._stopping.is_set():
                 self._start_from_backlog()
@@ -111,6 +114,7 @@ class ConsumerApp:
                         self._backlog.append(_Pending(tp, record))
         finally:
             committer.cancel()
+            watchdog.cancel()
             await self._drain()
             self._stopped.set()
 
@@ -270,6 +274,36 @@ class ConsumerApp:
             behind = end - committed if committed is not None else self._tracker.pending(tp)
             self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, behind))
 
+    async def _watch(self) -> None:
+        """Check the broker and the engine on a timer.
+
+        The broker is asked for metadata so /health can report an outage:
+        aiokafka reconnects by itself, this only observes (group membership
+        alone stays "true" for a whole session timeout after the broker went
+        away). A dead engine stops the consumer even when no job is running.
+        """
+        interval = self._limits.kafka_check_interval_s
+        while True:
+            try:
+                async with asyncio.timeout(interval * 2):
+                    await self._consumer.topics()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                if self._kafka_down_since is None:
+                    self._kafka_down_since = time.monotonic()
+                    logger.warning("Kafka unreachable: %r", exc)
+            else:
+                if self._kafka_down_since is not None:
+                    down_s = time.monotonic() - self._kafka_down_since
+                    logger.info("Kafka reachable again after %.1f s", down_s)
+                    self._kafka_down_since = None
+            engine = self._engine.health()
+            if not engine.loaded and not self.engine_failed:
+                # Dead even with no job running: stop so the process is restarted.
+                logger.error("engine died (%s): stopping the consumer", engine.detail)
+                self.engine_failed = True
+                self.stop()
+            await asyncio.sleep(interval)
+
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._member = False
         lost = [task for task, work in self._work.items() if work.tp in revoked]
@@ -300,10 +334,12 @@ class ConsumerApp:
             reasons.append(f"engine not ready: {engine.detail}")
         if not self._member:
             reasons.append("not in the consumer group")
+        if self._kafka_down_since is not None:
+            reasons.append(f"Kafka unreachable for {time.monotonic() - self._kafka_down_since:.0f} s")
         if self._stopping.is_set():
             reasons.append("draining")
         self._metrics.engine_up.set(1 if engine.loaded else 0)
-        self._metrics.kafka_up.set(1 if self._member else 0)
+        self._metrics.kafka_up.set(1 if self._member and self._kafka_down_since is None else 0)
         body: dict[str, object] = {
             "model_loaded": engine.loaded,
             "model": self._engine.model_name,
@@ -312,6 +348,7 @@ class ConsumerApp:
             "engine_in_flight": self._inflight_items(),
             "kafka": {
                 "group_member": self._member,
+                "reachable": self._kafka_down_since is None,
                 "assigned_partitions": len(self._consumer.assignment()),
                 "paused_partitions": len(self._consumer.paused()),
                 "backlog_records": len(self._backlog),

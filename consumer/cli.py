@@ -20,12 +20,20 @@ from consumer.settings import Settings
 logger = logging.getLogger("texteval")
 
 
+# Libraries whose DEBUG lines print message payloads (aiokafka logs every
+# record it sends, value included): student texts, so never below INFO.
+_PAYLOAD_LOGGERS = ("aiokafka",)
+
+
 def configure_logging(level: str) -> None:
+    """LOG_LEVEL applies to texteval's own loggers; libraries stay at INFO or above."""
+    own = logging.getLevelName(level.upper())
     logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
+        level=max(own, logging.INFO), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
+    logging.getLogger("consumer").setLevel(own)
+    for name in _PAYLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(max(own, logging.INFO))
     # vLLM's own INFO lines drown a terminal; operators can set it back.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
@@ -169,6 +177,12 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return await run_demo(settings, Path(args.file), Path(args.out))
 
 
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.verify import main as verify_main
+
+    return verify_main(settings, Path(args.manifest), args.wait_s, args.json)
+
+
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.broker import run_forever
 
@@ -197,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--out", default=None, help="with --follow: write results (.csv or .jsonl)")
     submit.add_argument("--timeout-s", type=float, default=3600.0)
     submit.set_defaults(run=lambda a, s: asyncio.run(_submit(a, s)))
+
+    verify = sub.add_parser("verify", help="check results and progress topics against the jobs produced; exit 1 on loss")
+    verify.add_argument("manifest", help='JSONL: one request per line, or {"job_id": ..., "total_items": N} lines')
+    verify.add_argument("--wait-s", type=float, default=0.0, help="re-read until every job is whole, at most this long")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(run=cmd_verify)
 
     demo = sub.add_parser("demo", help="broker + consumer + the sample jobs, streamed, then a clean stop")
     demo.add_argument("--file", default="data/sample_requests.jsonl")
