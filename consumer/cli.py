@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout-s", type=float, default=3600.0)
     submit.set_defaults(run=lambda a, s: asyncio.run(_submit(a, s)))
 
-    verify = sub.add_parser("verify", help="check results and progress topics against the jobs produced; exit 1 on loss")
+    verify = sub.add_parser("verify", help="check the results and progress topics against the jobs produced")
     verify.add_argument("manifest", help='JSONL: one request per line, or {"job_id": ..., "total_items": N} lines')
     verify.add_argument("--wait-s", type=float, default=0.0, help="re-read until every job is whole, at most this long")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
