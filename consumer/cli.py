@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import logging
 import os
 import sys
@@ -146,6 +147,10 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"[red]cannot read {args.file}: {exc}")
         return 2
     total = sum(len(job.items) for job in jobs)
+    if args.manifest:
+        # What `texteval verify` needs to check these jobs later.
+        lines = [json.dumps({"job_id": job.job_id, "total_items": len(job.items)}) for job in jobs]
+        await asyncio.to_thread(Path(args.manifest).write_text, "\n".join(lines) + "\n", encoding="utf-8")
     if not args.follow:
         await submit_and_follow(settings, jobs, follow=False)
         console.print(f"submitted {len(jobs)} jobs ({total} texts): {', '.join(str(j.job_id) for j in jobs)}")
@@ -210,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--follow", action="store_true")
     submit.add_argument("--out", default=None, help="with --follow: write results (.csv or .jsonl)")
     submit.add_argument("--timeout-s", type=float, default=3600.0)
+    submit.add_argument("--manifest", default=None, help="write the job ids and sizes (JSONL) for `texteval verify`")
     submit.set_defaults(run=lambda a, s: asyncio.run(_submit(a, s)))
 
     verify = sub.add_parser("verify", help="check the results and progress topics against the jobs produced")
