@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
 from consumer.checkpointing import OffsetTracker
 from consumer.engine.base import GradingEngine
@@ -107,7 +107,16 @@ class ConsumerApp:
             while not self._stopping.is_set():
                 self._start_from_backlog()
                 self._apply_pause()
-                batches = await self._consumer.getmany(timeout_ms=100, max_records=100)
+                try:
+                    batches = await self._consumer.getmany(timeout_ms=100, max_records=100)
+                except RecordTooLargeError as exc:
+                    # A broker that truncates a record past the fetch limit
+                    # (instead of returning it whole, KIP-74) makes it
+                    # unreadable: aiokafka skips it. Say so loudly; the loop
+                    # must go on for everything behind it.
+                    logger.error("request record too large to fetch, skipped: %r", exc)
+                    self._metrics.dead_letters.labels(reason="too_large_to_fetch").inc()
+                    continue
                 for tp, records in batches.items():
                     for record in records:
                         self._tracker.track(tp, record.offset)
@@ -196,7 +205,13 @@ class ConsumerApp:
         task.add_done_callback(self._finished)
 
     async def _dead_letter(self, record: Any, rejection: Rejection) -> None:
-        await (await self._sinks.dead_letter(record, rejection))
+        try:
+            await (await self._sinks.dead_letter(record, rejection))
+        except MessageSizeTooLargeError:
+            # Over the producer's or the broker's size limit: retrying cannot
+            # help and would hold the partition's offset back forever.
+            logger.warning("dead letter too large, sent without its value: offset=%d", record.offset)
+            await (await self._sinks.dead_letter(record, rejection, keep_value=False))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         work = self._work.pop(task)

@@ -214,4 +214,6 @@ class JobRun:
         self._metrics.items_graded.labels(status=outcome.status.value, error_code=code).inc()
         self._metrics.item_latency_seconds.observe(outcome.latency_ms / 1000.0)
         self._metrics.generated_tokens.inc(outcome.output_tokens)
+        self._metrics.prompt_tokens.inc(outcome.prompt_tokens)
+        self._metrics.prompt_cached_tokens.inc(outcome.cached_prompt_tokens)
         self._meter.record(ready_at)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictStr,
@@ -32,6 +33,13 @@ def _not_blank(value: str) -> str:
     # must carry the student's text exactly (only NFC-normalised).
     if not value.strip():
         raise ValueError("must not be empty or whitespace")
+    return value
+
+
+def _not_bool(value: object) -> object:
+    # JSON true is not the integer 1, though Python's True == 1 lets it pass Literal[1].
+    if isinstance(value, bool):
+        raise ValueError("must be the integer 1, not a boolean")
     return value
 
 
@@ -55,18 +63,20 @@ class EvaluationRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Annotated[Literal[1], BeforeValidator(_not_bool)] = SCHEMA_VERSION
     job_id: Annotated[StrictStr, Field(pattern=JOB_ID_PATTERN)] | None = None
     items: Annotated[list[Item], Field(min_length=1, json_schema_extra={"maxItems": DEFAULT_MAX_ITEMS})]
 
-    @field_validator("items")
+    @field_validator("items", mode="before")
     @classmethod
-    def _cap_items(cls, items: list[Item], info: ValidationInfo) -> list[Item]:
+    def _cap_items(cls, items: object, info: ValidationInfo) -> object:
         # MAX_ITEMS_PER_JOB is a setting, so the cap arrives through the
-        # validation context instead of being fixed in the type.
+        # validation context instead of being fixed in the type. It runs
+        # before the items are validated: a 3 MB message of a million empty
+        # objects must not cost a million validations and four million errors.
         context = info.context or {}
         max_items = int(context.get("max_items", DEFAULT_MAX_ITEMS))
-        if len(items) > max_items:
+        if isinstance(items, list) and len(items) > max_items:
             raise ValueError(f"{len(items)} items, more than the maximum {max_items}")
         return items
 

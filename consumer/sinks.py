@@ -41,8 +41,16 @@ class Sinks:
     async def progress(self, event: AcceptedEvent | BatchCompleteEvent | CompleteEvent) -> Ack:
         return await self._send(self._progress_topic, event.job_id, event)
 
-    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], rejection: Rejection) -> Ack:
-        """The original key, value and headers unchanged, plus why and where from."""
+    async def dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], rejection: Rejection, *, keep_value: bool = True
+    ) -> Ack:
+        """The original key, value and headers unchanged, plus why and where from.
+
+        ``keep_value=False`` is for a value too big to produce again (a fetch
+        returns a record larger than our own limit whole, KIP-74): the dead
+        letter then says so, and the value stays in the source topic at
+        ``texteval.original.offset``.
+        """
         headers = [
             *(record.headers or ()),
             ("texteval.error.reason", rejection.reason.value.encode()),
@@ -53,7 +61,10 @@ class Sinks:
             ("texteval.original.timestamp", str(record.timestamp).encode()),
             ("texteval.consumer.group", self._group_id),
         ]
-        ack: Ack = await self._producer.send(self._dlt_topic, value=record.value, key=record.key, headers=headers)
+        if not keep_value:
+            headers.append(("texteval.error.value_dropped", str(len(record.value or b"")).encode()))
+        value = record.value if keep_value else None
+        ack: Ack = await self._producer.send(self._dlt_topic, value=value, key=record.key, headers=headers)
         return ack
 
     async def _send(self, topic: str, job_id: str, message: BaseModel) -> Ack:

@@ -25,6 +25,8 @@ class GradeOutcome:
     latency_ms: float
     output_tokens: int = 0
     attempts: int = 0
+    prompt_tokens: int = 0  # per attempt
+    cached_prompt_tokens: int = 0  # of those, served from the prefix cache (all attempts)
 
     @classmethod
     def ok(cls, nota: int, feedback: str, **kw: object) -> GradeOutcome:

@@ -45,7 +45,7 @@ async def grade_prompt(
             latency_ms=elapsed_ms(),
         )
     verdict: ParsedGrade | OutputError = OutputError(ErrorCode.INVALID_OUTPUT, "no attempt made")
-    tokens = used = 0
+    tokens = used = cached = 0
     try:
         async with asyncio.timeout(timeout_s):
             for attempt in range(attempts):
@@ -53,6 +53,7 @@ async def grade_prompt(
                 # a fixed seed a plain retry would repeat the same output.
                 generation = await generate(attempt)
                 used, tokens = attempt + 1, tokens + generation.output_tokens
+                cached += generation.cached_prompt_tokens
                 verdict = parse_generation(generation)
                 if isinstance(verdict, ParsedGrade):
                     break
@@ -82,6 +83,8 @@ async def grade_prompt(
         "latency_ms": elapsed_ms(),
         "output_tokens": tokens,
         "attempts": used,
+        "prompt_tokens": prompt_tokens * used,
+        "cached_prompt_tokens": cached,
     }
     if isinstance(verdict, ParsedGrade):
         return GradeOutcome.ok(verdict.nota, verdict.feedback, **common)

@@ -37,6 +37,7 @@ class Generation:
     text: str
     finish_reason: str | None  # "stop", "length", "abort", ...
     output_tokens: int
+    cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache
 
 
 @dataclass(frozen=True, slots=True)

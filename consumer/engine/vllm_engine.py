@@ -138,6 +138,7 @@ class VllmEngine:
                 text=completion.text,
                 finish_reason=completion.finish_reason,
                 output_tokens=len(completion.token_ids),
+                cached_prompt_tokens=final.num_cached_tokens or 0,
             )
 
         return await grade_prompt(
