@@ -37,8 +37,8 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not engine"
 
 lint: setup
-	$(VENV)/bin/ruff check consumer tests
-	$(VENV)/bin/ruff format --check consumer tests
+	$(VENV)/bin/ruff check consumer tests scripts deploy
+	$(VENV)/bin/ruff format --check consumer tests scripts deploy
 	$(VENV)/bin/mypy
 
 schemas: setup

@@ -312,6 +312,10 @@ class ConsumerApp:
                     logger.info("Kafka reachable again after %.1f s", down_s)
                     self._kafka_down_since = None
             engine = self._engine.health()
+            # Set here, not only when /health is asked: a scrape must not
+            # read what the last probe left (0 when nothing probes).
+            self._metrics.engine_up.set(1 if engine.loaded else 0)
+            self._metrics.kafka_up.set(1 if self._member and self._kafka_down_since is None else 0)
             if not engine.loaded and not self.engine_failed:
                 # Dead even with no job running: stop so the process is restarted.
                 logger.error("engine died (%s): stopping the consumer", engine.detail)
@@ -353,8 +357,6 @@ class ConsumerApp:
             reasons.append(f"Kafka unreachable for {time.monotonic() - self._kafka_down_since:.0f} s")
         if self._stopping.is_set():
             reasons.append("draining")
-        self._metrics.engine_up.set(1 if engine.loaded else 0)
-        self._metrics.kafka_up.set(1 if self._member and self._kafka_down_since is None else 0)
         body: dict[str, object] = {
             "model_loaded": engine.loaded,
             "model": self._engine.model_name,

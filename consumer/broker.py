@@ -30,13 +30,22 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
-__all__ = ["BrokerError", "EmbeddedBroker", "ensure_topics", "free_port", "probe_kafka", "run_forever"]
+__all__ = [
+    "BrokerError",
+    "EmbeddedBroker",
+    "ensure_topics",
+    "free_port",
+    "probe_api_versions",
+    "probe_kafka",
+    "run_forever",
+]
 
 # Tansu reads these from the environment as defaults for its flags. Flags we
 # pass win anyway; these two we do not pass, and a developer's shell setting
 # them would silently turn on schema validation or trace export.
 _SCRUBBED_ENV = ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _METADATA_API_KEY = 3
+_API_VERSIONS_API_KEY = 18
 _TOPIC_ALREADY_EXISTS = 36  # Kafka error code
 
 
@@ -77,6 +86,19 @@ def probe_kafka(host: str, port: int, timeout: float = 1.0) -> int:
     return int(advertised_port)
 
 
+def probe_api_versions(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when an ApiVersions v0 request gets its answer. A broker that
+    requires authentication answers only this (and SASL) before a client
+    has logged in, so `probe_kafka` cannot be used on it."""
+    correlation_id, client_id = 0x7E58, b"texteval-probe"
+    body = struct.pack(">hhih", _API_VERSIONS_API_KEY, 0, correlation_id, len(client_id)) + client_id
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+        payload = _recv_exact(sock, size)
+    return bool(struct.unpack_from(">i", payload, 0)[0] == correlation_id)
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
@@ -101,6 +123,14 @@ class EmbeddedBroker:
     `port=None` picks a free port. Output goes to `log_path`, or to a
     temporary file removed by `stop()`. Use as a context manager, or call
     `start()` and `stop()`.
+
+    `advertised_port` makes the broker tell clients to connect elsewhere (a
+    proxy in front of it, for outage tests); by default its own port.
+
+    `authentication=True` starts Tansu with `--authentication`: every client
+    must log in with SASL before any other request. Only to test refusals:
+    this build offers SCRAM but no PLAIN, and its storage engines (memory,
+    S3) keep no SCRAM credentials, so no login can ever succeed.
     """
 
     def __init__(
@@ -110,8 +140,12 @@ class EmbeddedBroker:
         log_path: str | os.PathLike[str] | None = None,
         *,
         startup_timeout: float = 15.0,
+        authentication: bool = False,
+        advertised_port: int | None = None,
     ) -> None:
         self.host = host
+        self.authentication = authentication
+        self.advertised_port = advertised_port
         self._fixed_port = port
         self.port = port if port is not None else 0
         self.startup_timeout = startup_timeout
@@ -176,12 +210,13 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 # Clients connect to what metadata advertises (default
-                # localhost:9092), so it must be the same address.
+                # localhost:9092), so it must be an address that reaches us.
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.host}:{self._advertised()}",
                 # Explicit, so a STORAGE_ENGINE in the environment is ignored.
                 "--storage-engine",
                 "memory://tansu/",
+                *(["--authentication"] if self.authentication else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
@@ -201,9 +236,17 @@ class EmbeddedBroker:
         try:
             # Short: a local broker answers in milliseconds, and a stranger
             # holding the port never answers at all.
-            return probe_kafka(self.host, self.port, timeout=0.25) == self.port
+            if self.authentication:
+                # Metadata needs a login; ApiVersions does not. It cannot tell
+                # our broker from another Kafka on the port, but Tansu exits
+                # at once when its bind fails, which the check above sees.
+                return probe_api_versions(self.host, self.port, timeout=0.25)
+            return probe_kafka(self.host, self.port, timeout=0.25) == self._advertised()
         except OSError:
             return False
+
+    def _advertised(self) -> int:
+        return self.advertised_port if self.advertised_port is not None else self.port
 
     def _not_ready(self) -> BrokerError:
         return BrokerError(

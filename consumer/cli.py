@@ -121,6 +121,7 @@ async def _grade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.kafka_config import KafkaSetupError
     from consumer.service import serve
 
     engine = None
@@ -129,7 +130,11 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         from consumer.engine.fake import FakeEngine
 
         engine = FakeEngine(delay_s=args.fake_delay_ms / 1000.0, max_concurrency=args.fake_concurrency)
-    return await serve(settings, engine)
+    try:
+        return await serve(settings, engine)
+    except KafkaSetupError as exc:
+        logger.error("cannot use Kafka (%s): %s", exc.reason, exc)
+        return 2
 
 
 async def _submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -138,6 +143,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
     from consumer.client import read_jobs, submit_and_follow
     from consumer.inputs import InputFileError
+    from consumer.kafka_config import KafkaSetupError, check_connection
     from consumer.results import write_results
 
     console = Console(stderr=True)
@@ -145,6 +151,11 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
         jobs = read_jobs(Path(args.file), settings.max_items_per_job)
     except (InputFileError, OSError) as exc:
         console.print(f"[red]cannot read {args.file}: {exc}")
+        return 2
+    try:
+        await check_connection(settings)
+    except KafkaSetupError as exc:
+        console.print(f"[red]cannot use Kafka: {exc}")
         return 2
     total = sum(len(job.items) for job in jobs)
     if args.manifest:

@@ -1,13 +1,41 @@
-"""Connection settings shared by every aiokafka client (consumer, producer, admin)."""
+"""Connection settings shared by every aiokafka client (consumer, producer,
+admin, the CLI), and a start-up check that fails fast and clearly when they
+are wrong.
+
+Why the check: aiokafka reports a refused password as "Unable to bootstrap
+from [...]" (the cause only in a log line), a TLS client on a plaintext
+listener waits the whole 40 s request timeout, and a SCRAM error some
+brokers send makes it raise a bare ``KeyError: 'v'``. An operator should
+instead read which setting is wrong, before a GPU spends minutes loading
+the model.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from consumer.settings import Settings
 
+__all__ = ["SASL_MECHANISMS", "SECURITY_PROTOCOLS", "KafkaSetupError", "check_connection", "client_kwargs"]
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
+_SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+
+
+class KafkaSetupError(RuntimeError):
+    """The Kafka settings cannot work. `reason` is one of: `config` (found
+    without a network), `unreachable`, `tls`, `timeout`, `authentication`,
+    `closed` (the broker hung up, e.g. it wants authentication), `metadata`
+    (connected, but the broker refused to describe the cluster)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -17,9 +45,13 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     SASL keys appear only when `KAFKA_SASL_MECHANISM` is set, so aiokafka's
     own defaults hold otherwise. With SSL or SASL_SSL the TLS context checks
     the broker's certificate against `KAFKA_SSL_CAFILE` (or the system CAs
-    when unset) and its hostname.
+    when unset) and its hostname. Settings that cannot work raise
+    `KafkaSetupError(reason="config")` here rather than as an assertion deep
+    inside aiokafka or, worse, as a silent plaintext connection.
     """
     protocol = settings.kafka_security_protocol.upper()
+    mechanism = (settings.kafka_sasl_mechanism or "").upper() or None
+    _validate(settings, protocol, mechanism)
     kwargs: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "security_protocol": protocol,
@@ -29,11 +61,124 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
         from aiokafka.helpers import create_ssl_context  # aiokafka is heavy to import
 
         kwargs["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
-    if settings.kafka_sasl_mechanism:
+    if mechanism:
         password = settings.kafka_sasl_password
         kwargs |= {
-            "sasl_mechanism": settings.kafka_sasl_mechanism.upper(),
+            "sasl_mechanism": mechanism,
             "sasl_plain_username": settings.kafka_sasl_username,
             "sasl_plain_password": password.get_secret_value() if password is not None else None,
         }
     return kwargs
+
+
+def _validate(settings: Settings, protocol: str, mechanism: str | None) -> None:
+    def fail(message: str) -> None:
+        raise KafkaSetupError("config", message)
+
+    if protocol not in SECURITY_PROTOCOLS:
+        fail(f"KAFKA_SECURITY_PROTOCOL={protocol!r}: use one of {', '.join(SECURITY_PROTOCOLS)}")
+    if protocol in _SASL_PROTOCOLS:
+        if mechanism is None:
+            fail(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM ({', '.join(SASL_MECHANISMS)})")
+        if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+            fail(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+    elif mechanism is not None:
+        # aiokafka would silently connect without authenticating.
+        fail(f"KAFKA_SASL_MECHANISM={mechanism} is ignored with KAFKA_SECURITY_PROTOCOL={protocol}: "
+             f"use SASL_{protocol}")  # fmt: skip
+    if mechanism is not None and mechanism not in SASL_MECHANISMS:
+        fail(f"KAFKA_SASL_MECHANISM={mechanism!r}: use one of {', '.join(SASL_MECHANISMS)}")
+    if settings.kafka_ssl_cafile is not None:
+        if protocol not in _TLS_PROTOCOLS:
+            fail(f"KAFKA_SSL_CAFILE is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS")
+        if not settings.kafka_ssl_cafile.is_file():
+            fail(f"KAFKA_SSL_CAFILE={settings.kafka_ssl_cafile}: no such file")
+
+
+def _hosts(bootstrap: str) -> list[tuple[str, int]]:
+    hosts = []
+    for entry in bootstrap.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        hosts.append((host.strip("[]") or entry.strip(), int(port) if port.isdigit() else 9092))
+    return hosts
+
+
+async def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Connect to the bootstrap brokers as every client will (TLS, SASL),
+    and ask for metadata. Returns at the first broker that answers; raises
+    `KafkaSetupError` naming the setting to fix when none does, within about
+    `timeout_s` per broker. The password never appears in the message.
+    """
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    kwargs = client_kwargs(settings)
+    mechanism = kwargs.get("sasl_mechanism")
+    failures: list[KafkaSetupError] = []
+    for host, port in _hosts(settings.kafka_bootstrap_servers):
+        where = f"{host}:{port}"
+        logging_in = True  # until the connection (TLS, SASL) is up
+        try:
+            async with asyncio.timeout(timeout_s):
+                conn = await create_conn(
+                    host,
+                    port,
+                    client_id="texteval-check",
+                    request_timeout_ms=int(timeout_s * 1000),
+                    security_protocol=kwargs["security_protocol"],
+                    ssl_context=kwargs["ssl_context"],
+                    sasl_mechanism=mechanism,
+                    sasl_plain_username=kwargs.get("sasl_plain_username"),
+                    sasl_plain_password=kwargs.get("sasl_plain_password"),
+                )
+                logging_in = False
+                try:
+                    await conn.send(MetadataRequest([]))
+                finally:
+                    conn.close()
+            return
+        except TimeoutError:
+            failures.append(
+                KafkaSetupError(
+                    "timeout",
+                    f"{where} did not finish connecting within {timeout_s:g} s "
+                    f"(KAFKA_SECURITY_PROTOCOL={kwargs['security_protocol']}; a TLS client on a plaintext "
+                    "listener waits like this)",
+                )
+            )
+        except ssl.SSLError as exc:
+            failures.append(
+                KafkaSetupError("tls", f"TLS with {where} failed: {exc.reason or exc}. Check KAFKA_SSL_CAFILE")
+            )
+        except KafkaConnectionError:
+            hint = (
+                f"is SASL {mechanism} enabled on that listener?"
+                if mechanism
+                else "does it require SASL? set KAFKA_SECURITY_PROTOCOL and KAFKA_SASL_*"
+            )
+            failures.append(KafkaSetupError("closed", f"{where} closed the connection ({hint})"))
+        except (KafkaError, KeyError, ValueError) as exc:
+            if not (logging_in and mechanism):
+                if isinstance(exc, KafkaError):
+                    failures.append(KafkaSetupError("metadata", f"{where} refused a metadata request: {exc}"))
+                    continue
+                raise
+            # During the login, KafkaError is the broker's SASL answer
+            # (authentication failed, unsupported mechanism, illegal state).
+            # KeyError and ValueError come from aiokafka's SCRAM code when the
+            # server's final message is an error ("e=...") instead of its
+            # signature: the same refusal, worse worded.
+            detail = str(exc) if isinstance(exc, KafkaError) else "the SCRAM exchange ended without the server's proof"
+            failures.append(
+                KafkaSetupError(
+                    "authentication",
+                    f"{where} refused SASL {mechanism} authentication as {settings.kafka_sasl_username!r} "
+                    f"({detail}). Check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM",
+                )
+            )
+        except OSError as exc:
+            failures.append(KafkaSetupError("unreachable", f"cannot connect to {where}: {exc}"))
+    if len(failures) == 1:
+        raise failures[0]
+    raise KafkaSetupError(failures[0].reason, "; ".join(str(f) for f in failures))

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from consumer.app import ConsumerApp, Limits
 from consumer.engine.base import GradingEngine
 from consumer.http import HealthReport, HttpServer, create_app
-from consumer.kafka_config import client_kwargs
+from consumer.kafka_config import check_connection, client_kwargs
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.sinks import Sinks
@@ -139,6 +139,10 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
+        # A wrong password, TLS setting or address fails here in seconds with
+        # the setting to fix, not after minutes of loading the model.
+        health.phase = "checking Kafka"
+        await check_connection(settings)
         health.phase = "engine loading"
         engine = engine or await build_engine(settings)
         if stop.is_set():

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from consumer.settings import Settings
 from tests.fault_tools import ServiceProcess
 from tests.kafka_harness import TopicNames, create_topics
@@ -147,3 +149,48 @@ async def churn(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, 
             await proc.close()
     detail = f"{len(produced)} jobs, {len(procs) - 1} consumer starts in {duration_s:.0f} s"
     return tally(f"{consumers} consumers churning", ids, results, recovery_s, detail)
+
+
+async def broker_outage(log_dir: Path, *, outage_s: float = 30.0, n_items: int = 1000) -> FaultRun:
+    """Cut the network to the broker mid-job for ``outage_s``; the consumer must recover by itself.
+
+    A broker of its own advertises a proxy's address, so every client (the
+    consumer's, and this test's) reaches it only through the proxy.
+    """
+    from consumer.broker import EmbeddedBroker, free_port
+    from tests.tcp_proxy import TcpProxy
+
+    proxy_port = free_port()
+    broker = EmbeddedBroker(advertised_port=proxy_port).start()
+    proxy = await TcpProxy("127.0.0.1", broker.port, port=proxy_port).start()
+    bootstrap = f"127.0.0.1:{proxy_port}"
+    proc: ServiceProcess | None = None
+    try:
+        settings, topics = await _setup(bootstrap, {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500})
+        ids = {f"out#{i}" for i in range(n_items)}
+        proc = await ServiceProcess(settings, log_dir, "outage", delay_ms=100, concurrency=16).start()
+        await proc.wait_healthy()
+        await produce(bootstrap, topics.requests, [(b"out", job("out", items(n_items)))])
+        await read_until(bootstrap, topics.results, at_least(100))
+        await proxy.cut()
+        cut_at = time.monotonic()
+        reported = False
+        while time.monotonic() - cut_at < outage_s:
+            if not reported:
+                async with httpx.AsyncClient(timeout=1) as client:
+                    response = await client.get(f"http://127.0.0.1:{proc.port}/health")
+                reported = response.status_code == 503 and "Kafka unreachable" in response.text
+            await asyncio.sleep(0.5)
+        await proxy.restore()
+        restored = time.monotonic()
+        results = values(await read_until(bootstrap, topics.results, _unique_at_least(ids), timeout_s=240))
+        recovery_s = time.monotonic() - restored
+        await proc.wait_healthy(timeout_s=60)
+        assert proc.running, "the consumer died during the outage"
+    finally:
+        if proc is not None:
+            await proc.close()
+        await proxy.close()
+        broker.stop()
+    detail = f"outage reported on /health: {reported}"
+    return tally(f"broker unreachable {outage_s:.0f} s", ids, results, recovery_s, detail)

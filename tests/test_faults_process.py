@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault_scenarios import churn, kill9_during_job, sigterm_during_job
+from tests.fault_scenarios import broker_outage, churn, kill9_during_job, sigterm_during_job
 
 pytestmark = pytest.mark.kafka
 
@@ -40,3 +40,9 @@ async def test_three_consumers_started_and_stopped_at_random_lose_nothing(
     run = await churn(kafka_bootstrap, kafka_group_kwargs, tmp_path, duration_s=20, seed=7)
     assert run.expected >= 20 * 50  # jobs kept flowing through the churn
     assert run.lost == 0, run.detail
+
+
+async def test_broker_unreachable_for_30_s_mid_job_recovers_by_itself(tmp_path: Path) -> None:
+    run = await broker_outage(tmp_path, outage_s=30)
+    assert run.lost == 0
+    assert run.detail == "outage reported on /health: True"
