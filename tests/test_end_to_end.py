@@ -50,3 +50,6 @@ async def test_sample_requests_end_to_end_with_the_real_engine(
         ids = {r.item_index: r.id_alumno for r in progress.results.values()}
         assert ids == {i: item.id_alumno for i, item in enumerate(job.items)}
     assert metrics.generated_tokens._value.get() > 0
+    # The instruction is the same for every text: vLLM's prefix cache serves it.
+    prompt, cached = metrics.prompt_tokens._value.get(), metrics.prompt_cached_tokens._value.get()
+    assert cached > 0.3 * prompt, (cached, prompt)

