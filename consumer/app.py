@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
-from consumer.checkpointing import OffsetTracker
+from consumer.checkpointing import Committer, OffsetTracker
 from consumer.engine.base import GradingEngine
 from consumer.http import HealthReport
 from consumer.intake import Job, Rejection, parse_request
@@ -87,6 +87,7 @@ class ConsumerApp:
         self._topic = requests_topic
         self._limits = limits
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._committer = Committer(consumer, self._tracker, metrics, interval_s=limits.commit_interval_s)
         self._meter = ThroughputMeter()
         self._backlog: deque[_Pending] = deque()
         self._work: dict[asyncio.Task[None], _Work] = {}
@@ -101,7 +102,7 @@ class ConsumerApp:
     async def run(self) -> None:
         """Consume until ``stop()``; then drain within the grace period."""
         self._consumer.subscribe([self._topic], listener=_Listener(self))
-        committer = asyncio.create_task(self._commit_loop())
+        committer = asyncio.create_task(self._committer.run())
         watchdog = asyncio.create_task(self._watch())
         try:
             while not self._stopping.is_set():
@@ -148,7 +149,7 @@ class ConsumerApp:
                 logger.warning("grace period over: aborting %d jobs", len(late))
                 await self._cancel(late)
         await self._sinks.flush()
-        await self._commit()
+        await self._committer.commit()
 
     # --- starting work ---------------------------------------------------
 
@@ -258,36 +259,7 @@ class ConsumerApp:
         if tasks:
             await asyncio.wait(tasks, timeout=self._limits.revoke_timeout_s)
 
-    # --- commits and rebalances -------------------------------------------
-
-    async def _commit_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._limits.commit_interval_s)
-            try:
-                await self._commit()
-            except KafkaError as exc:  # e.g. a rebalance in progress: next turn retries
-                logger.warning("commit failed: %r", exc)
-            self._update_lag()
-
-    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
-        offsets = self._tracker.committable()
-        if only is not None:
-            offsets = {tp: offset for tp, offset in offsets.items() if tp in only}
-        if not offsets:
-            return
-        started = time.perf_counter()
-        await self._consumer.commit(offsets)
-        self._metrics.commit_latency_seconds.observe(time.perf_counter() - started)
-        self._tracker.mark_committed(offsets)
-
-    def _update_lag(self) -> None:
-        for tp in self._consumer.assignment():
-            end = self._consumer.highwater(tp)
-            if end is None:
-                continue
-            committed = self._tracker.committed(tp)
-            behind = end - committed if committed is not None else self._tracker.pending(tp)
-            self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, behind))
+    # --- health and rebalances -------------------------------------------
 
     async def _watch(self) -> None:
         """Check the broker and the engine on a timer.
@@ -330,15 +302,7 @@ class ConsumerApp:
             logger.info("revoked %d partitions: aborting %d jobs", len(revoked), len(lost))
         await self._cancel(lost)
         self._backlog = deque(entry for entry in self._backlog if entry.tp not in revoked)
-        try:
-            async with asyncio.timeout(self._limits.revoke_timeout_s):
-                await self._commit(only=revoked)
-        except (KafkaError, TimeoutError) as exc:
-            logger.warning("commit on revoke failed: %r", exc)
-        self._tracker.drop(revoked)
-        for tp in revoked:
-            with contextlib.suppress(KeyError):
-                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        await self._committer.release(revoked, self._limits.revoke_timeout_s)
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._member = True
