@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     # and 0.92 fails there, so the CPU default is lower.
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, alias="GPU_MEMORY_UTILIZATION")
     # A budget in GiB instead of a fraction: the engine turns it into the
-    # right gpu_memory_utilization for the card it finds (22 on a 48 GB L40
-    # -> 0.45). Wins over GPU_MEMORY_UTILIZATION; ignored on CPU.
+    # right gpu_memory_utilization for the card it finds (22 on an L40, which
+    # CUDA reports as ~45 GiB -> 0.488). Wins over GPU_MEMORY_UTILIZATION; ignored on CPU.
     gpu_memory_budget_gib: float | None = Field(default=None, gt=0, alias="GPU_MEMORY_BUDGET_GIB")
     # "fp8" on Ada/Hopper GPUs: half the weight bytes per decode step.
     quantization: str | None = Field(default=None, alias="QUANTIZATION")
