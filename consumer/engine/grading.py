@@ -49,35 +49,22 @@ async def grade_prompt(
     try:
         async with asyncio.timeout(timeout_s):
             for attempt in range(attempts):
+                used = attempt + 1
                 # The attempt number lets the engine move to the next seed: with
                 # a fixed seed a plain retry would repeat the same output.
                 generation = await generate(attempt)
-                used, tokens = attempt + 1, tokens + generation.output_tokens
+                tokens += generation.output_tokens
                 cached += generation.cached_prompt_tokens
                 verdict = parse_generation(generation)
                 if isinstance(verdict, ParsedGrade):
                     break
     except TimeoutError:
-        return GradeOutcome.failed(
-            ErrorCode.ENGINE_TIMEOUT,
-            f"no valid output within {timeout_s} s (ENGINE_TIMEOUT_S)",
-            prompt_sha256=prompt.sha256,
-            latency_ms=elapsed_ms(),
-            output_tokens=tokens,
-            attempts=used + 1,
-        )
+        verdict = OutputError(ErrorCode.ENGINE_TIMEOUT, f"no valid output within {timeout_s} s (ENGINE_TIMEOUT_S)")
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - any engine failure is an outcome
-        return GradeOutcome.failed(
-            ErrorCode.ENGINE_ERROR,
-            # Type and a bounded message: engine errors carry ids and sizes, not text.
-            f"{type(exc).__name__}: {str(exc)[:200]}",
-            prompt_sha256=prompt.sha256,
-            latency_ms=elapsed_ms(),
-            output_tokens=tokens,
-            attempts=used + 1,
-        )
+        # Type and a bounded message: engine errors carry ids and sizes, not text.
+        verdict = OutputError(ErrorCode.ENGINE_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}")
     common = {
         "prompt_sha256": prompt.sha256,
         "latency_ms": elapsed_ms(),
