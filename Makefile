@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup model demo grade run test test-fast lint schemas clean
+.PHONY: setup model demo grade run test test-fast lint schemas bench clean
 
 setup:
 	@scripts/setup-venv.sh
@@ -37,12 +37,19 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not engine"
 
 lint: setup
-	$(VENV)/bin/ruff check consumer tests scripts deploy
-	$(VENV)/bin/ruff format --check consumer tests scripts deploy
+	$(VENV)/bin/ruff check consumer tests scripts deploy bench
+	$(VENV)/bin/ruff format --check consumer tests scripts deploy bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --follow-imports=silent bench
 
 schemas: setup
 	$(VENV)/bin/texteval schemas --dir schemas
+
+# Benchmarks B1-B5 (issue 5) at full size on a quiet machine: ~10-15 minutes on
+# 2 cores, most of it B1/B2 on the real engine. Adds a dated section on top
+# of docs/benchmarks.md. `$(PY) -m bench.run --smoke` checks the harness in ~1 min.
+bench: setup
+	$(PY) -m bench.run --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .cache results.csv .pytest_cache .mypy_cache .ruff_cache

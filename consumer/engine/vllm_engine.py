@@ -166,6 +166,12 @@ class VllmEngine:
         if self._llm is None:
             return
         llm, self._llm = self._llm, None
+        # Stop vLLM's output task first: left running, it sees the engine
+        # process go away during shutdown and logs an EngineDeadError.
+        handler = getattr(llm, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
+            await asyncio.wait([handler], timeout=5)
         await asyncio.to_thread(llm.shutdown)
         # AsyncLLM.__del__ calls shutdown() again. The object sits in
         # reference cycles, so that often happens at interpreter exit, after

@@ -1,0 +1,73 @@
+"""The benchmark harness at smoke size, so ``make bench`` keeps working.
+
+Only that it runs and reports is checked: positive figures and a table with
+every row. Targets are not asserted (the machines are shared and noisy);
+the real numbers come from ``make bench``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bench import b1_e2e_vs_raw, b2_prototype, b3_progress_latency, b4_pipeline_ceiling, b5_memory
+from bench.broker_io import KafkaTarget
+from bench.common import SMOKE, BenchResult, render_section, write_report
+from consumer.engine.vllm_engine import VllmEngine
+
+pytestmark = pytest.mark.kafka
+
+
+def check_report(results: list[BenchResult], positive: dict[str, list[str]], tmp_path: Path) -> None:
+    for result in results:
+        for name in positive[result.id]:
+            assert result.figures[name] > 0, (result.id, name, result.figures)
+    section = render_section(results, scale=SMOKE, started=datetime.now(UTC), machine=["m"], settings=["s"])
+    rows = [line for line in section.splitlines() if line.startswith("| B")]
+    assert [row.split(" | ")[0] for row in rows] == [f"| {r.id}" for r in results]
+    # A second run goes on top; the first stays below it.
+    out = tmp_path / "benchmarks.md"
+    write_report(out, section.replace("## ", "## first ", 1))
+    write_report(out, section)
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmarks") and text.count("| id | what |") == 2
+    assert text.index("## first ") > text.index(section.splitlines()[0])
+
+
+async def test_fake_engine_benchmarks_run(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], tmp_path: Path
+) -> None:
+    kafka = KafkaTarget(kafka_bootstrap, kafka_group_kwargs, "test broker")
+    results = [
+        await b3_progress_latency.run(kafka, SMOKE),
+        await b4_pipeline_ceiling.run(kafka, SMOKE),
+        await b5_memory.run(kafka, SMOKE, tmp_path),
+    ]
+    positive = {
+        "B3": ["p50_ms", "p99_ms", "all_p50_ms", "all_p99_ms"],
+        "B4": ["items_per_s"],
+        "B5": ["rss_start_mb", "rss_end_mb", "rss_max_mb"],
+    }
+    check_report(results, positive, tmp_path)
+    b3 = results[0].figures
+    assert b3["p99_ms"] >= b3["p50_ms"] and b3["all_p99_ms"] >= b3["p99_ms"] - 1e-9
+
+
+@pytest.mark.engine
+async def test_real_engine_benchmarks_run(
+    real_engine: VllmEngine, kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], tmp_path: Path
+) -> None:
+    kafka = KafkaTarget(kafka_bootstrap, kafka_group_kwargs, "test broker")
+    # The session's engine writes up to 200 tokens (``make bench``: 64), so
+    # each arm takes seconds: half the smoke prompts keep this test short,
+    # and chunks of 2 still make the prototype's arm sequential.
+    scale = dataclasses.replace(SMOKE, prompts=4, chunk=2)
+    results = [await b1_e2e_vs_raw.run(real_engine, kafka, scale), await b2_prototype.run(real_engine, scale)]
+    positive = {
+        "B1": ["ratio", "raw_texts_per_s", "e2e_texts_per_s", "prefix_cache_hit_rate"],
+        "B2": ["ratio", "ours_texts_per_s", "prototype_texts_per_s"],
+    }
+    check_report(results, positive, tmp_path)
