@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 from consumer.app import ConsumerApp, Limits
@@ -103,8 +103,20 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         try:
             await task
         finally:
-            await consumer.stop()  # leaves the group
-            await producer.stop()
+            # Bounded: aiokafka's stop() first lets the group coordination
+            # finish its rebalance, which never ends while members keep
+            # joining and dying. Offsets are committed by now; a member that
+            # does not say goodbye is dropped after the session timeout.
+            await _bounded(consumer.stop(), "leaving the consumer group", settings.kafka_close_timeout_s)
+            await _bounded(producer.stop(), "closing the producer", settings.kafka_close_timeout_s)
+
+
+async def _bounded(step: Awaitable[None], what: str, timeout_s: float) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            await step
+    except TimeoutError:
+        logger.warning("%s took longer than %.0f s; going on without it", what, timeout_s)
 
 
 class _ServiceHealth:

@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = Field(default=3, ge=1, alias="KAFKA_TOPIC_PARTITIONS")
     commit_interval_ms: int = Field(default=500, ge=10, alias="COMMIT_INTERVAL_MS")
     shutdown_grace_s: float = Field(default=30.0, ge=0, alias="SHUTDOWN_GRACE_S")
+    # Leaving the group and flushing the producer at shutdown, each at most this long.
+    kafka_close_timeout_s: float = Field(default=10.0, gt=0, alias="KAFKA_CLOSE_TIMEOUT_S")
 
     # --- side HTTP server ---
     host: str = Field(default="0.0.0.0", alias="HOST")

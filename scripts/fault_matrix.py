@@ -29,6 +29,8 @@ GROUP_KWARGS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
 
 
 def row(fault: str, runs: list[FaultRun]) -> str:
+    if not runs:
+        return f"| {fault} | 0 | – | – | – |"
     dups = [r.duplicates for r in runs]
     recovery = [r.recovery_s for r in runs]
     return (
