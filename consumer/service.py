@@ -101,7 +101,18 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
     finally:
         app.stop()
         try:
-            await task
+            # The drain is bounded by SHUTDOWN_GRACE_S; this outer bound is a
+            # backstop so a stuck await (seen under a rebalance storm on the
+            # embedded broker) can never keep the process alive. What was not
+            # committed is redelivered: at-least-once still holds.
+            limit_s = settings.shutdown_grace_s + settings.kafka_close_timeout_s
+            done, _ = await asyncio.wait([task], timeout=limit_s)
+            if not done:
+                logger.warning("consumer loop still running %.0f s after stop; cancelling it", limit_s)
+                task.cancel()
+                await asyncio.wait([task], timeout=settings.kafka_close_timeout_s)
+            elif task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
         finally:
             # Bounded: aiokafka's stop() first lets the group coordination
             # finish its rebalance, which never ends while members keep
