@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumer.app import ConsumerApp
 from consumer.broker import EmbeddedBroker
 from consumer.engine.base import GradingEngine
-from consumer.kafka_config import client_kwargs
+from consumer.kafka_config import client_kwargs, topic_partitions
 from consumer.metrics import Metrics
 from consumer.service import consumer_running
 from consumer.settings import Settings
@@ -126,15 +126,7 @@ class TopicReader:
         await self._consumer.start()
         partitions: list[TopicPartition] = []
         for topic in self._topics:
-            found: set[int] = set()
-            deadline = time.monotonic() + 10
-            while not found:
-                found = self._consumer.partitions_for_topic(topic) or set()
-                if not found:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"topic {topic} not found")
-                    await self._consumer._client.force_metadata_update()  # topic just created
-            partitions += [TopicPartition(topic, p) for p in sorted(found)]
+            partitions += await topic_partitions(self._consumer, topic)
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for tp in partitions:

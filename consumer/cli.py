@@ -15,8 +15,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from consumer.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 logger = logging.getLogger("texteval")
 
@@ -37,6 +42,16 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(max(own, logging.INFO))
     # vLLM's own INFO lines drown a terminal; operators can set it back.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def progress_bar(console: Console) -> Progress:
+    """The bar every long command shows: description, bar, done/total, elapsed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    )  # fmt: skip
 
 
 def cmd_render_prompt(args: argparse.Namespace, settings: Settings) -> int:
@@ -75,7 +90,6 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _grade(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from consumer.factory import build_engine
     from consumer.inputs import InputFileError, job_id_for, read_items
@@ -96,13 +110,7 @@ async def _grade(args: argparse.Namespace, settings: Settings) -> int:
     load_s = time.monotonic() - started
     console.print(f"engine ready in {load_s:.1f} s: {engine.model_name}")
     try:
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task("grading", total=len(items))
             grading_started = time.monotonic()
             results = await grade_items(engine, job_id, items, on_result=lambda _: progress.advance(task))
@@ -139,7 +147,6 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from consumer.client import read_jobs, submit_and_follow
     from consumer.inputs import InputFileError
@@ -166,10 +173,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
         await submit_and_follow(settings, jobs, follow=False)
         console.print(f"submitted {len(jobs)} jobs ({total} texts): {', '.join(str(j.job_id) for j in jobs)}")
         return 0
-    with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console,
-    ) as bar:  # fmt: skip
+    with progress_bar(console) as bar:
         task = bar.add_task(f"{len(jobs)} jobs", total=total)
         followed = await submit_and_follow(
             settings, jobs, follow=True, on_result=lambda _: bar.advance(task), timeout_s=args.timeout_s

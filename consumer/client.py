@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumer.inputs import InputFileError, job_id_for, read_items
-from consumer.kafka_config import client_kwargs
+from consumer.kafka_config import client_kwargs, topic_partitions
 from consumer.models import EvaluationRequest, EvaluationResult
 from consumer.settings import Settings
 
@@ -104,16 +103,7 @@ async def submit_and_follow(
 async def _from_the_end(reader: AIOKafkaConsumer, topics: list[str]) -> None:
     partitions: list[TopicPartition] = []
     for topic in topics:
-        found: set[int] | None = None
-        deadline = time.monotonic() + 10
-        while not found and time.monotonic() < deadline:
-            found = reader.partitions_for_topic(topic)
-            if not found:
-                await asyncio.sleep(0.1)
-                await reader._client.force_metadata_update()
-        if not found:
-            raise RuntimeError(f"topic {topic} does not exist")
-        partitions.extend(TopicPartition(topic, p) for p in sorted(found))
+        partitions += await topic_partitions(reader, topic)
     reader.assign(partitions)
     await reader.seek_to_end(*partitions)
     for tp in partitions:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from consumer.broker import EmbeddedBroker
+from consumer.cli import progress_bar
 from consumer.client import read_jobs, submit_and_follow
 from consumer.engine.base import GradingEngine
 from consumer.http import HttpServer, create_app
@@ -73,10 +73,7 @@ async def _submit(settings: Settings, jobs_file: Path, console: Console) -> tupl
     jobs = read_jobs(jobs_file, settings.max_items_per_job)
     total = sum(len(job.items) for job in jobs)
     console.print(f"[bold]submit[/] {len(jobs)} jobs, {total} texts from {jobs_file}")
-    with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console,
-    ) as bar:  # fmt: skip
+    with progress_bar(console) as bar:
         task = bar.add_task("grading", total=total)
 
         def on_result(result: EvaluationResult) -> None:

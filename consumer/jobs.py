@@ -30,6 +30,7 @@ from consumer.models import (
     BatchCompleteEvent,
     CompleteData,
     CompleteEvent,
+    ErrorCode,
     EvaluationResult,
     ItemStatus,
     ItemSummary,
@@ -56,6 +57,9 @@ class ThroughputMeter:
 
     def estimate_s(self, items: int) -> float:
         return items / max(self._rate, 1e-6)
+
+
+_ENGINE_FAULTS = frozenset({ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT})
 
 
 class EngineUnavailable(RuntimeError):
@@ -129,7 +133,11 @@ class JobRun:
         finally:
             self._metrics.engine_in_flight.dec()
         self.remaining -= 1
-        engine_gone = outcome.error is not None and not self._engine.health().loaded
+        # Only an engine fault can mean the engine is gone; asking on every
+        # error would query the GPU once per invalid or too-long text.
+        engine_gone = (
+            outcome.error is not None and outcome.error.code in _ENGINE_FAULTS and not self._engine.health().loaded
+        )
         self._finished.put_nowait(_Finished(index, outcome, time.monotonic(), engine_gone))
 
     async def _stream(self, total: int, acks: list[Awaitable[object]], started: float) -> int:

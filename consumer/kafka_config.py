@@ -182,3 +182,24 @@ async def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     if len(failures) == 1:
         raise failures[0]
     raise KafkaSetupError(failures[0].reason, "; ".join(str(f) for f in failures))
+
+
+async def topic_partitions(consumer: Any, topic: str, *, timeout_s: float = 10.0) -> list[Any]:
+    """The topic's partitions as TopicPartitions, refreshing metadata while it is unknown.
+
+    A client's metadata can predate a topic created a moment ago; raises
+    LookupError when the topic still does not exist after ``timeout_s``.
+    """
+    import asyncio
+    import time
+
+    from aiokafka import TopicPartition
+
+    deadline = time.monotonic() + timeout_s
+    while not (found := consumer.partitions_for_topic(topic)):
+        if time.monotonic() >= deadline:
+            raise LookupError(f"topic {topic} does not exist")
+        # aiokafka has no public call to refresh metadata for an unassigned topic.
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    return [TopicPartition(topic, p) for p in sorted(found)]

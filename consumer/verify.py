@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consumer.kafka_config import client_kwargs
+from consumer.kafka_config import client_kwargs, topic_partitions
 from consumer.models import JOB_ID_PATTERN, ProgressEventType, result_id
 from consumer.settings import Settings
 
@@ -224,7 +224,7 @@ class TopicMessages(list[dict[str, Any]]):
 async def read_topic(settings: Settings, topic: str, *, timeout_s: float) -> TopicMessages:
     """Every message of ``topic`` from the beginning to (at least) the end
     offsets taken at the start: a snapshot, so a busy topic still ends."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # heavy import, only when reading
+    from aiokafka import AIOKafkaConsumer  # heavy import, only when reading
 
     size = settings.kafka_max_message_bytes
     # No group: nothing is committed and no running consumer group is disturbed.
@@ -235,13 +235,7 @@ async def read_topic(settings: Settings, topic: str, *, timeout_s: float) -> Top
     async with asyncio.timeout(timeout_s):
         await reader.start()
         try:
-            found = reader.partitions_for_topic(topic)
-            if not found:  # metadata may predate a topic that was just created
-                await reader._client.force_metadata_update()
-                found = reader.partitions_for_topic(topic)
-            if not found:
-                raise LookupError(f"topic {topic} does not exist")
-            parts = [TopicPartition(topic, p) for p in sorted(found)]
+            parts = await topic_partitions(reader, topic, timeout_s=1.0)
             reader.assign(parts)
             ends: dict[Any, int] = await reader.end_offsets(parts)
             await reader.seek_to_beginning(*parts)

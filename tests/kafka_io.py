@@ -15,6 +15,7 @@ from aiokafka.structs import ConsumerRecord
 
 from consumer.app import ConsumerApp
 from consumer.engine.base import GradingEngine
+from consumer.kafka_config import topic_partitions
 from consumer.metrics import Metrics
 from consumer.service import consumer_running
 from consumer.settings import Settings
@@ -87,12 +88,7 @@ async def read_until(bootstrap: str, topic: str, done: Callable[[list[Record]], 
     await consumer.start()
     records: list[Record] = []
     try:
-        partitions = set()
-        while not partitions:
-            partitions = consumer.partitions_for_topic(topic) or set()
-            if not partitions:
-                await consumer._client.force_metadata_update()  # topic just created
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.assign(await topic_partitions(consumer, topic))
         await consumer.seek_to_beginning()
         deadline = time.monotonic() + timeout_s
         while not done(records):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -16,38 +14,24 @@ import pytest
 
 from consumer.broker import free_port
 from tests.conftest import REPO
+from tests.fault_tools import service_env
 from tests.kafka_harness import TopicNames
 from tests.kafka_io import count_events, items, job, make_settings, produce, read_until, values
 
 pytestmark = pytest.mark.kafka
 
 
-def service_env(settings_env: dict[str, str], port: int) -> dict[str, str]:
-    return {**os.environ, **settings_env, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "INFO"}
-
-
 async def test_run_serves_health_and_drains_on_sigterm(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA_REQUESTS_TOPIC": topic_names.requests,
-        "KAFKA_RESULTS_TOPIC": topic_names.results,
-        "KAFKA_PROGRESS_TOPIC": topic_names.progress,
-        "KAFKA_DLT_TOPIC": topic_names.dlt,
-        "KAFKA_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
-        "KAFKA_CREATE_TOPICS": "true",
-        "SHUTDOWN_GRACE_S": "20",
-        "KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
-        "KAFKA_HEARTBEAT_INTERVAL_MS": str(settings.kafka_heartbeat_interval_ms),
-    }  # fmt: skip
+    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, SHUTDOWN_GRACE_S=20)
     port = free_port()
     log = tmp_path / "service.log"
     with log.open("wb") as sink:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "consumer.cli", "run", "--engine", "fake", "--fake-delay-ms", "20",
-            cwd=REPO, env=service_env(env, port), stdout=sink, stderr=subprocess.STDOUT,
+            cwd=REPO, env={**service_env(settings), "PORT": str(port), "KAFKA_CREATE_TOPICS": "true"},
+            stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
