@@ -9,7 +9,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 setup:
 	@scripts/setup-venv.sh
-	@$(PY) -m consumer.cli prepare-model >/dev/null
+	@$(PY) -m consumer.tools.cli prepare-model >/dev/null
 
 model: setup
 

@@ -1,6 +1,6 @@
 """B5: ``texteval run --engine fake`` resident memory over many jobs, then many jobs at once.
 
-The consumer runs as its own process (``tests.fault_tools.ServiceProcess``)
+The consumer runs as its own process (``consumer.testing.processes.ServiceProcess``)
 so its RSS (psutil, children included) is the consumer's alone. Samples:
 after a warm-up job (the start), after each of N sequential jobs, every
 250 ms while M jobs run at once, and once more after they finish (the end).
@@ -18,7 +18,7 @@ import psutil
 
 from bench.broker_io import JobProducer, KafkaTarget, TopicReader, encode_job, fresh_settings, new_job_id, wait_complete
 from bench.common import MIB, BenchResult, Scale, tagged_items
-from tests.fault_tools import ServiceProcess
+from consumer.testing.processes import ServiceProcess
 
 ID, TARGET_GROWTH_MB, TARGET_DRIFT_MB = "B5", 50.0, 10.0
 WHAT = "consumer RSS (own process), fake engine: sequential jobs, then many at once"

@@ -19,15 +19,14 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumer.app import ConsumerApp
-from consumer.broker import EmbeddedBroker
 from consumer.engine.base import GradingEngine
-from consumer.kafka_config import client_kwargs, topic_partitions
+from consumer.kafka import client_kwargs, topic_partitions
 from consumer.metrics import Metrics
-from consumer.service import consumer_running
+from consumer.pipeline.app import ConsumerApp
+from consumer.pipeline.service import consumer_running
 from consumer.settings import Settings
-from tests.kafka_harness import TopicNames, create_topics
-from tests.kafka_io import job, make_settings
+from consumer.testing.topics import TopicNames, create_topics, job, make_settings
+from consumer.tools.broker import EmbeddedBroker
 
 # Tansu answers a group join only after about half the session timeout.
 TANSU_GROUP_KWARGS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}

@@ -29,8 +29,8 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 async def _measure(prompts: int) -> dict[str, float]:
     from bench.common import tagged_items
-    from consumer.factory import build_engine
-    from consumer.models import Item
+    from consumer.contract import Item
+    from consumer.engine.factory import build_engine
     from consumer.settings import Settings
 
     started = time.monotonic()

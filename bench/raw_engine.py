@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bench.common import tagged_items
-from consumer.models import Item
+from consumer.contract import Item
 
 if TYPE_CHECKING:
     from vllm.outputs import RequestOutput

@@ -102,7 +102,7 @@ async def run_all(selected: list[str], scale: Scale) -> tuple[list[BenchResult],
         if "B5" in selected:
             results["B5"] = await _guarded("B5", lambda: b5_memory.run(kafka, scale, log_dir))
         if "B1" in selected or "B2" in selected:
-            from consumer.factory import build_engine
+            from consumer.engine.factory import build_engine
 
             print("loading the real engine (tens of seconds)", flush=True)
             engine = await build_engine(settings)

@@ -13,8 +13,6 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import uvicorn
 from fastapi import FastAPI
@@ -23,22 +21,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp
 
+from consumer.health import HealthReport, HealthSource
 from consumer.metrics import Metrics
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class HealthReport:
-    """A snapshot of the consumer's health; the HTTP layer adds ``status`` and ``reasons`` to ``body``."""
-
-    ready: bool
-    reasons: list[str] = field(default_factory=list)  # why not ready: "engine loading", "draining", ...
-    body: dict[str, object] = field(default_factory=dict)  # model_loaded, gpu_available, active_jobs, kafka, ...
-
-
-class HealthSource(Protocol):
-    def health_report(self) -> HealthReport: ...
 
 
 def create_app(health: HealthSource, metrics: Metrics) -> FastAPI:

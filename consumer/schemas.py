@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from consumer.models import EvaluationRequest, EvaluationResult, Item, ProgressEvent
+from consumer.contract import EvaluationRequest, EvaluationResult, Item, ProgressEvent
 
 _SCHEMA_ROOT = "https://texteval.example/schemas/v1/"
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumer.broker import EmbeddedBroker
-from tests.fault_scenarios import FaultRun, broker_outage, churn, kill9_during_job, sigterm_during_job
+from consumer.testing.faults import FaultRun, broker_outage, churn, kill9_during_job, sigterm_during_job
+from consumer.tools.broker import EmbeddedBroker
 
 GROUP_KWARGS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.bootstrap:
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = args.bootstrap  # Settings() reads it inside the CLI
-    from consumer.cli import main as texteval
+    from consumer.tools.cli import main as texteval
 
     return texteval(texteval_argv(args))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.models import Item
+from consumer.contract import Item
 from consumer.settings import Settings
 from tests.kafka_harness import *  # noqa: F403 - broker fixtures for every test module
 
@@ -32,7 +32,7 @@ def engine_settings() -> Settings:
 
 @pytest.fixture(scope="session")
 async def real_engine(engine_settings: Settings) -> AsyncIterator[object]:
-    from consumer.factory import build_engine
+    from consumer.engine.factory import build_engine
 
     engine = await build_engine(engine_settings)
     yield engine

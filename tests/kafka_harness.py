@@ -6,7 +6,7 @@ Use from a conftest with `from tests.kafka_harness import *`, or
 `kafka_bootstrap` (from `kafka_target`) picks, in order:
 1. `KAFKA_BOOTSTRAP_SERVERS` from the environment (an external broker);
 2. a testcontainers Kafka, when a Docker engine answers;
-3. the embedded Tansu broker (consumer.broker), on a free loopback port.
+3. the embedded Tansu broker (consumer.tools.broker), on a free loopback port.
 
 Consumers should add `**kafka_group_kwargs` (fast group joins on Tansu).
 Every test gets its own topic names (`topic_names`), so tests share one
@@ -20,14 +20,14 @@ warning (an error under `filterwarnings = error`).
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import astuple, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import pytest
 
-from consumer.broker import EmbeddedBroker, ensure_topics
+from consumer.testing.topics import TopicNames, create_topics
+from consumer.tools.broker import EmbeddedBroker
 
 __all__ = [
     "KafkaTarget",
@@ -39,32 +39,6 @@ __all__ = [
     "kafka_target",
     "topic_names",
 ]
-
-
-@dataclass(frozen=True)
-class TopicNames:
-    requests: str
-    results: str
-    progress: str
-    dlt: str
-
-    @classmethod
-    def unique(cls) -> TopicNames:
-        prefix = f"t-{uuid.uuid4().hex[:8]}"
-        return cls(
-            requests=f"{prefix}.evaluation.requests",
-            results=f"{prefix}.evaluation.results",
-            progress=f"{prefix}.evaluation.progress",
-            dlt=f"{prefix}.evaluation.requests.DLT",
-        )
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(astuple(self))
-
-
-async def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3) -> None:
-    """Create the topics (a TopicNames or any names) with `partitions` each."""
-    await ensure_topics(bootstrap, dict.fromkeys(names, partitions))
 
 
 def docker_available() -> bool:

@@ -35,12 +35,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from consumer.contract import EvaluationResult
 from consumer.engine.fake import FakeEngine
-from consumer.intake import Job, Rejection, RejectReason, parse_request
 from consumer.metrics import Metrics
-from consumer.models import EvaluationResult
+from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
+from consumer.testing.topics import at_least, committed, items, job, make_settings, read_until, running, values
 from tests.kafka_harness import TopicNames
-from tests.kafka_io import at_least, committed, items, job, make_settings, read_until, running, values
 
 CORPUS_PATH = Path(__file__).parent / "data" / "bad_input_corpus.json"
 KEY = b"corpus"

@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
-from consumer.broker import BrokerError, EmbeddedBroker, ensure_topics, probe_kafka
-from consumer.kafka_config import client_kwargs
+from consumer.kafka import client_kwargs, ensure_topics
 from consumer.settings import Settings
-from tests.kafka_harness import TopicNames, create_topics
+from consumer.testing.topics import TopicNames, create_topics
+from consumer.tools.broker import BrokerError, EmbeddedBroker, probe_kafka
 
 pytestmark = pytest.mark.kafka
 

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 
 from consumer.engine.fake import FakeEngine
-from consumer.results import read_results
+from consumer.pipeline.results import read_results
+from consumer.testing.processes import service_env
+from consumer.testing.topics import make_settings, running
 from tests.conftest import DATA, REPO
-from tests.fault_tools import service_env
 from tests.kafka_harness import TopicNames
-from tests.kafka_io import make_settings, running
 
 pytestmark = pytest.mark.kafka
 
 
 async def texteval(env: dict[str, str], *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumer.cli", *args, cwd=REPO, env=env,
+        sys.executable, "-m", "consumer.tools.cli", *args, cwd=REPO, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 120)

@@ -9,12 +9,11 @@ from collections import Counter
 import httpx
 import pytest
 
+from consumer.contract import EvaluationResult
 from consumer.engine.fake import FakeEngine
 from consumer.http import HttpServer, create_app
 from consumer.metrics import Metrics
-from consumer.models import EvaluationResult
-from tests.kafka_harness import TopicNames
-from tests.kafka_io import (
+from consumer.testing.topics import (
     at_least,
     committed,
     count_events,
@@ -27,6 +26,7 @@ from tests.kafka_io import (
     values,
     wait_for,
 )
+from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
 

@@ -32,14 +32,24 @@ from jsonschema import Draft202012Validator
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.cli import build_parser
-from consumer.client import read_jobs
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
 from consumer.settings import Settings
+from consumer.testing.topics import (
+    at_least,
+    count_events,
+    items,
+    job,
+    make_settings,
+    produce,
+    read_until,
+    running,
+    wait_for,
+)
+from consumer.tools.cli import build_parser
+from consumer.tools.client import read_jobs
 from tests.conftest import REPO
 from tests.kafka_harness import TopicNames
-from tests.kafka_io import at_least, count_events, items, job, make_settings, produce, read_until, running, wait_for
 
 SETTINGS_ENV = {f.alias for f in Settings.model_fields.values() if f.alias}
 COMPOSE = REPO / "docker-compose.yml"
@@ -643,7 +653,7 @@ def test_test_client_submits_its_data_and_follows(monkeypatch: pytest.MonkeyPatc
         calls.append((argv, os.environ.get("KAFKA_BOOTSTRAP_SERVERS")))
         return 0
 
-    monkeypatch.setattr("consumer.cli.main", texteval)
+    monkeypatch.setattr("consumer.tools.cli.main", texteval)
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     assert client.main(["--bootstrap", "localhost:9094", "--out", "r.csv"]) == 0
     (argv, bootstrap) = calls[0]

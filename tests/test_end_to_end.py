@@ -7,12 +7,12 @@ import json
 import jsonschema
 import pytest
 
-from consumer.client import read_jobs, submit_and_follow
 from consumer.engine.vllm_engine import VllmEngine
 from consumer.metrics import Metrics
+from consumer.testing.topics import at_least, make_settings, read_until, running, values
+from consumer.tools.client import read_jobs, submit_and_follow
 from tests.conftest import DATA, REPO
 from tests.kafka_harness import TopicNames
-from tests.kafka_io import at_least, make_settings, read_until, running, values
 
 pytestmark = [pytest.mark.engine, pytest.mark.kafka]
 

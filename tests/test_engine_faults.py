@@ -6,11 +6,10 @@ import asyncio
 
 import pytest
 
+from consumer.contract import Item
 from consumer.engine.fake import FakeEngine, deterministic_script
 from consumer.engine.output import Generation
-from consumer.models import Item
-from tests.kafka_harness import TopicNames
-from tests.kafka_io import (
+from consumer.testing.topics import (
     at_least,
     committed,
     count_events,
@@ -23,6 +22,7 @@ from tests.kafka_io import (
     values,
     wait_for,
 )
+from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
 

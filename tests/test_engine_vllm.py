@@ -8,9 +8,9 @@ import json
 import jsonschema
 import pytest
 
+from consumer.contract import ErrorCode, ItemStatus
 from consumer.engine.vllm_engine import VllmEngine
-from consumer.models import ErrorCode, ItemStatus
-from consumer.offline import grade_items
+from consumer.tools.offline import grade_items
 from tests.conftest import REPO, sample_items
 
 pytestmark = pytest.mark.engine

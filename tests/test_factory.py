@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.factory import SMALL_MODEL_NAME, ModelChoice, engine_args, memory_utilization, resolve_model
-from consumer.model_store import PRODUCTION_MODEL
+from consumer.engine.factory import SMALL_MODEL_NAME, ModelChoice, engine_args, memory_utilization, resolve_model
+from consumer.engine.model_store import PRODUCTION_MODEL
 from consumer.settings import PromptFormat, Settings
 
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from consumer.contract import ErrorCode, Item, ItemStatus
 from consumer.engine.base import GradingEngine
 from consumer.engine.fake import FakeEngine, deterministic_script
 from consumer.engine.output import Generation
-from consumer.models import ErrorCode, Item, ItemStatus
 
 ITEM = Item(id_alumno="A1", curso="3r ESO", consigna="Explica la fotosíntesi.", respuesta="Les plantes fan sucre.")
 

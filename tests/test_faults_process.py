@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault_scenarios import broker_outage, churn, kill9_during_job, sigterm_during_job
+from consumer.testing.faults import broker_outage, churn, kill9_during_job, sigterm_during_job
 
 pytestmark = pytest.mark.kafka
 

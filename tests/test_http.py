@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.http import HealthReport, HttpServer, create_app
+from consumer.health import HealthReport
+from consumer.http import HttpServer, create_app
 from consumer.metrics import Metrics
 
 

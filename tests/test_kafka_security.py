@@ -34,9 +34,9 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
-from consumer.broker import EmbeddedBroker, free_port
-from consumer.kafka_config import KafkaSetupError, check_connection, client_kwargs
+from consumer.kafka import KafkaSetupError, check_connection, client_kwargs
 from consumer.settings import Settings
+from consumer.tools.broker import EmbeddedBroker, free_port
 from tests.conftest import REPO
 
 FAST_S = 15.0  # "fails fast": well under aiokafka's 40 s request timeout
@@ -233,7 +233,7 @@ def test_run_exits_fast_on_a_refused_login(auth_broker: EmbeddedBroker) -> None:
     }
     started = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "consumer.cli", "run", "--engine", "fake"],
+        [sys.executable, "-m", "consumer.tools.cli", "run", "--engine", "fake"],
         env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 2 and time.monotonic() - started < FAST_S

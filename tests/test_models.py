@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from consumer.models import EvaluationRequest, EvaluationResult, ItemStatus, Sampling
+from consumer.contract import EvaluationRequest, EvaluationResult, ItemStatus, Sampling
 from consumer.schemas import all_schemas, render
 from tests.conftest import REPO
 
@@ -87,7 +87,7 @@ def test_result_status_must_match_its_fields() -> None:
 
 
 def test_schemas_directory_matches_the_models() -> None:
-    # Regenerate with `make schemas` after changing consumer/models.py.
+    # Regenerate with `make schemas` after changing consumer/contract.py.
     for name, schema in all_schemas().items():
         path = REPO / "schemas" / name
         assert path.exists(), f"schemas/{name} missing: run make schemas"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from consumer.contract import EvaluationResult, ItemStatus
 from consumer.engine.fake import FakeEngine
-from consumer.inputs import InputFileError, job_id_for, read_items
-from consumer.models import EvaluationResult, ItemStatus
-from consumer.offline import grade_items
-from consumer.results import CSV_COLUMNS, read_results, write_results
+from consumer.pipeline.results import CSV_COLUMNS, read_results, write_results
+from consumer.tools.files import InputFileError, job_id_for, read_items
+from consumer.tools.offline import grade_items
 from tests.conftest import DATA, sample_items
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from consumer.contract import ErrorCode
 from consumer.engine.output import Generation, OutputError, ParsedGrade, output_schema, parse_generation
-from consumer.models import ErrorCode
 
 
 def gen(text: str, finish: str | None = "stop") -> Generation:

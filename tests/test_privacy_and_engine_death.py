@@ -15,11 +15,21 @@ import httpx
 import psutil
 import pytest
 
-from consumer.broker import free_port
+from consumer.testing.processes import service_env
+from consumer.testing.topics import (
+    TopicNames,
+    at_least,
+    committed,
+    count_events,
+    create_topics,
+    job,
+    make_settings,
+    produce,
+    read_until,
+    values,
+)
+from consumer.tools.broker import free_port
 from tests.conftest import REPO
-from tests.fault_tools import service_env
-from tests.kafka_harness import TopicNames, create_topics
-from tests.kafka_io import at_least, committed, count_events, job, make_settings, produce, read_until, values
 
 pytestmark = [pytest.mark.engine, pytest.mark.kafka]
 
@@ -56,7 +66,7 @@ async def test_no_student_text_in_debug_logs_and_engine_death_exits_for_restart(
     log = tmp_path / "service.log"
     with log.open("wb") as sink:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "consumer.cli", "run", cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT
+            sys.executable, "-m", "consumer.tools.cli", "run", cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 180

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from consumer.factory import ModelChoice, build_prompt_builder
-from consumer.model_store import PRODUCTION_MODEL, small_model_dir
-from consumer.models import Item
-from consumer.prompt import INSTRUCTION, PromptBuilder, PromptTokenizer
+from consumer.contract import Item
+from consumer.engine.factory import ModelChoice, build_prompt_builder
+from consumer.engine.model_store import PRODUCTION_MODEL, small_model_dir
+from consumer.engine.prompt import INSTRUCTION, PromptBuilder, PromptTokenizer
 from consumer.settings import PromptFormat, Settings
 from tests.conftest import DATA, REPO
 
@@ -42,7 +42,7 @@ def test_instruction_keeps_the_trailing_space_of_the_training_data() -> None:
 def test_render_prompt_command_prints_exactly_the_golden_file() -> None:
     env = {**os.environ, "MODEL_NAME": PRODUCTION_MODEL}
     done = subprocess.run(
-        [sys.executable, "-m", "consumer.cli", "render-prompt"],
+        [sys.executable, "-m", "consumer.tools.cli", "render-prompt"],
         input=GOLDEN_ITEM.read_bytes(),
         capture_output=True,
         env=env,
@@ -56,7 +56,7 @@ def test_render_prompt_command_prints_exactly_the_golden_file() -> None:
 def test_render_prompt_rejects_an_invalid_item_with_the_field_name() -> None:
     env = {**os.environ, "MODEL_NAME": PRODUCTION_MODEL}
     done = subprocess.run(
-        [sys.executable, "-m", "consumer.cli", "render-prompt"],
+        [sys.executable, "-m", "consumer.tools.cli", "render-prompt"],
         input=b'{"id_alumno": "A1", "curso": "1r", "consigna": "x"}',
         capture_output=True,
         env=env,

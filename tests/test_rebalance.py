@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.engine.fake import FakeEngine
-from tests.kafka_harness import TopicNames
-from tests.kafka_io import (
+from consumer.testing.topics import (
     committed,
     count_events,
     items,
@@ -18,6 +17,7 @@ from tests.kafka_io import (
     values,
     wait_for,
 )
+from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from consumer.broker import free_port
+from consumer.testing.processes import service_env
+from consumer.testing.topics import count_events, items, job, make_settings, produce, read_until, values
+from consumer.tools.broker import free_port
 from tests.conftest import REPO
-from tests.fault_tools import service_env
 from tests.kafka_harness import TopicNames
-from tests.kafka_io import count_events, items, job, make_settings, produce, read_until, values
 
 pytestmark = pytest.mark.kafka
 
@@ -29,7 +29,7 @@ async def test_run_serves_health_and_drains_on_sigterm(
     log = tmp_path / "service.log"
     with log.open("wb") as sink:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "consumer.cli", "run", "--engine", "fake", "--fake-delay-ms", "20",
+            sys.executable, "-m", "consumer.tools.cli", "run", "--engine", "fake", "--fake-delay-ms", "20",
             cwd=REPO, env={**service_env(settings), "PORT": str(port), "KAFKA_CREATE_TOPICS": "true"},
             stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip

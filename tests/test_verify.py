@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from consumer import verify
+from consumer.tools import verify
 from consumer.engine.fake import FakeEngine
-from consumer.verify import ManifestError, check, read_manifest, render
+from consumer.testing.topics import count_events, items, job, make_settings, produce, read_until, running
+from consumer.tools.verify import ManifestError, check, read_manifest, render
 from tests.kafka_harness import TopicNames
-from tests.kafka_io import count_events, items, job, make_settings, produce, read_until, running
 
 
 def result(job_id: str, index: int, status: str = "ok", code: str = "invalid_output") -> dict[str, Any]:

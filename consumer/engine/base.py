@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from consumer.models import ErrorCode, ErrorInfo, Item, ItemStatus, Sampling
+from consumer.contract import ErrorCode, ErrorInfo, Item, ItemStatus, Sampling
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,11 @@ import hashlib
 import json
 from collections.abc import Callable
 
+from consumer.contract import Item, Sampling
 from consumer.engine.base import EngineHealth, GradeOutcome
 from consumer.engine.grading import grade_prompt
 from consumer.engine.output import Generation
-from consumer.models import Item, Sampling
-from consumer.prompt import PromptBuilder
+from consumer.engine.prompt import PromptBuilder
 
 # (item, attempt) -> a generation; raising simulates an engine failure.
 Script = Callable[[Item, int], Generation]

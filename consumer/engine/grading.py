@@ -10,10 +10,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from consumer.contract import ErrorCode
 from consumer.engine.base import GradeOutcome
 from consumer.engine.output import Generation, OutputError, ParsedGrade, parse_generation
-from consumer.models import ErrorCode
-from consumer.prompt import Prompt
+from consumer.engine.prompt import Prompt
 
 Generate = Callable[[int], Awaitable[Generation]]
 

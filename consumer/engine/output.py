@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.models import ErrorCode
+from consumer.contract import ErrorCode
 
 NOTA_VALUES = (0, 1, 2, 3, 4, 5)
 

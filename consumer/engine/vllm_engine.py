@@ -15,11 +15,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from consumer.contract import Item, Sampling
 from consumer.engine.base import EngineHealth, GradeOutcome
 from consumer.engine.grading import grade_prompt
 from consumer.engine.output import Generation, output_schema
-from consumer.models import Item, Sampling
-from consumer.prompt import PromptBuilder, PromptTokenizer
+from consumer.engine.prompt import PromptBuilder, PromptTokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -17,9 +17,19 @@ from typing import Any
 import httpx
 
 from consumer.settings import Settings
-from tests.fault_tools import ServiceProcess
-from tests.kafka_harness import TopicNames, create_topics
-from tests.kafka_io import at_least, count_events, items, job, make_settings, produce, read_until, values
+from consumer.testing.processes import ServiceProcess
+from consumer.testing.topics import (
+    TopicNames,
+    at_least,
+    count_events,
+    create_topics,
+    items,
+    job,
+    make_settings,
+    produce,
+    read_until,
+    values,
+)
 
 
 @dataclass(frozen=True)
@@ -157,8 +167,8 @@ async def broker_outage(log_dir: Path, *, outage_s: float = 30.0, n_items: int =
     A broker of its own advertises a proxy's address, so every client (the
     consumer's, and this test's) reaches it only through the proxy.
     """
-    from consumer.broker import EmbeddedBroker, free_port
-    from tests.tcp_proxy import TcpProxy
+    from consumer.testing.tcp_proxy import TcpProxy
+    from consumer.tools.broker import EmbeddedBroker, free_port
 
     proxy_port = free_port()
     broker = EmbeddedBroker(advertised_port=proxy_port).start()

@@ -1,4 +1,9 @@
-"""Small helpers for integration tests: run a consumer, produce, read topics back."""
+"""Topics and settings for a throw-away run against a real broker.
+
+Shared by the test suite and the benchmarks (which must not import
+``tests``): every run gets its own topic names, so many runs share one
+broker without seeing each other's messages.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,46 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import astuple, dataclass
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumer.app import ConsumerApp
 from consumer.engine.base import GradingEngine
-from consumer.kafka_config import topic_partitions
+from consumer.kafka import ensure_topics, topic_partitions
 from consumer.metrics import Metrics
-from consumer.service import consumer_running
+from consumer.pipeline.app import ConsumerApp
+from consumer.pipeline.service import consumer_running
 from consumer.settings import Settings
-from tests.kafka_harness import TopicNames, create_topics
 
-Record = ConsumerRecord[bytes, bytes]
+
+@dataclass(frozen=True)
+class TopicNames:
+    requests: str
+    results: str
+    progress: str
+    dlt: str
+
+    @classmethod
+    def unique(cls) -> TopicNames:
+        prefix = f"t-{uuid.uuid4().hex[:8]}"
+        return cls(
+            requests=f"{prefix}.evaluation.requests",
+            results=f"{prefix}.evaluation.results",
+            progress=f"{prefix}.evaluation.progress",
+            dlt=f"{prefix}.evaluation.requests.DLT",
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(astuple(self))
+
+
+async def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3) -> None:
+    """Create the topics (a TopicNames or any names) with `partitions` each."""
+    await ensure_topics(bootstrap, dict.fromkeys(names, partitions))
 
 
 def make_settings(bootstrap: str, topics: TopicNames, group_kwargs: dict[str, int], **overrides: Any) -> Settings:
@@ -42,6 +71,16 @@ def make_settings(bootstrap: str, topics: TopicNames, group_kwargs: dict[str, in
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+def job(job_id: str | None, items: Sequence[dict[str, str]]) -> bytes:
+    body: dict[str, Any] = {"items": list(items)}
+    if job_id is not None:
+        body["job_id"] = job_id
+    return json.dumps(body).encode()
+
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
 @asynccontextmanager
 async def running(settings: Settings, engine: GradingEngine, metrics: Metrics | None = None,
                   partitions: int = 3) -> AsyncIterator[ConsumerApp]:  # fmt: skip
@@ -49,13 +88,6 @@ async def running(settings: Settings, engine: GradingEngine, metrics: Metrics | 
     await create_topics(settings.kafka_bootstrap_servers, topics, partitions=partitions)
     async with consumer_running(settings, engine, metrics or Metrics()) as app:
         yield app
-
-
-def job(job_id: str | None, items: Sequence[dict[str, str]]) -> bytes:
-    body: dict[str, Any] = {"items": list(items)}
-    if job_id is not None:
-        body["job_id"] = job_id
-    return json.dumps(body).encode()
 
 
 def items(n: int, prefix: str = "A", text: str = "La fotosíntesi produeix oxigen.") -> list[dict[str, str]]:

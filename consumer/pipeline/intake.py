@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import ValidationError
 
-from consumer.models import EvaluationRequest, Item
+from consumer.contract import EvaluationRequest, Item
 
 
 class RejectReason(StrEnum):

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 
-from consumer.broker import free_port
 from consumer.settings import Settings
+from consumer.tools.broker import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def service_env(settings: Settings) -> dict[str, str]:
@@ -46,7 +46,7 @@ class ServiceProcess:
         env = {**service_env(self.settings), "PORT": str(self.port)}
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "consumer.cli", "run", "--engine", "fake", *self._args,
+                sys.executable, "-m", "consumer.tools.cli", "run", "--engine", "fake", *self._args,
                 cwd=REPO, env=env, stdout=log, stderr=log,
             )  # fmt: skip
         return self

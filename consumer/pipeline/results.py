@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from consumer.contract import EvaluationResult, Sampling, result_id, utc_now
 from consumer.engine.base import GradeOutcome
-from consumer.models import EvaluationResult, Sampling, result_id, utc_now
 
 
 def build_result(

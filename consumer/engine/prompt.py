@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from consumer.models import Item
+from consumer.contract import Item
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -18,10 +18,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumer.inputs import InputFileError, job_id_for, read_items
-from consumer.kafka_config import client_kwargs, topic_partitions
-from consumer.models import EvaluationRequest, EvaluationResult
+from consumer.contract import EvaluationRequest, EvaluationResult
+from consumer.kafka import client_kwargs, topic_partitions
 from consumer.settings import Settings
+from consumer.tools.files import InputFileError, job_id_for, read_items
 
 
 def read_jobs(path: Path, max_items: int) -> list[EvaluationRequest]:

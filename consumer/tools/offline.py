@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from consumer.contract import EvaluationResult, Item
 from consumer.engine.base import GradingEngine
-from consumer.models import EvaluationResult, Item
-from consumer.results import build_result
+from consumer.pipeline.results import build_result
 
 
 async def grade_items(

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consumer.kafka_config import client_kwargs, topic_partitions
-from consumer.models import JOB_ID_PATTERN, ProgressEventType, result_id
+from consumer.contract import JOB_ID_PATTERN, ProgressEventType, result_id
+from consumer.kafka import client_kwargs, topic_partitions
 from consumer.settings import Settings
 
 SHOWN_INDEXES = 10  # missing/unexpected indexes listed per job by render()

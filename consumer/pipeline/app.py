@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
-from consumer.checkpointing import Committer, OffsetTracker
 from consumer.engine.base import GradingEngine
-from consumer.http import HealthReport
-from consumer.intake import Job, Rejection, parse_request
-from consumer.jobs import EngineUnavailable, JobRun, ThroughputMeter
+from consumer.health import HealthReport
 from consumer.metrics import Metrics
-from consumer.sinks import Sinks
+from consumer.pipeline.checkpointing import Committer, OffsetTracker
+from consumer.pipeline.intake import Job, Rejection, parse_request
+from consumer.pipeline.jobs import EngineUnavailable, JobRun, ThroughputMeter
+from consumer.pipeline.sinks import Sinks
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer

@@ -20,10 +20,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-from consumer.engine.base import GradeOutcome, GradingEngine
-from consumer.intake import Job
-from consumer.metrics import Metrics
-from consumer.models import (
+from consumer.contract import (
     AcceptedData,
     AcceptedEvent,
     BatchCompleteData,
@@ -36,8 +33,11 @@ from consumer.models import (
     ItemSummary,
     ProgressFigures,
 )
-from consumer.results import build_result
-from consumer.sinks import Sinks
+from consumer.engine.base import GradeOutcome, GradingEngine
+from consumer.metrics import Metrics
+from consumer.pipeline.intake import Job
+from consumer.pipeline.results import build_result
+from consumer.pipeline.sinks import Sinks
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from consumer.model_store import PRODUCTION_MODEL, prepare_small_model
-from consumer.models import Sampling
-from consumer.prompt import PromptBuilder
+from consumer.contract import Sampling
+from consumer.engine.model_store import PRODUCTION_MODEL, prepare_small_model
+from consumer.engine.prompt import PromptBuilder
 from consumer.settings import PromptFormat, Settings
 
 if TYPE_CHECKING:

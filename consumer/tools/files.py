@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from consumer.models import EvaluationRequest, Item
+from consumer.contract import EvaluationRequest, Item
 
 
 class InputFileError(ValueError):

@@ -13,13 +13,14 @@ import signal
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
-from consumer.app import ConsumerApp, Limits
 from consumer.engine.base import GradingEngine
-from consumer.http import HealthReport, HttpServer, create_app
-from consumer.kafka_config import check_connection, client_kwargs
+from consumer.health import HealthReport
+from consumer.http import HttpServer, create_app
+from consumer.kafka import check_connection, client_kwargs, ensure_topics
 from consumer.metrics import Metrics
+from consumer.pipeline.app import ConsumerApp, Limits
+from consumer.pipeline.sinks import Sinks
 from consumer.settings import Settings
-from consumer.sinks import Sinks
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ def limits_from(settings: Settings) -> Limits:
 async def ensure_service_topics(settings: Settings) -> None:
     """Create the four topics if missing (development and demo; production
     topics are created by operations, see docker-compose.yml)."""
-    from consumer.broker import ensure_topics
 
     partitions = settings.kafka_topic_partitions
     topics = [settings.requests_topic, settings.results_topic, settings.progress_topic, settings.dlt_topic]
@@ -145,7 +145,7 @@ class _ServiceHealth:
 
 async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
     """``texteval run``: until SIGTERM/SIGINT, then drain and exit 0."""
-    from consumer.factory import build_engine
+    from consumer.engine.factory import build_engine
 
     metrics = Metrics()
     health = _ServiceHealth()

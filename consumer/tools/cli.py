@@ -1,7 +1,7 @@
 """The ``texteval`` command line.
 
 Each command builds what it needs from one ``Settings`` object through
-``consumer.factory`` and nothing else.
+``consumer.engine.factory`` and nothing else.
 """
 
 from __future__ import annotations
@@ -11,54 +11,21 @@ import asyncio
 import collections
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from consumer.settings import Settings
-
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress
+from consumer.tools.console import configure_logging, progress_bar
 
 logger = logging.getLogger("texteval")
-
-
-# Libraries whose DEBUG lines print message payloads (aiokafka logs every
-# record it sends, value included): student texts, so never below INFO.
-_PAYLOAD_LOGGERS = ("aiokafka",)
-
-
-def configure_logging(level: str) -> None:
-    """LOG_LEVEL applies to texteval's own loggers; libraries stay at INFO or above."""
-    own = logging.getLevelName(level.upper())
-    logging.basicConfig(
-        level=max(own, logging.INFO), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
-    )
-    logging.getLogger("consumer").setLevel(own)
-    for name in _PAYLOAD_LOGGERS:
-        logging.getLogger(name).setLevel(max(own, logging.INFO))
-    # vLLM's own INFO lines drown a terminal; operators can set it back.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-
-
-def progress_bar(console: Console) -> Progress:
-    """The bar every long command shows: description, bar, done/total, elapsed."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    return Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console,
-    )  # fmt: skip
 
 
 def cmd_render_prompt(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
 
-    from consumer.factory import build_prompt_builder, resolve_model
-    from consumer.models import Item
+    from consumer.contract import Item
+    from consumer.engine.factory import build_prompt_builder, resolve_model
 
     try:
         item = Item.model_validate_json(sys.stdin.buffer.read())
@@ -82,7 +49,7 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.model_store import prepare_small_model
+    from consumer.engine.model_store import prepare_small_model
 
     print(prepare_small_model(settings.model_cache_dir))
     return 0
@@ -91,10 +58,10 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
 async def _grade(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from consumer.factory import build_engine
-    from consumer.inputs import InputFileError, job_id_for, read_items
-    from consumer.offline import grade_items
-    from consumer.results import write_results
+    from consumer.engine.factory import build_engine
+    from consumer.pipeline.results import write_results
+    from consumer.tools.files import InputFileError, job_id_for, read_items
+    from consumer.tools.offline import grade_items
 
     console = Console(stderr=True)
     path = Path(args.file)
@@ -129,8 +96,8 @@ async def _grade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.kafka_config import KafkaSetupError
-    from consumer.service import serve
+    from consumer.kafka import KafkaSetupError
+    from consumer.pipeline.service import serve
 
     engine = None
     if args.engine == "fake":
@@ -148,10 +115,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from consumer.client import read_jobs, submit_and_follow
-    from consumer.inputs import InputFileError
-    from consumer.kafka_config import KafkaSetupError, check_connection
-    from consumer.results import write_results
+    from consumer.kafka import KafkaSetupError, check_connection
+    from consumer.pipeline.results import write_results
+    from consumer.tools.client import read_jobs, submit_and_follow
+    from consumer.tools.files import InputFileError
 
     console = Console(stderr=True)
     try:
@@ -188,7 +155,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.demo import run_demo
+    from consumer.tools.demo import run_demo
 
     # The demo narrates on the terminal itself; service logs would interleave.
     for name in ("consumer", "uvicorn.error"):
@@ -198,13 +165,13 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.verify import main as verify_main
+    from consumer.tools.verify import main as verify_main
 
     return verify_main(settings, Path(args.manifest), args.wait_s, args.json)
 
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.broker import run_forever
+    from consumer.tools.broker import run_forever
 
     run_forever(port=args.port, host=args.host)
     return 0

@@ -25,7 +25,6 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
@@ -33,7 +32,6 @@ from typing import IO, Any, Self
 __all__ = [
     "BrokerError",
     "EmbeddedBroker",
-    "ensure_topics",
     "free_port",
     "probe_api_versions",
     "probe_kafka",
@@ -46,7 +44,6 @@ __all__ = [
 _SCRUBBED_ENV = ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _METADATA_API_KEY = 3
 _API_VERSIONS_API_KEY = 18
-_TOPIC_ALREADY_EXISTS = 36  # Kafka error code
 
 
 class BrokerError(RuntimeError):
@@ -311,47 +308,6 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-async def ensure_topics(
-    bootstrap: str,
-    topics: Mapping[str, int],
-    *,
-    replication_factor: int = 1,
-    **client_kwargs: Any,
-) -> list[str]:
-    """Create the topics (name -> partitions) that do not exist yet; return
-    the names created. Existing topics are left as they are.
-
-    `client_kwargs` go to `AIOKafkaAdminClient` (security settings, e.g.
-    `kafka_config.client_kwargs(settings)`); `bootstrap` wins over a
-    `bootstrap_servers` among them.
-    """
-    # Tansu accepts 0 partitions and makes a topic nobody can use.
-    if bad := {name: n for name, n in topics.items() if n < 1}:
-        raise ValueError(f"topics need at least one partition: {bad}")
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import for_code
-
-    admin = AIOKafkaAdminClient(**{**client_kwargs, "bootstrap_servers": bootstrap})
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [name for name in topics if name not in existing]
-        if not missing:
-            return []
-        response = await admin.create_topics([NewTopic(name, topics[name], replication_factor) for name in missing])
-    finally:
-        await admin.close()
-    created = []
-    # (topic, error_code[, error_message, ...]) depending on the version.
-    for name, code, *rest in response.topic_errors:
-        if code == 0:
-            created.append(name)
-        elif code != _TOPIC_ALREADY_EXISTS:  # another process won the race
-            message = rest[0] if rest and isinstance(rest[0], str) else ""
-            raise for_code(code)(f"could not create topic {name!r}: {message}")
-    return created
 
 
 def run_forever(

@@ -13,20 +13,20 @@ from typing import Any
 
 from rich.console import Console
 
-from consumer.broker import EmbeddedBroker
-from consumer.cli import progress_bar
-from consumer.client import read_jobs, submit_and_follow
+from consumer.contract import EvaluationResult
 from consumer.engine.base import GradingEngine
 from consumer.http import HttpServer, create_app
 from consumer.metrics import Metrics
-from consumer.models import EvaluationResult
-from consumer.results import write_results
-from consumer.service import consumer_running, ensure_service_topics
+from consumer.pipeline.results import write_results
+from consumer.pipeline.service import consumer_running, ensure_service_topics
 from consumer.settings import Settings
+from consumer.tools.broker import EmbeddedBroker
+from consumer.tools.client import read_jobs, submit_and_follow
+from consumer.tools.console import progress_bar
 
 
 async def run_demo(settings: Settings, jobs_file: Path, out: Path, engine: GradingEngine | None = None) -> int:
-    from consumer.factory import build_engine
+    from consumer.engine.factory import build_engine
 
     console = Console(stderr=True)
     started = time.monotonic()

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from consumer.intake import Rejection
+from consumer.pipeline.intake import Rejection
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from aiokafka.structs import ConsumerRecord
 
-    from consumer.models import AcceptedEvent, BatchCompleteEvent, CompleteEvent, EvaluationResult
+    from consumer.contract import AcceptedEvent, BatchCompleteEvent, CompleteEvent, EvaluationResult
 
 Ack = asyncio.Future[Any]
 
