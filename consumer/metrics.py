@@ -55,3 +55,18 @@ class Metrics:
         )
         self.engine_up = Gauge("texteval_engine_up", "1 when the engine is loaded and healthy", registry=r)
         self.kafka_up = Gauge("texteval_kafka_up", "1 when the consumer holds its group membership", registry=r)
+        self.fetch_errors = Counter(
+            "texteval_fetch_errors",
+            "Errors fetching requests: undecodable_record (moved past, to the DLT), fetch_failed (retried)",
+            ["kind"],
+            registry=r,
+        )
+        self.dead_letters_reduced = Counter(
+            "texteval_dead_letters_reduced",
+            "Dead letters sent in a smaller form because the whole record could not be produced",
+            ["form"],
+            registry=r,
+        )
+        self.output_topics_up = Gauge(
+            "texteval_output_topics_up", "1 when the results, progress and DLT topics exist", registry=r
+        )

@@ -20,6 +20,7 @@ class RejectReason(StrEnum):
     INVALID_UTF8 = "invalid_utf8"
     INVALID_JSON = "invalid_json"
     INVALID_REQUEST = "invalid_request"  # JSON, but breaks the contract
+    UNDECODABLE_RECORD = "undecodable_record"  # the Kafka client could not decode it (codec, corrupt batch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from consumer.health import HealthReport
 from consumer.http import HttpServer, create_app
 from consumer.kafka import check_connection, client_kwargs, ensure_topics
 from consumer.metrics import Metrics
-from consumer.pipeline.app import ConsumerApp, Limits
+from consumer.pipeline.app import AppConfig, ConsumerApp
 from consumer.pipeline.sinks import Sinks
 from consumer.settings import Settings
 
@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 EXIT_ENGINE_DIED = 3  # the orchestrator restarts the process; unfinished jobs are redone
 
 
-def limits_from(settings: Settings) -> Limits:
-    return Limits(
+def app_config(settings: Settings) -> AppConfig:
+    return AppConfig(
         max_items_per_job=settings.max_items_per_job,
         max_inflight_items=settings.max_inflight_items,
         max_concurrent_jobs=settings.max_concurrent_jobs,
@@ -36,6 +36,7 @@ def limits_from(settings: Settings) -> Limits:
         progress_flush_s=settings.progress_flush_ms / 1000.0,
         commit_interval_s=settings.commit_interval_ms / 1000.0,
         shutdown_grace_s=settings.shutdown_grace_s,
+        output_topics=(settings.results_topic, settings.progress_topic, settings.dlt_topic),
     )
 
 
@@ -63,6 +64,7 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         enable_idempotence=False,
         linger_ms=settings.kafka_linger_ms,
         max_request_size=settings.kafka_max_message_bytes,
+        compression_type=None if settings.kafka_compression_type == "none" else settings.kafka_compression_type,
     )
     consumer = AIOKafkaConsumer(
         **kafka,
@@ -70,6 +72,7 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         group_id=settings.kafka_group_id,
         enable_auto_commit=False,  # offsets are committed only when work is done
         auto_offset_reset="earliest",  # a new group must not skip waiting jobs
+        isolation_level=settings.kafka_isolation_level,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         # The poll loop never blocks on the engine, so these only need to
@@ -93,7 +96,7 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         group_id=settings.kafka_group_id,
     )
     app = ConsumerApp(
-        consumer, sinks, engine, metrics, requests_topic=settings.requests_topic, limits=limits_from(settings)
+        consumer, sinks, engine, metrics, requests_topic=settings.requests_topic, config=app_config(settings)
     )
     task = asyncio.create_task(app.run())
     try:
