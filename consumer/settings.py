@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     results_topic: str = Field(default="evaluation.results", alias="KAFKA_RESULTS_TOPIC")
     progress_topic: str = Field(default="evaluation.progress", alias="KAFKA_PROGRESS_TOPIC")
     dlt_topic: str = Field(default="evaluation.requests.DLT", alias="KAFKA_DLT_TOPIC")
+    # 1.1: cancel commands, read by every consumer instance without a group.
+    control_topic: str = Field(default="evaluation.control", alias="KAFKA_CONTROL_TOPIC")
     kafka_security_protocol: str = Field(default="PLAINTEXT", alias="KAFKA_SECURITY_PROTOCOL")
     kafka_sasl_mechanism: str | None = Field(default=None, alias="KAFKA_SASL_MECHANISM")
     kafka_sasl_username: str | None = Field(default=None, alias="KAFKA_SASL_USERNAME")
