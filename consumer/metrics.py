@@ -70,3 +70,19 @@ class Metrics:
         self.output_topics_up = Gauge(
             "texteval_output_topics_up", "1 when the results, progress and DLT topics exist", registry=r
         )
+        self.control_commands = Counter(
+            "texteval_control_commands",
+            "Control commands read: cancel (first for a job), repeated, malformed",
+            ["result"],
+            registry=r,
+        )
+        self.jobs_cancelled = Counter("texteval_jobs_cancelled", "Jobs ended by a cancel command", registry=r)
+        self.jobs_deduplicated = Counter(
+            "texteval_jobs_deduplicated",
+            "Requests not graded because their job id was known: duplicate, republish, conflict",
+            ["admission"],
+            registry=r,
+        )
+        self.items_resumed = Counter(
+            "texteval_items_resumed", "Items skipped on resume: acknowledged by an earlier owner", registry=r
+        )
