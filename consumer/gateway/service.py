@@ -123,10 +123,26 @@ async def gateway_running(settings: Settings, metrics: GatewayMetrics | None = N
                 await producer.stop()
 
 
-async def serve_gateway(settings: Settings, host: str, port: int) -> int:
-    """``texteval gateway``: until SIGTERM/SIGINT. Exit 2 on settings it cannot use."""
+@asynccontextmanager
+async def gateway_serving(
+    settings: Settings, host: str = "127.0.0.1", port: int = 0, metrics: GatewayMetrics | None = None
+) -> AsyncIterator[tuple[Gateway, str]]:
+    """A started gateway and its HTTP server: (gateway, base URL). On exit the
+    open streams end first, so the server stops without waiting on them."""
     from consumer.gateway.app import create_app
 
+    async with gateway_running(settings, metrics) as gateway:
+        http = HttpServer(create_app(gateway), host, port)
+        await http.start()
+        try:
+            yield gateway, f"http://{host}:{http.port}"
+        finally:
+            gateway.store.close()
+            await http.stop()
+
+
+async def serve_gateway(settings: Settings, host: str, port: int) -> int:
+    """``texteval gateway``: until SIGTERM/SIGINT. Exit 2 on settings it cannot use."""
     keys = ApiKeys(settings.gateway_keys())
     try:
         check_exposure(host, keys, settings.gateway_allow_anonymous)
@@ -140,17 +156,11 @@ async def serve_gateway(settings: Settings, host: str, port: int) -> int:
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     try:
-        async with gateway_running(settings) as gateway:
-            http = HttpServer(create_app(gateway), host, port)
-            await http.start()
-            logger.info("gateway on http://%s:%d/ (%s) in %.1f s", host, http.port,
+        async with gateway_serving(settings, host, port) as (_, url):
+            logger.info("gateway on %s/ (%s) in %.1f s", url,
                         "API keys required" if keys.required else "open", time.monotonic() - started)  # fmt: skip
-            try:
-                await stop.wait()
-                logger.info("signal received: closing streams and stopping")
-                gateway.store.close()
-            finally:
-                await http.stop()
+            await stop.wait()
+            logger.info("signal received: closing streams and stopping")
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -68,8 +68,7 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     # ctx can echo limits and patterns (not input), but drop it for safety.
     shown = []
     for error in exc.errors(include_input=False, include_url=False, include_context=False)[:20]:
-        loc = [p for p in error["loc"]]
-        if error["type"] == "json_invalid":
-            loc = ["body"]
+        # As FastAPI's own 422s: the path starts at "body".
+        loc = ["body"] if error["type"] == "json_invalid" else ["body", *error["loc"]]
         shown.append({"loc": loc, "msg": error["msg"], "type": error["type"]})
     return shown
