@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import socket
@@ -359,3 +360,16 @@ async def test_a_client_that_never_reads_is_dropped_and_others_are_served(
         sock.close()
     assert sorted(result_indexes(seen)) == list(range(80))
     assert open_after == 0, "the stream of a client that never reads was not closed"
+
+
+async def test_the_test_client_script_follows_a_job_to_its_results(consumer_settings: Settings, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("test_client_script", REPO / "scripts" / "test_client.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "results.csv"
+    async with gateway_serving(consumer_settings) as (_, base):
+        code = await asyncio.to_thread(script.main, ["--base-url", base, "--out", str(out)])
+    assert code == 0
+    rows = out.read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith("job_id,item_index") and len(rows) == 6
