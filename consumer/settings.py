@@ -139,3 +139,33 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", alias="HOST")
     port: int = Field(default=8000, ge=0, le=65535, alias="PORT")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    # --- HTTP gateway (`texteval gateway`, a separate process) ---
+    gateway_host: str = Field(default="127.0.0.1", alias="GATEWAY_HOST")
+    gateway_port: int = Field(default=8080, ge=0, le=65535, alias="GATEWAY_PORT")
+    # Comma-separated; any of them as `Authorization: Bearer <key>`. Empty:
+    # the gateway is open, and then only on a loopback host unless
+    # GATEWAY_ALLOW_ANONYMOUS=true.
+    gateway_api_keys: SecretStr = Field(default=SecretStr(""), alias="GATEWAY_API_KEYS")
+    gateway_allow_anonymous: bool = Field(default=False, alias="GATEWAY_ALLOW_ANONYMOUS")
+    # Comma-separated origins allowed to call the API from a browser ("*" for any).
+    gateway_cors_origins: str = Field(default="", alias="GATEWAY_CORS_ORIGINS")
+    gateway_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, alias="GATEWAY_MAX_BODY_BYTES")
+    # How far back the progress topic is read at start, and how long a
+    # finished job stays servable (the prototype's setting).
+    job_ttl_seconds: float = Field(default=3600.0, gt=0, alias="JOB_TTL_SECONDS")
+    # The memory bound: past either cap the oldest finished jobs are dropped
+    # first (then the oldest running ones); a dropped job is "not found".
+    gateway_max_jobs: int = Field(default=10_000, ge=1, alias="GATEWAY_MAX_JOBS")
+    gateway_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, alias="GATEWAY_MAX_BYTES")
+    gateway_heartbeat_s: float = Field(default=15.0, gt=0, alias="GATEWAY_HEARTBEAT_S")
+    # A stream whose client has not taken a write for this long is closed
+    # (a client that never reads must not hold memory or a task for ever).
+    gateway_send_timeout_s: float = Field(default=30.0, gt=0, alias="GATEWAY_SEND_TIMEOUT_S")
+
+    def service_topics(self) -> list[str]:
+        """Every topic the consumer and the gateway use (created at start with KAFKA_CREATE_TOPICS)."""
+        return [self.requests_topic, self.results_topic, self.progress_topic, self.dlt_topic, self.control_topic]
+
+    def gateway_keys(self) -> list[str]:
+        return [k.strip() for k in self.gateway_api_keys.get_secret_value().split(",") if k.strip()]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import json
-import os
 import re
 import shlex
 import shutil
@@ -645,21 +644,11 @@ def load_test_client() -> ModuleType:
     return module
 
 
-def test_test_client_submits_its_data_and_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_test_client_posts_its_data_to_the_gateway() -> None:
+    # It runs against a real gateway in tests/test_gateway.py; here: its defaults and data.
     client = load_test_client()
-    calls: list[tuple[list[str], str | None]] = []
-
-    def texteval(argv: list[str]) -> int:
-        calls.append((argv, os.environ.get("KAFKA_BOOTSTRAP_SERVERS")))
-        return 0
-
-    monkeypatch.setattr("consumer.tools.cli.main", texteval)
-    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
-    assert client.main(["--bootstrap", "localhost:9094", "--out", "r.csv"]) == 0
-    (argv, bootstrap) = calls[0]
-    assert bootstrap == "localhost:9094"
-    args = build_parser().parse_args(argv)
-    assert (args.command, args.follow, args.out) == ("submit", True, "r.csv")
+    args = client.build_parser().parse_args(["--base-url", "http://gateway:8080", "--out", "r.csv"])
+    assert (args.base_url, args.out) == ("http://gateway:8080", "r.csv")
     assert Path(args.file) == REPO / "scripts" / "test_data.json"
     (request,) = read_jobs(Path(args.file), max_items=2000)  # the data is one valid job
     assert len(request.items) == 5

@@ -41,12 +41,13 @@ def app_config(settings: Settings) -> AppConfig:
 
 
 async def ensure_service_topics(settings: Settings) -> None:
-    """Create the four topics if missing (development and demo; production
-    topics are created by operations, see docker-compose.yml)."""
+    """Create the service's topics, the control topic included, if missing
+    (development and demo; production topics are created by operations, see
+    docker-compose.yml)."""
 
     partitions = settings.kafka_topic_partitions
-    topics = [settings.requests_topic, settings.results_topic, settings.progress_topic, settings.dlt_topic]
-    await ensure_topics(settings.kafka_bootstrap_servers, dict.fromkeys(topics, partitions), **client_kwargs(settings))
+    topics = dict.fromkeys(settings.service_topics(), partitions)
+    await ensure_topics(settings.kafka_bootstrap_servers, topics, **client_kwargs(settings))
 
 
 @asynccontextmanager
