@@ -290,6 +290,15 @@ def test_alert_expression_evaluates_on_real_data(run: Run, alert: str, expr: str
         require_data(run, operand, f"alert {alert}: {operand!r}")
 
 
+def test_keda_query_gives_one_number(run: Run) -> None:
+    # KEDA's Prometheus scaler wants exactly one sample.
+    docs = yaml.safe_load_all((REPO / "deploy" / "k8s" / "keda.yaml").read_text(encoding="utf-8"))
+    (scaled,) = [doc for doc in docs if doc["kind"] == "ScaledObject"]
+    (trigger,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"]
+    (sample,) = require_data(run, trigger["metadata"]["query"], "keda.yaml")
+    assert float(sample["value"][1]) >= 0
+
+
 def test_rules_evaluate_without_errors_and_fire_on_the_runs_faults(run: Run) -> None:
     rules = [rule for group in run.prometheus.api("rules")["groups"] for rule in group["rules"]]
     assert len(rules) == len(alert_rules())
