@@ -50,9 +50,9 @@ async def test_items_waiting_counts_texts_in_flight_and_in_the_backlog(
                 waiting.append(value)
             await asyncio.sleep(0.05)
         await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 2))
-    # The watchdog sets it every 2 s. While "big" ran (at most 16 of its 40
-    # texts done by the first tick) "next" waited with 30: more than "big"
-    # alone could report. At the end: nothing waits.
+    # Set on every turn of the consumer loop. While "big" ran, "next" waited
+    # with its 30 texts: more than "big" alone (40) could report, never more
+    # than both. At the end: nothing waits.
     assert max(waiting) > 40, waiting
     assert max(waiting) <= 70, waiting
     assert waiting[-1] == 0
