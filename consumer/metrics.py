@@ -7,11 +7,18 @@ exactly these. Labels carry ids and codes only: never student text.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from consumer.contract import ErrorCode, ItemStatus
 
 # Items take from milliseconds (fake engine) to tens of seconds (a busy GPU).
 _ITEM_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 _FAST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# histogram_quantile() never answers above the largest finite bucket: the
+# alert on progress events slower than 5 s needs buckets past 5 s.
+_EVENT_BUCKETS_S = (*_FAST_BUCKETS_S, 5, 10, 30)
 
 
 class Metrics:
@@ -21,6 +28,14 @@ class Metrics:
         self.items_graded = Counter(
             "texteval_items_graded", "Items graded, by status and error code", ["status", "error_code"], registry=r
         )
+        # Every labelled series exists from the start, at 0: a series that is
+        # born at 1 hides its first increase from rate()/increase(), so one
+        # error result (or one dead letter) would never show on the dashboard
+        # or fire an alert. (Found by evaluating the queries in a real
+        # Prometheus: tests/test_prometheus_live.py.)
+        self.items_graded.labels(status=ItemStatus.OK.value, error_code="")
+        for code in ErrorCode:
+            self.items_graded.labels(status=ItemStatus.ERROR.value, error_code=code.value)
         self.item_latency_seconds = Histogram(
             "texteval_item_latency_seconds", "Engine time per item", buckets=_ITEM_BUCKETS_S, registry=r
         )
@@ -35,6 +50,13 @@ class Metrics:
         self.jobs_accepted = Counter("texteval_jobs_accepted", "Valid requests accepted", registry=r)
         self.jobs_completed = Counter("texteval_jobs_completed", "Jobs whose every item has a result", registry=r)
         self.jobs_active = Gauge("texteval_jobs_active", "Jobs in progress", registry=r)
+        # The work waiting, in texts (a job is 1 to 2000 of them): what KEDA
+        # scales on (deploy/k8s/keda.yaml), unlike the lag, counted in jobs.
+        self.items_waiting = Gauge(
+            "texteval_items_waiting",
+            "Items admitted and not yet graded, plus items of fetched requests waiting for room",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "texteval_dead_letters", "Requests sent to the dead-letter topic", ["reason"], registry=r
         )
@@ -47,7 +69,7 @@ class Metrics:
         self.progress_event_latency_seconds = Histogram(
             "texteval_progress_event_latency_seconds",
             "From an item's result being ready to its progress event acknowledged by the broker",
-            buckets=_FAST_BUCKETS_S,
+            buckets=_EVENT_BUCKETS_S,
             registry=r,
         )
         self.partitions_paused = Gauge(
@@ -86,3 +108,9 @@ class Metrics:
         self.items_resumed = Counter(
             "texteval_items_resumed", "Items skipped on resume: acknowledged by an earlier owner", registry=r
         )
+
+    def expect_dead_letter_reasons(self, reasons: Iterable[str]) -> None:
+        """Create the dead-letter series at 0 (see ``items_graded`` above);
+        the reasons are the pipeline's, which this module cannot import."""
+        for reason in reasons:
+            self.dead_letters.labels(reason=reason)

@@ -94,6 +94,7 @@ class ConsumerApp:
         self._sinks = sinks
         self._engine = engine
         self._metrics = metrics
+        metrics.expect_dead_letter_reasons([*RejectReason, "too_large_to_fetch"])
         self._topic = requests_topic
         self._limits = config
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
@@ -269,6 +270,9 @@ class ConsumerApp:
         else:
             self._consumer.resume(*self._consumer.paused())
         self._metrics.partitions_paused.set(len(self._consumer.paused()))
+        # Texts, not jobs: what autoscaling reads (deploy/k8s/keda.yaml).
+        backlog = sum(len(p.parsed.items) for p in self._backlog if isinstance(p.parsed, Job))
+        self._metrics.items_waiting.set(self._inflight_items() + backlog)
 
     async def _cancel(self, tasks: Iterable[asyncio.Task[None]]) -> None:
         tasks = list(tasks)
