@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     dlt_topic: str = Field(default="evaluation.requests.DLT", alias="KAFKA_DLT_TOPIC")
     # 1.1: cancel commands, read by every consumer instance without a group.
     control_topic: str = Field(default="evaluation.control", alias="KAFKA_CONTROL_TOPIC")
+    # 1.1: job state (item-level checkpoints, finished jobs' fingerprints): a
+    # compacted topic with as many partitions as the requests topic.
+    checkpoints_topic: str = Field(default="evaluation.checkpoints", alias="KAFKA_CHECKPOINTS_TOPIC")
+    job_id_retention_s: float = Field(default=7 * 86400.0, gt=0, alias="JOB_ID_RETENTION_S")
+    cancel_ttl_s: float = Field(default=86400.0, gt=0, alias="CANCEL_TTL_S")
     kafka_security_protocol: str = Field(default="PLAINTEXT", alias="KAFKA_SECURITY_PROTOCOL")
     kafka_sasl_mechanism: str | None = Field(default=None, alias="KAFKA_SASL_MECHANISM")
     kafka_sasl_username: str | None = Field(default=None, alias="KAFKA_SASL_USERNAME")
@@ -165,7 +170,10 @@ class Settings(BaseSettings):
 
     def service_topics(self) -> list[str]:
         """Every topic the consumer and the gateway use (created at start with KAFKA_CREATE_TOPICS)."""
-        return [self.requests_topic, self.results_topic, self.progress_topic, self.dlt_topic, self.control_topic]
+        return [
+            self.requests_topic, self.results_topic, self.progress_topic, self.dlt_topic, self.control_topic,
+            self.checkpoints_topic,
+        ]  # fmt: skip
 
     def gateway_keys(self) -> list[str]:
         return [k.strip() for k in self.gateway_api_keys.get_secret_value().split(",") if k.strip()]

@@ -47,7 +47,9 @@ async def ensure_service_topics(settings: Settings) -> None:
 
     partitions = settings.kafka_topic_partitions
     topics = dict.fromkeys(settings.service_topics(), partitions)
-    await ensure_topics(settings.kafka_bootstrap_servers, topics, **client_kwargs(settings))
+    # Job state keeps one record per job: compaction keeps the newest.
+    configs = {settings.checkpoints_topic: {"cleanup.policy": "compact"}}
+    await ensure_topics(settings.kafka_bootstrap_servers, topics, configs=configs, **client_kwargs(settings))
 
 
 @asynccontextmanager
