@@ -19,6 +19,18 @@ _FAST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.
 # histogram_quantile() never answers above the largest finite bucket: the
 # alert on progress events slower than 5 s needs buckets past 5 s.
 _EVENT_BUCKETS_S = (*_FAST_BUCKETS_S, 5, 10, 30)
+# Whole jobs: a class of 20 in about a second to a 2000-text batch behind others on one GPU.
+_JOB_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 2400, 3600)
+# Job sizes for the completion-time label: a class, a school, a district.
+JOB_SIZE_BUCKETS = ((20, "1-20"), (200, "21-200"), (2000, "201-2000"))
+
+
+def job_size_bucket(items: int) -> str:
+    """The ``size`` label of ``texteval_job_duration_seconds`` (a few values, never an id)."""
+    for upper, label in JOB_SIZE_BUCKETS:
+        if items <= upper:
+            return label
+    return f"{JOB_SIZE_BUCKETS[-1][0] + 1}+"
 
 
 class Metrics:
@@ -75,6 +87,23 @@ class Metrics:
         self.partitions_paused = Gauge(
             "texteval_partitions_paused", "Assigned partitions paused because work in flight is at its cap", registry=r
         )
+        # The scheduler (pipeline/scheduler.py): what waits in our process
+        # and what sits in the engine's short queue.
+        self.scheduler_items_waiting = Gauge(
+            "texteval_scheduler_items_waiting", "Items of admitted jobs not yet sent to the engine", registry=r
+        )
+        self.engine_queue_depth = Gauge(
+            "texteval_engine_queue_depth", "Items sent to the engine by the scheduler, not finished", registry=r
+        )
+        self.job_duration_seconds = Histogram(
+            "texteval_job_duration_seconds",
+            "From a job's acceptance to its complete event, by job size in items",
+            ["size"],
+            buckets=_JOB_BUCKETS_S,
+            registry=r,
+        )
+        for _, size in JOB_SIZE_BUCKETS:  # exported from the start, so dashboards see every size
+            self.job_duration_seconds.labels(size=size)
         self.engine_up = Gauge("texteval_engine_up", "1 when the engine is loaded and healthy", registry=r)
         self.kafka_up = Gauge("texteval_kafka_up", "1 when the consumer holds its group membership", registry=r)
         self.fetch_errors = Counter(

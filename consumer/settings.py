@@ -26,6 +26,13 @@ class PromptFormat(StrEnum):
     CHAT_TEMPLATE = "chat_template"  # the model's own chat template
 
 
+class SchedulingPolicy(StrEnum):
+    """Which admitted job's item goes to the engine next (pipeline/policy.py)."""
+
+    FAIR = "fair"  # shortest remaining job first, with a share for the oldest job
+    FIFO = "fifo"  # arrival order (what vLLM alone does with everything in flight)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
@@ -88,10 +95,32 @@ class Settings(BaseSettings):
 
     # --- jobs and progress ---
     batch_size: int = Field(default=10, ge=1, alias="BATCH_SIZE")  # results per progress event
-    max_concurrent_jobs: int = Field(default=8, ge=1, alias="MAX_CONCURRENT_JOBS")
+    # Admission costs memory only (the scheduler decides what the engine
+    # runs), so the caps are generous: a handful of 2000-text jobs and many
+    # small ones are admitted together. Past any cap, partitions pause.
+    max_concurrent_jobs: int = Field(default=64, ge=1, alias="MAX_CONCURRENT_JOBS")
     max_items_per_job: int = Field(default=2000, ge=1, alias="MAX_ITEMS_PER_JOB")
-    max_inflight_items: int = Field(default=4096, ge=1, alias="MAX_INFLIGHT_ITEMS")
+    max_inflight_items: int = Field(default=20_000, ge=1, alias="MAX_INFLIGHT_ITEMS")
+    # Request bytes of the admitted jobs (a 2000 x 7,000-character job is ~16 MB).
+    max_inflight_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, alias="MAX_INFLIGHT_BYTES")
     progress_flush_ms: int = Field(default=250, ge=1, alias="PROGRESS_FLUSH_MS")
+
+    # --- scheduler (pipeline/scheduler.py, pipeline/policy.py) ---
+    scheduling_policy: SchedulingPolicy = Field(default=SchedulingPolicy.FAIR, alias="SCHEDULING_POLICY")
+    # Items in the engine at once. Unset: MAX_NUM_SEQS plus a quarter (at
+    # least 8), so the engine always has the next item queued; 0: no bound
+    # (every admitted item in flight, as before the scheduler).
+    engine_queue_depth: int | None = Field(default=None, ge=0, alias="ENGINE_QUEUE_DEPTH")
+    # fair: the share of dispatches reserved for the oldest job. A job then
+    # waits at most 1/share times what FIFO would make it wait (2x at 0.5).
+    scheduler_oldest_share: float = Field(default=0.5, gt=0, le=1, alias="SCHEDULER_OLDEST_SHARE")
+
+    @property
+    def engine_depth(self) -> int | None:
+        """The scheduler's bound on items in the engine; None = no bound."""
+        if self.engine_queue_depth is None:
+            return self.max_num_seqs + max(8, self.max_num_seqs // 4)
+        return self.engine_queue_depth or None
 
     # --- Kafka ---
     kafka_bootstrap_servers: str = Field(default="localhost:9092", alias="KAFKA_BOOTSTRAP_SERVERS")

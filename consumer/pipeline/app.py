@@ -37,7 +37,8 @@ from consumer.pipeline.checkpointing import Committer, OffsetTracker
 from consumer.pipeline.dead_letters import DeadLetters
 from consumer.pipeline.fetch import SafeFetch, Unreadable
 from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
-from consumer.pipeline.jobs import EngineUnavailable, JobRun, ThroughputMeter
+from consumer.pipeline.jobs import EngineUnavailable, JobRun
+from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
 from consumer.pipeline.watchdog import Watchdog
 
@@ -52,8 +53,9 @@ class AppConfig:
     """Caps on work in flight and the loop's timings (built from Settings by the service)."""
 
     max_items_per_job: int = 2000
-    max_inflight_items: int = 4096
-    max_concurrent_jobs: int = 8
+    max_inflight_items: int = 20_000
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    max_concurrent_jobs: int = 64
     batch_size: int = 10
     progress_flush_s: float = 0.25
     commit_interval_s: float = 0.5
@@ -89,6 +91,7 @@ class ConsumerApp:
         *,
         requests_topic: str,
         config: AppConfig,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self._consumer = consumer
         self._sinks = sinks
@@ -99,7 +102,8 @@ class ConsumerApp:
         self._limits = config
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._committer = Committer(consumer, self._tracker, metrics, interval_s=config.commit_interval_s)
-        self._meter = ThroughputMeter()
+        # Between the job runs and the engine: decides what the engine runs next.
+        self.scheduler = scheduler or Scheduler(engine, metrics)
         self._fetch = SafeFetch(consumer, metrics, retry_backoff_s=config.retry_backoff_s)
         self._dead_letters = DeadLetters(sinks, metrics)
         self._watchdog = Watchdog(
@@ -171,13 +175,23 @@ class ConsumerApp:
     def _inflight_items(self) -> int:
         return sum(work.run.remaining for work in self._work.values() if work.run is not None)
 
-    def _has_room(self, items: int) -> bool:
+    def _inflight_bytes(self) -> int:
+        return sum(work.run.request_bytes for work in self._work.values() if work.run is not None)
+
+    def _has_room(self, items: int, size_bytes: int) -> bool:
+        # Admitting costs memory only: the scheduler, not admission, decides
+        # what the engine runs, so a small job behind big ones is admitted
+        # and served at once. Past a cap, jobs wait in arrival order.
         # Output topics gone: grading now would only throw the grades away.
         if not self._watchdog.outputs_ok or self.active_jobs >= self._limits.max_concurrent_jobs:
             return False
         inflight = self._inflight_items()
-        # An idle consumer always takes the next job, even one above the cap.
-        return inflight == 0 or inflight + items <= self._limits.max_inflight_items
+        if inflight == 0:
+            return True  # an idle consumer always takes the next job, even one above the caps
+        return (
+            inflight + items <= self._limits.max_inflight_items
+            and self._inflight_bytes() + size_bytes <= self._limits.max_inflight_bytes
+        )
 
     def _start_from_backlog(self) -> None:
         while self._backlog and not self._stopping.is_set():
@@ -189,7 +203,9 @@ class ConsumerApp:
                     fallback_job_id=f"{record.topic}:{record.partition}:{record.offset}",
                     max_items=self._limits.max_items_per_job,
                 )
-            if not self._has_room(len(head.parsed.items) if isinstance(head.parsed, Job) else 0):
+            job = head.parsed if isinstance(head.parsed, Job) else None
+            size_bytes = len(head.record.value or b"") if job is not None else 0
+            if not self._has_room(len(job.items) if job is not None else 0, size_bytes):
                 return
             self._backlog.popleft()
             self._start(head.tp, head.record, head.parsed)
@@ -206,9 +222,10 @@ class ConsumerApp:
                 engine=self._engine,
                 sinks=self._sinks,
                 metrics=self._metrics,
-                meter=self._meter,
+                scheduler=self.scheduler,
                 batch_size=self._limits.batch_size,
                 flush_s=self._limits.progress_flush_s,
+                request_bytes=len(record.value or b""),
             )
             logger.info("job accepted: job_id=%s items=%d offset=%d", parsed.job_id, len(parsed.items), record.offset)
             self._metrics.jobs_accepted.inc()

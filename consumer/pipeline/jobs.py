@@ -1,15 +1,21 @@
 """One job from acceptance to its ``complete`` event.
 
-Every item goes to the engine at once (the engine batches whatever is in
-flight, across jobs). Finished items arrive on a queue that one coroutine
-drains, so the job's messages leave in a single, ordered stream:
+The job hands its items to the process's ``Scheduler``, which feeds them to
+the engine a slot at a time, interleaved with the other jobs' by its policy.
+Finished items come back on a queue that one coroutine drains, so the job's
+messages leave in a single, ordered stream:
 
     accepted -> result, result, ... -> batch_complete -> ... -> complete
 
 A ``batch_complete`` goes out after ``batch_size`` new results, or when the
 oldest unreported result has waited ``flush_s``. The job is done only when
 the broker has acknowledged every message it produced; only then may its
-offset be committed.
+offset be committed. However the job ends (done, failed, cancelled by a
+revoke or a shutdown), its items leave the scheduler at once.
+
+ETAs (``accepted`` and every progress event) come from the scheduler: the
+job's share of the engine given the jobs it shares it with now, not the
+whole engine's rate.
 """
 
 from __future__ import annotations
@@ -34,29 +40,13 @@ from consumer.contract import (
     ProgressFigures,
 )
 from consumer.engine.base import GradeOutcome, GradingEngine
-from consumer.metrics import Metrics
+from consumer.metrics import Metrics, job_size_bucket
 from consumer.pipeline.intake import Job
 from consumer.pipeline.results import build_result
+from consumer.pipeline.scheduler import Scheduler, Ticket
 from consumer.pipeline.sinks import Sinks
 
 logger = logging.getLogger(__name__)
-
-
-class ThroughputMeter:
-    """Items per second over the whole engine, for the ``accepted`` ETA."""
-
-    def __init__(self, initial_items_per_s: float = 2.0, smoothing: float = 0.05) -> None:
-        self._rate = initial_items_per_s
-        self._alpha = smoothing
-        self._last: float | None = None
-
-    def record(self, now: float) -> None:
-        if self._last is not None and now > self._last:
-            self._rate += self._alpha * (1.0 / (now - self._last) - self._rate)
-        self._last = now
-
-    def estimate_s(self, items: int) -> float:
-        return items / max(self._rate, 1e-6)
 
 
 _ENGINE_FAULTS = frozenset({ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT})
@@ -87,15 +77,18 @@ class JobRun:
         engine: GradingEngine,
         sinks: Sinks,
         metrics: Metrics,
-        meter: ThroughputMeter,
+        scheduler: Scheduler,
         batch_size: int,
         flush_s: float,
+        request_bytes: int = 0,
     ) -> None:
         self.job = job
+        self.request_bytes = request_bytes  # admission bounds memory by this too
         self._engine = engine
         self._sinks = sinks
         self._metrics = metrics
-        self._meter = meter
+        self._scheduler = scheduler
+        self._ticket: Ticket | None = None
         self._batch_size = batch_size
         self._flush_s = flush_s
         self._finished: asyncio.Queue[_Finished] = asyncio.Queue()
@@ -105,10 +98,11 @@ class JobRun:
         job, total = self.job, len(self.job.items)
         started = time.monotonic()
         acks: list[Awaitable[object]] = []
-        accepted = AcceptedData(total_items=total, estimated_time_seconds=round(self._meter.estimate_s(total), 1))
-        acks.append(await self._sinks.progress(AcceptedEvent(job_id=job.job_id, data=accepted)))
-        grading = [asyncio.create_task(self._grade(i)) for i in range(total)]
+        self._ticket = ticket = self._scheduler.submit(job.job_id, job.items, self._graded)
         try:
+            eta_s = round(self._scheduler.estimate_s(ticket), 1)
+            accepted = AcceptedData(total_items=total, estimated_time_seconds=eta_s)
+            acks.append(await self._sinks.progress(AcceptedEvent(job_id=job.job_id, data=accepted)))
             succeeded = await self._stream(total, acks, started)
             complete = CompleteData(
                 total_processed=total,
@@ -120,18 +114,15 @@ class JobRun:
             # Done means acknowledged: only now may the offset be committed.
             await asyncio.gather(*acks)
         finally:
-            for task in grading:
-                task.cancel()  # revoke or shutdown: abort the engine work
+            # Revoke, shutdown or failure: the job's waiting items leave the
+            # scheduler and its engine work is aborted, at once.
+            self._scheduler.release(ticket)
+        self._metrics.job_duration_seconds.labels(size=job_size_bucket(total)).observe(time.monotonic() - started)
         logger.info("job complete: job_id=%s items=%d ok=%d s=%.2f", job.job_id, total, succeeded,
                     time.monotonic() - started)  # fmt: skip
 
-    async def _grade(self, index: int) -> None:
-        item = self.job.items[index]
-        self._metrics.engine_in_flight.inc()
-        try:
-            outcome = await self._engine.grade(item, request_id=f"{self.job.job_id}#{index}")
-        finally:
-            self._metrics.engine_in_flight.dec()
+    def _graded(self, index: int, outcome: GradeOutcome) -> None:
+        """The scheduler's delivery of one finished item."""
         self.remaining -= 1
         # Only an engine fault can mean the engine is gone; asking on every
         # error would query the GPU once per invalid or too-long text.
@@ -160,7 +151,7 @@ class JobRun:
                 received += 1
                 succeeded += finished.outcome.status is ItemStatus.OK
                 acks.append(await self._sinks.result(self._result(finished)))
-                self._observe(finished.outcome, finished.ready_at)
+                self._observe(finished.outcome)
                 pending.append(finished)
             if pending and (finished is None or len(pending) >= self._batch_size or received == total):
                 batch_number += 1
@@ -184,6 +175,7 @@ class JobRun:
     ) -> Awaitable[object]:
         elapsed = time.monotonic() - started
         per_item = elapsed / done if done else 0.0
+        remaining_s = self._scheduler.estimate_s(self._ticket) if self._ticket is not None and done < total else 0.0
         summaries = [
             ItemSummary(
                 id_alumno=self.job.items[f.index].id_alumno,
@@ -199,7 +191,7 @@ class JobRun:
             total=total,
             percentage=round(100.0 * done / total, 2),
             elapsed_seconds=round(elapsed, 3),
-            estimated_remaining_seconds=round(per_item * (total - done), 3),
+            estimated_remaining_seconds=round(remaining_s, 3),
             avg_time_per_item=round(per_item, 4),
         )
         event = BatchCompleteEvent(
@@ -217,11 +209,10 @@ class JobRun:
         ack.add_done_callback(observe)
         return ack
 
-    def _observe(self, outcome: GradeOutcome, ready_at: float) -> None:
+    def _observe(self, outcome: GradeOutcome) -> None:
         code = outcome.error.code.value if outcome.error else ""
         self._metrics.items_graded.labels(status=outcome.status.value, error_code=code).inc()
         self._metrics.item_latency_seconds.observe(outcome.latency_ms / 1000.0)
         self._metrics.generated_tokens.inc(outcome.output_tokens)
         self._metrics.prompt_tokens.inc(outcome.prompt_tokens)
         self._metrics.prompt_cached_tokens.inc(outcome.cached_prompt_tokens)
-        self._meter.record(ready_at)

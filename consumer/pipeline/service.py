@@ -19,6 +19,7 @@ from consumer.http import HttpServer, create_app
 from consumer.kafka import check_connection, client_kwargs, ensure_topics
 from consumer.metrics import Metrics
 from consumer.pipeline.app import AppConfig, ConsumerApp
+from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
 from consumer.settings import Settings
 
@@ -27,10 +28,21 @@ logger = logging.getLogger(__name__)
 EXIT_ENGINE_DIED = 3  # the orchestrator restarts the process; unfinished jobs are redone
 
 
+def scheduler_from(settings: Settings, engine: GradingEngine, metrics: Metrics) -> Scheduler:
+    return Scheduler(
+        engine,
+        metrics,
+        policy=settings.scheduling_policy,
+        depth=settings.engine_depth,
+        oldest_share=settings.scheduler_oldest_share,
+    )
+
+
 def app_config(settings: Settings) -> AppConfig:
     return AppConfig(
         max_items_per_job=settings.max_items_per_job,
         max_inflight_items=settings.max_inflight_items,
+        max_inflight_bytes=settings.max_inflight_bytes,
         max_concurrent_jobs=settings.max_concurrent_jobs,
         batch_size=settings.batch_size,
         progress_flush_s=settings.progress_flush_ms / 1000.0,
@@ -99,7 +111,13 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         group_id=settings.kafka_group_id,
     )
     app = ConsumerApp(
-        consumer, sinks, engine, metrics, requests_topic=settings.requests_topic, config=app_config(settings)
+        consumer,
+        sinks,
+        engine,
+        metrics,
+        requests_topic=settings.requests_topic,
+        config=app_config(settings),
+        scheduler=scheduler_from(settings, engine, metrics),
     )
     task = asyncio.create_task(app.run())
     try:
