@@ -253,8 +253,10 @@ async def test_the_event_loop_stays_responsive_while_a_big_job_is_fed(depth: int
     scheduler.submit("big", items(500), count)  # tokenized up front, this would block 2 s
     await until(lambda: done == 500, timeout_s=30)
     beat.cancel()
-    # A few encodes at most between two heartbeats, however many items are fed.
-    assert max(gaps) < 10 * SlowTokenizer.encode_s, max(gaps)
+    # Tokenizing up front would stall the loop for 500 encodes (2 s) at once;
+    # fed a slot at a time it never stalls for more than a small share of
+    # that. (The bound leaves room for a loaded CI machine: it is not a timing test.)
+    assert max(gaps) < 100 * SlowTokenizer.encode_s < 500 * SlowTokenizer.encode_s, max(gaps)
 
 
 # --- a job run ends, its items leave the scheduler ---------------------------------------

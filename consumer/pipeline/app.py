@@ -38,12 +38,16 @@ from consumer.pipeline.dead_letters import DeadLetters
 from consumer.pipeline.fetch import SafeFetch, Unreadable
 from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
 from consumer.pipeline.jobs import EngineUnavailable, JobRun
+from consumer.pipeline.ledger import Ledger, Plan, Step
 from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
 from consumer.pipeline.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
+
+    from consumer.contract import CancelledEvent, CompleteEvent
+    from consumer.pipeline.control import ControlReader
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +96,8 @@ class ConsumerApp:
         requests_topic: str,
         config: AppConfig,
         scheduler: Scheduler | None = None,
+        ledger: Ledger | None = None,
+        control: ControlReader | None = None,
     ) -> None:
         self._consumer = consumer
         self._sinks = sinks
@@ -101,7 +107,13 @@ class ConsumerApp:
         self._topic = requests_topic
         self._limits = config
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._committer = Committer(consumer, self._tracker, metrics, interval_s=config.commit_interval_s)
+        # Job state (item-level checkpoints, idempotent job ids, cancel): written before every offset commit.
+        self._ledger = ledger
+        self._control = control
+        self._committer = Committer(
+            consumer, self._tracker, metrics, interval_s=config.commit_interval_s,
+            before_commit=ledger.checkpoint if ledger is not None else None,
+        )  # fmt: skip
         # Between the job runs and the engine: decides what the engine runs next.
         self.scheduler = scheduler or Scheduler(engine, metrics)
         self._fetch = SafeFetch(consumer, metrics, retry_backoff_s=config.retry_backoff_s)
@@ -126,6 +138,11 @@ class ConsumerApp:
         self._consumer.subscribe([self._topic], listener=_Listener(self))
         # Know whether the output topics exist before grading anything.
         await self._watchdog.check()
+        control = asyncio.create_task(self._control.run()) if self._control is not None else None
+        if self._control is not None:
+            # Cancels of the last CANCEL_TTL_S first: a cancelled job's request must not start.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._control.ready.wait(), self._limits.revoke_timeout_s)
         committer = asyncio.create_task(self._committer.run())
         watchdog = asyncio.create_task(self._watchdog.run())
         try:
@@ -140,6 +157,8 @@ class ConsumerApp:
         finally:
             committer.cancel()
             watchdog.cancel()
+            if control is not None:
+                control.cancel()
             await self._drain()
             self._stopped.set()
 
@@ -217,6 +236,10 @@ class ConsumerApp:
             task = asyncio.create_task(self._dead_letters.deliver(record, parsed))
             self._work[task] = _Work(tp, record, None)
         else:
+            plan = self._ledger.plan(parsed, record.value, tp.partition, record.offset) if self._ledger else None
+            if plan is not None and plan.step is not Step.GRADE:
+                self._start_planned(tp, record, plan)
+                return
             run = JobRun(
                 parsed,
                 engine=self._engine,
@@ -226,17 +249,42 @@ class ConsumerApp:
                 batch_size=self._limits.batch_size,
                 flush_s=self._limits.progress_flush_s,
                 request_bytes=len(record.value or b""),
+                resume=plan.state if plan is not None else None,
             )
             logger.info("job accepted: job_id=%s items=%d offset=%d", parsed.job_id, len(parsed.items), record.offset)
             self._metrics.jobs_accepted.inc()
             task = asyncio.create_task(run.run())
             self._work[task] = _Work(tp, record, run)
+            if self._ledger is not None:
+                self._ledger.started(run)
         self._metrics.jobs_active.set(self.active_jobs)
         task.add_done_callback(self._finished)
+
+    def _start_planned(self, tp: TopicPartition, record: Any, plan: Plan) -> None:
+        """A request the job state answers without grading (see ledger.py)."""
+        if plan.step is Step.REJECT:
+            assert plan.rejection is not None
+            self._start(tp, record, plan.rejection)
+            return
+        logger.info("request %s:%d:%d: %s (no grading)", tp.topic, tp.partition, record.offset, plan.step.value)
+        event = plan.event
+        task = asyncio.create_task(self._publish(event) if event is not None else asyncio.sleep(0))
+        self._work[task] = _Work(tp, record, None)
+        task.add_done_callback(self._finished)
+
+    async def _publish(self, event: CompleteEvent | CancelledEvent) -> None:
+        await (await self._sinks.progress(event))
+
+    def cancel_job(self, job_id: str) -> None:
+        """A cancel command (control topic): stop the job if it runs here."""
+        if self._ledger is not None and self._ledger.cancel(job_id):
+            logger.info("job cancelled: job_id=%s", job_id)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         work = self._work.pop(task)
         self._metrics.jobs_active.set(self.active_jobs)
+        if work.run is not None and self._ledger is not None:
+            self._ledger.ended(work.run)  # its acknowledged items, or its terminal event, go to the job state
         if task.cancelled():
             return  # revoked or shut down: the record stays uncommitted
         error = task.exception()
@@ -307,9 +355,20 @@ class ConsumerApp:
             logger.info("revoked %d partitions: aborting %d jobs", len(revoked), len(lost))
         await self._cancel(lost)
         self._backlog = deque(entry for entry in self._backlog if entry.tp not in revoked)
+        # The commit writes the aborted jobs' acknowledged items to the job
+        # state first: the next owner grades only the rest.
         await self._committer.release(revoked, self._limits.revoke_timeout_s)
+        if self._ledger is not None:
+            self._ledger.forget(tp.partition for tp in revoked)
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._ledger is not None:
+            try:
+                async with asyncio.timeout(self._limits.revoke_timeout_s * 3):
+                    await self._ledger.load(tp.partition for tp in assigned)
+            except (KafkaError, TimeoutError) as exc:
+                # Jobs are then graded from their first item: at-least-once, as before job state.
+                logger.error("job state could not be loaded (%s): resumes will regrade", type(exc).__name__)
         self._member = True
         logger.info("assigned %d partitions", len(assigned))
 
@@ -366,4 +425,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._app.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._app.on_assigned(set(assigned))
+        await self._app.on_assigned(set(assigned))

@@ -44,7 +44,7 @@ class ControlReader:
         self._metrics = metrics
         self._topic = topic
         self._ttl_s = ttl_s
-        self._on_cancel = on_cancel
+        self.on_cancel = on_cancel  # set by the wiring once the app exists
         self._cancelled: dict[str, float] = {}  # job_id -> unix time of the command
         self.ready = asyncio.Event()  # set once the commands of the last ttl_s are read
 
@@ -108,7 +108,7 @@ class ControlReader:
             self._metrics.control_commands.labels(result="cancel" if first else "repeated").inc()
             if first:
                 logger.info("cancel received: job_id=%s", command.job_id)
-                self._on_cancel(command.job_id)
+                self.on_cancel(command.job_id)
 
     def _expire(self) -> None:
         horizon = time.time() - self._ttl_s

@@ -8,20 +8,28 @@ exercise the production wiring.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from consumer.engine.base import GradingEngine
 from consumer.health import HealthReport
 from consumer.http import HttpServer, create_app
-from consumer.kafka import check_connection, client_kwargs, ensure_topics
+from consumer.kafka import KafkaSetupError, check_connection, client_kwargs, ensure_topics, topic_partitions
 from consumer.metrics import Metrics
 from consumer.pipeline.app import AppConfig, ConsumerApp
+from consumer.pipeline.control import ControlReader
+from consumer.pipeline.jobstate import JobStateStore
+from consumer.pipeline.ledger import Ledger
 from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
 from consumer.settings import Settings
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +56,7 @@ def app_config(settings: Settings) -> AppConfig:
         progress_flush_s=settings.progress_flush_ms / 1000.0,
         commit_interval_s=settings.commit_interval_ms / 1000.0,
         shutdown_grace_s=settings.shutdown_grace_s,
-        output_topics=(settings.results_topic, settings.progress_topic, settings.dlt_topic),
+        output_topics=(settings.results_topic, settings.progress_topic, settings.dlt_topic, settings.checkpoints_topic),
     )
 
 
@@ -110,6 +118,12 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         dlt_topic=settings.dlt_topic,
         group_id=settings.kafka_group_id,
     )
+    try:
+        ledger, control = await _job_state(settings, consumer, producer, metrics)
+    except BaseException:
+        await consumer.stop()
+        await producer.stop()
+        raise
     app = ConsumerApp(
         consumer,
         sinks,
@@ -118,7 +132,10 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         requests_topic=settings.requests_topic,
         config=app_config(settings),
         scheduler=scheduler_from(settings, engine, metrics),
+        ledger=ledger,
+        control=control,
     )
+    control.on_cancel = app.cancel_job
     task = asyncio.create_task(app.run())
     try:
         yield app
@@ -144,6 +161,43 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
             # does not say goodbye is dropped after the session timeout.
             await _bounded(consumer.stop(), "leaving the consumer group", settings.kafka_close_timeout_s)
             await _bounded(producer.stop(), "closing the producer", settings.kafka_close_timeout_s)
+
+
+async def _job_state(
+    settings: Settings, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, metrics: Metrics
+) -> tuple[Ledger, ControlReader]:
+    """The job state store on the checkpoints topic, and the control-topic reader.
+
+    Partition p of the checkpoints topic holds the jobs of requests partition
+    p, so it must have at least as many partitions: refuse to start otherwise
+    (a missing topic is reported by the watchdog instead, like the outputs).
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    def reader() -> AIOKafkaConsumer:
+        # No group, no commits: state and commands are read whole by whoever needs them.
+        return AIOKafkaConsumer(
+            **client_kwargs(settings),
+            enable_auto_commit=False,
+            isolation_level=settings.kafka_isolation_level,
+            max_partition_fetch_bytes=settings.kafka_max_message_bytes,
+            fetch_max_bytes=settings.kafka_max_message_bytes,
+        )
+
+    with contextlib.suppress(LookupError):
+        requests = await topic_partitions(consumer, settings.requests_topic, timeout_s=5.0)
+        checkpoints = await topic_partitions(consumer, settings.checkpoints_topic, timeout_s=5.0)
+        if len(checkpoints) < len(requests):
+            raise KafkaSetupError(
+                "config",
+                f"{settings.checkpoints_topic} has {len(checkpoints)} partitions, fewer than the "
+                f"{len(requests)} of {settings.requests_topic}: create it with as many (KAFKA_CHECKPOINTS_TOPIC)",
+            )
+    store = JobStateStore(producer, reader, topic=settings.checkpoints_topic, retention_s=settings.job_id_retention_s)
+    control = ControlReader(
+        reader, metrics, topic=settings.control_topic, ttl_s=settings.cancel_ttl_s, on_cancel=lambda _: None
+    )
+    return Ledger(store, control, metrics), control
 
 
 async def _bounded(step: Awaitable[None], what: str, timeout_s: float) -> None:

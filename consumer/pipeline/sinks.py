@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from aiokafka.structs import ConsumerRecord
 
-    from consumer.contract import AcceptedEvent, BatchCompleteEvent, CompleteEvent, EvaluationResult
+    from consumer.contract import AcceptedEvent, BatchCompleteEvent, CancelledEvent, CompleteEvent, EvaluationResult
 
 Ack = asyncio.Future[Any]
 
@@ -47,7 +47,7 @@ class Sinks:
     async def result(self, result: EvaluationResult) -> Ack:
         return await self._send(self._results_topic, result.job_id, result)
 
-    async def progress(self, event: AcceptedEvent | BatchCompleteEvent | CompleteEvent) -> Ack:
+    async def progress(self, event: AcceptedEvent | BatchCompleteEvent | CompleteEvent | CancelledEvent) -> Ack:
         return await self._send(self._progress_topic, event.job_id, event)
 
     async def dead_letter(
