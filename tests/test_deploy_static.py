@@ -717,6 +717,26 @@ def test_runpod_reaches_kafka_over_tls_with_secrets_not_literals(runpod: dict[st
         assert re.fullmatch(r"\{\{ RUNPOD_SECRET_\w+ \}\}", env[variable]), f"{variable}: use a RunPod secret"
 
 
+def test_runpod_gateway_template_serves_the_gateway_with_keys(runpod: dict[str, Any], stages: dict[str, Stage]) -> None:
+    gateway: dict[str, Any] = json.loads((DEPLOY / "runpod" / "gateway-template.json").read_text(encoding="utf-8"))
+    assert gateway["imageName"] == runpod["imageName"], "one image for both"
+    argv = gateway["dockerStartCmd"]
+    assert texteval_command(argv) == "gateway"
+    args = build_parser().parse_args(argv[1:])
+    assert gateway["ports"] == [f"{args.port}/http"] and args.host == "0.0.0.0"
+    env = gateway["env"]
+    assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
+    settings = settings_from(env)
+    # A public port: the gateway refuses to start open, so keys are set (as a secret).
+    assert re.fullmatch(r"\{\{ RUNPOD_SECRET_\w+ \}\}", env["GATEWAY_API_KEYS"]) and settings.gateway_keys()
+    assert not settings.gateway_allow_anonymous
+    # It reads and writes the consumer's topics, with the same credentials.
+    shared = [name for name in env if name.startswith("KAFKA_")]
+    assert {"KAFKA_SASL_PASSWORD", "KAFKA_REQUESTS_TOPIC", "KAFKA_PROGRESS_TOPIC", "KAFKA_CONTROL_TOPIC"} <= set(shared)
+    for variable in shared:
+        assert env[variable] == runpod["env"][variable], variable
+
+
 # --- the prototype's scripts ----------------------------------------------------------
 
 
