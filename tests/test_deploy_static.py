@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from dotenv import dotenv_values
@@ -32,6 +33,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.engine.fake import FakeEngine
+from consumer.gateway.service import gateway_serving
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.testing.topics import (
@@ -487,19 +489,27 @@ class Exposition:
 @pytest.fixture(scope="module")
 async def exported(kafka_bootstrap: str, kafka_group_kwargs: dict[str, int]) -> Exposition:
     """Scrape a consumer that has graded a job (with an error result) and
-    dead-lettered a request, so its labelled series exist."""
+    dead-lettered a request, and a gateway that served a job over HTTP, so
+    their labelled series exist."""
     topics = TopicNames.unique()
     settings = make_settings(kafka_bootstrap, topics, kafka_group_kwargs)
     metrics = Metrics()
     graded = items(3)
     graded[1]["respuesta"] = "paraula " * 2400  # past the fake engine's context: an input_too_long result
-    async with running(settings, FakeEngine(), metrics) as app:
+    async with running(settings, FakeEngine(), metrics) as app, gateway_serving(settings) as (gateway, base):
         await produce(kafka_bootstrap, topics.requests, [(b"ok", job("metrics-check", graded)), (b"bad", b"{")])
         await read_until(kafka_bootstrap, topics.progress, count_events("complete", 1))
         await read_until(kafka_bootstrap, topics.dlt, at_least(1))
         await wait_for(lambda: b"texteval_consumer_lag{" in generate_latest(metrics.registry))
         app.health_report()  # what /health does: refreshes engine_up and kafka_up
-        text = generate_latest(metrics.registry).decode()
+        # The gateway: a job submitted over HTTP and followed to its end.
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            (await client.post("/evaluate", json={"job_id": "metrics-gw", "items": items(2)})).raise_for_status()
+            async with client.stream("GET", "/stream/metrics-gw") as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:") and json.loads(line[5:])["event"] == "complete":
+                        break
+        text = generate_latest(metrics.registry).decode() + generate_latest(gateway.metrics.registry).decode()
     labels: dict[str, set[str]] = {}
     values: dict[tuple[str, str], set[str]] = {}
     for family in text_string_to_metric_families(text):
@@ -705,6 +715,26 @@ def test_runpod_reaches_kafka_over_tls_with_secrets_not_literals(runpod: dict[st
     assert settings.kafka_security_protocol.endswith("SSL") and settings.kafka_sasl_mechanism
     for variable in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "HF_TOKEN"):
         assert re.fullmatch(r"\{\{ RUNPOD_SECRET_\w+ \}\}", env[variable]), f"{variable}: use a RunPod secret"
+
+
+def test_runpod_gateway_template_serves_the_gateway_with_keys(runpod: dict[str, Any], stages: dict[str, Stage]) -> None:
+    gateway: dict[str, Any] = json.loads((DEPLOY / "runpod" / "gateway-template.json").read_text(encoding="utf-8"))
+    assert gateway["imageName"] == runpod["imageName"], "one image for both"
+    argv = gateway["dockerStartCmd"]
+    assert texteval_command(argv) == "gateway"
+    args = build_parser().parse_args(argv[1:])
+    assert gateway["ports"] == [f"{args.port}/http"] and args.host == "0.0.0.0"
+    env = gateway["env"]
+    assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
+    settings = settings_from(env)
+    # A public port: the gateway refuses to start open, so keys are set (as a secret).
+    assert re.fullmatch(r"\{\{ RUNPOD_SECRET_\w+ \}\}", env["GATEWAY_API_KEYS"]) and settings.gateway_keys()
+    assert not settings.gateway_allow_anonymous
+    # It reads and writes the consumer's topics, with the same credentials.
+    shared = [name for name in env if name.startswith("KAFKA_")]
+    assert {"KAFKA_SASL_PASSWORD", "KAFKA_REQUESTS_TOPIC", "KAFKA_PROGRESS_TOPIC", "KAFKA_CONTROL_TOPIC"} <= set(shared)
+    for variable in shared:
+        assert env[variable] == runpod["env"][variable], variable
 
 
 # --- the prototype's scripts ----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A real Prometheus scrapes a running consumer while jobs flow; then every
+"""A real Prometheus scrapes a running consumer and gateway while jobs flow; then every
 dashboard query and every alert expression is evaluated through its HTTP API
 and must return data for the series the run produced.
 
@@ -10,16 +10,18 @@ operand without their thresholds; that they fire on bad series is
 ``promtool test rules`` (tests/test_prometheus_rules.py).
 
 Prometheus comes with the distribution's ``prometheus`` package (``.ci/run``
-installs it); where it is absent the test skips and says so. About 20 s.
+installs it); where it is absent the test skips and says so. About 30 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ import httpx
 import pytest
 import yaml
 
-from consumer.testing.processes import ServiceProcess
+from consumer.testing.processes import ServiceProcess, service_env
 from consumer.testing.topics import (
     TopicNames,
     at_least,
@@ -50,7 +52,8 @@ DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "texteval.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 # Grafana's variables, as a dashboard on a 15 s scrape resolves them.
 GRAFANA_VARIABLES = {"$instance": ".*", "$__rate_interval": "1m"}
-# Metrics of a component this run does not scrape yet make its panels skip.
+# Metrics of a component a run does not scrape make its panels skip (say,
+# the gateway's, if its target line below is removed).
 OPTIONAL_PREFIXES = {"texteval_gateway_": "the gateway (texteval gateway) is not among the scrape targets"}
 
 pytestmark = [
@@ -145,20 +148,71 @@ async def wait_for_data(prometheus: PrometheusServer, expr: str, timeout_s: floa
         await asyncio.sleep(0.25)
 
 
+class GatewayProcess:
+    """``texteval gateway`` as its own process on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._env = env
+        self._log_path = log_path
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout_s: float = 60) -> GatewayProcess:
+        with self._log_path.open("ab") as log:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "consumer.tools.cli", "gateway", "--host", "127.0.0.1", "--port", str(self.port),
+                cwd=REPO, env=self._env, stdout=log, stderr=log,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(base_url=self.url, timeout=1) as client:
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/health")).status_code == 200:
+                        return self
+                assert self._proc.returncode is None, f"gateway exited: {self._log_path.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, f"gateway not healthy: {self._log_path.read_text()[-2000:]}"
+                await asyncio.sleep(0.1)
+
+    async def follow(self, job_id: str, job_items: list[dict[str, str]]) -> None:
+        """Submit a job over HTTP and read its stream to the end, as a browser does."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+            (await client.post("/evaluate", json={"job_id": job_id, "items": job_items})).raise_for_status()
+            async with client.stream("GET", f"/stream/{job_id}") as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:") and json.loads(line[5:])["event"] == "complete":
+                        return
+
+    async def close(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 15)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+
+
 @pytest.fixture(scope="module")
 async def run(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Run]:
     workdir = tmp_path_factory.mktemp("prometheus")
     topics = TopicNames.unique()
-    await create_topics(kafka_bootstrap, topics)
-    settings = make_settings(kafka_bootstrap, topics, kafka_group_kwargs)
+    control = f"{topics.requests}.control"
+    await create_topics(kafka_bootstrap, [*topics, control])
+    settings = make_settings(kafka_bootstrap, topics, kafka_group_kwargs, KAFKA_CONTROL_TOPIC=control)
     consumer = await ServiceProcess(settings, workdir, "consumer", delay_ms=50).start()
+    gateway = GatewayProcess(service_env(settings), workdir / "gateway.log")
     prometheus: PrometheusServer | None = None
     try:
         await consumer.wait_healthy()
-        # The gateway joins as one more line: Target("texteval-gateway", gateway.port).
-        targets = [Target("texteval", consumer.port)]
+        await gateway.start()
+        # One line per scrape target; the job names are the ones the rules select.
+        targets = [
+            Target("texteval", consumer.port),
+            Target("texteval-gateway", gateway.port),
+        ]
         prometheus = PrometheusServer(workdir, targets)
         prometheus.start()
         # Scrapes before the jobs, so counters are seen at 0 first.
@@ -169,10 +223,12 @@ async def run(
             item["respuesta"] = "paraula " * 2400  # past the fake engine's context: input_too_long
         jobs = [(b"a", job("prom-a", items(40))), (b"b", job("prom-b", mixed)), (b"c", job("prom-c", items(30)))]
         await produce(kafka_bootstrap, topics.requests, [*jobs, (b"bad", b"{")])
-        await read_until(kafka_bootstrap, topics.progress, count_events("complete", len(jobs)))
+        await gateway.follow("prom-gw", items(5, prefix="G"))
+        await read_until(kafka_bootstrap, topics.progress, count_events("complete", len(jobs) + 1))
         await read_until(kafka_bootstrap, topics.dlt, at_least(1))
         # Scraped after the work: the last result, the commit, the lag.
-        await wait_for_data(prometheus, f"sum(texteval_jobs_completed_total) >= {len(jobs)}")
+        await wait_for_data(prometheus, f"sum(texteval_jobs_completed_total) >= {len(jobs) + 1}")
+        await wait_for_data(prometheus, "sum(texteval_gateway_events_delivered_total) > 0")
         await wait_for_data(prometheus, "sum(texteval_dead_letters_total) >= 1")
         await wait_for_data(prometheus, "texteval_consumer_lag")
         await asyncio.sleep(2)  # one more evaluation of the rules
@@ -181,6 +237,7 @@ async def run(
     finally:
         if prometheus is not None:
             prometheus.close()
+        await gateway.close()
         await consumer.close()
 
 
@@ -222,7 +279,7 @@ def positive(result: list[dict[str, Any]]) -> bool:
 
 
 # Panels whose value this run must make positive (one dead letter, 6 error
-# results, 80 texts graded): a window or a counter that misses the run's work
+# results, 85 texts graded, one job followed through the gateway): a window or a counter that misses the run's work
 # answers 0 here.
 MUST_BE_POSITIVE = {
     "Texts graded / s",
@@ -232,6 +289,9 @@ MUST_BE_POSITIVE = {
     "Error results / s by code",
     "Jobs accepted and completed / min",
     "Dead letters by reason",
+    "Gateway reads progress",
+    "Gateway requests / s by route and status",
+    "SSE events delivered / s",
 }
 
 
@@ -306,8 +366,12 @@ def test_rules_evaluate_without_errors_and_fire_on_the_runs_faults(run: Run) -> 
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
     states = {alert["labels"]["alertname"]: alert["state"] for alert in run.prometheus.api("alerts")["alerts"]}
     # The run sent one dead letter (no "for": firing at once) and 6 error
-    # results out of 80 (over 5 %: pending its 15 minutes).
+    # results out of 85 (over 5 %: pending its 15 minutes).
     assert states.get("TextevalDeadLetters") == "firing", states
     assert states.get("TextevalErrorResults") in {"pending", "firing"}, states
-    for quiet in ("TextevalDown", "TextevalAbsent", "TextevalUnhealthy", "TextevalConsumerLagGrowing"):
+    quiet_while_healthy = (
+        "TextevalDown", "TextevalAbsent", "TextevalUnhealthy", "TextevalConsumerLagGrowing",
+        "TextevalGatewayDown", "TextevalGatewayCannotReadProgress",
+    )  # fmt: skip
+    for quiet in quiet_while_healthy:
         assert quiet not in states, states

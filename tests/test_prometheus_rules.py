@@ -19,6 +19,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.gateway.metrics import GatewayMetrics
 from consumer.metrics import Metrics
 from tests.conftest import REPO
 
@@ -91,8 +92,8 @@ def test_the_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
 
 
 def exported_buckets() -> dict[str, set[float]]:
-    """Histogram bucket bounds (``le``) a consumer exports, by series name."""
-    text = generate_latest(Metrics().registry).decode()
+    """Histogram bucket bounds (``le``) the consumer and the gateway export, by series name."""
+    text = generate_latest(Metrics().registry).decode() + generate_latest(GatewayMetrics().registry).decode()
     buckets: dict[str, set[float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -119,3 +120,4 @@ def test_unit_tests_use_the_buckets_the_code_exports() -> None:
     finite = {name: max(b for b in bounds if b != float("inf")) for name, bounds in exported.items()}
     assert finite["texteval_progress_event_latency_seconds_bucket"] > 5
     assert finite["texteval_commit_latency_seconds_bucket"] > 1
+    assert finite["texteval_gateway_event_delivery_latency_seconds_bucket"] > 2
