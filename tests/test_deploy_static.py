@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from dotenv import dotenv_values
@@ -32,6 +33,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.engine.fake import FakeEngine
+from consumer.gateway.metrics import GatewayMetrics
+from consumer.gateway.service import gateway_serving
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.testing.topics import (
@@ -256,7 +259,7 @@ def test_each_profile_runs_the_whole_stack_with_settings_the_code_reads(
     compose: dict[str, Any], profile: str, consumer: str, target: str
 ) -> None:
     services = compose["services"]
-    assert profile_services(compose, profile) == {"kafka", "kafka-init", consumer, "prometheus", "grafana"}
+    assert profile_services(compose, profile) == {"kafka", "kafka-init", consumer, "gateway", "prometheus", "grafana"}
     service = services[consumer]
     assert service["build"]["target"] == target
     assert texteval_command(service["command"]) == "run"
@@ -437,13 +440,19 @@ async def exported(kafka_bootstrap: str, kafka_group_kwargs: dict[str, int]) -> 
     metrics = Metrics()
     graded = items(3)
     graded[1]["respuesta"] = "paraula " * 2400  # past the fake engine's context: an input_too_long result
+    gateway_metrics = GatewayMetrics()
     async with running(settings, FakeEngine(), metrics) as app:
         await produce(kafka_bootstrap, topics.requests, [(b"ok", job("metrics-check", graded)), (b"bad", b"{")])
         await read_until(kafka_bootstrap, topics.progress, count_events("complete", 1))
         await read_until(kafka_bootstrap, topics.dlt, at_least(1))
         await wait_for(lambda: b"texteval_consumer_lag{" in generate_latest(metrics.registry))
         app.health_report()  # what /health does: refreshes engine_up and kafka_up
-        text = generate_latest(metrics.registry).decode()
+        # And a gateway that served that job's stream (its panels and alerts).
+        async with gateway_serving(settings, metrics=gateway_metrics) as (_, base):
+            async with httpx.AsyncClient(base_url=base) as client:
+                await client.get("/stream/metrics-check")
+            await wait_for(lambda: b"texteval_gateway_tail_lag{" in generate_latest(gateway_metrics.registry))
+        text = generate_latest(metrics.registry).decode() + generate_latest(gateway_metrics.registry).decode()
     labels: dict[str, set[str]] = {}
     values: dict[tuple[str, str], set[str]] = {}
     for family in text_string_to_metric_families(text):
@@ -515,6 +524,8 @@ def k8s() -> dict[str, dict[str, Any]]:
     by_kind: dict[str, dict[str, Any]] = {}
     for resource in kustomization["resources"]:
         for doc in yaml.safe_load_all((DEPLOY / "k8s" / resource).read_text(encoding="utf-8")):
+            if doc["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "texteval-gateway":
+                continue  # the gateway's manifests: tests/test_gateway_deploy.py
             assert doc["kind"] not in by_kind, f"two {doc['kind']}s"
             by_kind[doc["kind"]] = doc
     return by_kind

@@ -27,5 +27,7 @@ create "${KAFKA_REQUESTS_TOPIC:-evaluation.requests}" 12 7
 create "${KAFKA_RESULTS_TOPIC:-evaluation.results}" 12 14
 create "${KAFKA_PROGRESS_TOPIC:-evaluation.progress}" 12 1
 create "${KAFKA_DLT_TOPIC:-evaluation.requests.DLT}" 3 30
+# 1.1 cancel commands: read whole by every consumer (no group); a day is CANCEL_TTL_S.
+create "${KAFKA_CONTROL_TOPIC:-evaluation.control}" 3 1
 
 /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$bootstrap" --list
