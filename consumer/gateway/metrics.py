@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from consumer.gateway.jobs import EvictReason
+
 _DELIVERY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -42,5 +44,7 @@ class GatewayMetrics:
         self.jobs_evicted = Counter(
             "texteval_gateway_jobs_evicted", "Jobs dropped from memory, by reason", ["reason"], registry=r
         )
+        for reason in EvictReason:  # exported at 0 from the start, so rates and alerts see them
+            self.jobs_evicted.labels(reason.value)
         self.jobs_submitted = Counter("texteval_gateway_jobs_submitted", "Requests produced to Kafka", registry=r)
         self.cancels = Counter("texteval_gateway_cancels", "Cancel commands produced", registry=r)
