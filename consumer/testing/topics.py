@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from consumer.engine.base import GradingEngine
-from consumer.kafka import ensure_topics, topic_partitions
+from consumer.kafka import Start, TopicReader, ensure_topics
 from consumer.metrics import Metrics
 from consumer.pipeline.app import ConsumerApp
 from consumer.pipeline.service import consumer_running
@@ -113,24 +113,12 @@ async def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | N
 async def read_until(bootstrap: str, topic: str, done: Callable[[list[Record]], bool],
                      timeout_s: float = 60.0) -> list[Record]:  # fmt: skip
     """Every record of the topic from the beginning, until ``done(records)``."""
-    big = 16 * 1024 * 1024
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=big, max_partition_fetch_bytes=big
-    )
-    await consumer.start()
     records: list[Record] = []
-    try:
-        consumer.assign(await topic_partitions(consumer, topic))
-        await consumer.seek_to_beginning()
-        deadline = time.monotonic() + timeout_s
-        while not done(records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out on {topic}: {len(records)} records")
-            batch = await consumer.getmany(timeout_ms=200)
-            for part in batch.values():
-                records.extend(part)
-    finally:
-        await consumer.stop()
+    async with TopicReader({"bootstrap_servers": bootstrap}, [topic], start=Start.BEGINNING) as reader:
+        try:
+            await reader.until(lambda: done(records), records.append, timeout_s=timeout_s)
+        except TimeoutError:
+            raise AssertionError(f"timed out on {topic}: {len(records)} records") from None
     return records
 
 

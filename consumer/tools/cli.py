@@ -26,12 +26,12 @@ def cmd_render_prompt(args: argparse.Namespace, settings: Settings) -> int:
 
     from consumer.contract import Item
     from consumer.engine.factory import build_prompt_builder, resolve_model
+    from consumer.validation import validation_problems
 
     try:
         item = Item.model_validate_json(sys.stdin.buffer.read())
     except ValidationError as exc:
-        fields = ", ".join(".".join(map(str, e["loc"])) or "item" for e in exc.errors())
-        print(f"render-prompt: invalid item ({fields})", file=sys.stderr)
+        print(f"render-prompt: invalid item ({validation_problems(exc, root='item')})", file=sys.stderr)
         return 2
     model = resolve_model(settings)
     prompt = build_prompt_builder(model).build(item)
@@ -59,8 +59,7 @@ async def _grade(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     from consumer.engine.factory import build_engine
-    from consumer.pipeline.results import write_results
-    from consumer.tools.files import InputFileError, job_id_for, read_items
+    from consumer.tools.files import InputFileError, job_id_for, read_items, write_results
     from consumer.tools.offline import grade_items
 
     console = Console(stderr=True)
@@ -116,9 +115,8 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     from consumer.kafka import KafkaSetupError, check_connection
-    from consumer.pipeline.results import write_results
-    from consumer.tools.client import read_jobs, submit_and_follow
-    from consumer.tools.files import InputFileError
+    from consumer.tools.client import read_jobs, submit, submit_and_follow
+    from consumer.tools.files import InputFileError, write_results
 
     console = Console(stderr=True)
     try:
@@ -137,13 +135,13 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
         lines = [json.dumps({"job_id": job.job_id, "total_items": len(job.items)}) for job in jobs]
         await asyncio.to_thread(Path(args.manifest).write_text, "\n".join(lines) + "\n", encoding="utf-8")
     if not args.follow:
-        await submit_and_follow(settings, jobs, follow=False)
+        await submit(settings, jobs)
         console.print(f"submitted {len(jobs)} jobs ({total} texts): {', '.join(str(j.job_id) for j in jobs)}")
         return 0
     with progress_bar(console) as bar:
         task = bar.add_task(f"{len(jobs)} jobs", total=total)
         followed = await submit_and_follow(
-            settings, jobs, follow=True, on_result=lambda _: bar.advance(task), timeout_s=args.timeout_s
+            settings, jobs, on_result=lambda _: bar.advance(task), timeout_s=args.timeout_s
         )
     results = [r for job in followed.values() for r in job.results.values()]
     if args.out:
