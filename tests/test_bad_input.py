@@ -39,7 +39,17 @@ from consumer.contract import EvaluationResult
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
-from consumer.testing.topics import at_least, committed, items, job, make_settings, read_until, running, values
+from consumer.testing.topics import (
+    at_least,
+    committed,
+    committed_to_end,
+    items,
+    job,
+    make_settings,
+    read_until,
+    running,
+    values,
+)
 from tests.kafka_harness import TopicNames
 
 CORPUS_PATH = Path(__file__).parent / "data" / "bad_input_corpus.json"
@@ -338,7 +348,7 @@ async def _run_group(bootstrap: str, group_kwargs: dict[str, int], cases: list[C
         except AssertionError as exc:  # reported per case: its sentinel or job never completed
             run.waited_out = str(exc)
         # All work done and committed, unless a known bug holds an offset back.
-        await _settle(lambda: app._tracker.pending() == 0 and not app._tracker.committable(), timeout_s=3)
+        await committed_to_end(bootstrap, settings.kafka_group_id, topics.requests, timeout_s=3)
         run.health_reasons = list(app.health_report().reasons)
     run.committed = (await committed(bootstrap, settings.kafka_group_id, topics.requests, 1))[0]
     for record in await _read_all(bootstrap, topics.dlt):

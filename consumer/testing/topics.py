@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from consumer.engine.base import GradingEngine
-from consumer.kafka import Start, TopicReader, ensure_topics
+from consumer.kafka import Start, TopicReader, ensure_topics, topic_partitions
 from consumer.metrics import Metrics
 from consumer.pipeline.app import ConsumerApp
 from consumer.pipeline.service import consumer_running
@@ -142,6 +142,40 @@ async def committed(bootstrap: str, group_id: str, topic: str, partitions: int) 
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         await consumer.stop()
+
+
+async def committed_to_end(bootstrap: str, group_id: str, topic: str, timeout_s: float = 30.0) -> bool:
+    """True once the group's committed offset has reached the end of every
+    partition of ``topic`` (every record consumed, done and committed), False
+    if not within ``timeout_s``. Read without joining the group.
+
+    For topics written one record per produce request (``produce`` above):
+    the embedded broker reports a partition's end as its last *batch*'s
+    base offset + 1.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(consumer, topic)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ends = await consumer.end_offsets(partitions)
+            done = [(await consumer.committed(tp) or 0) >= ends[tp] for tp in partitions]
+            if all(done):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+
+
+def health_kafka(app: ConsumerApp) -> dict[str, Any]:
+    """The ``kafka`` part of the app's /health body (assigned and paused partitions, ...)."""
+    kafka = app.health_report().body["kafka"]
+    if not isinstance(kafka, dict):
+        raise TypeError(f"health body 'kafka' is a {type(kafka).__name__}")
+    return kafka
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
