@@ -1,7 +1,8 @@
 """The ``texteval`` command line.
 
 Each command builds what it needs from one ``Settings`` object through
-``consumer.engine.factory`` and nothing else.
+``consumer.engine.factory`` and nothing else. What ``--help`` shows is
+written for users: ``DESCRIPTION`` and ``EPILOG`` below, not this docstring.
 """
 
 from __future__ import annotations
@@ -19,6 +20,29 @@ from consumer.settings import Settings
 from consumer.tools.console import configure_logging, progress_bar
 
 logger = logging.getLogger("texteval")
+
+DESCRIPTION = """\
+Grade Catalan student answers with an LLM. The service reads evaluation
+requests from Kafka and publishes one result per text (nota 0-5 and
+feedback, or a typed error) plus progress events per job; the other commands
+submit and check jobs, grade files offline, or run everything locally."""
+
+EPILOG = """\
+examples:
+  texteval demo
+      the whole service on this machine with the sample jobs, then a clean stop
+  texteval submit texts.csv --follow --out results.csv --manifest jobs.jsonl
+      send a file of texts (CSV, JSON or JSONL) as a job and wait for its results
+  texteval verify jobs.jsonl --wait-s 60
+      check that every text of those jobs got a result
+  texteval grade texts.csv --out results.csv
+      grade a file on this machine, without Kafka
+  texteval run
+      the service itself, until SIGTERM
+
+Settings (KAFKA_BOOTSTRAP_SERVERS, MODEL_NAME, ...) come from the environment
+or a .env file; see .env.example and README.md. `texteval COMMAND --help`
+shows a command's options."""
 
 
 def cmd_render_prompt(args: argparse.Namespace, settings: Settings) -> int:
@@ -176,8 +200,13 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="texteval", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="texteval",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the examples' columns
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
     run = sub.add_parser("run", help="the consumer and its side HTTP server, until SIGTERM/SIGINT")
     run.add_argument("--engine", choices=["vllm", "fake"], default="vllm", help="fake: no model (tests)")
