@@ -122,6 +122,14 @@ async def read_until(bootstrap: str, topic: str, done: Callable[[list[Record]], 
     return records
 
 
+async def read_all(bootstrap: str, topic: str) -> list[Record]:
+    """Every record of the topic, from the beginning up to its end as of now."""
+    records: list[Record] = []
+    async with TopicReader({"bootstrap_servers": bootstrap}, [topic], start=Start.BEGINNING) as reader:
+        await reader.to_end(records.append)
+    return records
+
+
 def values(records: list[Record]) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in records if r.value is not None]
 
