@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from consumer.testing.faults import broker_outage, churn, kill9_during_job, sigterm_during_job
+from consumer.testing.faults import (
+    broker_outage,
+    cancel_during_rebalance,
+    churn,
+    kill9_during_cancel,
+    kill9_during_job,
+    sigterm_during_job,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -49,3 +56,19 @@ async def test_broker_unreachable_for_30_s_mid_job_recovers_by_itself(tmp_path: 
     run = await broker_outage(tmp_path, outage_s=30)
     assert run.lost == 0
     assert run.detail == "outage reported on /health: True"
+
+
+async def test_a_cancel_sent_during_a_rebalance_ends_the_job_once(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], tmp_path: Path
+) -> None:
+    run = await cancel_during_rebalance(kafka_bootstrap, kafka_group_kwargs, tmp_path)
+    assert run.terminal_events[:1] == ["cancelled"] and "complete" not in run.terminal_events, run
+    assert run.results_after_cancel <= 16, run  # at most what was in flight
+
+
+async def test_a_cancel_survives_the_kill_of_the_jobs_owner(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], tmp_path: Path
+) -> None:
+    run = await kill9_during_cancel(kafka_bootstrap, kafka_group_kwargs, tmp_path)
+    assert run.terminal_events[:1] == ["cancelled"] and "complete" not in run.terminal_events, run
+    assert run.results_after_cancel <= 16, run
