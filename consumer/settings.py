@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     checkpoints_topic: str = Field(default="evaluation.checkpoints", alias="KAFKA_CHECKPOINTS_TOPIC")
     job_id_retention_s: float = Field(default=7 * 86400.0, gt=0, alias="JOB_ID_RETENTION_S")
     cancel_ttl_s: float = Field(default=86400.0, gt=0, alias="CANCEL_TTL_S")
+    # Static membership: a stable name per replica (a StatefulSet pod name);
+    # a restart within the session timeout then keeps its partitions.
+    kafka_group_instance_id: str | None = Field(default=None, alias="KAFKA_GROUP_INSTANCE_ID")
     kafka_security_protocol: str = Field(default="PLAINTEXT", alias="KAFKA_SECURITY_PROTOCOL")
     kafka_sasl_mechanism: str | None = Field(default=None, alias="KAFKA_SASL_MECHANISM")
     kafka_sasl_username: str | None = Field(default=None, alias="KAFKA_SASL_USERNAME")

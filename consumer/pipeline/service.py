@@ -93,6 +93,7 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         **kafka,
         client_id="texteval",
         group_id=settings.kafka_group_id,
+        group_instance_id=settings.kafka_group_instance_id,
         enable_auto_commit=False,  # offsets are committed only when work is done
         auto_offset_reset="earliest",  # a new group must not skip waiting jobs
         isolation_level=settings.kafka_isolation_level,
