@@ -192,6 +192,41 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return verify_main(settings, Path(args.manifest), args.wait_s, args.json)
 
 
+async def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.gateway.service import serve_gateway
+
+    return await serve_gateway(settings, args.host or settings.gateway_host, args.port or settings.gateway_port)
+
+
+async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from aiokafka import AIOKafkaProducer
+    from pydantic import ValidationError
+
+    from consumer.contract import ControlAction, ControlCommand
+    from consumer.kafka import KafkaSetupError, check_connection, client_kwargs
+
+    try:
+        command = ControlCommand(action=ControlAction.CANCEL, job_id=args.job_id)
+    except ValidationError:
+        print("cancel: not a valid job_id (1-128 characters of A-Z a-z 0-9 . _ : / -)", file=sys.stderr)
+        return 2
+    try:
+        await check_connection(settings)
+    except KafkaSetupError as exc:
+        print(f"cancel: cannot use Kafka: {exc}", file=sys.stderr)
+        return 2
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.control_topic, value=command.model_dump_json().encode(), key=args.job_id.encode()
+        )
+    finally:
+        await producer.stop()
+    print(f"cancel requested for {args.job_id} on {settings.control_topic}")
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.tools.broker import run_forever
 
@@ -250,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of every message")
     schemas.add_argument("--dir", default="schemas")
     schemas.set_defaults(run=cmd_schemas)
+
+    gateway = sub.add_parser("gateway", help="the HTTP gateway (POST /evaluate, SSE /stream) over the topics")
+    gateway.add_argument("--host", default=None, help="default: GATEWAY_HOST (127.0.0.1)")
+    gateway.add_argument("--port", type=int, default=None, help="default: GATEWAY_PORT (8080)")
+    gateway.set_defaults(run=lambda a, s: asyncio.run(_gateway(a, s)))
+
+    cancel = sub.add_parser("cancel", help="produce a cancel command for a job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(run=lambda a, s: asyncio.run(_cancel(a, s)))
 
     prepare = sub.add_parser("prepare-model", help="convert the packaged small model once")
     prepare.set_defaults(run=cmd_prepare_model)

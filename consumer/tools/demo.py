@@ -12,7 +12,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from consumer.contract import AcceptedEvent, BatchCompleteEvent, CompleteEvent, EvaluationResult, ProgressEvent
+from consumer.contract import (
+    AcceptedEvent,
+    BatchCompleteEvent,
+    CancelledEvent,
+    CompleteEvent,
+    EvaluationResult,
+    ProgressEvent,
+)
 from consumer.engine.base import GradingEngine
 from consumer.http import HttpServer, create_app
 from consumer.metrics import Metrics
@@ -100,3 +107,5 @@ def _describe(event: ProgressEvent) -> str:
                     f"{p.estimated_remaining_seconds:.1f} s to go")  # fmt: skip
         case CompleteEvent(data=data):
             return f"complete: {data.succeeded} ok, {data.failed} failed in {data.total_time_seconds} s"
+        case CancelledEvent(data=data):
+            return f"cancelled: {data.completed}/{data.total_items} graded ({data.succeeded} ok, {data.failed} failed)"
