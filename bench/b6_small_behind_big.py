@@ -19,6 +19,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bench.broker_io import JobProducer, KafkaTarget, consumer_ready, encode_job, fresh_settings, output_reader
 from bench.common import BenchResult, Scale, arm_order, median, tagged_items
@@ -26,6 +27,9 @@ from consumer.engine.fake import FakeEngine
 from consumer.kafka import Record
 from consumer.metrics import Metrics
 from consumer.settings import SchedulingPolicy
+
+if TYPE_CHECKING:
+    from consumer.kafka import Record
 
 ID = "B6"
 WHAT = "a 20-item job produced 2 s after four 2000-item jobs (fake engine 64 × 100 ms), fair vs fifo"

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from consumer.contract import EvaluationRequest
+from consumer.validation import safe_errors
 
 
 class BodyTooLarge(Exception):
@@ -64,10 +65,9 @@ def parse_submission(body: bytes, *, max_items: int) -> Submission:
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
-    # include_input=False: the offending value may be a student's text.
-    # ctx can echo limits and patterns (not input), but drop it for safety.
+    # Without the input: the offending value may be a student's text.
     shown = []
-    for error in exc.errors(include_input=False, include_url=False, include_context=False)[:20]:
+    for error in safe_errors(exc)[:20]:
         # As FastAPI's own 422s: the path starts at "body".
         loc = ["body"] if error["type"] == "json_invalid" else ["body", *error["loc"]]
         shown.append({"loc": loc, "msg": error["msg"], "type": error["type"]})

@@ -37,8 +37,12 @@ examples:
       check that every text of those jobs got a result
   texteval grade texts.csv --out results.csv
       grade a file on this machine, without Kafka
+  texteval cancel school-42/term-1
+      stop grading a job (the texts graded so far keep their results)
   texteval run
-      the service itself, until SIGTERM
+      the grading service itself, until SIGTERM
+  texteval gateway
+      the HTTP API (POST /evaluate, live progress) and a page in front of the service
 
 Settings (KAFKA_BOOTSTRAP_SERVERS, MODEL_NAME, ...) come from the environment
 or a .env file; see .env.example and README.md. `texteval COMMAND --help`

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter, ValidationError
 
-from consumer.contract import CompleteData, CompleteEvent, EvaluationRequest, EvaluationResult, ProgressEvent
+from consumer.contract import (
+    CancelledData,
+    CancelledEvent,
+    CompleteData,
+    CompleteEvent,
+    EvaluationRequest,
+    EvaluationResult,
+    ProgressEvent,
+)
 from consumer.kafka import Start, TopicReader, client_kwargs
 from consumer.settings import Settings
 from consumer.tools.files import job_id_for, read_items, read_jsonl, validate_request
@@ -54,9 +62,12 @@ class JobProgress:
     total: int
     results: dict[str, EvaluationResult] = field(default_factory=dict)
     complete: CompleteData | None = None
+    cancelled: CancelledData | None = None  # 1.1: cancelled jobs end with this instead of complete
 
     @property
     def done(self) -> bool:
+        if self.cancelled is not None:
+            return len(self.results) >= self.cancelled.completed
         return self.complete is not None and len(self.results) >= self.total
 
 
@@ -140,5 +151,7 @@ class _Follower:
     def _event(self, job: JobProgress, event: ProgressEvent) -> None:
         if isinstance(event, CompleteEvent):
             job.complete = event.data
+        elif isinstance(event, CancelledEvent):
+            job.cancelled = event.data
         if self.on_event is not None:
             self.on_event(event)

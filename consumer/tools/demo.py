@@ -108,5 +108,4 @@ def _describe(event: ProgressEvent) -> str:
         case CompleteEvent(data=data):
             return f"complete: {data.succeeded} ok, {data.failed} failed in {data.total_time_seconds} s"
         case CancelledEvent(data=data):
-            return f"cancelled: {data.completed}/{data.total_items} graded before the cancel"
-    return event.event.value
+            return f"cancelled: {data.completed}/{data.total_items} graded ({data.succeeded} ok, {data.failed} failed)"
