@@ -4,7 +4,8 @@
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` if set, else its own embedded broker. The
 fake-engine benchmarks (B3-B5) run first; then the real engine is loaded
-once (project CPU defaults, MAX_TOKENS=64) for B1 and B2. A benchmark that
+once (project CPU defaults, MAX_TOKENS=64) for B1 and B2. B8 (the HTTP
+gateway) needs no engine and runs with the fake-engine ones. A benchmark that
 fails to run is reported as failed and the others still run.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from bench import b1_e2e_vs_raw, b2_prototype, b3_progress_latency, b4_pipeline_ceiling, b5_memory
+from bench import b1_e2e_vs_raw, b2_prototype, b3_progress_latency, b4_pipeline_ceiling, b5_memory, b8_gateway
 from bench.broker_io import KafkaTarget, kafka_target
 from bench.common import FULL, REPO, SMOKE, BenchResult, Scale, machine_description, render_section, write_report
 from consumer.settings import Settings
@@ -38,6 +39,7 @@ MODULES: dict[str, ModuleType] = {
     "B3": b3_progress_latency,
     "B4": b4_pipeline_ceiling,
     "B5": b5_memory,
+    "B8": b8_gateway,
 }
 ALL = tuple(MODULES)
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
@@ -101,6 +103,8 @@ async def run_all(selected: list[str], scale: Scale) -> tuple[list[BenchResult],
             results["B4"] = await _guarded("B4", lambda: b4_pipeline_ceiling.run(kafka, scale))
         if "B5" in selected:
             results["B5"] = await _guarded("B5", lambda: b5_memory.run(kafka, scale, log_dir))
+        if "B8" in selected:
+            results["B8"] = await _guarded("B8", lambda: b8_gateway.run(kafka, scale, log_dir))
         if "B1" in selected or "B2" in selected:
             from consumer.engine.factory import build_engine
 

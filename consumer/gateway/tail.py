@@ -54,9 +54,7 @@ class ProgressTail:
             client_id="texteval-gateway",
             group_id=None,
             enable_auto_commit=False,
-            # The broker answers a fetch as soon as one record is there; this
-            # bounds the idle round trip, not the delivery latency.
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=s.gateway_fetch_max_wait_ms,
             max_partition_fetch_bytes=s.kafka_max_message_bytes,
             fetch_max_bytes=s.kafka_max_message_bytes,
         )
