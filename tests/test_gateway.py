@@ -12,7 +12,10 @@ import contextlib
 import importlib.util
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -373,3 +376,57 @@ async def test_the_test_client_script_follows_a_job_to_its_results(consumer_sett
     assert code == 0
     rows = out.read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("job_id,item_index") and len(rows) == 6
+
+
+async def test_heartbeats_keep_an_idle_stream_open(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, GATEWAY_HEARTBEAT_S=0.2)
+    await make_topics(settings)
+    async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
+        await client.post("/evaluate", json={"job_id": "idle-1", "items": items(1)})  # no consumer: stays queued
+        lines: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.2), client.stream("GET", "/stream/idle-1") as response:
+                async for line in response.aiter_lines():
+                    lines.append(line)
+    comments = [line for line in lines if line.startswith(":")]
+    assert "retry: 1000" in lines
+    assert len(comments) >= 4, lines  # the opening comment, then a ping every 0.2 s
+    assert not [line for line in lines if line.startswith("data:")]
+
+
+async def test_cors_answers_the_configured_origins_only(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs,
+                            GATEWAY_CORS_ORIGINS="https://school.example")  # fmt: skip
+    await make_topics(settings)
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
+        allowed = await client.options("/evaluate", headers={"Origin": "https://school.example", **preflight})
+        other = await client.options("/evaluate", headers={"Origin": "https://evil.example", **preflight})
+        simple = await client.get("/health", headers={"Origin": "https://school.example"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://school.example"
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    assert simple.headers["access-control-allow-origin"] == "https://school.example"
+
+
+async def test_texteval_cancel_produces_the_control_command(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    await make_topics(settings)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_CONTROL_TOPIC": settings.control_topic}
+    ok = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "consumer.tools.cli", "cancel", "school/j-1"],
+                                 env=env, cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    bad = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "consumer.tools.cli", "cancel", "a b"],
+                                  env=env, cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    commands = await read_until(kafka_bootstrap, settings.control_topic, lambda rs: len(rs) >= 1)
+    assert ok.returncode == 0, ok.stderr
+    assert bad.returncode == 2 and "job_id" in bad.stderr
+    assert [(r.key, json.loads(r.value or b"")) for r in commands] == [
+        (b"school/j-1", {"schema_version": 1, "action": "cancel", "job_id": "school/j-1"})
+    ]
