@@ -118,10 +118,20 @@ CMD ["texteval", "gateway"]
 
 
 # ---------------------------------------------------------------------------
-# GPU (default target): CUDA runtime + the CUDA build of vLLM, which brings
-# its own CUDA torch. The host needs the NVIDIA driver and container toolkit.
+# GPU (default target): the CUDA build of vLLM and its CUDA torch. The wheels
+# bring the whole CUDA user space: vllm 0.32.0 requires torch==2.13.0, whose
+# PyPI wheel requires cuda-toolkit[cudart,cublas,nvrtc,...]==13.0.3,
+# nvidia-cudnn-cu13 and nvidia-nccl-cu13; vLLM's own kernels are built with
+# CUDA 13.0 (they link libcudart.so.13) and it requires the [cu13] builds of
+# nvidia-cutlass-dsl and humming-kernels. So the base image only has to say
+# "CUDA 13": the small -base flavour (cudart, nothing more) sets
+# NVIDIA_REQUIRE_CUDA=cuda>=13.0, so the NVIDIA Container Toolkit refuses a
+# host whose driver is too old at start, with a clear message, instead of
+# torch failing minutes later; -runtime would add a second copy of cuBLAS.
+# The host needs the NVIDIA driver >= 580 (CUDA 13.x) and the container
+# toolkit. tests/test_deploy_static.py fails if the pins and this tag disagree.
 # ---------------------------------------------------------------------------
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS gpu
+FROM nvidia/cuda:13.0.1-base-ubuntu24.04 AS gpu
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -147,6 +157,9 @@ COPY consumer/ consumer/
 RUN pip install -c requirements/constraints-gpu.txt ".[gpu]" \
     && python -c "import vllm, consumer"
 COPY deploy/docker/healthcheck.py /opt/texteval/healthcheck.py
+# The prototype's start command (GPU check, cache folders, then `texteval
+# run`): what a RunPod pod runs (deploy/runpod/).
+COPY scripts/start.sh /opt/texteval/start.sh
 
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 \

@@ -214,6 +214,7 @@ async def ensure_topics(
     topics: Mapping[str, int],
     *,
     replication_factor: int = 1,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     **client_kwargs: Any,
 ) -> list[str]:
     """Create the topics (name -> partitions) that do not exist yet; return
@@ -236,7 +237,12 @@ async def ensure_topics(
         missing = [name for name in topics if name not in existing]
         if not missing:
             return []
-        response = await admin.create_topics([NewTopic(name, topics[name], replication_factor) for name in missing])
+        response = await admin.create_topics(
+            [
+                NewTopic(name, topics[name], replication_factor, topic_configs=dict((configs or {}).get(name, {})))
+                for name in missing
+            ]
+        )
     finally:
         await admin.close()
     created = []

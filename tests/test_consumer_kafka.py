@@ -35,7 +35,7 @@ async def test_a_2000_item_job_gives_2000_results_and_ordered_progress(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
 ) -> None:
     settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
-    engine = FakeEngine(delay_s=0.002)
+    engine = FakeEngine(delay_s=0.02)  # slow enough for the scheduler to fill its engine depth
     async with running(settings, engine):
         await produce(kafka_bootstrap, topic_names.requests, [(b"big", job("big", items(2000)))])
         progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))

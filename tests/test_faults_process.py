@@ -20,9 +20,12 @@ async def test_kill9_mid_job_then_restart_loses_nothing(
 ) -> None:
     run = await kill9_during_job(kafka_bootstrap, kafka_group_kwargs, tmp_path, kill_after=kill_after)
     assert run.lost == 0
-    # At-least-once: what the dead consumer had published of the unfinished
-    # job comes again, never more than the job's items in flight.
-    assert kill_after <= run.duplicates + 1 and run.duplicates <= run.expected
+    # Item-level resume: the next owner regrades only what the dead one had
+    # published and not yet checkpointed (fake engine 200 ms × 16 = 80 texts/s:
+    # a commit interval's worth, the last progress batch, what was in flight).
+    # The target at this rate: under 100. Before job state: every
+    # published item of the job (≈ kill_after, max 1984).
+    assert run.duplicates < 100, run
 
 
 async def test_sigterm_mid_job_drains_exits_0_and_a_restart_duplicates_nothing(

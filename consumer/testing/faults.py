@@ -61,12 +61,18 @@ def _unique_at_least(ids: set[str]):  # type: ignore[no-untyped-def]
 
 
 async def kill9_during_job(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, kill_after: int,
-                           n_items: int = 2000) -> FaultRun:  # fmt: skip
-    """SIGKILL the consumer once ``kill_after`` results are out; a new one takes over."""
+                           n_items: int = 2000, delay_ms: float = 200, concurrency: int = 16) -> FaultRun:  # fmt: skip
+    """SIGKILL the consumer once ``kill_after`` results are out; a new one takes over.
+
+    The fake engine grades ``concurrency`` items at a time, ``delay_ms`` each
+    (200 ms × 16, as the issue measured: 80 texts/s, about a small GPU's rate).
+    """
     settings, topics = await _setup(bootstrap, group_kwargs)
     ids = {f"k9#{i}" for i in range(n_items)}
-    first = await ServiceProcess(settings, log_dir, f"kill9-{kill_after}-a").start()
-    second = ServiceProcess(settings, log_dir, f"kill9-{kill_after}-b")
+    first = await ServiceProcess(
+        settings, log_dir, f"kill9-{kill_after}-a", delay_ms=delay_ms, concurrency=concurrency
+    ).start()
+    second = ServiceProcess(settings, log_dir, f"kill9-{kill_after}-b", delay_ms=delay_ms, concurrency=concurrency)
     try:
         await first.wait_healthy()
         await produce(bootstrap, topics.requests, [(b"k9", job("k9", items(n_items)))])

@@ -33,6 +33,8 @@ class TopicNames:
     results: str
     progress: str
     dlt: str
+    control: str
+    checkpoints: str
 
     @classmethod
     def unique(cls) -> TopicNames:
@@ -42,6 +44,8 @@ class TopicNames:
             results=f"{prefix}.evaluation.results",
             progress=f"{prefix}.evaluation.progress",
             dlt=f"{prefix}.evaluation.requests.DLT",
+            control=f"{prefix}.evaluation.control",
+            checkpoints=f"{prefix}.evaluation.checkpoints",
         )
 
     def __iter__(self) -> Iterator[str]:
@@ -60,6 +64,8 @@ def make_settings(bootstrap: str, topics: TopicNames, group_kwargs: dict[str, in
         "KAFKA_RESULTS_TOPIC": topics.results,
         "KAFKA_PROGRESS_TOPIC": topics.progress,
         "KAFKA_DLT_TOPIC": topics.dlt,
+        "KAFKA_CONTROL_TOPIC": topics.control,
+        "KAFKA_CHECKPOINTS_TOPIC": topics.checkpoints,
         "KAFKA_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
         "COMMIT_INTERVAL_MS": 100,
         "SHUTDOWN_GRACE_S": 10,
@@ -84,8 +90,7 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 @asynccontextmanager
 async def running(settings: Settings, engine: GradingEngine, metrics: Metrics | None = None,
                   partitions: int = 3) -> AsyncIterator[ConsumerApp]:  # fmt: skip
-    topics = [settings.requests_topic, settings.results_topic, settings.progress_topic, settings.dlt_topic]
-    await create_topics(settings.kafka_bootstrap_servers, topics, partitions=partitions)
+    await create_topics(settings.kafka_bootstrap_servers, settings.service_topics(), partitions=partitions)
     async with consumer_running(settings, engine, metrics or Metrics()) as app:
         yield app
 
