@@ -430,3 +430,29 @@ async def test_texteval_cancel_produces_the_control_command(
     assert [(r.key, json.loads(r.value or b"")) for r in commands] == [
         (b"school/j-1", {"schema_version": 1, "action": "cancel", "job_id": "school/j-1"})
     ]
+
+
+async def test_delete_cancels_a_running_job_end_to_end(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    await make_topics(settings)
+    # One item at a time, 50 ms each: 200 items would take 10 s.
+    async with (
+        running(settings, FakeEngine(delay_s=0.05, max_concurrency=1)),
+        gateway_serving(settings) as (_, base),
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        posted = (await client.post("/evaluate", json={"job_id": "stop-1", "items": items(200)})).json()
+        first = await sse_events(client, posted["stream_url"], limit=3)
+        answer = await client.delete("/jobs/stop-1")
+        async with asyncio.timeout(20):
+            rest = await sse_events(client, posted["stream_url"], last_event_id=first[-1][0])
+        status = (await client.get("/jobs/stop-1")).json()
+    seen = first + rest
+    assert answer.status_code == 202
+    assert seen[-1][1]["event"] == "cancelled" and "complete" not in [e["event"] for _, e in seen]
+    graded = result_indexes(seen)
+    assert len(graded) == len(set(graded)) < 200
+    assert seen[-1][1]["data"]["completed"] == len(graded) == status["completed"]
+    assert status["status"] == "cancelled"
