@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from httpx_sse import aconnect_sse
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.service import gateway_serving
 from consumer.settings import Settings
+from consumer.testing.processes import service_env
 from consumer.testing.topics import (
     create_topics,
     items,
@@ -40,6 +42,7 @@ from consumer.testing.topics import (
     values,
     wait_for,
 )
+from consumer.tools.broker import free_port
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
@@ -456,3 +459,38 @@ async def test_delete_cancels_a_running_job_end_to_end(
     assert len(graded) == len(set(graded)) < 200
     assert seen[-1][1]["data"]["completed"] == len(graded) == status["completed"]
     assert status["status"] == "cancelled"
+
+
+async def test_texteval_gateway_serves_until_sigterm_and_refuses_an_open_public_host(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    await make_topics(settings)
+    env = {**service_env(settings), "GATEWAY_API_KEYS": ""}
+    cli = [sys.executable, "-m", "consumer.tools.cli", "gateway"]
+    refused = await asyncio.to_thread(subprocess.run, [*cli, "--host", "0.0.0.0", "--port", "0"], env=env,
+                                      cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(*cli, "--port", str(port), env=env, cwd=REPO,
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get("/health")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+            posted = await client.post("/evaluate", json={"job_id": "cli-1", "items": items(1)})
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.stdout is not None
+    log = (await proc.stdout.read()).decode()
+    assert refused.returncode == 2 and "GATEWAY_API_KEYS" in refused.stderr
+    assert posted.status_code == 200 and code == 0, log
+    assert "job cli-1 queued" in log
