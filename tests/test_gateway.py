@@ -494,3 +494,24 @@ async def test_texteval_gateway_serves_until_sigterm_and_refuses_an_open_public_
     assert refused.returncode == 2 and "GATEWAY_API_KEYS" in refused.stderr
     assert posted.status_code == 200 and code == 0, log
     assert "job cli-1 queued" in log
+
+
+async def test_a_job_whose_events_were_just_produced_is_found_at_once(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    await make_topics(settings)
+
+    def accepted(job_id: str) -> bytes:
+        data = {"total_items": 5, "estimated_time_seconds": 1.0, "status": "processing"}
+        return json.dumps({"schema_version": 1, "event": "accepted", "job_id": job_id, "data": data}).encode()
+
+    async with gateway_serving(settings) as (gateway, base), httpx.AsyncClient(base_url=base) as client:
+        await gateway.tail.caught_up.wait()
+        answers = []
+        for i in range(5):  # several: the tail must not have read it before the request by luck
+            await produce(kafka_bootstrap, settings.progress_topic, [(b"fresh", accepted(f"fresh-{i}"))])
+            answers.append(await client.get(f"/jobs/fresh-{i}"))
+        unknown = await client.get("/jobs/never-produced")
+    assert [a.status_code for a in answers] == [200] * 5, "a job produced a moment ago was 'not found'"
+    assert answers[0].json()["status"] == "processing" and unknown.status_code == 404
