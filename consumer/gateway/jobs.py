@@ -125,6 +125,7 @@ class JobStore:
         record = JobRecord(job_id, JobState.QUEUED, now_s, total_items=total_items, request_sha256=request_sha256)
         self._active[job_id] = record
         self.bytes_kept += record.size_bytes
+        self._enforce_caps()
         return record
 
     def forget(self, job_id: str) -> None:
