@@ -46,6 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check consumer tests scripts deploy bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --follow-imports=silent bench
+	$(VENV)/bin/lint-imports
 
 schemas: setup
 	$(VENV)/bin/texteval schemas --dir schemas

@@ -20,9 +20,10 @@ import json
 import time
 from dataclasses import dataclass
 
-from bench.broker_io import JobProducer, KafkaTarget, TopicReader, consumer_ready, encode_job, fresh_settings
+from bench.broker_io import JobProducer, KafkaTarget, consumer_ready, encode_job, fresh_settings, output_reader
 from bench.common import BenchResult, Scale, arm_order, median, tagged_items
 from consumer.engine.fake import FakeEngine
+from consumer.kafka import Record
 from consumer.metrics import Metrics
 from consumer.settings import SchedulingPolicy
 
@@ -67,7 +68,8 @@ async def run_trace(
     produced: dict[str, float] = {}
     done: dict[str, float] = {}
 
-    def on_record(topic: str, key: bytes | None, value: bytes | None, received_at: float) -> None:
+    def on_record(record: Record) -> None:
+        value = record.value
         if value is not None and b'"complete"' in value:
             event = json.loads(value)
             if event.get("event") == "complete" and event["job_id"] in values:
@@ -76,7 +78,7 @@ async def run_trace(
     async with (
         consumer_ready(settings, engine, Metrics()),
         JobProducer(settings) as producer,
-        TopicReader(settings, [settings.progress_topic]) as reader,
+        output_reader(settings, [settings.progress_topic]) as reader,
     ):
         start = time.perf_counter()
 
@@ -88,7 +90,7 @@ async def run_trace(
 
         producing = asyncio.create_task(produce())
         try:
-            await reader.until(lambda: len(done) == len(jobs), on_record, timeout_s)
+            await reader.until(lambda: len(done) == len(jobs), on_record, timeout_s=timeout_s)
         finally:
             producing.cancel()
     return TraceRun(

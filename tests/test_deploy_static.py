@@ -33,7 +33,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.engine.fake import FakeEngine
-from consumer.gateway.service import gateway_serving
+from consumer.gateway.server import gateway_serving
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.testing.topics import (

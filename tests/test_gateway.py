@@ -28,7 +28,7 @@ import sseclient
 from httpx_sse import aconnect_sse
 
 from consumer.engine.fake import FakeEngine
-from consumer.gateway.service import gateway_serving
+from consumer.gateway.server import gateway_serving
 from consumer.settings import Settings
 from consumer.testing.processes import service_env
 from consumer.testing.topics import (

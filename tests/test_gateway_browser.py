@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from consumer.engine.fake import FakeEngine
-from consumer.gateway.service import gateway_serving
+from consumer.gateway.server import gateway_serving
 from consumer.testing.topics import create_topics, make_settings, running
 from tests.kafka_harness import TopicNames
 

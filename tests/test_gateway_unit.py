@@ -208,7 +208,7 @@ def test_the_gateway_process_loads_no_engine() -> None:
     code = (
         "import sys\n"
         "from consumer.gateway.app import create_app\n"
-        "from consumer.gateway.service import gateway_serving, serve_gateway\n"
+        "from consumer.gateway.server import gateway_serving, serve_gateway\n"
         "import consumer.tools.cli\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm', 'transformers')"
         " or m.startswith(('consumer.engine', 'consumer.pipeline')))\n"

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from consumer.contract import ControlAction, ControlCommand
-from consumer.gateway.auth import ApiKeys, GatewaySetupError, check_exposure
+from consumer.gateway.auth import ApiKeys
 from consumer.gateway.jobs import JobStore
 from consumer.gateway.metrics import GatewayMetrics
 from consumer.gateway.submit import Submission
 from consumer.gateway.tail import ProgressTail
-from consumer.http import HttpServer
-from consumer.kafka import KafkaSetupError, check_connection, client_kwargs, ensure_topics
+from consumer.kafka import client_kwargs, ensure_topics
 from consumer.settings import Settings
 
 if TYPE_CHECKING:
@@ -121,47 +118,3 @@ async def gateway_running(settings: Settings, metrics: GatewayMetrics | None = N
         finally:
             async with asyncio.timeout(settings.kafka_close_timeout_s):
                 await producer.stop()
-
-
-@asynccontextmanager
-async def gateway_serving(
-    settings: Settings, host: str = "127.0.0.1", port: int = 0, metrics: GatewayMetrics | None = None
-) -> AsyncIterator[tuple[Gateway, str]]:
-    """A started gateway and its HTTP server: (gateway, base URL). On exit the
-    open streams end first, so the server stops without waiting on them."""
-    from consumer.gateway.app import create_app
-
-    async with gateway_running(settings, metrics) as gateway:
-        http = HttpServer(create_app(gateway), host, port)
-        await http.start()
-        try:
-            yield gateway, f"http://{host}:{http.port}"
-        finally:
-            gateway.store.close()
-            await http.stop()
-
-
-async def serve_gateway(settings: Settings, host: str, port: int) -> int:
-    """``texteval gateway``: until SIGTERM/SIGINT. Exit 2 on settings it cannot use."""
-    keys = ApiKeys(settings.gateway_keys())
-    try:
-        check_exposure(host, keys, settings.gateway_allow_anonymous)
-        await check_connection(settings)
-    except (GatewaySetupError, KafkaSetupError) as exc:
-        logger.error("gateway not started: %s", exc)
-        return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    started = time.monotonic()
-    try:
-        async with gateway_serving(settings, host, port) as (_, url):
-            logger.info("gateway on %s/ (%s) in %.1f s", url,
-                        "API keys required" if keys.required else "open", time.monotonic() - started)  # fmt: skip
-            await stop.wait()
-            logger.info("signal received: closing streams and stopping")
-        return 0
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

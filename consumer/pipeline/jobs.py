@@ -246,14 +246,12 @@ class JobRun:
         both.add_done_callback(acknowledged)
 
     def _result(self, finished: _Finished) -> EvaluationResult:
-        item = self.job.items[finished.index]
         return build_result(
             job_id=self.job.job_id,
             item_index=finished.index,
-            id_alumno=item.id_alumno,
+            item=self.job.items[finished.index],
             outcome=finished.outcome,
-            model=self._engine.model_name,
-            sampling=self._engine.sampling,
+            engine=self._engine,
         )
 
     async def _send_batch(
