@@ -4,7 +4,8 @@
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` if set, else its own embedded broker. The
 fake-engine benchmarks (B3-B7) run first; then the real engine is loaded
-once (project CPU defaults, MAX_TOKENS=64) for B1 and B2. A benchmark that
+once (project CPU defaults, MAX_TOKENS=64) for B1 and B2. B8 (the HTTP
+gateway) needs no engine and runs with the fake-engine ones. A benchmark that
 fails to run is reported as failed and the others still run.
 """
 
@@ -32,6 +33,7 @@ from bench import (
     b5_memory,
     b6_small_behind_big,
     b7_end_of_term,
+    b8_gateway,
 )
 from bench.broker_io import KafkaTarget, kafka_target
 from bench.common import FULL, REPO, SMOKE, BenchResult, Scale, machine_description, render_section, write_report
@@ -48,6 +50,7 @@ MODULES: dict[str, ModuleType] = {
     "B5": b5_memory,
     "B6": b6_small_behind_big,
     "B7": b7_end_of_term,
+    "B8": b8_gateway,
 }
 ALL = tuple(MODULES)
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
@@ -116,6 +119,8 @@ async def run_all(selected: list[str], scale: Scale) -> tuple[list[BenchResult],
             results["B6"] = await _guarded("B6", lambda: b6_small_behind_big.run(kafka, scale))
         if "B7" in selected:
             results["B7"] = await _guarded("B7", lambda: b7_end_of_term.run(kafka, scale))
+        if "B8" in selected:
+            results["B8"] = await _guarded("B8", lambda: b8_gateway.run(kafka, scale, log_dir))
         if "B1" in selected or "B2" in selected:
             from consumer.engine.factory import build_engine
 

@@ -12,7 +12,11 @@ import contextlib
 import importlib.util
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from httpx_sse import aconnect_sse
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.server import gateway_serving
 from consumer.settings import Settings
+from consumer.testing.processes import service_env
 from consumer.testing.topics import (
     create_topics,
     items,
@@ -37,6 +42,7 @@ from consumer.testing.topics import (
     values,
     wait_for,
 )
+from consumer.tools.broker import free_port
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
@@ -373,3 +379,139 @@ async def test_the_test_client_script_follows_a_job_to_its_results(consumer_sett
     assert code == 0
     rows = out.read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("job_id,item_index") and len(rows) == 6
+
+
+async def test_heartbeats_keep_an_idle_stream_open(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, GATEWAY_HEARTBEAT_S=0.2)
+    await make_topics(settings)
+    async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
+        await client.post("/evaluate", json={"job_id": "idle-1", "items": items(1)})  # no consumer: stays queued
+        lines: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.2), client.stream("GET", "/stream/idle-1") as response:
+                async for line in response.aiter_lines():
+                    lines.append(line)
+    comments = [line for line in lines if line.startswith(":")]
+    assert "retry: 1000" in lines
+    assert len(comments) >= 4, lines  # the opening comment, then a ping every 0.2 s
+    assert not [line for line in lines if line.startswith("data:")]
+
+
+async def test_cors_answers_the_configured_origins_only(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs,
+                            GATEWAY_CORS_ORIGINS="https://school.example")  # fmt: skip
+    await make_topics(settings)
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
+        allowed = await client.options("/evaluate", headers={"Origin": "https://school.example", **preflight})
+        other = await client.options("/evaluate", headers={"Origin": "https://evil.example", **preflight})
+        simple = await client.get("/health", headers={"Origin": "https://school.example"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://school.example"
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    assert simple.headers["access-control-allow-origin"] == "https://school.example"
+
+
+async def test_texteval_cancel_produces_the_control_command(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    await make_topics(settings)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_CONTROL_TOPIC": settings.control_topic}
+    ok = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "consumer.tools.cli", "cancel", "school/j-1"],
+                                 env=env, cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    bad = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "consumer.tools.cli", "cancel", "a b"],
+                                  env=env, cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    commands = await read_until(kafka_bootstrap, settings.control_topic, lambda rs: len(rs) >= 1)
+    assert ok.returncode == 0, ok.stderr
+    assert bad.returncode == 2 and "job_id" in bad.stderr
+    assert [(r.key, json.loads(r.value or b"")) for r in commands] == [
+        (b"school/j-1", {"schema_version": 1, "action": "cancel", "job_id": "school/j-1"})
+    ]
+
+
+async def test_delete_cancels_a_running_job_end_to_end(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    await make_topics(settings)
+    # One item at a time, 50 ms each: 200 items would take 10 s.
+    async with (
+        running(settings, FakeEngine(delay_s=0.05, max_concurrency=1)),
+        gateway_serving(settings) as (_, base),
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        posted = (await client.post("/evaluate", json={"job_id": "stop-1", "items": items(200)})).json()
+        first = await sse_events(client, posted["stream_url"], limit=3)
+        answer = await client.delete("/jobs/stop-1")
+        async with asyncio.timeout(20):
+            rest = await sse_events(client, posted["stream_url"], last_event_id=first[-1][0])
+        status = (await client.get("/jobs/stop-1")).json()
+    seen = first + rest
+    assert answer.status_code == 202
+    assert seen[-1][1]["event"] == "cancelled" and "complete" not in [e["event"] for _, e in seen]
+    graded = result_indexes(seen)
+    assert len(graded) == len(set(graded)) < 200
+    assert seen[-1][1]["data"]["completed"] == len(graded) == status["completed"]
+    assert status["status"] == "cancelled"
+
+
+async def test_texteval_gateway_serves_until_sigterm_and_refuses_an_open_public_host(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    await make_topics(settings)
+    env = {**service_env(settings), "GATEWAY_API_KEYS": ""}
+    cli = [sys.executable, "-m", "consumer.tools.cli", "gateway"]
+    refused = await asyncio.to_thread(subprocess.run, [*cli, "--host", "0.0.0.0", "--port", "0"], env=env,
+                                      cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(*cli, "--port", str(port), env=env, cwd=REPO,
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get("/health")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+            posted = await client.post("/evaluate", json={"job_id": "cli-1", "items": items(1)})
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.stdout is not None
+    log = (await proc.stdout.read()).decode()
+    assert refused.returncode == 2 and "GATEWAY_API_KEYS" in refused.stderr
+    assert posted.status_code == 200 and code == 0, log
+    assert "job cli-1 queued" in log
+
+
+async def test_a_job_whose_events_were_just_produced_is_found_at_once(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    await make_topics(settings)
+
+    def accepted(job_id: str) -> bytes:
+        data = {"total_items": 5, "estimated_time_seconds": 1.0, "status": "processing"}
+        return json.dumps({"schema_version": 1, "event": "accepted", "job_id": job_id, "data": data}).encode()
+
+    async with gateway_serving(settings) as (gateway, base), httpx.AsyncClient(base_url=base) as client:
+        await gateway.tail.caught_up.wait()
+        answers = []
+        for i in range(5):  # several: the tail must not have read it before the request by luck
+            await produce(kafka_bootstrap, settings.progress_topic, [(b"fresh", accepted(f"fresh-{i}"))])
+            answers.append(await client.get(f"/jobs/fresh-{i}"))
+        unknown = await client.get("/jobs/never-produced")
+    assert [a.status_code for a in answers] == [200] * 5, "a job produced a moment ago was 'not found'"
+    assert answers[0].json()["status"] == "processing" and unknown.status_code == 404

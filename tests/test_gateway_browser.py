@@ -99,3 +99,37 @@ async def test_the_page_submits_shows_every_grade_and_survives_reconnects(
     rows = [json.loads(line) for line in downloaded.splitlines()]
     assert [r["item_index"] for r in rows] == list(range(N_ITEMS))
     assert {r["id_alumno"] for r in rows} == {f"A{i:03d}" for i in range(N_ITEMS)}
+
+
+async def test_the_page_sends_the_api_key_and_shows_refusals(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    from playwright.async_api import async_playwright
+
+    control = topic_names.requests.replace(".requests", ".control")
+    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CONTROL_TOPIC=control,
+                             GATEWAY_API_KEYS="page-key-5q")  # fmt: skip
+    await create_topics(kafka_bootstrap, settings.service_topics())
+    async with (
+        running(settings, FakeEngine(delay_s=0.01)),
+        gateway_serving(settings) as (_, base),
+        async_playwright() as pw,
+    ):
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        try:
+            page = await browser.new_page()
+            await page.goto(base + "/")  # the page itself needs no key
+            await page.fill("#csv", sample_csv(5))
+            await page.click("#submit")
+            await page.wait_for_function("document.getElementById('status').textContent.startsWith('401')")
+            refused = await page.text_content("#status")
+            await page.fill("#key", "page-key-5q")
+            await page.click("#submit")
+            await page.wait_for_function("window.texteval.done", timeout=30_000)
+            indexes = await page.evaluate("window.texteval.itemIndexes")
+            downloaded = await page.evaluate("fetch(document.getElementById('download-csv').href).then(r => r.text())")
+        finally:
+            await browser.close()
+    assert refused is not None and "API key" in refused
+    assert sorted(indexes) == list(range(5))
+    assert len(downloaded.strip().splitlines()) == 6  # the download link carries the key too

@@ -68,8 +68,14 @@ def create_app(gateway: Gateway) -> FastAPI:
     authorized = [Depends(require_key)]
 
     async def find(job_id: str) -> JobRecord | None:
+        """A job not met yet may be in what the tail has not read: at start-up
+        (the replay), or produced a moment ago (by a consumer, another
+        gateway's client, or straight to Kafka). Read up to now, then decide."""
         record = gateway.store.get(job_id)
-        if record is None and not gateway.tail.caught_up.is_set() and await gateway.wait_caught_up():
+        if record is None and not gateway.tail.caught_up.is_set():
+            await gateway.wait_caught_up()
+            record = gateway.store.get(job_id)
+        if record is None and gateway.tail.caught_up.is_set() and await gateway.tail.read_to_now():
             record = gateway.store.get(job_id)
         return record
 
@@ -88,7 +94,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             return _error(413, str(exc))
         except InvalidBody as exc:
             return _error(422, exc.errors)
-        existing = await find(submission.job_id)
+        existing = await find(submission.job_id) if submission.named else None
         if existing is not None:
             if existing.request_sha256 != submission.request_sha256:
                 return _error(409, "job_id already used by another request")

@@ -44,9 +44,9 @@ from consumer.contract import (
 
 AnyProgressEvent = AcceptedEvent | BatchCompleteEvent | CompleteEvent | CancelledEvent
 
-# Fixed cost of a job and of a kept result beyond their text, for the byte bound.
+# Fixed cost of a job, and of an event beyond its JSON text, for the byte bound.
 _JOB_OVERHEAD_BYTES = 1024
-_RESULT_OVERHEAD_BYTES = 200
+_EVENT_OVERHEAD_BYTES = 150
 
 
 class JobState(StrEnum):
@@ -78,7 +78,9 @@ class JobRecord:
     total_items: int = 0
     request_sha256: str | None = None  # set only on the instance that produced it
     events: list[StoredEvent] = field(default_factory=list)
-    results: dict[int, ItemSummary] = field(default_factory=dict)
+    # Item indexes already reported. The results themselves are only in the
+    # events' JSON (kept once, as sent); results_rows() reads them from there.
+    seen: set[int] = field(default_factory=set)
     succeeded: int = 0
     failed: int = 0
     terminal_counts: dict[str, int] = field(default_factory=dict)
@@ -123,6 +125,7 @@ class JobStore:
         record = JobRecord(job_id, JobState.QUEUED, now_s, total_items=total_items, request_sha256=request_sha256)
         self._active[job_id] = record
         self.bytes_kept += record.size_bytes
+        self._enforce_caps()
         return record
 
     def forget(self, job_id: str) -> None:
@@ -146,19 +149,19 @@ class JobStore:
             record.total_items = event.data.total_items
             record.state = JobState.PROCESSING
         elif isinstance(event, BatchCompleteEvent):
-            fresh = [r for r in event.data.results if r.item_index not in record.results]
+            fresh = [r for r in event.data.results if r.item_index not in record.seen]
             if not fresh and event.data.results:
                 return None
             if len(fresh) != len(event.data.results):
                 event = event.model_copy(update={"data": event.data.model_copy(update={"results": fresh})})
                 payload = event.model_dump_json()
             for result in fresh:
-                record.results[result.item_index] = result
+                record.seen.add(result.item_index)
                 if result.status is ItemStatus.OK:
                     record.succeeded += 1
                 else:
                     record.failed += 1
-                self._grow(record, _RESULT_OVERHEAD_BYTES + len(result.feedback or "") + len(result.id_alumno))
+            self._grow(record, 64 * len(fresh))  # the set entries
             record.total_items = max(record.total_items, event.data.progress.total)
             record.state = JobState.PROCESSING
             if event.data.progress.avg_time_per_item > 0:
@@ -171,7 +174,7 @@ class JobStore:
         stored = StoredEvent(offset, ProgressEventType(event.event), payload, timestamp_ms)
         record.events.append(stored)
         record.last_activity_s = now_s
-        self._grow(record, len(payload))
+        self._grow(record, _EVENT_OVERHEAD_BYTES + len(payload))
         self._touch(record)
         record.notify()
         self._enforce_caps()
@@ -223,13 +226,17 @@ class JobStore:
 
 def results_rows(record: JobRecord) -> list[dict[str, object]]:
     """The job's results so far, by item index, as flat rows (CSV/JSONL)."""
-    return [
-        {"job_id": record.job_id, **summary.model_dump(mode="json")} for _, summary in sorted(record.results.items())
-    ]
+    rows: dict[int, dict[str, object]] = {}
+    for event in record.events:
+        if event.kind is ProgressEventType.BATCH_COMPLETE:
+            for result in json.loads(event.payload)["data"]["results"]:
+                summary = ItemSummary.model_validate(result).model_dump(mode="json")
+                rows.setdefault(summary["item_index"], {"job_id": record.job_id, **summary})
+    return [rows[i] for i in sorted(rows)]
 
 
 def status_body(record: JobRecord) -> dict[str, object]:
-    completed = len(record.results)
+    completed = len(record.seen)
     total = record.total_items
     return {
         "job_id": record.job_id,

@@ -40,6 +40,7 @@ class Submission:
     value: bytes  # the request message as produced
     total_items: int
     request_sha256: str  # of the items: the same request under the same job_id is the same job
+    named: bool  # the client chose the job_id (else a fresh one: no earlier job can have it)
 
 
 async def read_limited(chunks: AsyncIterator[bytes], declared_length: str | None, limit_bytes: int) -> bytes:
@@ -61,7 +62,8 @@ def parse_submission(body: bytes, *, max_items: int) -> Submission:
     items_json = b"[" + b",".join(item.model_dump_json().encode() for item in request.items) + b"]"
     job_id = request.job_id or str(uuid.uuid4())
     value = request.model_copy(update={"job_id": job_id}).model_dump_json().encode()
-    return Submission(job_id, value, len(request.items), hashlib.sha256(items_json).hexdigest())
+    digest = hashlib.sha256(items_json).hexdigest()
+    return Submission(job_id, value, len(request.items), digest, named=request.job_id is not None)
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:

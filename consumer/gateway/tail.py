@@ -44,6 +44,8 @@ class ProgressTail:
         self._task: asyncio.Task[None] | None = None
         self._start_ends: dict[Any, int] = {}
         self._partitions: list[Any] = []
+        self._read_up_to: dict[Any, int] = {}  # next offset to read, per partition
+        self._advanced = asyncio.Event()  # replaced after every fetch
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
@@ -54,9 +56,7 @@ class ProgressTail:
             client_id="texteval-gateway",
             group_id=None,
             enable_auto_commit=False,
-            # The broker answers a fetch as soon as one record is there; this
-            # bounds the idle round trip, not the delivery latency.
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=s.gateway_fetch_max_wait_ms,
             max_partition_fetch_bytes=s.kafka_max_message_bytes,
             fetch_max_bytes=s.kafka_max_message_bytes,
         )
@@ -119,15 +119,32 @@ class ProgressTail:
                     self._apply(record)
             await self._check_caught_up(consumer)
             for tp in self._partitions:
+                position = self._read_up_to[tp] = await consumer.position(tp)
                 highwater = consumer.highwater(tp)
                 if highwater is not None:
-                    lag = max(0, highwater - await consumer.position(tp))
-                    self._metrics.tail_lag.labels(str(tp.partition)).set(lag)
+                    self._metrics.tail_lag.labels(str(tp.partition)).set(max(0, highwater - position))
+            advanced, self._advanced = self._advanced, asyncio.Event()
+            advanced.set()
             if time.monotonic() >= next_expiry:
                 self._store.expire(time.time())
                 next_expiry = time.monotonic() + _EXPIRE_EVERY_S
             self._metrics.jobs_kept.set(len(self._store))
             self._metrics.bytes_kept.set(self._store.bytes_kept)
+
+    async def read_to_now(self, timeout_s: float = 2.0) -> bool:
+        """Wait until everything in the topic now has been read (read-your-writes
+        for a job whose first event was produced a moment ago). False on timeout."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                ends = await consumer.end_offsets(self._partitions)
+                while any(self._read_up_to.get(tp, 0) < end for tp, end in ends.items()):
+                    await self._advanced.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _apply(self, record: Any) -> None:
         if not record.value:
