@@ -35,7 +35,8 @@ ALPHA = 0.7  # Pareto shape: the smaller, the heavier the tail
 def bounded_pareto(rng: random.Random, alpha: float, low: int, high: int) -> int:
     """Inverse-CDF draw from a Pareto distribution cut to [low, high]."""
     u = rng.random()
-    return round((-(u * high**alpha - u * low**alpha - high**alpha) / (high**alpha * low**alpha)) ** (-1 / alpha))
+    value: float = (-(u * high**alpha - u * low**alpha - high**alpha) / (high**alpha * low**alpha)) ** (-1 / alpha)
+    return round(value)
 
 
 def end_of_term(tag: str, window_s: float, cap: int, jobs: int, at_cap: int, low: int = 5) -> list[TraceJob]:

@@ -111,7 +111,7 @@ class Scheduler:
         *,
         policy: SchedulingPolicy = SchedulingPolicy.FAIR,
         depth: int | None = 320,
-        oldest_share: float = 0.5,
+        oldest_share: float = 0.67,
         meter: EngineMeter | None = None,
     ) -> None:
         """``depth``: items in the engine at most; ``None`` = no bound (everything in flight)."""
