@@ -148,7 +148,7 @@ async def test_no_job_starves_under_an_endless_stream_of_small_jobs(share: float
     big_items, depth = 40, 2
     dispatches, small_served = await big_job_in_a_stream_of_small_ones(big_items, depth, share)
     # The small jobs took every slot the policy gives them ...
-    assert small_served >= big_items * (1 - share) / share - depth
+    assert small_served >= 0.9 * big_items * (1 - share) / share
     # ... and still the big job got its share.
     assert dispatches <= big_items / share + depth + 1
 
