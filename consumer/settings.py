@@ -112,8 +112,8 @@ class Settings(BaseSettings):
     # (every admitted item in flight, as before the scheduler).
     engine_queue_depth: int | None = Field(default=None, ge=0, alias="ENGINE_QUEUE_DEPTH")
     # fair: the share of dispatches reserved for the oldest job. A job then
-    # waits at most 1/share times what FIFO would make it wait (2x at 0.5).
-    scheduler_oldest_share: float = Field(default=0.5, gt=0, le=1, alias="SCHEDULER_OLDEST_SHARE")
+    # waits at most 1/share times what FIFO would make it wait (1.5x at 0.67).
+    scheduler_oldest_share: float = Field(default=0.67, gt=0, le=1, alias="SCHEDULER_OLDEST_SHARE")
 
     @property
     def engine_depth(self) -> int | None:

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from bench import b1_e2e_vs_raw, b2_prototype, b3_progress_latency, b4_pipeline_ceiling, b5_memory
+from bench import (
+    b1_e2e_vs_raw,
+    b2_prototype,
+    b3_progress_latency,
+    b4_pipeline_ceiling,
+    b5_memory,
+    b6_small_behind_big,
+    b7_end_of_term,
+)
 from bench.broker_io import KafkaTarget
 from bench.common import SMOKE, BenchResult, render_section, write_report
 from consumer.engine.vllm_engine import VllmEngine
@@ -45,11 +53,15 @@ async def test_fake_engine_benchmarks_run(
         await b3_progress_latency.run(kafka, SMOKE),
         await b4_pipeline_ceiling.run(kafka, SMOKE),
         await b5_memory.run(kafka, SMOKE, tmp_path),
+        await b6_small_behind_big.run(kafka, SMOKE),
+        await b7_end_of_term.run(kafka, SMOKE),
     ]
     positive = {
         "B3": ["p50_ms", "p99_ms", "all_p50_ms", "all_p99_ms"],
         "B4": ["items_per_s"],
         "B5": ["rss_start_mb", "rss_end_mb", "rss_max_mb"],
+        "B6": ["fair_small_s", "fifo_small_s", "fair_throughput_share", "fifo_throughput_share"],
+        "B7": ["fair_mean_s", "fifo_mean_s", "fair_p95_s", "fifo_p95_s", "worst_big_slowdown"],
     }
     check_report(results, positive, tmp_path)
     b3 = results[0].figures

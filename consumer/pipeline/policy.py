@@ -4,7 +4,7 @@
 engine serves whole jobs in arrival order).
 
 ``fair``: shortest-remaining-job-first with a FIFO floor. Of every dispatch,
-a share ``oldest_share`` (default 1/2) goes to the oldest waiting job, and
+a share ``oldest_share`` (default 0.67) goes to the oldest waiting job, and
 the rest to the job with the fewest items still waiting (ties: the older).
 Shortest-remaining-first minimises mean completion time (SRPT, Schrage
 1968), and under heavy-tailed job sizes the big jobs barely notice it
@@ -18,9 +18,11 @@ stream:
     whenever it is the oldest waiting, so at least ``oldest_share`` of all
     dispatches go to J or to jobs older than J. If W items of older jobs
     were waiting when J arrived (N items in J), J's last item is dispatched
-    within (W + N) / oldest_share dispatches: at most 1 / oldest_share
-    (2x at the default) of the time FIFO would take, plus one engine
-    latency, however many small jobs keep arriving.
+    within (W + N) / oldest_share dispatches, plus one engine latency,
+    however many small jobs keep arriving. FIFO needs W + N dispatches for
+    the same backlog: the stretch is at most 1 / oldest_share (1.5x at the
+    default). (W itself may be larger than under FIFO, since older jobs
+    were shared too; the oldest job, W = 0, is never stretched more.)
 
 Among jobs of equal size the two shares agree (the oldest is also the
 shortest once it has started), so big jobs still finish one after another
@@ -57,7 +59,7 @@ W = TypeVar("W", bound=Waiting)
 class Picker:
     """Chooses among jobs with items waiting, given in admission order."""
 
-    def __init__(self, policy: SchedulingPolicy, oldest_share: float = 0.5) -> None:
+    def __init__(self, policy: SchedulingPolicy, oldest_share: float = 0.67) -> None:
         if not 0.0 < oldest_share <= 1.0:
             raise ValueError(f"oldest_share must be in (0, 1], not {oldest_share}")
         self.policy = policy

@@ -111,7 +111,7 @@ class Scheduler:
         *,
         policy: SchedulingPolicy = SchedulingPolicy.FAIR,
         depth: int | None = 320,
-        oldest_share: float = 0.5,
+        oldest_share: float = 0.67,
         meter: EngineMeter | None = None,
     ) -> None:
         """``depth``: items in the engine at most; ``None`` = no bound (everything in flight)."""
@@ -256,19 +256,27 @@ class Scheduler:
         self._in_engine -= 1
         self._metrics.engine_in_flight.dec()
         self._update_gauges()
-        if not task.cancelled():
-            error = task.exception()
-            if error is None:
-                outcome = task.result()
-            else:
-                # The engine's contract is never to raise for an item; if it
-                # does anyway, the item gets an error result, not a hang.
-                message = f"{type(error).__name__}: {str(error)[:200]}"
-                outcome = GradeOutcome.failed(ErrorCode.ENGINE_ERROR, message, prompt_sha256="", latency_ms=0.0)
-            self.meter.record(time.monotonic(), outcome.latency_ms / 1000.0)
-            if not ticket.released:
-                ticket.deliver(index, outcome)
+        # Refill first, deliver after: the feeder's turn (and the items it
+        # launches) comes before the job runs publish the results that just
+        # came back, so the engine is not left idle while they do.
         self._kick()
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            outcome = task.result()
+        else:
+            # The engine's contract is never to raise for an item; if it
+            # does anyway, the item gets an error result, not a hang.
+            message = f"{type(error).__name__}: {str(error)[:200]}"
+            outcome = GradeOutcome.failed(ErrorCode.ENGINE_ERROR, message, prompt_sha256="", latency_ms=0.0)
+        self.meter.record(time.monotonic(), outcome.latency_ms / 1000.0)
+        asyncio.get_running_loop().call_soon(self._deliver, ticket, index, outcome)
+
+    @staticmethod
+    def _deliver(ticket: Ticket, index: int, outcome: GradeOutcome) -> None:
+        if not ticket.released:  # released meanwhile: nothing of it is delivered
+            ticket.deliver(index, outcome)
 
     def _update_gauges(self) -> None:
         self._metrics.scheduler_items_waiting.set(self._waiting_items)
