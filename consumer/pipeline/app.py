@@ -110,6 +110,10 @@ class ConsumerApp:
         # Job state (item-level checkpoints, idempotent job ids, cancel): written before every offset commit.
         self._ledger = ledger
         self._control = control
+        # Partitions whose job state is loaded. aiokafka starts fetching a new
+        # assignment while the assignment callback (which loads the state)
+        # still runs: a record of a partition not yet loaded waits.
+        self._state_ready: set[TopicPartition] = set()
         self._committer = Committer(
             consumer, self._tracker, metrics, interval_s=config.commit_interval_s,
             before_commit=ledger.checkpoint if ledger is not None else None,
@@ -215,6 +219,8 @@ class ConsumerApp:
     def _start_from_backlog(self) -> None:
         while self._backlog and not self._stopping.is_set():
             head = self._backlog[0]
+            if self._ledger is not None and head.tp not in self._state_ready:
+                return
             if head.parsed is None:
                 record = head.record
                 head.parsed = parse_request(
@@ -360,6 +366,7 @@ class ConsumerApp:
         await self._committer.release(revoked, self._limits.revoke_timeout_s)
         if self._ledger is not None:
             self._ledger.forget(tp.partition for tp in revoked)
+        self._state_ready -= revoked
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         if self._ledger is not None:
@@ -369,6 +376,7 @@ class ConsumerApp:
             except (KafkaError, TimeoutError) as exc:
                 # Jobs are then graded from their first item: at-least-once, as before job state.
                 logger.error("job state could not be loaded (%s): resumes will regrade", type(exc).__name__)
+        self._state_ready |= assigned
         self._member = True
         logger.info("assigned %d partitions", len(assigned))
 
