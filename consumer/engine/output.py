@@ -1,20 +1,49 @@
 """Model output -> grade, or the reason it is not one.
 
-The grammar (``output_schema``) keeps vLLM's output in shape; this module
-still checks everything, because a cut-off generation or a different backend
-can produce anything. A failure here is an ``invalid_output`` error result:
+The grammar (``output_schema``) keeps vLLM's output in shape and short enough
+to close inside ``max_tokens`` (the budget is explained beside
+``JSON_OVERHEAD_TOKENS`` in ``consumer/settings.py``); this module still
+checks everything, because a different backend or a cut-off generation can
+produce anything. A failure here is an ``invalid_output`` error result:
 never a made-up grade.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from consumer.contract import ErrorCode
 
 NOTA_VALUES = (0, 1, 2, 3, 4, 5)
+
+# Characters the feedback may hold: U+0020..U+07FF (at most 2 UTF-8 bytes
+# each) without `"` and `\` (no JSON escapes: one character of value is one
+# character of JSON) and without DEL, C1 controls and the no-break space.
+# A regex character class, as JSON Schema's `pattern` takes it.
+FEEDBACK_CHARS = " !#-\\[\\]-~\u00a1-\u07ff"
+_FIRST_CHAR = FEEDBACK_CHARS[1:]  # not a space: feedback starts with text
+_PATTERN_RE = re.compile(r"\{0,(\d+)\}\$$")
+
+
+def feedback_pattern(max_chars: int) -> str:
+    """One visible character, then at most ``max_chars - 1`` allowed ones.
+
+    The length lives in the pattern, not in ``maxLength``: xgrammar (vLLM's
+    default backend) cannot combine the two and vLLM would silently switch
+    backends.
+    """
+    return f"^[{_FIRST_CHAR}][{FEEDBACK_CHARS}]{{0,{max_chars - 1}}}$"
+
+
+def pattern_max_chars(schema: dict[str, Any]) -> int:
+    """The feedback bound an ``output_schema`` was built with."""
+    found = _PATTERN_RE.search(schema["properties"]["feedback"]["pattern"])
+    if found is None:
+        raise ValueError("not a schema from output_schema()")
+    return int(found.group(1)) + 1
 
 
 def output_schema(feedback_max_chars: int) -> dict[str, Any]:
@@ -23,7 +52,7 @@ def output_schema(feedback_max_chars: int) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "nota": {"type": "integer", "enum": list(NOTA_VALUES)},
-            "feedback": {"type": "string", "minLength": 1, "maxLength": feedback_max_chars},
+            "feedback": {"type": "string", "pattern": feedback_pattern(feedback_max_chars)},
         },
         "required": ["nota", "feedback"],
         "additionalProperties": False,
