@@ -137,6 +137,10 @@ def prepare_small_model(cache_dir: Path, model: PackagedModel = DEFAULT_CPU_MODE
         # in front itself, so nothing here depends on that flag.
         model_out.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    # transformers writes the weights 0600; an image's non-root user (and any
+    # other reader of a shared cache) must be able to read them.
+    for written in tmp.iterdir():
+        written.chmod(0o644)
     (tmp / _DONE_MARKER).write_text("ok\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
