@@ -25,7 +25,7 @@ def test_gpu_defaults_compile_and_keep_chunked_prefill() -> None:
     assert "enable_chunked_prefill" not in args and args["generation_config"] == "vllm"
     assert args["enable_log_requests"] is False  # request logs would print student texts
     # The output budget counts on compact JSON; vLLM reads this engine-wide, not per request.
-    assert args["structured_outputs_config"] == {"disable_any_whitespace": True}
+    assert args["structured_outputs_config"] == {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
 def test_cpu_defaults_are_eager_with_whole_prefills() -> None:

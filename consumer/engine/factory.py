@@ -156,8 +156,10 @@ def engine_args(
         "compilation_config": {"mode": level},
         # Compact JSON, no free whitespace: the output budget counts on it
         # (settings.JSON_OVERHEAD_TOKENS). vLLM's grammar backends read this
-        # engine-wide setting; the per-request flag of the same name is ignored.
-        "structured_outputs_config": {"disable_any_whitespace": True},
+        # engine-wide setting (the per-request flag of the same name is
+        # ignored), and vLLM accepts it only with a named backend: xgrammar,
+        # whose grammar tests/test_output.py checks against the budget.
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         "enforce_eager": level == 0,
         "seed": settings.seed,
         # Our SamplingParams are complete; do not let generation_config.json
