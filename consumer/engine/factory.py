@@ -191,6 +191,10 @@ def configure_cpu_runtime(settings: Settings) -> None:
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_space_gib))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    # One engine step may take minutes on a loaded CPU (a 4096-token prefill
+    # of the 270M model while other processes share the 2 cores); vLLM's
+    # default of 300 s then declares the engine dead. Slow is not dead here.
+    os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "1800")
 
 
 async def build_engine(settings: Settings) -> VllmEngine:
