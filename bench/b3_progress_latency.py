@@ -14,21 +14,27 @@ which adds the wait for its batch to fill (bounded by PROGRESS_FLUSH_MS).
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bench.broker_io import (
     JobProducer,
     KafkaTarget,
-    TopicReader,
     consumer_ready,
     encode_job,
     fresh_settings,
     new_job_id,
+    output_reader,
     wait_complete,
 )
 from bench.common import BenchResult, Scale, percentile, tagged_items
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
+
+if TYPE_CHECKING:
+    from consumer.kafka import Record
+
 
 ID, TARGET_P99_MS = "B3", 20.0
 WHAT = "progress latency: result ready → its `batch_complete` read"
@@ -47,13 +53,14 @@ class _Latencies:
         self.reported: dict[str, float] = {}  # result_id -> receipt of its batch event
         self.completing: set[str] = set()  # result_ids whose arrival sent their batch
 
-    def on_record(self, topic: str, key: bytes | None, value: bytes | None, received_at: float) -> None:
-        if value is None:
+    def on_record(self, record: Record) -> None:
+        received_at = time.time()
+        if record.value is None:
             return
-        data = json.loads(value)
-        if topic == self._results_topic:
+        data = json.loads(record.value)
+        if record.topic == self._results_topic:
             self.ready[data["result_id"]] = datetime.fromisoformat(data["produced_at"]).timestamp()
-        elif topic == self._progress_topic and data["event"] == "batch_complete":
+        elif record.topic == self._progress_topic and data["event"] == "batch_complete":
             job_id, batch = data["job_id"], data["data"]
             ids = [f"{job_id}#{r['item_index']}" for r in batch["results"]]
             for result_id in ids:
@@ -86,7 +93,7 @@ async def run(kafka: KafkaTarget, scale: Scale) -> BenchResult:
     async with (
         consumer_ready(settings, engine, metrics),
         JobProducer(settings) as producer,
-        TopicReader(settings, [settings.results_topic, settings.progress_topic]) as reader,
+        output_reader(settings, [settings.results_topic, settings.progress_topic]) as reader,
     ):
         for rep in range(scale.reps):
             job_id = new_job_id(f"b3-r{rep}")

@@ -9,19 +9,24 @@ result; median of the repetitions. Target ≥ 3,000 items/s.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from bench.broker_io import (
     JobProducer,
     KafkaTarget,
-    TopicReader,
     consumer_ready,
     encode_job,
     fresh_settings,
     new_job_id,
+    output_reader,
 )
 from bench.common import BenchResult, Scale, median, tagged_items
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
+
+if TYPE_CHECKING:
+    from consumer.kafka import Record, TopicReader
+
 
 ID, TARGET_ITEMS_PER_S = "B4", 3000.0
 WHAT = "pipeline ceiling, instant fake engine: produce → all results read"
@@ -39,9 +44,9 @@ async def _timed_jobs(
     expected = {job_id.encode(): n_items for job_id, _ in values}
     seen = dict.fromkeys(expected, 0)
 
-    def on_record(topic: str, key: bytes | None, value: bytes | None, received_at: float) -> None:
-        if key in seen:
-            seen[key] += 1
+    def on_record(record: Record) -> None:
+        if record.key in seen:
+            seen[record.key] += 1
 
     started = time.perf_counter()
     await producer.send(values)
@@ -58,7 +63,7 @@ async def run(kafka: KafkaTarget, scale: Scale) -> BenchResult:
         JobProducer(settings) as producer,
         # Results are counted by key (the job id), never decoded: the reader
         # shares the process with the consumer and must stay cheap.
-        TopicReader(settings, [settings.results_topic], fetch_max_wait_ms=10) as reader,
+        output_reader(settings, [settings.results_topic], fetch_max_wait_ms=10) as reader,
     ):
         await _timed_jobs(producer, reader, 1, 100, "b4-warm")  # imports, connections, buffers
         for rep in range(scale.reps):

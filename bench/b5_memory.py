@@ -16,7 +16,15 @@ from pathlib import Path
 
 import psutil
 
-from bench.broker_io import JobProducer, KafkaTarget, TopicReader, encode_job, fresh_settings, new_job_id, wait_complete
+from bench.broker_io import (
+    JobProducer,
+    KafkaTarget,
+    encode_job,
+    fresh_settings,
+    new_job_id,
+    output_reader,
+    wait_complete,
+)
 from bench.common import MIB, BenchResult, Scale, tagged_items
 from consumer.testing.processes import ServiceProcess
 
@@ -44,7 +52,7 @@ async def run(kafka: KafkaTarget, scale: Scale, log_dir: Path) -> BenchResult:
         proc = psutil.Process(service.proc.pid)
         async with (
             JobProducer(settings) as producer,
-            TopicReader(settings, [settings.progress_topic], fetch_max_wait_ms=50) as reader,
+            output_reader(settings, [settings.progress_topic], fetch_max_wait_ms=50) as reader,
         ):
 
             async def jobs(tag: str, count: int) -> None:

@@ -14,13 +14,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from consumer.engine.base import GradingEngine
-from consumer.kafka import client_kwargs, topic_partitions
+from consumer.kafka import Start, TopicReader, client_kwargs
 from consumer.metrics import Metrics
 from consumer.pipeline.app import ConsumerApp
 from consumer.pipeline.service import consumer_running
@@ -28,12 +27,14 @@ from consumer.settings import Settings
 from consumer.testing.topics import TopicNames, create_topics, job, make_settings
 from consumer.tools.broker import EmbeddedBroker
 
+if TYPE_CHECKING:
+    from consumer.kafka import Record
+
 # Tansu answers a group join only after about half the session timeout.
 TANSU_GROUP_KWARGS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
 BIG = 16 * 1024 * 1024
 
-# (topic, key, value, wall-clock receipt time in seconds since the epoch)
-OnRecord = Callable[[str, bytes | None, bytes | None, float], None]
+OnRecord = Callable[["Record"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,50 +105,16 @@ class JobProducer:
         await asyncio.gather(*acks)
 
 
-class TopicReader:
-    """Reads topics from their end as of ``__aenter__``, stamping each record's receipt time.
+def output_reader(settings: Settings, topics: Sequence[str], fetch_max_wait_ms: int = 5) -> TopicReader:
+    """The topics from their end as of ``__aenter__`` (the project's one reader).
 
     A small ``fetch_max_wait_ms`` makes the broker answer a fetch as soon as
-    anything arrives, so receipt time is close to when a record became readable.
+    anything arrives, so the receipt time a callback takes (``time.time()``)
+    is close to when a record became readable.
     """
-
-    def __init__(self, settings: Settings, topics: Sequence[str], fetch_max_wait_ms: int = 5) -> None:
-        self._topics = list(topics)
-        self._consumer = AIOKafkaConsumer(
-            **client_kwargs(settings),
-            enable_auto_commit=False,
-            fetch_max_wait_ms=fetch_max_wait_ms,
-            fetch_max_bytes=BIG,
-            max_partition_fetch_bytes=BIG,
-        )
-
-    async def __aenter__(self) -> Self:
-        await self._consumer.start()
-        partitions: list[TopicPartition] = []
-        for topic in self._topics:
-            partitions += await topic_partitions(self._consumer, topic)
-        self._consumer.assign(partitions)
-        await self._consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await self._consumer.position(tp)  # resolve now, so no later record is skipped
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._consumer.stop()
-
-    async def until(self, done: Callable[[], bool], on_record: OnRecord, timeout_s: float = 600.0) -> None:
-        """Hand every record to ``on_record`` until ``done()``."""
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {self._topics}: condition not reached in {timeout_s:.0f} s")
-            batches = await self._consumer.getmany(timeout_ms=100)
-            received_at = time.time()
-            for tp, records in batches.items():
-                for record in records:
-                    on_record(tp.topic, record.key, record.value, received_at)
+    return TopicReader(
+        client_kwargs(settings), topics, start=Start.END, max_message_bytes=BIG, fetch_max_wait_ms=fetch_max_wait_ms
+    )
 
 
 async def wait_complete(
@@ -165,13 +132,14 @@ async def wait_complete(
     wanted = set(job_ids)
     complete: dict[str, dict[str, Any]] = {}
 
-    def on_record(topic: str, key: bytes | None, value: bytes | None, received_at: float) -> None:
+    def on_record(record: Record) -> None:
         if also is not None:
-            also(topic, key, value, received_at)
-        if topic == progress_topic and value is not None and b'"complete"' in value:
+            also(record)
+        value = record.value
+        if record.topic == progress_topic and value is not None and b'"complete"' in value:
             event = json.loads(value)
             if event.get("event") == "complete" and event.get("job_id") in wanted:
                 complete[event["job_id"]] = event["data"]
 
-    await reader.until(lambda: len(complete) == len(wanted), on_record, timeout_s)
+    await reader.until(lambda: len(complete) == len(wanted), on_record, timeout_s=timeout_s)
     return complete

@@ -1,9 +1,9 @@
 """Prompts straight into the engine's ``AsyncLLM``: the ceiling B1 compares against, and B2's two designs.
 
 The same token ids and the same ``SamplingParams`` (first attempt) that
-``VllmEngine.grade`` would send, so the only difference from the consumer
-is everything around the engine. The engine's private parts are used on
-purpose: the raw arm must be exactly what the engine does inside.
+``VllmEngine.grade`` sends, through the same ``VllmEngine.generate`` (one
+request straight to ``AsyncLLM``), so the only difference from the consumer
+is everything around the engine: prompt checks, output validation, Kafka.
 """
 
 from __future__ import annotations
@@ -39,21 +39,11 @@ class RawRun:
 
 def token_ids(engine: VllmEngine, items: Sequence[dict[str, str]]) -> list[list[int]]:
     """Tokenized before the clock starts, as the engine would tokenize them."""
-    return [engine._prompts.encode(engine._builder.build(Item.model_validate(raw))) for raw in items]
+    return [engine.encode(Item.model_validate(raw))[1] for raw in items]
 
 
 async def _generate(engine: VllmEngine, ids: list[int], request_id: str) -> RequestOutput:
-    from vllm.inputs import TokensPrompt
-
-    llm = engine._llm
-    if llm is None:
-        raise RuntimeError("engine closed")
-    final = None
-    async for output in llm.generate(TokensPrompt(prompt_token_ids=ids), engine._params[0], request_id=request_id):
-        final = output
-    if final is None or not final.outputs:
-        raise RuntimeError("engine returned no output")
-    return final
+    return await engine.generate(ids, 0, request_id)
 
 
 def _summary(outputs: Sequence[RequestOutput], seconds: float) -> RawRun:
@@ -91,7 +81,7 @@ async def warm_up(engine: VllmEngine, prompts: int, tag: str) -> None:
 
 def engine_note(engine: VllmEngine) -> str:
     """The output budget the figures were measured with (it sets how long each text takes)."""
-    params = engine._params[0]
+    params = engine.params(0)
     schema = params.structured_outputs.json if params.structured_outputs is not None else None
     feedback = pattern_max_chars(schema) if isinstance(schema, dict) else "?"
     return (

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run [--smoke] [--only B1,B3] [--out docs/benchmarks.md]
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` if set, else its own embedded broker. The
-fake-engine benchmarks (B3-B5) run first; then the real engine is loaded
+fake-engine benchmarks (B3-B7) run first; then the real engine is loaded
 once (project CPU defaults, FEEDBACK_MAX_CHARS=40) for B1 and B2. A benchmark that
 fails to run is reported as failed and the others still run.
 """
@@ -24,7 +24,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from bench import b1_e2e_vs_raw, b2_prototype, b3_progress_latency, b4_pipeline_ceiling, b5_memory
+from bench import (
+    b1_e2e_vs_raw,
+    b2_prototype,
+    b3_progress_latency,
+    b4_pipeline_ceiling,
+    b5_memory,
+    b6_small_behind_big,
+    b7_end_of_term,
+)
 from bench.broker_io import KafkaTarget, kafka_target
 from bench.common import FULL, REPO, SMOKE, BenchResult, Scale, machine_description, render_section, write_report
 from consumer.settings import Settings
@@ -38,6 +46,8 @@ MODULES: dict[str, ModuleType] = {
     "B3": b3_progress_latency,
     "B4": b4_pipeline_ceiling,
     "B5": b5_memory,
+    "B6": b6_small_behind_big,
+    "B7": b7_end_of_term,
 }
 ALL = tuple(MODULES)
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
@@ -57,6 +67,7 @@ def settings_description(kafka: KafkaTarget, engine: VllmEngine | None, settings
     lines = [
         f"Broker: {kafka.kind}; consumer defaults: MAX_INFLIGHT_ITEMS {consumer.max_inflight_items},"
         f" MAX_CONCURRENT_JOBS {consumer.max_concurrent_jobs}, PROGRESS_FLUSH_MS {consumer.progress_flush_ms},"
+        f" SCHEDULING_POLICY {consumer.scheduling_policy.value} (engine depth {consumer.engine_depth}),"
         f" KAFKA_LINGER_MS {consumer.kafka_linger_ms}, COMMIT_INTERVAL_MS 100 (test settings)",
     ]
     if engine is not None:
@@ -101,6 +112,10 @@ async def run_all(selected: list[str], scale: Scale) -> tuple[list[BenchResult],
             results["B4"] = await _guarded("B4", lambda: b4_pipeline_ceiling.run(kafka, scale))
         if "B5" in selected:
             results["B5"] = await _guarded("B5", lambda: b5_memory.run(kafka, scale, log_dir))
+        if "B6" in selected:
+            results["B6"] = await _guarded("B6", lambda: b6_small_behind_big.run(kafka, scale))
+        if "B7" in selected:
+            results["B7"] = await _guarded("B7", lambda: b7_end_of_term.run(kafka, scale))
         if "B1" in selected or "B2" in selected:
             from consumer.engine.factory import build_engine
 

@@ -1,4 +1,4 @@
-"""The message contract (../shared/contract.md, version 1) as pydantic models.
+"""The message contract (../shared/contract.md, version 1 with the 1.1 additions) as pydantic models.
 
 ``schemas/`` is generated from these models (``texteval schemas``) and a test
 fails when the two drift apart.
@@ -177,18 +177,23 @@ def utc_now() -> datetime:
 class JobStatus(StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
+    CANCELLED = "cancelled"  # 1.1
 
 
 class ProgressEventType(StrEnum):
     ACCEPTED = "accepted"
     BATCH_COMPLETE = "batch_complete"
     COMPLETE = "complete"
+    CANCELLED = "cancelled"  # 1.1: the terminal event of a cancelled job
 
 
 class AcceptedData(BaseModel):
     total_items: int
     estimated_time_seconds: float
     status: Literal[JobStatus.PROCESSING] = JobStatus.PROCESSING
+    # 1.1, resumed jobs: items already published by an earlier owner. Absent
+    # (not null) on a fresh job, so 1.0 readers see the message they know.
+    resumed_items: Annotated[int, Field(ge=0)] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ItemSummary(BaseModel):
@@ -222,6 +227,17 @@ class CompleteData(BaseModel):
     status: Literal[JobStatus.COMPLETED] = JobStatus.COMPLETED
 
 
+class CancelledData(BaseModel):
+    """1.1: counts over the whole job at the cancel; ungraded items get no result."""
+
+    total_items: int
+    completed: int
+    succeeded: int
+    failed: int
+    total_time_seconds: float
+    status: Literal[JobStatus.CANCELLED] = JobStatus.CANCELLED
+
+
 class AcceptedEvent(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     event: Literal[ProgressEventType.ACCEPTED] = ProgressEventType.ACCEPTED
@@ -243,4 +259,31 @@ class CompleteEvent(BaseModel):
     data: CompleteData
 
 
-ProgressEvent = Annotated[AcceptedEvent | BatchCompleteEvent | CompleteEvent, Field(discriminator="event")]
+class CancelledEvent(BaseModel):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event: Literal[ProgressEventType.CANCELLED] = ProgressEventType.CANCELLED
+    job_id: str
+    data: CancelledData
+
+
+ProgressEvent = Annotated[
+    AcceptedEvent | BatchCompleteEvent | CompleteEvent | CancelledEvent, Field(discriminator="event")
+]
+TERMINAL_EVENTS = frozenset({ProgressEventType.COMPLETE, ProgressEventType.CANCELLED})
+
+
+# --- control commands (1.1; topic evaluation.control, keyed by job_id) ---
+
+
+class ControlAction(StrEnum):
+    CANCEL = "cancel"
+
+
+class ControlCommand(BaseModel):
+    """An instruction to whichever consumer owns ``job_id``. Unknown extra fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: Annotated[Literal[1], BeforeValidator(_not_bool)] = SCHEMA_VERSION
+    action: ControlAction
+    job_id: Annotated[StrictStr, Field(pattern=JOB_ID_PATTERN)]

@@ -3,7 +3,7 @@
 It runs inside the consumer's own event loop (no thread, no second process),
 so the health handler can read consumer state without locks. The consumer
 owns the process: its signals, its logging and its shutdown order; uvicorn is
-kept from touching any of them.
+kept from touching any of them (``consumer.uvicorn_compat``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -23,6 +21,7 @@ from starlette.types import ASGIApp
 
 from consumer.health import HealthReport, HealthSource
 from consumer.metrics import Metrics
+from consumer.uvicorn_compat import GuestServer
 
 logger = logging.getLogger(__name__)
 
@@ -55,34 +54,6 @@ def create_app(health: HealthSource, metrics: Metrics) -> FastAPI:
     return app
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that is a guest in someone else's event loop."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # uvicorn installs SIGINT/SIGTERM handlers with ``signal.signal`` when
-        # on the main thread (replacing the consumer's, even those set with
-        # ``loop.add_signal_handler``), restores the old ones on exit and then
-        # re-raises the signals it caught. The consumer owns signals: do none of it.
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets=sockets)
-        except SystemExit as exc:
-            # uvicorn answers a bind failure with sys.exit(); SystemExit would
-            # escape the event loop and kill the consumer. Re-raise the OSError
-            # it was handling (errno intact, e.g. EADDRINUSE) so start() raises it.
-            if isinstance(exc.__context__, OSError):
-                raise exc.__context__ from None
-            raise RuntimeError("HTTP server failed to start") from exc
-        self.listening.set()
-
-
 class HttpServer:
     """Serves an ASGI app from a background task in the caller's event loop."""
 
@@ -99,7 +70,7 @@ class HttpServer:
             timeout_graceful_shutdown=shutdown_timeout,  # whole seconds, as uvicorn types it
         )
         self._shutdown_timeout = shutdown_timeout
-        self._server: _EmbeddedServer | None = None
+        self._server: GuestServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._bound_port: int | None = None
 
@@ -112,7 +83,7 @@ class HttpServer:
         """Returns once the socket is listening; raises (e.g. OSError) if it cannot."""
         if self._task is not None:
             raise RuntimeError("HttpServer already started")
-        server = self._server = _EmbeddedServer(self._config)
+        server = self._server = GuestServer(self._config)
         self._task = asyncio.create_task(server.serve(), name="http-server")
         listening = asyncio.create_task(server.listening.wait())
         try:

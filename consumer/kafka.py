@@ -1,6 +1,7 @@
-"""Connection settings shared by every aiokafka client (consumer, producer,
-admin, the CLI), and a start-up check that fails fast and clearly when they
-are wrong.
+"""Kafka for every part of texteval: the connection settings shared by every
+aiokafka client (consumer, producer, admin, the CLI), a start-up check that
+fails fast and clearly when they are wrong, topic creation, and the one
+group-less `TopicReader` that every tool reading the output topics uses.
 
 Why the check: aiokafka reports a refused password as "Unable to bootstrap
 from [...]" (the cause only in a log line), a TLS client on a plaintext
@@ -14,13 +15,31 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import ConsumerRecord
+
     from consumer.settings import Settings
 
-__all__ = ["SASL_MECHANISMS", "SECURITY_PROTOCOLS", "KafkaSetupError", "check_connection", "client_kwargs"]
+    Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+__all__ = [
+    "SASL_MECHANISMS",
+    "SECURITY_PROTOCOLS",
+    "KafkaSetupError",
+    "Start",
+    "TopicReader",
+    "check_connection",
+    "client_kwargs",
+    "ensure_topics",
+    "topic_partitions",
+]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -191,9 +210,6 @@ async def topic_partitions(consumer: Any, topic: str, *, timeout_s: float = 10.0
     A client's metadata can predate a topic created a moment ago; raises
     LookupError when the topic still does not exist after ``timeout_s``.
     """
-    import asyncio
-    import time
-
     from aiokafka import TopicPartition
 
     deadline = time.monotonic() + timeout_s
@@ -214,6 +230,7 @@ async def ensure_topics(
     topics: Mapping[str, int],
     *,
     replication_factor: int = 1,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     **client_kwargs: Any,
 ) -> list[str]:
     """Create the topics (name -> partitions) that do not exist yet; return
@@ -236,7 +253,12 @@ async def ensure_topics(
         missing = [name for name in topics if name not in existing]
         if not missing:
             return []
-        response = await admin.create_topics([NewTopic(name, topics[name], replication_factor) for name in missing])
+        response = await admin.create_topics(
+            [
+                NewTopic(name, topics[name], replication_factor, topic_configs=dict((configs or {}).get(name, {})))
+                for name in missing
+            ]
+        )
     finally:
         await admin.close()
     created = []
@@ -248,3 +270,115 @@ async def ensure_topics(
             message = rest[0] if rest and isinstance(rest[0], str) else ""
             raise for_code(code)(f"could not create topic {name!r}: {message}")
     return created
+
+
+class Start(StrEnum):
+    """Where a `TopicReader` starts on every partition."""
+
+    BEGINNING = "beginning"  # everything the topic still holds
+    END = "end"  # only what is produced after the reader has opened
+
+
+class TopicReader:
+    """Reads topics from a position until a condition: the one reader of
+    every tool that watches the output topics (submit --follow, verify, the
+    tests' and the benchmarks' readers).
+
+    No consumer group: it commits nothing and disturbs no consumer. The
+    start positions are resolved when the reader opens, so a record produced
+    after ``__aenter__`` returns is never missed (open before producing).
+    ``client`` is `client_kwargs(settings)` or just ``{"bootstrap_servers": ...}``.
+    """
+
+    def __init__(
+        self,
+        client: Mapping[str, Any],
+        topics: Sequence[str],
+        *,
+        start: Start,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        fetch_max_wait_ms: int = 500,
+        metadata_timeout_s: float = 10.0,
+    ) -> None:
+        self._client = dict(client)
+        self._topics = list(topics)
+        self._start = start
+        self._max_message_bytes = max_message_bytes
+        # A small wait makes the broker answer a fetch as soon as anything
+        # arrives: the benchmarks time records by when they are received.
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._metadata_timeout_s = metadata_timeout_s
+        self._consumer: AIOKafkaConsumer | None = None
+        self._partitions: list[TopicPartition] = []
+
+    async def __aenter__(self) -> Self:
+        from aiokafka import AIOKafkaConsumer  # heavy import, only when reading
+
+        size = self._max_message_bytes
+        consumer = AIOKafkaConsumer(
+            **self._client,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+            fetch_max_bytes=size,
+            max_partition_fetch_bytes=size,
+        )
+        await consumer.start()
+        try:
+            for topic in self._topics:
+                self._partitions += await topic_partitions(consumer, topic, timeout_s=self._metadata_timeout_s)
+            consumer.assign(self._partitions)
+            if self._start is Start.END:
+                await consumer.seek_to_end(*self._partitions)
+            else:
+                await consumer.seek_to_beginning(*self._partitions)
+            for tp in self._partitions:
+                await consumer.position(tp)  # resolve now: seeking is lazy, later records must not be skipped
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    def _live(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("TopicReader used outside its `async with`")
+        return self._consumer
+
+    async def poll(self, timeout_ms: int = 100, partitions: Sequence[TopicPartition] = ()) -> list[Record]:
+        """The records that arrive within ``timeout_ms`` (maybe none), in partition order."""
+        batches = await self._live().getmany(*partitions, timeout_ms=timeout_ms)
+        return [record for records in batches.values() for record in records]
+
+    async def until(self, done: Callable[[], bool], on_record: Callable[[Record], None], *, timeout_s: float) -> None:
+        """Hand every record to ``on_record`` until ``done()``; `TimeoutError`
+        when it is still false after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {', '.join(self._topics)}: condition not reached in {timeout_s:g} s")
+            for record in await self.poll():
+                on_record(record)
+
+    async def to_end(self, on_record: Callable[[Record], None]) -> None:
+        """Hand every record to ``on_record`` up to (at least) the end offsets
+        taken now: a snapshot, so a busy topic still ends."""
+        consumer = self._live()
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(self._partitions)
+        # Positions, not record offsets: compaction and transaction markers
+        # leave gaps, so the last record may sit before the end offset.
+        # Records past the end are kept, not cut: the embedded broker (Tansu
+        # 0.6) reports the end as the last *batch*'s base offset + 1, so only
+        # whole fetched batches are sure to hold everything written before
+        # the snapshot; a few later records only make a reader more complete.
+        pending = [tp for tp in self._partitions if await consumer.position(tp) < ends[tp]]
+        while pending:
+            for record in await self.poll(timeout_ms=200, partitions=pending):
+                on_record(record)
+            pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]

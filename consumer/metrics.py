@@ -7,11 +7,30 @@ exactly these. Labels carry ids and codes only: never student text.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from consumer.contract import ErrorCode, ItemStatus
 
 # Items take from milliseconds (fake engine) to tens of seconds (a busy GPU).
 _ITEM_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 _FAST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# histogram_quantile() never answers above the largest finite bucket: the
+# alert on progress events slower than 5 s needs buckets past 5 s.
+_EVENT_BUCKETS_S = (*_FAST_BUCKETS_S, 5, 10, 30)
+# Whole jobs: a class of 20 in about a second to a 2000-text batch behind others on one GPU.
+_JOB_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 2400, 3600)
+# Job sizes for the completion-time label: a class, a school, a district.
+JOB_SIZE_BUCKETS = ((20, "1-20"), (200, "21-200"), (2000, "201-2000"))
+
+
+def job_size_bucket(items: int) -> str:
+    """The ``size`` label of ``texteval_job_duration_seconds`` (a few values, never an id)."""
+    for upper, label in JOB_SIZE_BUCKETS:
+        if items <= upper:
+            return label
+    return f"{JOB_SIZE_BUCKETS[-1][0] + 1}+"
 
 
 class Metrics:
@@ -21,6 +40,14 @@ class Metrics:
         self.items_graded = Counter(
             "texteval_items_graded", "Items graded, by status and error code", ["status", "error_code"], registry=r
         )
+        # Every labelled series exists from the start, at 0: a series that is
+        # born at 1 hides its first increase from rate()/increase(), so one
+        # error result (or one dead letter) would never show on the dashboard
+        # or fire an alert. (Found by evaluating the queries in a real
+        # Prometheus: tests/test_prometheus_live.py.)
+        self.items_graded.labels(status=ItemStatus.OK.value, error_code="")
+        for code in ErrorCode:
+            self.items_graded.labels(status=ItemStatus.ERROR.value, error_code=code.value)
         self.item_latency_seconds = Histogram(
             "texteval_item_latency_seconds", "Engine time per item", buckets=_ITEM_BUCKETS_S, registry=r
         )
@@ -35,6 +62,13 @@ class Metrics:
         self.jobs_accepted = Counter("texteval_jobs_accepted", "Valid requests accepted", registry=r)
         self.jobs_completed = Counter("texteval_jobs_completed", "Jobs whose every item has a result", registry=r)
         self.jobs_active = Gauge("texteval_jobs_active", "Jobs in progress", registry=r)
+        # The work waiting, in texts (a job is 1 to 2000 of them): what KEDA
+        # scales on (deploy/k8s/keda.yaml), unlike the lag, counted in jobs.
+        self.items_waiting = Gauge(
+            "texteval_items_waiting",
+            "Items admitted and not yet graded, plus items of fetched requests waiting for room",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "texteval_dead_letters", "Requests sent to the dead-letter topic", ["reason"], registry=r
         )
@@ -47,11 +81,65 @@ class Metrics:
         self.progress_event_latency_seconds = Histogram(
             "texteval_progress_event_latency_seconds",
             "From an item's result being ready to its progress event acknowledged by the broker",
-            buckets=_FAST_BUCKETS_S,
+            buckets=_EVENT_BUCKETS_S,
             registry=r,
         )
         self.partitions_paused = Gauge(
             "texteval_partitions_paused", "Assigned partitions paused because work in flight is at its cap", registry=r
         )
+        # The scheduler (pipeline/scheduler.py): what waits in our process
+        # and what sits in the engine's short queue.
+        self.scheduler_items_waiting = Gauge(
+            "texteval_scheduler_items_waiting", "Items of admitted jobs not yet sent to the engine", registry=r
+        )
+        self.engine_queue_depth = Gauge(
+            "texteval_engine_queue_depth", "Items sent to the engine by the scheduler, not finished", registry=r
+        )
+        self.job_duration_seconds = Histogram(
+            "texteval_job_duration_seconds",
+            "From a job's acceptance to its complete event, by job size in items",
+            ["size"],
+            buckets=_JOB_BUCKETS_S,
+            registry=r,
+        )
+        for _, size in JOB_SIZE_BUCKETS:  # exported from the start, so dashboards see every size
+            self.job_duration_seconds.labels(size=size)
         self.engine_up = Gauge("texteval_engine_up", "1 when the engine is loaded and healthy", registry=r)
         self.kafka_up = Gauge("texteval_kafka_up", "1 when the consumer holds its group membership", registry=r)
+        self.fetch_errors = Counter(
+            "texteval_fetch_errors",
+            "Errors fetching requests: undecodable_record (moved past, to the DLT), fetch_failed (retried)",
+            ["kind"],
+            registry=r,
+        )
+        self.dead_letters_reduced = Counter(
+            "texteval_dead_letters_reduced",
+            "Dead letters sent in a smaller form because the whole record could not be produced",
+            ["form"],
+            registry=r,
+        )
+        self.output_topics_up = Gauge(
+            "texteval_output_topics_up", "1 when the results, progress and DLT topics exist", registry=r
+        )
+        self.control_commands = Counter(
+            "texteval_control_commands",
+            "Control commands read: cancel (first for a job), repeated, malformed",
+            ["result"],
+            registry=r,
+        )
+        self.jobs_cancelled = Counter("texteval_jobs_cancelled", "Jobs ended by a cancel command", registry=r)
+        self.jobs_deduplicated = Counter(
+            "texteval_jobs_deduplicated",
+            "Requests not graded because their job id was known: duplicate, republish, conflict",
+            ["admission"],
+            registry=r,
+        )
+        self.items_resumed = Counter(
+            "texteval_items_resumed", "Items skipped on resume: acknowledged by an earlier owner", registry=r
+        )
+
+    def expect_dead_letter_reasons(self, reasons: Iterable[str]) -> None:
+        """Create the dead-letter series at 0 (see ``items_graded`` above);
+        the reasons are the pipeline's, which this module cannot import."""
+        for reason in reasons:
+            self.dead_letters.labels(reason=reason)

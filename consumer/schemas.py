@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from consumer.contract import EvaluationRequest, EvaluationResult, Item, ProgressEvent
+from consumer.contract import ControlCommand, EvaluationRequest, EvaluationResult, Item, ProgressEvent
 
 _SCHEMA_ROOT = "https://texteval.example/schemas/v1/"
 
@@ -21,6 +21,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
         "item.schema.json": Item.model_json_schema(),
         "evaluation-result.schema.json": EvaluationResult.model_json_schema(),
         "progress-event.schema.json": TypeAdapter(ProgressEvent).json_schema(),
+        "control-command.schema.json": ControlCommand.model_json_schema(),
     }
     for name, schema in schemas.items():
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -22,7 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumer.testing.faults import FaultRun, broker_outage, churn, kill9_during_job, sigterm_during_job
+from consumer.testing.faults import (
+    FaultRun,
+    broker_outage,
+    cancel_during_rebalance,
+    churn,
+    kill9_during_cancel,
+    kill9_during_job,
+    sigterm_during_job,
+)
 from consumer.tools.broker import EmbeddedBroker
 
 GROUP_KWARGS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
@@ -46,6 +54,7 @@ async def run_matrix(args: argparse.Namespace) -> tuple[str, bool]:
     bootstrap = external or (broker.bootstrap_servers if broker else "")
     group = {} if external else GROUP_KWARGS
     rows: list[str] = []
+    cancel_rows: list[str] = []
     log_dir = Path(tempfile.mkdtemp(prefix="texteval-faults-"))
     try:
         kills = []
@@ -78,6 +87,21 @@ async def run_matrix(args: argparse.Namespace) -> tuple[str, bool]:
             print(f"outage {n + 1}/{args.outages}: {run}", flush=True)
             outages.append(run)
         rows.append(row(f"broker unreachable {args.outage_s:.0f} s mid-job (recovery: restore → all results)", outages))
+
+        for scenario in (cancel_during_rebalance, kill9_during_cancel):
+            cancels = []
+            for n in range(args.cancels):
+                cancel = await scenario(bootstrap, group, log_dir)
+                print(f"{cancel.fault} {n + 1}/{args.cancels}: {cancel}", flush=True)
+                cancels.append(cancel)
+            if cancels:
+                once = sum(c.terminal_events == ["cancelled"] for c in cancels)
+                late = [c.results_after_cancel for c in cancels]
+                took = sorted(c.cancel_to_event_s for c in cancels)
+                cancel_rows.append(
+                    f"| {cancels[0].fault} | {len(cancels)} | {once} of {len(cancels)} | {max(late)} / "
+                    f"{statistics.mean(late):.0f} | {took[len(took) // 2]:.1f} s (max {took[-1]:.1f} s) |"
+                )
     finally:
         if broker is not None:
             broker.stop()
@@ -86,12 +110,20 @@ async def run_matrix(args: argparse.Namespace) -> tuple[str, bool]:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"broker: {'external ' + external if external else 'embedded Tansu'}; consumers: `texteval run --engine fake` "
-        "(100 ms per item, 64 at once) as separate processes. Lost = a request item with no result.",
+        "(kill -9 and cancels: 200 ms per item, 16 at once; others 100 ms, 64) as separate processes. "
+        "Lost = a request item with no result.",
         "",
         "| fault | runs | lost | duplicates max / mean | recovery time (median) |",
         "|---|---|---|---|---|",
     ]
-    return "\n".join(header + rows) + "\n", all(" | 0 | " in r for r in rows)
+    cancel_table = [
+        "",
+        "| cancel under a fault | runs | ended by exactly one `cancelled` | results after it max / mean "
+        "| command → `cancelled` (median) |",
+        "|---|---|---|---|---|",
+        *cancel_rows,
+    ]
+    return "\n".join(header + rows + cancel_table) + "\n", all(" | 0 | " in r for r in rows)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -110,6 +142,7 @@ if __name__ == "__main__":
     parser.add_argument("--churn-s", type=float, default=60.0)
     parser.add_argument("--outages", type=int, default=2)
     parser.add_argument("--outage-s", type=float, default=30.0)
+    parser.add_argument("--cancels", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="docs/faults.md")
     sys.exit(main(parser.parse_args()))

@@ -32,14 +32,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from consumer.contract import EvaluationResult
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
-from consumer.testing.topics import at_least, committed, items, job, make_settings, read_until, running, values
+from consumer.testing.topics import (
+    committed,
+    committed_to_end,
+    items,
+    job,
+    make_settings,
+    read_all,
+    read_until,
+    running,
+    values,
+)
 from tests.kafka_harness import TopicNames
 
 CORPUS_PATH = Path(__file__).parent / "data" / "bad_input_corpus.json"
@@ -223,7 +233,10 @@ def test_the_corpus_is_well_formed_and_covers_the_issue() -> None:
         assert len(case.item_ids) == len(case.results), case.name
         if case.dlt is not None:
             assert case.dlt in set(RejectReason) and case.detail_contains, case.name
-    assert {case.dlt for case in CASES} >= {reason.value for reason in RejectReason}
+    # Transport cases (codecs, corrupt batches) are not values: tests/test_transport.py covers them.
+    # job_id_conflict needs an earlier request: tests/test_job_state.py.
+    value_reasons = set(RejectReason) - {RejectReason.UNDECODABLE_RECORD, RejectReason.JOB_ID_CONFLICT}
+    assert {case.dlt for case in CASES} >= {reason.value for reason in value_reasons}
     problems = {
         "missing": ("Field required",),
         "empty or blank": ("at least 1 character", "must not be empty or whitespace"),
@@ -313,18 +326,6 @@ async def _produce(bootstrap: str, topic: str, cases: list[Case]) -> dict[str, t
     return offsets
 
 
-async def _read_all(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of a one-partition topic, up to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        end = (await consumer.end_offsets([tp]))[tp]
-    finally:
-        await consumer.stop()
-    return await read_until(bootstrap, topic, at_least(end), timeout_s=20) if end else []
-
-
 async def _run_group(bootstrap: str, group_kwargs: dict[str, int], cases: list[Case]) -> GroupRun:
     topics = TopicNames.unique()
     settings = make_settings(bootstrap, topics, group_kwargs, **dict(cases[0].settings))
@@ -338,15 +339,15 @@ async def _run_group(bootstrap: str, group_kwargs: dict[str, int], cases: list[C
         except AssertionError as exc:  # reported per case: its sentinel or job never completed
             run.waited_out = str(exc)
         # All work done and committed, unless a known bug holds an offset back.
-        await _settle(lambda: app._tracker.pending() == 0 and not app._tracker.committable(), timeout_s=3)
+        await committed_to_end(bootstrap, settings.kafka_group_id, topics.requests, timeout_s=3)
         run.health_reasons = list(app.health_report().reasons)
     run.committed = (await committed(bootstrap, settings.kafka_group_id, topics.requests, 1))[0]
-    for record in await _read_all(bootstrap, topics.dlt):
+    for record in await read_all(bootstrap, topics.dlt):
         offset = int(dict(record.headers)["texteval.original.offset"])
         run.dead.setdefault(offset, []).append(record)
-    for result in values(await _read_all(bootstrap, topics.results)):
+    for result in values(await read_all(bootstrap, topics.results)):
         run.results.setdefault(result["job_id"], []).append(result)
-    for event in values(await _read_all(bootstrap, topics.progress)):
+    for event in values(await read_all(bootstrap, topics.progress)):
         if event["event"] == "accepted":
             run.accepted.add(event["job_id"])
         elif event["event"] == "complete":

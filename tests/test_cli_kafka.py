@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from consumer.engine.fake import FakeEngine
-from consumer.pipeline.results import read_results
 from consumer.testing.processes import service_env
 from consumer.testing.topics import make_settings, running
+from consumer.tools.files import read_results
 from tests.conftest import DATA, REPO
 from tests.kafka_harness import TopicNames
 

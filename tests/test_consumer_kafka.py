@@ -16,7 +16,9 @@ from consumer.metrics import Metrics
 from consumer.testing.topics import (
     at_least,
     committed,
+    committed_to_end,
     count_events,
+    health_kafka,
     items,
     job,
     make_settings,
@@ -35,7 +37,7 @@ async def test_a_2000_item_job_gives_2000_results_and_ordered_progress(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
 ) -> None:
     settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
-    engine = FakeEngine(delay_s=0.002)
+    engine = FakeEngine(delay_s=0.02)  # slow enough for the scheduler to fill its engine depth
     async with running(settings, engine):
         await produce(kafka_bootstrap, topic_names.requests, [(b"big", job("big", items(2000)))])
         progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
@@ -70,11 +72,11 @@ async def test_parallel_jobs_over_three_partitions_and_offsets_committed(
     settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
     engine = FakeEngine(delay_s=0.01)
     job_ids = [f"school-{n}/term-1" for n in range(9)]
-    async with running(settings, engine) as app:
+    async with running(settings, engine):
         await produce(kafka_bootstrap, topic_names.requests, [(j.encode(), job(j, items(40))) for j in job_ids])
         progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 9)))
         results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(9 * 40)))
-        await wait_for(lambda: app._tracker.pending() == 0 and not app._tracker.committable())
+        assert await committed_to_end(kafka_bootstrap, settings.kafka_group_id, topic_names.requests)
     per_job = Counter(r["job_id"] for r in results)
     assert per_job == dict.fromkeys(job_ids, 40)
     assert engine.max_in_flight > 40  # jobs ran side by side
@@ -121,7 +123,7 @@ async def test_bad_messages_go_to_the_dlt_and_the_next_valid_one_is_processed(
     details = [dict(r.headers)["texteval.error.detail"].decode() for r in dead]
     assert "items.0.respuesta" in details[1] and "items.0.respuesta" in details[2]
     assert "2001 items" in details[3] and "job_id" in details[4]
-    assert metrics.dead_letters.labels(reason="invalid_request")._value.get() == 4
+    assert metrics.registry.get_sample_value("texteval_dead_letters_total", {"reason": "invalid_request"}) == 4
 
 
 async def test_too_long_item_gets_an_error_result_and_the_job_goes_on(
@@ -154,14 +156,14 @@ async def test_partitions_pause_at_the_inflight_cap_and_resume(
         async def watch() -> None:
             nonlocal paused_seen
             while True:
-                paused_seen = max(paused_seen, metrics.partitions_paused._value.get())
+                paused_seen = max(paused_seen, metrics.registry.get_sample_value("texteval_partitions_paused") or 0.0)
                 await asyncio.sleep(0.02)
 
         watcher = asyncio.create_task(watch())
         progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 4)))
         watcher.cancel()
-        await wait_for(lambda: metrics.partitions_paused._value.get() == 0)
-        assert not app._consumer.paused()
+        await wait_for(lambda: metrics.registry.get_sample_value("texteval_partitions_paused") == 0)
+        assert health_kafka(app)["paused_partitions"] == 0
     assert paused_seen == 1  # the one partition was paused while full
     assert engine.max_in_flight <= 20  # the cap held: one 15-item job at a time
     assert {e["job_id"] for e in progress if e["event"] == "complete"} == {"j0", "j1", "j2", "j3"}

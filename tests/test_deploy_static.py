@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import json
-import os
 import re
 import shlex
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from dotenv import dotenv_values
@@ -33,6 +33,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.engine.fake import FakeEngine
+from consumer.gateway.server import gateway_serving
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.testing.topics import (
@@ -130,7 +131,7 @@ def test_hadolint_finds_nothing() -> None:
 
 def test_image_targets_run_the_service_as_a_non_root_user(stages: dict[str, Stage]) -> None:
     assert list(stages)[-1] == "gpu", "the default target (last stage) is the GPU image"
-    assert "runtime" in stages["gpu"].base and stages["gpu"].base.startswith("nvidia/cuda:")
+    assert stages["gpu"].base.startswith("nvidia/cuda:")
     for name in ("gpu", "cpu"):
         stage = stages[name]
         (cmd,) = stage.args("CMD")
@@ -143,6 +144,62 @@ def test_image_targets_run_the_service_as_a_non_root_user(stages: dict[str, Stag
         assert stage.args("VOLUME") == ['["/models"]']
         env = " ".join(stage.args("ENV"))
         assert "HF_HOME=/models/" in env and "VLLM_CACHE_ROOT=/models/" in env
+
+
+# Which CUDA major the pinned wheels are built for, read from their metadata
+# (`pip download --no-deps vllm==V`, then METADATA's Requires-Dist):
+# - vllm 0.32.0 requires torch==2.13.0 (and nvidia-cutlass-dsl[cu13],
+#   humming-kernels[cu13]; its kernels link libcudart.so.13);
+# - torch 2.13.0's PyPI wheel (manylinux x86_64) requires
+#   cuda-toolkit[cudart,cublas,...]==13.0.3, nvidia-cudnn-cu13, nvidia-nccl-cu13.
+# A new pin without a row here fails the test until someone reads the metadata.
+VLLM_TORCH = {"0.32.0": "2.13.0"}
+TORCH_CUDA_MAJOR = {"2.13.0": 13}
+# The oldest driver branch for a CUDA major (NVIDIA's minor-version
+# compatibility table: CUDA 12.x >= 525, 13.x >= 580).
+CUDA_MIN_DRIVER = {12: "525", 13: "580"}
+
+
+def pins(path: Path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            found[name.strip().lower()] = version.strip()
+    return found
+
+
+def wheels_cuda_major(pinned: dict[str, str]) -> int:
+    vllm = pinned["vllm"]
+    assert vllm in VLLM_TORCH, f"vllm {vllm} is not in VLLM_TORCH: read its METADATA (torch==?) and add it"
+    torch = pinned.get("torch", VLLM_TORCH[vllm])
+    assert torch == VLLM_TORCH[vllm], f"torch {torch} pinned, but vllm {vllm} requires {VLLM_TORCH[vllm]}"
+    assert torch in TORCH_CUDA_MAJOR, f"torch {torch} is not in TORCH_CUDA_MAJOR: read its METADATA and add it"
+    return TORCH_CUDA_MAJOR[torch]
+
+
+def image_cuda_major(base: str) -> int:
+    match = re.fullmatch(r"nvidia/cuda:(\d+)\.\d+(?:\.\d+)?-[\w.-]+", base)
+    assert match, f"not an nvidia/cuda image: {base}"
+    return int(match.group(1))
+
+
+def test_gpu_image_cuda_matches_the_pinned_wheels(stages: dict[str, Stage]) -> None:
+    wheels = wheels_cuda_major(pins(REPO / "requirements" / "constraints-gpu.txt"))
+    assert image_cuda_major(stages["gpu"].base) == wheels, f"{stages['gpu'].base}: the wheels need CUDA {wheels}"
+    # The driver this needs is written where operators read.
+    driver = CUDA_MIN_DRIVER[wheels]
+    for doc in ("README.md", "docs/operations.md"):
+        assert f"driver >= {driver}" in (REPO / doc).read_text(encoding="utf-8"), f"{doc}: no 'driver >= {driver}'"
+
+
+def test_the_cuda_check_can_fail() -> None:
+    # The image this repository had: CUDA 12 under wheels built for 13.
+    assert image_cuda_major("nvidia/cuda:12.8.1-runtime-ubuntu24.04") == 12 != wheels_cuda_major({"vllm": "0.32.0"})
+    with pytest.raises(AssertionError, match="not in VLLM_TORCH"):
+        wheels_cuda_major({"vllm": "0.99.0"})
+    with pytest.raises(AssertionError, match=re.escape("requires 2.13.0")):
+        wheels_cuda_major({"vllm": "0.32.0", "torch": "2.12.0"})
 
 
 def test_images_install_like_setup_venv(stages: dict[str, Stage]) -> None:
@@ -257,7 +314,7 @@ def test_each_profile_runs_the_whole_stack_with_settings_the_code_reads(
     compose: dict[str, Any], profile: str, consumer: str, target: str
 ) -> None:
     services = compose["services"]
-    assert profile_services(compose, profile) == {"kafka", "kafka-init", consumer, "prometheus", "grafana"}
+    assert profile_services(compose, profile) == {"kafka", "kafka-init", consumer, "gateway", "prometheus", "grafana"}
     service = services[consumer]
     assert service["build"]["target"] == target
     assert texteval_command(service["command"]) == "run"
@@ -432,19 +489,27 @@ class Exposition:
 @pytest.fixture(scope="module")
 async def exported(kafka_bootstrap: str, kafka_group_kwargs: dict[str, int]) -> Exposition:
     """Scrape a consumer that has graded a job (with an error result) and
-    dead-lettered a request, so its labelled series exist."""
+    dead-lettered a request, and a gateway that served a job over HTTP, so
+    their labelled series exist."""
     topics = TopicNames.unique()
     settings = make_settings(kafka_bootstrap, topics, kafka_group_kwargs)
     metrics = Metrics()
     graded = items(3)
     graded[1]["respuesta"] = "paraula " * 2400  # past the fake engine's context: an input_too_long result
-    async with running(settings, FakeEngine(), metrics) as app:
+    async with running(settings, FakeEngine(), metrics) as app, gateway_serving(settings) as (gateway, base):
         await produce(kafka_bootstrap, topics.requests, [(b"ok", job("metrics-check", graded)), (b"bad", b"{")])
         await read_until(kafka_bootstrap, topics.progress, count_events("complete", 1))
         await read_until(kafka_bootstrap, topics.dlt, at_least(1))
         await wait_for(lambda: b"texteval_consumer_lag{" in generate_latest(metrics.registry))
         app.health_report()  # what /health does: refreshes engine_up and kafka_up
-        text = generate_latest(metrics.registry).decode()
+        # The gateway: a job submitted over HTTP and followed to its end.
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            (await client.post("/evaluate", json={"job_id": "metrics-gw", "items": items(2)})).raise_for_status()
+            async with client.stream("GET", "/stream/metrics-gw") as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:") and json.loads(line[5:])["event"] == "complete":
+                        break
+        text = generate_latest(metrics.registry).decode() + generate_latest(gateway.metrics.registry).decode()
     labels: dict[str, set[str]] = {}
     values: dict[tuple[str, str], set[str]] = {}
     for family in text_string_to_metric_families(text):
@@ -516,6 +581,8 @@ def k8s() -> dict[str, dict[str, Any]]:
     by_kind: dict[str, dict[str, Any]] = {}
     for resource in kustomization["resources"]:
         for doc in yaml.safe_load_all((DEPLOY / "k8s" / resource).read_text(encoding="utf-8")):
+            if doc["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "texteval-gateway":
+                continue  # the gateway's manifests: tests/test_gateway_deploy.py
             assert doc["kind"] not in by_kind, f"two {doc['kind']}s"
             by_kind[doc["kind"]] = doc
     return by_kind
@@ -560,18 +627,38 @@ def test_k8s_metrics_service_is_headless_and_selects_the_pods(k8s: dict[str, dic
     assert service["ports"][0]["targetPort"] in {p["name"] for p in container["ports"]}
 
 
-def test_keda_scales_the_deployment_on_the_groups_lag(k8s: dict[str, dict[str, Any]]) -> None:
-    config = k8s["ConfigMap"]["data"]
+def test_keda_scales_on_texts_waiting_below_a_full_replica(k8s: dict[str, dict[str, Any]]) -> None:
     spec = k8s["ScaledObject"]["spec"]
     assert spec["scaleTargetRef"]["name"] == k8s["Deployment"]["metadata"]["name"]
-    (trigger,) = spec["triggers"]
+    triggers = {trigger["type"]: trigger for trigger in spec["triggers"]}
+    assert list(triggers) == ["prometheus", "kafka"], "texts waiting first, the lag as the fallback"
+    meta = triggers["prometheus"]["metadata"]
+    parsed = parse_promql(meta["query"])
+    assert parsed.metrics == {"texteval_items_waiting"}
+    assert b"\ntexteval_items_waiting " in generate_latest(Metrics().registry)
+    # One number for KEDA: a sum over every replica the scrape job finds.
+    assert re.fullmatch(r"sum\(texteval_items_waiting\{job=\"(\w+)\"\}\)", meta["query"]), meta["query"]
+    (job_name,) = re.findall(r'job="(\w+)"', meta["query"])
+    scrape_jobs = [j["job_name"] for j in load_yaml(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]]
+    assert job_name in scrape_jobs
+    # A replica admits at most MAX_INFLIGHT_ITEMS texts (plus the next job):
+    # a threshold above that would never see a full replica ask for help.
+    config = settings_from(k8s["ConfigMap"]["data"] | k8s["Secret"]["stringData"])
+    assert 0 < float(meta["threshold"]) < config.max_inflight_items
+
+
+def test_keda_lag_fallback_reads_the_consumers_group(k8s: dict[str, dict[str, Any]]) -> None:
+    config = k8s["ConfigMap"]["data"]
+    spec = k8s["ScaledObject"]["spec"]
+    trigger = next(t for t in spec["triggers"] if t["type"] == "kafka")
     meta = trigger["metadata"]
-    assert trigger["type"] == "kafka"
     assert (meta["bootstrapServers"], meta["consumerGroup"], meta["topic"]) == (
         config["KAFKA_BOOTSTRAP_SERVERS"],
         config["KAFKA_GROUP_ID"],
         config["KAFKA_REQUESTS_TOPIC"],
     )
+    # More requests per replica than it runs at once: only a pile-up in Kafka wins.
+    assert int(meta["lagThreshold"]) > int(config["MAX_CONCURRENT_JOBS"])
     # The scaler speaks to Kafka as the consumer does.
     keda_sasl = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
     assert meta["sasl"] == keda_sasl[config["KAFKA_SASL_MECHANISM"]]
@@ -588,6 +675,68 @@ def test_keda_scales_the_deployment_on_the_groups_lag(k8s: dict[str, dict[str, A
     script = (DEPLOY / "kafka" / "create-topics.sh").read_text(encoding="utf-8")
     partitions = int(re.search(r'create "\$\{KAFKA_REQUESTS_TOPIC:-[^}]*\}" (\d+)', script).group(1))  # type: ignore[union-attr]
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
+
+
+# --- RunPod (the prototype's host: one L40 pod) -------------------------------------
+
+# Read by libraries the service uses, not by Settings.
+RUNPOD_EXTRA_ENV = {"HF_TOKEN"}
+
+
+@pytest.fixture(scope="module")
+def runpod() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((DEPLOY / "runpod" / "template.json").read_text(encoding="utf-8"))
+    return data
+
+
+def test_runpod_template_runs_the_gpu_image_with_its_volume_port_and_start_script(
+    runpod: dict[str, Any], stages: dict[str, Stage]
+) -> None:
+    gpu = stages["gpu"]
+    assert runpod["imageName"].endswith(":gpu") and runpod["isServerless"] is False
+    # The volume is the image's: weights and compile cache survive a restart.
+    assert gpu.args("VOLUME") == [f'["{runpod["volumeMountPath"]}"]']
+    env_lines = " ".join(gpu.args("ENV"))
+    for variable in ("HF_HOME", "VLLM_CACHE_ROOT", "MODEL_CACHE_DIR"):
+        assert f"{variable}={runpod['volumeMountPath']}/" in env_lines, variable
+    assert runpod["volumeInGb"] >= 40, "~18.5 GB of weights plus vLLM's cache"
+    # The start command is the script the image carries.
+    (copy,) = [c for c in gpu.args("COPY") if c.startswith("scripts/start.sh ")]
+    assert runpod["dockerStartCmd"] == ["bash", copy.split()[-1]]
+    assert dockerignore_allows("scripts/start.sh")
+    env = runpod["env"]
+    assert set(env) - RUNPOD_EXTRA_ENV <= SETTINGS_ENV, set(env) - RUNPOD_EXTRA_ENV - SETTINGS_ENV
+    settings = settings_from({k: v for k, v in env.items() if k not in RUNPOD_EXTRA_ENV})
+    assert runpod["ports"] == [f"{settings.port}/http"]
+
+
+def test_runpod_reaches_kafka_over_tls_with_secrets_not_literals(runpod: dict[str, Any]) -> None:
+    env = runpod["env"]
+    settings = settings_from({k: v for k, v in env.items() if k not in RUNPOD_EXTRA_ENV})
+    # The brokers are reached across the internet from RunPod's data centre.
+    assert settings.kafka_security_protocol.endswith("SSL") and settings.kafka_sasl_mechanism
+    for variable in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "HF_TOKEN"):
+        assert re.fullmatch(r"\{\{ RUNPOD_SECRET_\w+ \}\}", env[variable]), f"{variable}: use a RunPod secret"
+
+
+def test_runpod_gateway_template_serves_the_gateway_with_keys(runpod: dict[str, Any], stages: dict[str, Stage]) -> None:
+    gateway: dict[str, Any] = json.loads((DEPLOY / "runpod" / "gateway-template.json").read_text(encoding="utf-8"))
+    assert gateway["imageName"] == runpod["imageName"], "one image for both"
+    argv = gateway["dockerStartCmd"]
+    assert texteval_command(argv) == "gateway"
+    args = build_parser().parse_args(argv[1:])
+    assert gateway["ports"] == [f"{args.port}/http"] and args.host == "0.0.0.0"
+    env = gateway["env"]
+    assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
+    settings = settings_from(env)
+    # A public port: the gateway refuses to start open, so keys are set (as a secret).
+    assert re.fullmatch(r"\{\{ RUNPOD_SECRET_\w+ \}\}", env["GATEWAY_API_KEYS"]) and settings.gateway_keys()
+    assert not settings.gateway_allow_anonymous
+    # It reads and writes the consumer's topics, with the same credentials.
+    shared = [name for name in env if name.startswith("KAFKA_")]
+    assert {"KAFKA_SASL_PASSWORD", "KAFKA_REQUESTS_TOPIC", "KAFKA_PROGRESS_TOPIC", "KAFKA_CONTROL_TOPIC"} <= set(shared)
+    for variable in shared:
+        assert env[variable] == runpod["env"][variable], variable
 
 
 # --- the prototype's scripts ----------------------------------------------------------
@@ -637,6 +786,34 @@ def test_start_script_stops_when_the_gpu_driver_is_broken(stub_bin: Path, tmp_pa
     assert not (tmp_path / "stub.log").exists()  # the service was not started
 
 
+def test_start_script_runs_from_the_image_layout(tmp_path: Path) -> None:
+    # As in the image: /opt/texteval/start.sh, working directory /app, no checkout.
+    script = tmp_path / "opt" / "texteval" / "start.sh"
+    script.parent.mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "start.sh", script)
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    stub = tmp_path / "texteval"
+    stub.write_text('#!/bin/sh\necho "$(pwd) texteval $*" > "$STUB_LOG"\n')
+    stub.chmod(0o755)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "TEXTEVAL": str(stub),
+        "STUB_LOG": str(tmp_path / "stub.log"),
+        "MODEL_CACHE_DIR": str(tmp_path / "models" / "texteval"),
+    }
+    run = subprocess.run(["bash", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "stub.log").read_text().strip() == f"{workdir} texteval run"
+    # A cache folder it cannot create stops it before the service starts.
+    (tmp_path / "stub.log").unlink()
+    blocked = {**env, "HF_HOME": "/dev/null/huggingface"}
+    run = subprocess.run(["bash", str(script)], cwd=workdir, env=blocked, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1 and "/dev/null/huggingface is not writable" in run.stderr
+    assert not (tmp_path / "stub.log").exists()
+
+
 def load_test_client() -> ModuleType:
     spec = importlib.util.spec_from_file_location("test_client_script", REPO / "scripts" / "test_client.py")
     assert spec is not None and spec.loader is not None
@@ -645,21 +822,11 @@ def load_test_client() -> ModuleType:
     return module
 
 
-def test_test_client_submits_its_data_and_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_test_client_posts_its_data_to_the_gateway() -> None:
+    # It runs against a real gateway in tests/test_gateway.py; here: its defaults and data.
     client = load_test_client()
-    calls: list[tuple[list[str], str | None]] = []
-
-    def texteval(argv: list[str]) -> int:
-        calls.append((argv, os.environ.get("KAFKA_BOOTSTRAP_SERVERS")))
-        return 0
-
-    monkeypatch.setattr("consumer.tools.cli.main", texteval)
-    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
-    assert client.main(["--bootstrap", "localhost:9094", "--out", "r.csv"]) == 0
-    (argv, bootstrap) = calls[0]
-    assert bootstrap == "localhost:9094"
-    args = build_parser().parse_args(argv)
-    assert (args.command, args.follow, args.out) == ("submit", True, "r.csv")
+    args = client.build_parser().parse_args(["--base-url", "http://gateway:8080", "--out", "r.csv"])
+    assert (args.base_url, args.out) == ("http://gateway:8080", "r.csv")
     assert Path(args.file) == REPO / "scripts" / "test_data.json"
     (request,) = read_jobs(Path(args.file), max_items=2000)  # the data is one valid job
     assert len(request.items) == 5

@@ -12,6 +12,7 @@ from consumer.engine.output import Generation
 from consumer.testing.topics import (
     at_least,
     committed,
+    committed_to_end,
     count_events,
     items,
     job,
@@ -20,7 +21,6 @@ from consumer.testing.topics import (
     read_until,
     running,
     values,
-    wait_for,
 )
 from tests.kafka_harness import TopicNames
 
@@ -83,7 +83,7 @@ async def test_engine_death_publishes_no_errors_stops_and_a_restart_loses_nothin
     async with running(settings, FakeEngine(), partitions=1) as app:
         progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
         results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(len(before) + 200)))
-        await wait_for(lambda: not app._tracker.committable() and app._tracker.pending() == 0)
+        assert await committed_to_end(kafka_bootstrap, settings.kafka_group_id, topic_names.requests)
     assert {r["result_id"] for r in results} == {f"d#{i}" for i in range(200)}  # 0 lost
     assert progress[-1]["data"]["succeeded"] == 200
     duplicates = len(results) - 200

@@ -10,8 +10,7 @@ import pytest
 
 from consumer.contract import EvaluationResult, ItemStatus
 from consumer.engine.fake import FakeEngine
-from consumer.pipeline.results import CSV_COLUMNS, read_results, write_results
-from consumer.tools.files import InputFileError, job_id_for, read_items
+from consumer.tools.files import CSV_COLUMNS, InputFileError, job_id_for, read_items, read_results, write_results
 from consumer.tools.offline import grade_items
 from tests.conftest import DATA, sample_items
 

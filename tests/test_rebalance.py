@@ -7,7 +7,9 @@ import pytest
 from consumer.engine.fake import FakeEngine
 from consumer.testing.topics import (
     committed,
+    committed_to_end,
     count_events,
+    health_kafka,
     items,
     job,
     make_settings,
@@ -34,13 +36,12 @@ async def test_second_consumer_takes_over_revoked_partitions_without_loss(
         async with running(settings, fast) as second:
             # The join makes the first consumer give up partitions: their
             # jobs are aborted (engine work cancelled) and redone by the second.
-            await wait_for(lambda: len(second._consumer.assignment()) > 0, timeout_s=30)
+            await wait_for(lambda: health_kafka(second)["assigned_partitions"] > 0, timeout_s=30)
             await wait_for(lambda: first.active_jobs < len(job_ids), timeout_s=30)
             progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 6)))
             results = values(await read_until(kafka_bootstrap, topic_names.results, lambda r: len(r) >= 120))
-            await wait_for(lambda: first._tracker.pending() == 0 and second._tracker.pending() == 0)
-            await wait_for(lambda: not first._tracker.committable() and not second._tracker.committable())
-            assert len(first._consumer.assignment()) + len(second._consumer.assignment()) == 3
+            assert await committed_to_end(kafka_bootstrap, settings.kafka_group_id, topic_names.requests)
+            assert health_kafka(first)["assigned_partitions"] + health_kafka(second)["assigned_partitions"] == 3
 
     completed = {e["job_id"] for e in progress if e["event"] == "complete"}
     assert completed == set(job_ids)

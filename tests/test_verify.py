@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from consumer.tools import verify
 from consumer.engine.fake import FakeEngine
 from consumer.testing.topics import count_events, items, job, make_settings, produce, read_until, running
+from consumer.tools import verify
 from consumer.tools.verify import ManifestError, check, read_manifest, render
 from tests.kafka_harness import TopicNames
 

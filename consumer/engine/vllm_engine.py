@@ -16,14 +16,16 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from consumer.contract import Item, Sampling
+from consumer.engine import vllm_compat
 from consumer.engine.base import EngineHealth, GradeOutcome
 from consumer.engine.grading import grade_prompt
 from consumer.engine.output import Generation, output_schema
-from consumer.engine.prompt import PromptBuilder, PromptTokenizer
+from consumer.engine.prompt import Prompt, PromptBuilder, PromptTokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
     from vllm import SamplingParams
+    from vllm.outputs import RequestOutput
     from vllm.v1.engine.async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
@@ -116,23 +118,33 @@ class VllmEngine:
     def sampling(self) -> Sampling:
         return self._sampling
 
-    async def grade(self, item: Item, request_id: str) -> GradeOutcome:
+    def encode(self, item: Item) -> tuple[Prompt, list[int]]:
+        """The item's prompt and the token ids the engine receives for it."""
+        prompt = self._builder.build(item)
+        return prompt, self._prompts.encode(prompt)
+
+    def params(self, attempt: int) -> SamplingParams:
+        """The sampling parameters of attempt ``attempt`` (0 = the first): seed + attempt."""
+        return self._params[attempt]
+
+    async def generate(self, token_ids: list[int], attempt: int, request_id: str) -> RequestOutput:
+        """One request straight to vLLM; the final output. Cancelling this aborts the request."""
         from vllm.inputs import TokensPrompt
 
-        prompt = self._builder.build(item)
-        token_ids = self._prompts.encode(prompt)
+        final = None
+        async for output in self._live().generate(
+            TokensPrompt(prompt_token_ids=token_ids), self._params[attempt], request_id=request_id
+        ):
+            final = output
+        if final is None or not final.outputs:
+            raise RuntimeError("engine returned no output")
+        return final
+
+    async def grade(self, item: Item, request_id: str) -> GradeOutcome:
+        prompt, token_ids = self.encode(item)
 
         async def generate(attempt: int) -> Generation:
-            final = None
-            # Cancelling this coroutine makes vLLM abort the request.
-            async for output in self._live().generate(
-                TokensPrompt(prompt_token_ids=token_ids),
-                self._params[attempt],
-                request_id=f"{request_id}/a{attempt}",
-            ):
-                final = output
-            if final is None or not final.outputs:
-                raise RuntimeError("engine returned no output")
+            final = await self.generate(token_ids, attempt, f"{request_id}/a{attempt}")
             completion = final.outputs[0]
             return Generation(
                 text=completion.text,
@@ -166,22 +178,7 @@ class VllmEngine:
         if self._llm is None:
             return
         llm, self._llm = self._llm, None
-        # Stop vLLM's output task first: left running, it sees the engine
-        # process go away during shutdown and logs an EngineDeadError.
-        handler = getattr(llm, "output_handler", None)
-        if handler is not None:
-            handler.cancel()
-            await asyncio.wait([handler], timeout=5)
-        await asyncio.to_thread(llm.shutdown)
-        # AsyncLLM.__del__ calls shutdown() again. The object sits in
-        # reference cycles, so that often happens at interpreter exit, after
-        # vLLM's module globals are gone, and prints a TypeError. It is shut
-        # down already: give it a class whose finaliser does nothing.
-        llm.__class__ = _shut_down_class(type(llm))
-
-
-def _shut_down_class(cls: type[AsyncLLM]) -> type[AsyncLLM]:
-    return type(f"ShutDown{cls.__name__}", (cls,), {"__del__": lambda self: None})
+        await vllm_compat.shut_down(llm)
 
 
 def _gpu_memory_gib() -> dict[str, float]:

@@ -11,6 +11,10 @@ assigned partitions are paused; they resume when there is room.
 Offsets are committed explicitly, on a timer, one past the contiguous
 prefix of records whose work is done and acknowledged (``OffsetTracker``):
 a crash re-delivers unfinished jobs (at-least-once; ``result_id`` dedups).
+
+The loop keeps only the loop; its helpers each own one concern: ``SafeFetch``
+(no record can stop the loop), ``DeadLetters`` (no dead letter can hold a
+partition), ``Watchdog`` (broker, output topics and engine on a timer).
 """
 
 from __future__ import annotations
@@ -18,41 +22,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import KafkaError
 
 from consumer.engine.base import GradingEngine
 from consumer.health import HealthReport
 from consumer.metrics import Metrics
 from consumer.pipeline.checkpointing import Committer, OffsetTracker
-from consumer.pipeline.intake import Job, Rejection, parse_request
-from consumer.pipeline.jobs import EngineUnavailable, JobRun, ThroughputMeter
+from consumer.pipeline.dead_letters import DeadLetters
+from consumer.pipeline.fetch import SafeFetch, Unreadable
+from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
+from consumer.pipeline.jobs import EngineUnavailable, JobRun
+from consumer.pipeline.ledger import Ledger, Plan, Step
+from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
+from consumer.pipeline.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
+
+    from consumer.contract import CancelledEvent, CompleteEvent
+    from consumer.pipeline.control import ControlReader
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class AppConfig:
+    """Caps on work in flight and the loop's timings (built from Settings by the service)."""
+
     max_items_per_job: int = 2000
-    max_inflight_items: int = 4096
-    max_concurrent_jobs: int = 8
+    max_inflight_items: int = 20_000
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    max_concurrent_jobs: int = 64
     batch_size: int = 10
     progress_flush_s: float = 0.25
     commit_interval_s: float = 0.5
     shutdown_grace_s: float = 30.0
     revoke_timeout_s: float = 10.0  # bounded work inside a rebalance
     kafka_check_interval_s: float = 2.0  # how often the broker is asked for metadata (health)
-    retry_backoff_s: float = 1.0  # before re-running a job whose output could not be sent
+    retry_backoff_s: float = 1.0  # before re-running a job whose output could not be sent (doubles, capped)
+    retry_backoff_max_s: float = 60.0
+    output_topics: tuple[str, ...] = ()  # results, progress, DLT: checked to exist before grading
 
 
 @dataclass(slots=True)
@@ -78,22 +94,40 @@ class ConsumerApp:
         metrics: Metrics,
         *,
         requests_topic: str,
-        limits: Limits,
+        config: AppConfig,
+        scheduler: Scheduler | None = None,
+        ledger: Ledger | None = None,
+        control: ControlReader | None = None,
     ) -> None:
         self._consumer = consumer
         self._sinks = sinks
         self._engine = engine
         self._metrics = metrics
+        metrics.expect_dead_letter_reasons([*RejectReason, "too_large_to_fetch"])
         self._topic = requests_topic
-        self._limits = limits
+        self._limits = config
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._committer = Committer(consumer, self._tracker, metrics, interval_s=limits.commit_interval_s)
-        self._meter = ThroughputMeter()
+        # Job state (item-level checkpoints, idempotent job ids, cancel): written before every offset commit.
+        self._ledger = ledger
+        self._control = control
+        self._committer = Committer(
+            consumer, self._tracker, metrics, interval_s=config.commit_interval_s,
+            before_commit=ledger.checkpoint if ledger is not None else None,
+        )  # fmt: skip
+        # Between the job runs and the engine: decides what the engine runs next.
+        self.scheduler = scheduler or Scheduler(engine, metrics)
+        self._fetch = SafeFetch(consumer, metrics, retry_backoff_s=config.retry_backoff_s)
+        self._dead_letters = DeadLetters(sinks, metrics)
+        self._watchdog = Watchdog(
+            consumer, engine, metrics,
+            output_topics=config.output_topics, interval_s=config.kafka_check_interval_s,
+            on_engine_died=self._engine_died, is_member=lambda: self._member,
+        )  # fmt: skip
         self._backlog: deque[_Pending] = deque()
         self._work: dict[asyncio.Task[None], _Work] = {}
         self._member = False  # in the group, with an assignment (maybe empty)
         self.engine_failed = False  # the engine died: stop, and let the process be restarted
-        self._kafka_down_since: float | None = None  # monotonic time of the first failed check
+        self._delivery_failures = 0  # consecutive jobs whose output could not be sent
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -102,29 +136,29 @@ class ConsumerApp:
     async def run(self) -> None:
         """Consume until ``stop()``; then drain within the grace period."""
         self._consumer.subscribe([self._topic], listener=_Listener(self))
+        # Know whether the output topics exist before grading anything.
+        await self._watchdog.check()
+        control = asyncio.create_task(self._control.run()) if self._control is not None else None
+        if self._control is not None:
+            # Cancels of the last CANCEL_TTL_S first: a cancelled job's request must not start.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._control.ready.wait(), self._limits.revoke_timeout_s)
         committer = asyncio.create_task(self._committer.run())
-        watchdog = asyncio.create_task(self._watch())
+        watchdog = asyncio.create_task(self._watchdog.run())
         try:
             while not self._stopping.is_set():
                 self._start_from_backlog()
                 self._apply_pause()
-                try:
-                    batches = await self._consumer.getmany(timeout_ms=100, max_records=100)
-                except RecordTooLargeError as exc:
-                    # A broker that truncates a record past the fetch limit
-                    # (instead of returning it whole, KIP-74) makes it
-                    # unreadable: aiokafka skips it. Say so loudly; the loop
-                    # must go on for everything behind it.
-                    logger.error("request record too large to fetch, skipped: %r", exc)
-                    self._metrics.dead_letters.labels(reason="too_large_to_fetch").inc()
-                    continue
+                batches = await self._fetch.getmany(timeout_ms=100, max_records=100)
                 for tp, records in batches.items():
                     for record in records:
                         self._tracker.track(tp, record.offset)
-                        self._backlog.append(_Pending(tp, record))
+                        self._backlog.append(_Pending(tp, record, _unreadable(record)))
         finally:
             committer.cancel()
             watchdog.cancel()
+            if control is not None:
+                control.cancel()
             await self._drain()
             self._stopped.set()
 
@@ -160,12 +194,23 @@ class ConsumerApp:
     def _inflight_items(self) -> int:
         return sum(work.run.remaining for work in self._work.values() if work.run is not None)
 
-    def _has_room(self, items: int) -> bool:
-        if self.active_jobs >= self._limits.max_concurrent_jobs:
+    def _inflight_bytes(self) -> int:
+        return sum(work.run.request_bytes for work in self._work.values() if work.run is not None)
+
+    def _has_room(self, items: int, size_bytes: int) -> bool:
+        # Admitting costs memory only: the scheduler, not admission, decides
+        # what the engine runs, so a small job behind big ones is admitted
+        # and served at once. Past a cap, jobs wait in arrival order.
+        # Output topics gone: grading now would only throw the grades away.
+        if not self._watchdog.outputs_ok or self.active_jobs >= self._limits.max_concurrent_jobs:
             return False
         inflight = self._inflight_items()
-        # An idle consumer always takes the next job, even one above the cap.
-        return inflight == 0 or inflight + items <= self._limits.max_inflight_items
+        if inflight == 0:
+            return True  # an idle consumer always takes the next job, even one above the caps
+        return (
+            inflight + items <= self._limits.max_inflight_items
+            and self._inflight_bytes() + size_bytes <= self._limits.max_inflight_bytes
+        )
 
     def _start_from_backlog(self) -> None:
         while self._backlog and not self._stopping.is_set():
@@ -177,7 +222,9 @@ class ConsumerApp:
                     fallback_job_id=f"{record.topic}:{record.partition}:{record.offset}",
                     max_items=self._limits.max_items_per_job,
                 )
-            if isinstance(head.parsed, Job) and not self._has_room(len(head.parsed.items)):
+            job = head.parsed if isinstance(head.parsed, Job) else None
+            size_bytes = len(head.record.value or b"") if job is not None else 0
+            if not self._has_room(len(job.items) if job is not None else 0, size_bytes):
                 return
             self._backlog.popleft()
             self._start(head.tp, head.record, head.parsed)
@@ -186,71 +233,111 @@ class ConsumerApp:
         if isinstance(parsed, Rejection):
             logger.warning("dead letter: %s:%d:%d reason=%s", tp.topic, tp.partition, record.offset, parsed.reason)
             self._metrics.dead_letters.labels(reason=parsed.reason.value).inc()
-            task = asyncio.create_task(self._dead_letter(record, parsed))
+            task = asyncio.create_task(self._dead_letters.deliver(record, parsed))
             self._work[task] = _Work(tp, record, None)
         else:
+            plan = self._ledger.plan(parsed, record.value, tp.partition, record.offset) if self._ledger else None
+            if plan is not None and plan.step is not Step.GRADE:
+                self._start_planned(tp, record, plan)
+                return
             run = JobRun(
                 parsed,
                 engine=self._engine,
                 sinks=self._sinks,
                 metrics=self._metrics,
-                meter=self._meter,
+                scheduler=self.scheduler,
                 batch_size=self._limits.batch_size,
                 flush_s=self._limits.progress_flush_s,
+                request_bytes=len(record.value or b""),
+                resume=plan.state if plan is not None else None,
             )
             logger.info("job accepted: job_id=%s items=%d offset=%d", parsed.job_id, len(parsed.items), record.offset)
             self._metrics.jobs_accepted.inc()
             task = asyncio.create_task(run.run())
             self._work[task] = _Work(tp, record, run)
+            if self._ledger is not None:
+                self._ledger.started(run)
         self._metrics.jobs_active.set(self.active_jobs)
         task.add_done_callback(self._finished)
 
-    async def _dead_letter(self, record: Any, rejection: Rejection) -> None:
-        try:
-            await (await self._sinks.dead_letter(record, rejection))
-        except MessageSizeTooLargeError:
-            # Over the producer's or the broker's size limit: retrying cannot
-            # help and would hold the partition's offset back forever.
-            logger.warning("dead letter too large, sent without its value: offset=%d", record.offset)
-            await (await self._sinks.dead_letter(record, rejection, keep_value=False))
+    def _start_planned(self, tp: TopicPartition, record: Any, plan: Plan) -> None:
+        """A request the job state answers without grading (see ledger.py)."""
+        if plan.step is Step.REJECT:
+            assert plan.rejection is not None
+            self._start(tp, record, plan.rejection)
+            return
+        logger.info("request %s:%d:%d: %s (no grading)", tp.topic, tp.partition, record.offset, plan.step.value)
+        event = plan.event
+        task = asyncio.create_task(self._publish(event) if event is not None else asyncio.sleep(0))
+        self._work[task] = _Work(tp, record, None)
+        task.add_done_callback(self._finished)
+
+    async def _publish(self, event: CompleteEvent | CancelledEvent) -> None:
+        await (await self._sinks.progress(event))
+
+    def cancel_job(self, job_id: str) -> None:
+        """A cancel command (control topic): stop the job if it runs here."""
+        if self._ledger is not None and self._ledger.cancel(job_id):
+            logger.info("job cancelled: job_id=%s", job_id)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         work = self._work.pop(task)
         self._metrics.jobs_active.set(self.active_jobs)
+        if work.run is not None and self._ledger is not None:
+            self._ledger.ended(work.run)  # its acknowledged items, or its terminal event, go to the job state
         if task.cancelled():
             return  # revoked or shut down: the record stays uncommitted
         error = task.exception()
         if error is None:
             self._tracker.mark_done(work.tp, work.record.offset)
+            self._delivery_failures = 0
             if work.run is not None:
                 self._metrics.jobs_completed.inc()
             return
         if isinstance(error, EngineUnavailable):
-            # Nothing here can bring vLLM back: stop taking work and let the
-            # orchestrator restart the process; the job's offset is not
-            # committed, so it is graded again then.
-            if not self.engine_failed:
-                logger.error("engine died (%s): stopping the consumer", error)
-            self.engine_failed = True
-            self.stop()
+            # The job's offset is not committed, so it is graded again after the restart.
+            self._engine_died(str(error))
             return
         # Output could not be delivered (e.g. broker unreachable past the
-        # producer's retries). Run the record again: duplicates, never loss.
-        logger.error("work failed, will retry: offset=%d error=%r", work.record.offset, error)
+        # producer's retries). Run the record again: duplicates, never loss;
+        # the wait doubles while deliveries keep failing.
+        self._delivery_failures += 1
+        backoff_s = min(
+            self._limits.retry_backoff_s * 2 ** (self._delivery_failures - 1), self._limits.retry_backoff_max_s
+        )
+        logger.error(
+            "work failed (%s), retry in %.0f s: %s:%d:%d",
+            type(error).__name__, backoff_s, work.tp.topic, work.tp.partition, work.record.offset,
+        )  # fmt: skip
         if work.tp in self._consumer.assignment() and not self._stopping.is_set():
             asyncio.get_running_loop().call_later(
-                self._limits.retry_backoff_s, self._backlog.appendleft, _Pending(work.tp, work.record)
+                backoff_s, self._backlog.appendleft, _Pending(work.tp, work.record, _unreadable(work.record))
             )
+
+    def _engine_died(self, detail: str) -> None:
+        """The one path for a dead engine, seen by a job or by the watchdog.
+
+        Nothing here can bring vLLM back: stop taking work and let the
+        orchestrator restart the process (no error results are published
+        for the engine's death; unfinished jobs stay uncommitted).
+        """
+        if not self.engine_failed:
+            logger.error("engine died (%s): stopping the consumer", detail)
+        self.engine_failed = True
+        self.stop()
 
     def _apply_pause(self) -> None:
         # pause() state is lost on reassignment, so it is re-applied every
         # turn of the loop (cheap: a set operation in aiokafka).
         assigned = self._consumer.assignment()
-        if self._backlog:
+        if self._backlog or not self._watchdog.outputs_ok:
             self._consumer.pause(*assigned)
         else:
             self._consumer.resume(*self._consumer.paused())
         self._metrics.partitions_paused.set(len(self._consumer.paused()))
+        # Texts, not jobs: what autoscaling reads (deploy/k8s/keda.yaml).
+        backlog = sum(len(p.parsed.items) for p in self._backlog if isinstance(p.parsed, Job))
+        self._metrics.items_waiting.set(self._inflight_items() + backlog)
 
     async def _cancel(self, tasks: Iterable[asyncio.Task[None]]) -> None:
         tasks = list(tasks)
@@ -261,40 +348,6 @@ class ConsumerApp:
 
     # --- health and rebalances -------------------------------------------
 
-    async def _watch(self) -> None:
-        """Check the broker and the engine on a timer.
-
-        The broker is asked for metadata so /health can report an outage:
-        aiokafka reconnects by itself, this only observes (group membership
-        alone stays "true" for a whole session timeout after the broker went
-        away). A dead engine stops the consumer even when no job is running.
-        """
-        interval = self._limits.kafka_check_interval_s
-        while True:
-            try:
-                async with asyncio.timeout(interval * 2):
-                    await self._consumer.topics()
-            except (KafkaError, OSError, TimeoutError) as exc:
-                if self._kafka_down_since is None:
-                    self._kafka_down_since = time.monotonic()
-                    logger.warning("Kafka unreachable: %r", exc)
-            else:
-                if self._kafka_down_since is not None:
-                    down_s = time.monotonic() - self._kafka_down_since
-                    logger.info("Kafka reachable again after %.1f s", down_s)
-                    self._kafka_down_since = None
-            engine = self._engine.health()
-            # Set here, not only when /health is asked: a scrape must not
-            # read what the last probe left (0 when nothing probes).
-            self._metrics.engine_up.set(1 if engine.loaded else 0)
-            self._metrics.kafka_up.set(1 if self._member and self._kafka_down_since is None else 0)
-            if not engine.loaded and not self.engine_failed:
-                # Dead even with no job running: stop so the process is restarted.
-                logger.error("engine died (%s): stopping the consumer", engine.detail)
-                self.engine_failed = True
-                self.stop()
-            await asyncio.sleep(interval)
-
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._member = False
         lost = [task for task, work in self._work.items() if work.tp in revoked]
@@ -302,9 +355,20 @@ class ConsumerApp:
             logger.info("revoked %d partitions: aborting %d jobs", len(revoked), len(lost))
         await self._cancel(lost)
         self._backlog = deque(entry for entry in self._backlog if entry.tp not in revoked)
+        # The commit writes the aborted jobs' acknowledged items to the job
+        # state first: the next owner grades only the rest.
         await self._committer.release(revoked, self._limits.revoke_timeout_s)
+        if self._ledger is not None:
+            self._ledger.forget(tp.partition for tp in revoked)
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._ledger is not None:
+            try:
+                async with asyncio.timeout(self._limits.revoke_timeout_s * 3):
+                    await self._ledger.load(tp.partition for tp in assigned)
+            except (KafkaError, TimeoutError) as exc:
+                # Jobs are then graded from their first item: at-least-once, as before job state.
+                logger.error("job state could not be loaded (%s): resumes will regrade", type(exc).__name__)
         self._member = True
         logger.info("assigned %d partitions", len(assigned))
 
@@ -317,8 +381,14 @@ class ConsumerApp:
             reasons.append(f"engine not ready: {engine.detail}")
         if not self._member:
             reasons.append("not in the consumer group")
-        if self._kafka_down_since is not None:
-            reasons.append(f"Kafka unreachable for {time.monotonic() - self._kafka_down_since:.0f} s")
+        if (down_s := self._watchdog.kafka_down_s) is not None:
+            reasons.append(f"Kafka unreachable for {down_s:.0f} s")
+        if self._watchdog.missing_topics:
+            reasons.append(f"output topics missing: {', '.join(self._watchdog.missing_topics)}")
+        if self._fetch.failing is not None:
+            reasons.append(f"fetching requests fails for {self._fetch.failing_for_s:.0f} s: {self._fetch.failing}")
+        if self._delivery_failures:
+            reasons.append(f"output delivery failing ({self._delivery_failures} jobs in a row)")
         if self._stopping.is_set():
             reasons.append("draining")
         body: dict[str, object] = {
@@ -329,7 +399,8 @@ class ConsumerApp:
             "engine_in_flight": self._inflight_items(),
             "kafka": {
                 "group_member": self._member,
-                "reachable": self._kafka_down_since is None,
+                "reachable": self._watchdog.kafka_down_since is None,
+                "output_topics_ok": self._watchdog.outputs_ok,
                 "assigned_partitions": len(self._consumer.assignment()),
                 "paused_partitions": len(self._consumer.paused()),
                 "backlog_records": len(self._backlog),
@@ -337,6 +408,13 @@ class ConsumerApp:
             **engine.gpu_memory,
         }
         return HealthReport(ready=not reasons, reasons=reasons, body=body)
+
+
+def _unreadable(record: Any) -> Rejection | None:
+    """A record the client could not decode is a dead letter before any parsing."""
+    if isinstance(record, Unreadable):
+        return Rejection(RejectReason.UNDECODABLE_RECORD, f"the client could not decode the record: {record.error}")
+    return None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -347,4 +425,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._app.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._app.on_assigned(set(assigned))
+        await self._app.on_assigned(set(assigned))

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -156,7 +156,10 @@ class Committer:
         metrics: Metrics,
         *,
         interval_s: float,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``before_commit``: state that must be durable before offsets move past it (job state)."""
+        self._before_commit = before_commit
         self._consumer = consumer
         self._tracker = tracker
         self._metrics = metrics
@@ -176,6 +179,8 @@ class Committer:
         offsets = self._tracker.committable()
         if only is not None:
             offsets = {tp: offset for tp, offset in offsets.items() if tp in only}
+        if self._before_commit is not None:
+            await self._before_commit()
         if not offsets:
             return
         started = time.perf_counter()

@@ -13,6 +13,7 @@ from enum import StrEnum
 from pydantic import ValidationError
 
 from consumer.contract import EvaluationRequest, Item
+from consumer.validation import json_error_message, validation_problems
 
 
 class RejectReason(StrEnum):
@@ -20,6 +21,8 @@ class RejectReason(StrEnum):
     INVALID_UTF8 = "invalid_utf8"
     INVALID_JSON = "invalid_json"
     INVALID_REQUEST = "invalid_request"  # JSON, but breaks the contract
+    UNDECODABLE_RECORD = "undecodable_record"  # the Kafka client could not decode it (codec, corrupt batch)
+    JOB_ID_CONFLICT = "job_id_conflict"  # 1.1: another request under a running or finished job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +53,6 @@ def parse_request(value: bytes | None, *, fallback_job_id: str, max_items: int) 
 
 
 def _rejection(exc: ValidationError) -> Rejection:
-    errors = exc.errors(include_input=False, include_url=False)
-    if errors and errors[0]["type"] == "json_invalid":
-        return Rejection(RejectReason.INVALID_JSON, f"value is not JSON: {errors[0]['msg']}")
-    shown = [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in errors[:5]]
-    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-    return Rejection(RejectReason.INVALID_REQUEST, "; ".join(shown) + more)
+    if (not_json := json_error_message(exc)) is not None:
+        return Rejection(RejectReason.INVALID_JSON, f"value is not JSON: {not_json}")
+    return Rejection(RejectReason.INVALID_REQUEST, validation_problems(exc))

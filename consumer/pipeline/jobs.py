@@ -1,15 +1,21 @@
 """One job from acceptance to its ``complete`` event.
 
-Every item goes to the engine at once (the engine batches whatever is in
-flight, across jobs). Finished items arrive on a queue that one coroutine
-drains, so the job's messages leave in a single, ordered stream:
+The job hands its items to the process's ``Scheduler``, which feeds them to
+the engine a slot at a time, interleaved with the other jobs' by its policy.
+Finished items come back on a queue that one coroutine drains, so the job's
+messages leave in a single, ordered stream:
 
     accepted -> result, result, ... -> batch_complete -> ... -> complete
 
 A ``batch_complete`` goes out after ``batch_size`` new results, or when the
 oldest unreported result has waited ``flush_s``. The job is done only when
 the broker has acknowledged every message it produced; only then may its
-offset be committed.
+offset be committed. However the job ends (done, failed, cancelled by a
+revoke or a shutdown), its items leave the scheduler at once.
+
+ETAs (``accepted`` and every progress event) come from the scheduler: the
+job's share of the engine given the jobs it shares it with now, not the
+whole engine's rate.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Protocol
 
 from consumer.contract import (
     AcceptedData,
     AcceptedEvent,
     BatchCompleteData,
     BatchCompleteEvent,
+    CancelledData,
+    CancelledEvent,
     CompleteData,
     CompleteEvent,
     ErrorCode,
@@ -34,29 +43,13 @@ from consumer.contract import (
     ProgressFigures,
 )
 from consumer.engine.base import GradeOutcome, GradingEngine
-from consumer.metrics import Metrics
+from consumer.metrics import Metrics, job_size_bucket
 from consumer.pipeline.intake import Job
 from consumer.pipeline.results import build_result
+from consumer.pipeline.scheduler import Scheduler, Ticket
 from consumer.pipeline.sinks import Sinks
 
 logger = logging.getLogger(__name__)
-
-
-class ThroughputMeter:
-    """Items per second over the whole engine, for the ``accepted`` ETA."""
-
-    def __init__(self, initial_items_per_s: float = 2.0, smoothing: float = 0.05) -> None:
-        self._rate = initial_items_per_s
-        self._alpha = smoothing
-        self._last: float | None = None
-
-    def record(self, now: float) -> None:
-        if self._last is not None and now > self._last:
-            self._rate += self._alpha * (1.0 / (now - self._last) - self._rate)
-        self._last = now
-
-    def estimate_s(self, items: int) -> float:
-        return items / max(self._rate, 1e-6)
 
 
 _ENGINE_FAULTS = frozenset({ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT})
@@ -79,6 +72,23 @@ class _Finished:
     engine_gone: bool = False  # the engine died while grading it
 
 
+@dataclass(frozen=True, slots=True)
+class _Prior:
+    """What an earlier owner got acknowledged (a ``JobState`` fits)."""
+
+    done: frozenset[int] | set[int] = frozenset()
+    succeeded: int = 0
+    failed: int = 0
+    elapsed_s: float = 0.0
+
+
+class _ResumeFrom(Protocol):
+    done: set[int]
+    succeeded: int
+    failed: int
+    elapsed_s: float
+
+
 class JobRun:
     def __init__(
         self,
@@ -87,51 +97,94 @@ class JobRun:
         engine: GradingEngine,
         sinks: Sinks,
         metrics: Metrics,
-        meter: ThroughputMeter,
+        scheduler: Scheduler,
         batch_size: int,
         flush_s: float,
+        request_bytes: int = 0,
+        resume: _ResumeFrom | None = None,
     ) -> None:
         self.job = job
+        self.request_bytes = request_bytes  # admission bounds memory by this too
         self._engine = engine
         self._sinks = sinks
         self._metrics = metrics
-        self._meter = meter
+        self._scheduler = scheduler
+        self._ticket: Ticket | None = None
         self._batch_size = batch_size
         self._flush_s = flush_s
-        self._finished: asyncio.Queue[_Finished] = asyncio.Queue()
+        self._finished: asyncio.Queue[_Finished | None] = asyncio.Queue()  # None: cancel requested
         self.remaining = len(job.items)  # items not yet back from the engine
+        # Resumed (contract 1.1): what an earlier owner got acknowledged is not graded again,
+        # and every count covers the whole job.
+        prior = resume or _Prior()
+        self.resumed_items = len(prior.done)
+        self.acked: set[int] = set(prior.done)  # items whose result and progress event the broker acknowledged
+        self.acked_ok = self._prior_succeeded = prior.succeeded
+        self.acked_failed = self._prior_failed_n = prior.failed
+        self._prior_elapsed_s = prior.elapsed_s
+        self._started = time.monotonic()
+        self.terminal: CompleteEvent | CancelledEvent | None = None  # the last event, once acknowledged
+        self._cancel_requested = False
+
+    @property
+    def elapsed_s(self) -> float:
+        """Grading time of the whole job, earlier owners included."""
+        return self._prior_elapsed_s + time.monotonic() - self._started
+
+    def request_cancel(self) -> None:
+        """Stop grading: the job ends with a ``cancelled`` event (contract 1.1)."""
+        if not self._cancel_requested:
+            self._cancel_requested = True
+            if self._ticket is not None:
+                self._scheduler.release(self._ticket)  # waiting items dropped, engine work aborted
+            self._finished.put_nowait(None)
 
     async def run(self) -> None:
         job, total = self.job, len(self.job.items)
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         acks: list[Awaitable[object]] = []
-        accepted = AcceptedData(total_items=total, estimated_time_seconds=round(self._meter.estimate_s(total), 1))
-        acks.append(await self._sinks.progress(AcceptedEvent(job_id=job.job_id, data=accepted)))
-        grading = [asyncio.create_task(self._grade(i)) for i in range(total)]
+        todo = [i for i in range(total) if i not in self.acked]
+        self.remaining = len(todo)
+        self._ticket = ticket = self._scheduler.submit(job.job_id, job.items, self._graded, indices=todo)
         try:
-            succeeded = await self._stream(total, acks, started)
-            complete = CompleteData(
-                total_processed=total,
-                succeeded=succeeded,
-                failed=total - succeeded,
-                total_time_seconds=round(time.monotonic() - started, 3),
+            eta_s = round(self._scheduler.estimate_s(ticket), 1)
+            accepted = AcceptedData(
+                total_items=total, estimated_time_seconds=eta_s, resumed_items=self.resumed_items or None
             )
-            acks.append(await self._sinks.progress(CompleteEvent(job_id=job.job_id, data=complete)))
+            acks.append(await self._sinks.progress(AcceptedEvent(job_id=job.job_id, data=accepted)))
+            ok, failed = await self._stream(len(todo), acks, started)
+            done = self.resumed_items + ok + failed
+            terminal: CompleteEvent | CancelledEvent
+            if self._cancel_requested:
+                terminal = CancelledEvent(
+                    job_id=job.job_id,
+                    data=CancelledData(
+                        total_items=total, completed=done, succeeded=self._prior_succeeded + ok,
+                        failed=self._prior_failed_n + failed, total_time_seconds=round(self.elapsed_s, 3),
+                    ),
+                )  # fmt: skip
+            else:
+                terminal = CompleteEvent(
+                    job_id=job.job_id,
+                    data=CompleteData(
+                        total_processed=total, succeeded=self._prior_succeeded + ok,
+                        failed=self._prior_failed_n + failed, total_time_seconds=round(self.elapsed_s, 3),
+                    ),
+                )  # fmt: skip
+            acks.append(await self._sinks.progress(terminal))
             # Done means acknowledged: only now may the offset be committed.
             await asyncio.gather(*acks)
+            self.terminal = terminal
         finally:
-            for task in grading:
-                task.cancel()  # revoke or shutdown: abort the engine work
-        logger.info("job complete: job_id=%s items=%d ok=%d s=%.2f", job.job_id, total, succeeded,
-                    time.monotonic() - started)  # fmt: skip
+            # Revoke, shutdown or failure: the job's waiting items leave the
+            # scheduler and its engine work is aborted, at once.
+            self._scheduler.release(ticket)
+        self._metrics.job_duration_seconds.labels(size=job_size_bucket(total)).observe(time.monotonic() - started)
+        logger.info("job %s: job_id=%s items=%d resumed=%d s=%.2f", terminal.event.value, job.job_id, total,
+                    self.resumed_items, time.monotonic() - started)  # fmt: skip
 
-    async def _grade(self, index: int) -> None:
-        item = self.job.items[index]
-        self._metrics.engine_in_flight.inc()
-        try:
-            outcome = await self._engine.grade(item, request_id=f"{self.job.job_id}#{index}")
-        finally:
-            self._metrics.engine_in_flight.dec()
+    def _graded(self, index: int, outcome: GradeOutcome) -> None:
+        """The scheduler's delivery of one finished item."""
         self.remaining -= 1
         # Only an engine fault can mean the engine is gone; asking on every
         # error would query the GPU once per invalid or too-long text.
@@ -140,11 +193,13 @@ class JobRun:
         )
         self._finished.put_nowait(_Finished(index, outcome, time.monotonic(), engine_gone))
 
-    async def _stream(self, total: int, acks: list[Awaitable[object]], started: float) -> int:
-        """Publish results as they finish, with a progress event per batch; returns the ok count."""
+    async def _stream(self, todo: int, acks: list[Awaitable[object]], started: float) -> tuple[int, int]:
+        """Publish results as they finish, with a progress event per batch; returns (ok, failed) of this run."""
         received = succeeded = batch_number = 0
         pending: list[_Finished] = []
-        while received < total:
+        result_acks: dict[int, asyncio.Future[object]] = {}
+        cancelled = False
+        while received < todo and not cancelled:
             # Wait for the next result, but no longer than the oldest
             # unreported one may wait for its progress event.
             timeout = pending[0].ready_at + self._flush_s - time.monotonic() if pending else None
@@ -152,6 +207,7 @@ class JobRun:
             try:
                 async with asyncio.timeout(None if timeout is None else max(0.0, timeout)):
                     finished = await self._finished.get()
+                    cancelled = finished is None
             except TimeoutError:
                 pass
             if finished is not None and finished.engine_gone:
@@ -159,31 +215,52 @@ class JobRun:
             if finished is not None:
                 received += 1
                 succeeded += finished.outcome.status is ItemStatus.OK
-                acks.append(await self._sinks.result(self._result(finished)))
-                self._observe(finished.outcome, finished.ready_at)
+                ack = await self._sinks.result(self._result(finished))
+                result_acks[finished.index] = ack
+                acks.append(ack)
+                self._observe(finished.outcome)
                 pending.append(finished)
-            if pending and (finished is None or len(pending) >= self._batch_size or received == total):
+            if pending and (finished is None or len(pending) >= self._batch_size or received == todo or cancelled):
                 batch_number += 1
-                acks.append(await self._send_batch(batch_number, pending, received, total, started))
+                done = self.resumed_items + received
+                batch_ack = await self._send_batch(batch_number, pending, done, len(self.job.items), started)
+                acks.append(batch_ack)
+                self._track(pending, [result_acks.pop(f.index) for f in pending], batch_ack)
                 pending = []
-        return succeeded
+        return succeeded, received - succeeded
+
+    def _track(self, batch: list[_Finished], results: list[asyncio.Future[object]], event: Awaitable[object]) -> None:
+        """Count an item as checkpointable once its result and its progress event are both acknowledged."""
+        both = asyncio.gather(*results, event)
+
+        def acknowledged(fut: asyncio.Future[list[object]]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                return  # not acknowledged: the item is graded again by whoever resumes the job
+            for f in batch:
+                self.acked.add(f.index)
+                if f.outcome.status is ItemStatus.OK:
+                    self.acked_ok += 1
+                else:
+                    self.acked_failed += 1
+
+        both.add_done_callback(acknowledged)
 
     def _result(self, finished: _Finished) -> EvaluationResult:
-        item = self.job.items[finished.index]
         return build_result(
             job_id=self.job.job_id,
             item_index=finished.index,
-            id_alumno=item.id_alumno,
+            item=self.job.items[finished.index],
             outcome=finished.outcome,
-            model=self._engine.model_name,
-            sampling=self._engine.sampling,
+            engine=self._engine,
         )
 
     async def _send_batch(
         self, number: int, batch: list[_Finished], done: int, total: int, started: float
     ) -> Awaitable[object]:
         elapsed = time.monotonic() - started
-        per_item = elapsed / done if done else 0.0
+        graded_here = done - self.resumed_items
+        per_item = elapsed / graded_here if graded_here else 0.0
+        remaining_s = self._scheduler.estimate_s(self._ticket) if self._ticket is not None and done < total else 0.0
         summaries = [
             ItemSummary(
                 id_alumno=self.job.items[f.index].id_alumno,
@@ -198,8 +275,8 @@ class JobRun:
             completed=done,
             total=total,
             percentage=round(100.0 * done / total, 2),
-            elapsed_seconds=round(elapsed, 3),
-            estimated_remaining_seconds=round(per_item * (total - done), 3),
+            elapsed_seconds=round(self.elapsed_s, 3),
+            estimated_remaining_seconds=round(remaining_s, 3),
             avg_time_per_item=round(per_item, 4),
         )
         event = BatchCompleteEvent(
@@ -217,11 +294,10 @@ class JobRun:
         ack.add_done_callback(observe)
         return ack
 
-    def _observe(self, outcome: GradeOutcome, ready_at: float) -> None:
+    def _observe(self, outcome: GradeOutcome) -> None:
         code = outcome.error.code.value if outcome.error else ""
         self._metrics.items_graded.labels(status=outcome.status.value, error_code=code).inc()
         self._metrics.item_latency_seconds.observe(outcome.latency_ms / 1000.0)
         self._metrics.generated_tokens.inc(outcome.output_tokens)
         self._metrics.prompt_tokens.inc(outcome.prompt_tokens)
         self._metrics.prompt_cached_tokens.inc(outcome.cached_prompt_tokens)
-        self._meter.record(ready_at)

@@ -8,44 +8,68 @@ exercise the production wiring.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from consumer.engine.base import GradingEngine
 from consumer.health import HealthReport
 from consumer.http import HttpServer, create_app
-from consumer.kafka import check_connection, client_kwargs, ensure_topics
+from consumer.kafka import KafkaSetupError, check_connection, client_kwargs, ensure_topics, topic_partitions
 from consumer.metrics import Metrics
-from consumer.pipeline.app import ConsumerApp, Limits
+from consumer.pipeline.app import AppConfig, ConsumerApp
+from consumer.pipeline.control import ControlReader
+from consumer.pipeline.jobstate import JobStateStore
+from consumer.pipeline.ledger import Ledger
+from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
 from consumer.settings import Settings
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 logger = logging.getLogger(__name__)
 
 EXIT_ENGINE_DIED = 3  # the orchestrator restarts the process; unfinished jobs are redone
 
 
-def limits_from(settings: Settings) -> Limits:
-    return Limits(
+def scheduler_from(settings: Settings, engine: GradingEngine, metrics: Metrics) -> Scheduler:
+    return Scheduler(
+        engine,
+        metrics,
+        policy=settings.scheduling_policy,
+        depth=settings.engine_depth,
+        oldest_share=settings.scheduler_oldest_share,
+    )
+
+
+def app_config(settings: Settings) -> AppConfig:
+    return AppConfig(
         max_items_per_job=settings.max_items_per_job,
         max_inflight_items=settings.max_inflight_items,
+        max_inflight_bytes=settings.max_inflight_bytes,
         max_concurrent_jobs=settings.max_concurrent_jobs,
         batch_size=settings.batch_size,
         progress_flush_s=settings.progress_flush_ms / 1000.0,
         commit_interval_s=settings.commit_interval_ms / 1000.0,
         shutdown_grace_s=settings.shutdown_grace_s,
+        output_topics=(settings.results_topic, settings.progress_topic, settings.dlt_topic, settings.checkpoints_topic),
     )
 
 
 async def ensure_service_topics(settings: Settings) -> None:
-    """Create the four topics if missing (development and demo; production
-    topics are created by operations, see docker-compose.yml)."""
+    """Create the service's topics, the control topic included, if missing
+    (development and demo; production topics are created by operations, see
+    docker-compose.yml)."""
 
     partitions = settings.kafka_topic_partitions
-    topics = [settings.requests_topic, settings.results_topic, settings.progress_topic, settings.dlt_topic]
-    await ensure_topics(settings.kafka_bootstrap_servers, dict.fromkeys(topics, partitions), **client_kwargs(settings))
+    topics = dict.fromkeys(settings.service_topics(), partitions)
+    # Job state keeps one record per job: compaction keeps the newest.
+    configs = {settings.checkpoints_topic: {"cleanup.policy": "compact"}}
+    await ensure_topics(settings.kafka_bootstrap_servers, topics, configs=configs, **client_kwargs(settings))
 
 
 @asynccontextmanager
@@ -63,13 +87,16 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         enable_idempotence=False,
         linger_ms=settings.kafka_linger_ms,
         max_request_size=settings.kafka_max_message_bytes,
+        compression_type=None if settings.kafka_compression_type == "none" else settings.kafka_compression_type,
     )
     consumer = AIOKafkaConsumer(
         **kafka,
         client_id="texteval",
         group_id=settings.kafka_group_id,
+        group_instance_id=settings.kafka_group_instance_id,
         enable_auto_commit=False,  # offsets are committed only when work is done
         auto_offset_reset="earliest",  # a new group must not skip waiting jobs
+        isolation_level=settings.kafka_isolation_level,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         # The poll loop never blocks on the engine, so these only need to
@@ -92,9 +119,24 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         dlt_topic=settings.dlt_topic,
         group_id=settings.kafka_group_id,
     )
+    try:
+        ledger, control = await _job_state(settings, consumer, producer, metrics)
+    except BaseException:
+        await consumer.stop()
+        await producer.stop()
+        raise
     app = ConsumerApp(
-        consumer, sinks, engine, metrics, requests_topic=settings.requests_topic, limits=limits_from(settings)
+        consumer,
+        sinks,
+        engine,
+        metrics,
+        requests_topic=settings.requests_topic,
+        config=app_config(settings),
+        scheduler=scheduler_from(settings, engine, metrics),
+        ledger=ledger,
+        control=control,
     )
+    control.on_cancel = app.cancel_job
     task = asyncio.create_task(app.run())
     try:
         yield app
@@ -120,6 +162,43 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
             # does not say goodbye is dropped after the session timeout.
             await _bounded(consumer.stop(), "leaving the consumer group", settings.kafka_close_timeout_s)
             await _bounded(producer.stop(), "closing the producer", settings.kafka_close_timeout_s)
+
+
+async def _job_state(
+    settings: Settings, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, metrics: Metrics
+) -> tuple[Ledger, ControlReader]:
+    """The job state store on the checkpoints topic, and the control-topic reader.
+
+    Partition p of the checkpoints topic holds the jobs of requests partition
+    p, so it must have at least as many partitions: refuse to start otherwise
+    (a missing topic is reported by the watchdog instead, like the outputs).
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    def reader() -> AIOKafkaConsumer:
+        # No group, no commits: state and commands are read whole by whoever needs them.
+        return AIOKafkaConsumer(
+            **client_kwargs(settings),
+            enable_auto_commit=False,
+            isolation_level=settings.kafka_isolation_level,
+            max_partition_fetch_bytes=settings.kafka_max_message_bytes,
+            fetch_max_bytes=settings.kafka_max_message_bytes,
+        )
+
+    with contextlib.suppress(LookupError):
+        requests = await topic_partitions(consumer, settings.requests_topic, timeout_s=5.0)
+        checkpoints = await topic_partitions(consumer, settings.checkpoints_topic, timeout_s=5.0)
+        if len(checkpoints) < len(requests):
+            raise KafkaSetupError(
+                "config",
+                f"{settings.checkpoints_topic} has {len(checkpoints)} partitions, fewer than the "
+                f"{len(requests)} of {settings.requests_topic}: create it with as many (KAFKA_CHECKPOINTS_TOPIC)",
+            )
+    store = JobStateStore(producer, reader, topic=settings.checkpoints_topic, retention_s=settings.job_id_retention_s)
+    control = ControlReader(
+        reader, metrics, topic=settings.control_topic, ttl_s=settings.cancel_ttl_s, on_cancel=lambda _: None
+    )
+    return Ledger(store, control, metrics), control
 
 
 async def _bounded(step: Awaitable[None], what: str, timeout_s: float) -> None:

@@ -10,6 +10,7 @@ job's messages stay in one partition, in order.
 from __future__ import annotations
 
 import asyncio
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -20,9 +21,17 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from aiokafka.structs import ConsumerRecord
 
-    from consumer.contract import AcceptedEvent, BatchCompleteEvent, CompleteEvent, EvaluationResult
+    from consumer.contract import AcceptedEvent, BatchCompleteEvent, CancelledEvent, CompleteEvent, EvaluationResult
 
 Ack = asyncio.Future[Any]
+
+
+class DeadLetterForm(StrEnum):
+    """How much of the original record a dead letter carries (see dead_letters.py)."""
+
+    WHOLE = "whole"  # key, value and headers unchanged
+    WITHOUT_VALUE = "without_value"  # key and headers; the value's size in a header
+    COORDINATES = "coordinates"  # only where it is and why: key "topic:partition:offset", no value or headers
 
 
 class Sinks:
@@ -38,21 +47,20 @@ class Sinks:
     async def result(self, result: EvaluationResult) -> Ack:
         return await self._send(self._results_topic, result.job_id, result)
 
-    async def progress(self, event: AcceptedEvent | BatchCompleteEvent | CompleteEvent) -> Ack:
+    async def progress(self, event: AcceptedEvent | BatchCompleteEvent | CompleteEvent | CancelledEvent) -> Ack:
         return await self._send(self._progress_topic, event.job_id, event)
 
     async def dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], rejection: Rejection, *, keep_value: bool = True
+        self, record: ConsumerRecord[bytes, bytes], rejection: Rejection, *, form: DeadLetterForm = DeadLetterForm.WHOLE
     ) -> Ack:
         """The original key, value and headers unchanged, plus why and where from.
 
-        ``keep_value=False`` is for a value too big to produce again (a fetch
-        returns a record larger than our own limit whole, KIP-74): the dead
-        letter then says so, and the value stays in the source topic at
+        Smaller forms are for records that cannot be produced again whole (a
+        fetch returns a record larger than our own limit whole, KIP-74; a
+        huge key or headers): the original stays in the source topic at
         ``texteval.original.offset``.
         """
-        headers = [
-            *(record.headers or ()),
+        ours = [
             ("texteval.error.reason", rejection.reason.value.encode()),
             ("texteval.error.detail", rejection.detail.encode()),
             ("texteval.original.topic", record.topic.encode()),
@@ -61,10 +69,17 @@ class Sinks:
             ("texteval.original.timestamp", str(record.timestamp).encode()),
             ("texteval.consumer.group", self._group_id),
         ]
-        if not keep_value:
-            headers.append(("texteval.error.value_dropped", str(len(record.value or b"")).encode()))
-        value = record.value if keep_value else None
-        ack: Ack = await self._producer.send(self._dlt_topic, value=value, key=record.key, headers=headers)
+        if form is DeadLetterForm.WHOLE:
+            headers, key, value = [*(record.headers or ()), *ours], record.key, record.value
+        elif form is DeadLetterForm.WITHOUT_VALUE:
+            dropped = ("texteval.error.value_dropped", str(len(record.value or b"")).encode())
+            headers, key, value = [*(record.headers or ()), *ours, dropped], record.key, None
+        else:
+            headers, key, value = [*ours, ("texteval.error.form", form.value.encode())], None, None
+        if key is None and value is None:
+            # A Kafka record needs a key or a value: name the original by its coordinates.
+            key = f"{record.topic}:{record.partition}:{record.offset}".encode()
+        ack: Ack = await self._producer.send(self._dlt_topic, value=value, key=key, headers=headers)
         return ack
 
     async def _send(self, topic: str, job_id: str, message: BaseModel) -> Ack:

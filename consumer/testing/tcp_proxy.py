@@ -18,6 +18,8 @@ class TcpProxy:
         self.port = port
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.bytes_to_broker = 0  # what clients sent through the proxy (produce requests dominate)
+        self.bytes_from_broker = 0
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._serve, self._host, self.port)
@@ -49,15 +51,16 @@ class TcpProxy:
             return
         self._writers |= {client_writer, upstream_writer}
         await asyncio.gather(
-            self._pipe(client_reader, upstream_writer), self._pipe(upstream_reader, client_writer),
+            self._pipe(client_reader, upstream_writer, "bytes_to_broker"),
+            self._pipe(upstream_reader, client_writer, "bytes_from_broker"),
             return_exceptions=True,
-        )  # fmt: skip
+        )
         self._writers -= {client_writer, upstream_writer}
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counter: str) -> None:
         try:
             while data := await reader.read(65536):
+                setattr(self, counter, getattr(self, counter) + len(data))
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

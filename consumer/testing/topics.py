@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from consumer.engine.base import GradingEngine
-from consumer.kafka import ensure_topics, topic_partitions
+from consumer.kafka import Start, TopicReader, ensure_topics, topic_partitions
 from consumer.metrics import Metrics
 from consumer.pipeline.app import ConsumerApp
 from consumer.pipeline.service import consumer_running
@@ -33,6 +33,8 @@ class TopicNames:
     results: str
     progress: str
     dlt: str
+    control: str
+    checkpoints: str
 
     @classmethod
     def unique(cls) -> TopicNames:
@@ -42,6 +44,8 @@ class TopicNames:
             results=f"{prefix}.evaluation.results",
             progress=f"{prefix}.evaluation.progress",
             dlt=f"{prefix}.evaluation.requests.DLT",
+            control=f"{prefix}.evaluation.control",
+            checkpoints=f"{prefix}.evaluation.checkpoints",
         )
 
     def __iter__(self) -> Iterator[str]:
@@ -60,6 +64,8 @@ def make_settings(bootstrap: str, topics: TopicNames, group_kwargs: dict[str, in
         "KAFKA_RESULTS_TOPIC": topics.results,
         "KAFKA_PROGRESS_TOPIC": topics.progress,
         "KAFKA_DLT_TOPIC": topics.dlt,
+        "KAFKA_CONTROL_TOPIC": topics.control,
+        "KAFKA_CHECKPOINTS_TOPIC": topics.checkpoints,
         "KAFKA_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
         "COMMIT_INTERVAL_MS": 100,
         "SHUTDOWN_GRACE_S": 10,
@@ -84,8 +90,7 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 @asynccontextmanager
 async def running(settings: Settings, engine: GradingEngine, metrics: Metrics | None = None,
                   partitions: int = 3) -> AsyncIterator[ConsumerApp]:  # fmt: skip
-    topics = [settings.requests_topic, settings.results_topic, settings.progress_topic, settings.dlt_topic]
-    await create_topics(settings.kafka_bootstrap_servers, topics, partitions=partitions)
+    await create_topics(settings.kafka_bootstrap_servers, settings.service_topics(), partitions=partitions)
     async with consumer_running(settings, engine, metrics or Metrics()) as app:
         yield app
 
@@ -113,24 +118,20 @@ async def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | N
 async def read_until(bootstrap: str, topic: str, done: Callable[[list[Record]], bool],
                      timeout_s: float = 60.0) -> list[Record]:  # fmt: skip
     """Every record of the topic from the beginning, until ``done(records)``."""
-    big = 16 * 1024 * 1024
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=big, max_partition_fetch_bytes=big
-    )
-    await consumer.start()
     records: list[Record] = []
-    try:
-        consumer.assign(await topic_partitions(consumer, topic))
-        await consumer.seek_to_beginning()
-        deadline = time.monotonic() + timeout_s
-        while not done(records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out on {topic}: {len(records)} records")
-            batch = await consumer.getmany(timeout_ms=200)
-            for part in batch.values():
-                records.extend(part)
-    finally:
-        await consumer.stop()
+    async with TopicReader({"bootstrap_servers": bootstrap}, [topic], start=Start.BEGINNING) as reader:
+        try:
+            await reader.until(lambda: done(records), records.append, timeout_s=timeout_s)
+        except TimeoutError:
+            raise AssertionError(f"timed out on {topic}: {len(records)} records") from None
+    return records
+
+
+async def read_all(bootstrap: str, topic: str) -> list[Record]:
+    """Every record of the topic, from the beginning up to its end as of now."""
+    records: list[Record] = []
+    async with TopicReader({"bootstrap_servers": bootstrap}, [topic], start=Start.BEGINNING) as reader:
+        await reader.to_end(records.append)
     return records
 
 
@@ -154,6 +155,40 @@ async def committed(bootstrap: str, group_id: str, topic: str, partitions: int) 
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         await consumer.stop()
+
+
+async def committed_to_end(bootstrap: str, group_id: str, topic: str, timeout_s: float = 30.0) -> bool:
+    """True once the group's committed offset has reached the end of every
+    partition of ``topic`` (every record consumed, done and committed), False
+    if not within ``timeout_s``. Read without joining the group.
+
+    For topics written one record per produce request (``produce`` above):
+    the embedded broker reports a partition's end as its last *batch*'s
+    base offset + 1.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(consumer, topic)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ends = await consumer.end_offsets(partitions)
+            done = [(await consumer.committed(tp) or 0) >= ends[tp] for tp in partitions]
+            if all(done):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+
+
+def health_kafka(app: ConsumerApp) -> dict[str, Any]:
+    """The ``kafka`` part of the app's /health body (assigned and paused partitions, ...)."""
+    kafka = app.health_report().body["kafka"]
+    if not isinstance(kafka, dict):
+        raise TypeError(f"health body 'kafka' is a {type(kafka).__name__}")
+    return kafka
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:

@@ -1,7 +1,8 @@
 """The ``texteval`` command line.
 
 Each command builds what it needs from one ``Settings`` object through
-``consumer.engine.factory`` and nothing else.
+``consumer.engine.factory`` and nothing else. What ``--help`` shows is
+written for users: ``DESCRIPTION`` and ``EPILOG`` below, not this docstring.
 """
 
 from __future__ import annotations
@@ -20,18 +21,45 @@ from consumer.tools.console import configure_logging, progress_bar
 
 logger = logging.getLogger("texteval")
 
+DESCRIPTION = """\
+Grade Catalan student answers with an LLM. The service reads evaluation
+requests from Kafka and publishes one result per text (nota 0-5 and
+feedback, or a typed error) plus progress events per job; the other commands
+submit and check jobs, grade files offline, or run everything locally."""
+
+EPILOG = """\
+examples:
+  texteval demo
+      the whole service on this machine with the sample jobs, then a clean stop
+  texteval submit texts.csv --follow --out results.csv --manifest jobs.jsonl
+      send a file of texts (CSV, JSON or JSONL) as a job and wait for its results
+  texteval verify jobs.jsonl --wait-s 60
+      check that every text of those jobs got a result
+  texteval grade texts.csv --out results.csv
+      grade a file on this machine, without Kafka
+  texteval cancel school-42/term-1
+      stop grading a job (the texts graded so far keep their results)
+  texteval run
+      the grading service itself, until SIGTERM
+  texteval gateway
+      the HTTP API (POST /evaluate, live progress) and a page in front of the service
+
+Settings (KAFKA_BOOTSTRAP_SERVERS, MODEL_NAME, ...) come from the environment
+or a .env file; see .env.example and README.md. `texteval COMMAND --help`
+shows a command's options."""
+
 
 def cmd_render_prompt(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
 
     from consumer.contract import Item
     from consumer.engine.factory import build_prompt_builder, build_prompt_tokenizer, load_tokenizer, resolve_model
+    from consumer.validation import validation_problems
 
     try:
         item = Item.model_validate_json(sys.stdin.buffer.read())
     except ValidationError as exc:
-        fields = ", ".join(".".join(map(str, e["loc"])) or "item" for e in exc.errors())
-        print(f"render-prompt: invalid item ({fields})", file=sys.stderr)
+        print(f"render-prompt: invalid item ({validation_problems(exc, root='item')})", file=sys.stderr)
         return 2
     model = resolve_model(settings)
     if args.tokens:
@@ -69,8 +97,7 @@ async def _grade(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     from consumer.engine.factory import build_engine
-    from consumer.pipeline.results import write_results
-    from consumer.tools.files import InputFileError, job_id_for, read_items
+    from consumer.tools.files import InputFileError, job_id_for, read_items, write_results
     from consumer.tools.offline import grade_items
 
     console = Console(stderr=True)
@@ -126,9 +153,8 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     from consumer.kafka import KafkaSetupError, check_connection
-    from consumer.pipeline.results import write_results
-    from consumer.tools.client import read_jobs, submit_and_follow
-    from consumer.tools.files import InputFileError
+    from consumer.tools.client import read_jobs, submit, submit_and_follow
+    from consumer.tools.files import InputFileError, write_results
 
     console = Console(stderr=True)
     try:
@@ -147,13 +173,13 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
         lines = [json.dumps({"job_id": job.job_id, "total_items": len(job.items)}) for job in jobs]
         await asyncio.to_thread(Path(args.manifest).write_text, "\n".join(lines) + "\n", encoding="utf-8")
     if not args.follow:
-        await submit_and_follow(settings, jobs, follow=False)
+        await submit(settings, jobs)
         console.print(f"submitted {len(jobs)} jobs ({total} texts): {', '.join(str(j.job_id) for j in jobs)}")
         return 0
     with progress_bar(console) as bar:
         task = bar.add_task(f"{len(jobs)} jobs", total=total)
         followed = await submit_and_follow(
-            settings, jobs, follow=True, on_result=lambda _: bar.advance(task), timeout_s=args.timeout_s
+            settings, jobs, on_result=lambda _: bar.advance(task), timeout_s=args.timeout_s
         )
     results = [r for job in followed.values() for r in job.results.values()]
     if args.out:
@@ -180,6 +206,41 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return verify_main(settings, Path(args.manifest), args.wait_s, args.json)
 
 
+async def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.gateway.server import serve_gateway
+
+    return await serve_gateway(settings, args.host or settings.gateway_host, args.port or settings.gateway_port)
+
+
+async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from aiokafka import AIOKafkaProducer
+    from pydantic import ValidationError
+
+    from consumer.contract import ControlAction, ControlCommand
+    from consumer.kafka import KafkaSetupError, check_connection, client_kwargs
+
+    try:
+        command = ControlCommand(action=ControlAction.CANCEL, job_id=args.job_id)
+    except ValidationError:
+        print("cancel: not a valid job_id (1-128 characters of A-Z a-z 0-9 . _ : / -)", file=sys.stderr)
+        return 2
+    try:
+        await check_connection(settings)
+    except KafkaSetupError as exc:
+        print(f"cancel: cannot use Kafka: {exc}", file=sys.stderr)
+        return 2
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.control_topic, value=command.model_dump_json().encode(), key=args.job_id.encode()
+        )
+    finally:
+        await producer.stop()
+    print(f"cancel requested for {args.job_id} on {settings.control_topic}")
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.tools.broker import run_forever
 
@@ -188,8 +249,13 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="texteval", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="texteval",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the examples' columns
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
     run = sub.add_parser("run", help="the consumer and its side HTTP server, until SIGTERM/SIGINT")
     run.add_argument("--engine", choices=["vllm", "fake"], default="vllm", help="fake: no model (tests)")
@@ -236,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of every message")
     schemas.add_argument("--dir", default="schemas")
     schemas.set_defaults(run=cmd_schemas)
+
+    gateway = sub.add_parser("gateway", help="the HTTP gateway (POST /evaluate, SSE /stream) over the topics")
+    gateway.add_argument("--host", default=None, help="default: GATEWAY_HOST (127.0.0.1)")
+    gateway.add_argument("--port", type=int, default=None, help="default: GATEWAY_PORT (8080)")
+    gateway.set_defaults(run=lambda a, s: asyncio.run(_gateway(a, s)))
+
+    cancel = sub.add_parser("cancel", help="produce a cancel command for a job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(run=lambda a, s: asyncio.run(_cancel(a, s)))
 
     prepare = sub.add_parser("prepare-model", help="convert the packaged small model once")
     prepare.set_defaults(run=cmd_prepare_model)

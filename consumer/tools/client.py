@@ -1,4 +1,4 @@
-"""The producer's side: submit jobs and follow them to completion.
+"""The producer's side: submit jobs, and follow them to completion.
 
 Used by ``texteval submit`` and ``texteval demo``. Following reads the
 progress and results topics from their current end (taken before the jobs
@@ -8,33 +8,43 @@ as every reader of an at-least-once stream should.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import TypeAdapter, ValidationError
 
-from consumer.contract import EvaluationRequest, EvaluationResult
-from consumer.kafka import client_kwargs, topic_partitions
+from consumer.contract import (
+    CancelledData,
+    CancelledEvent,
+    CompleteData,
+    CompleteEvent,
+    EvaluationRequest,
+    EvaluationResult,
+    ProgressEvent,
+)
+from consumer.kafka import Start, TopicReader, client_kwargs
 from consumer.settings import Settings
-from consumer.tools.files import InputFileError, job_id_for, read_items
+from consumer.tools.files import job_id_for, read_items, read_jsonl, validate_request
+
+if TYPE_CHECKING:
+    from consumer.kafka import Record
+
+logger = logging.getLogger(__name__)
+
+_EVENTS: TypeAdapter[ProgressEvent] = TypeAdapter(ProgressEvent)
 
 
 def read_jobs(path: Path, max_items: int) -> list[EvaluationRequest]:
     """A JSONL of requests is one job per line; any other file is one job."""
     if path.suffix.lower() == ".jsonl":
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if lines and all('"items"' in line for line in lines):
-            jobs = []
-            for number, line in enumerate(lines, start=1):
-                try:
-                    jobs.append(EvaluationRequest.model_validate_json(line, context={"max_items": max_items}))
-                except ValueError as exc:
-                    raise InputFileError(f"line {number}: not a valid request ({type(exc).__name__})") from None
+        lines = list(read_jsonl(path))
+        if lines and all(isinstance(value, dict) and "items" in value for _, value in lines):
+            jobs = [validate_request(value, max_items, where=f"line {number}") for number, value in lines]
             return [job if job.job_id else _with_id(job, path, n) for n, job in enumerate(jobs)]
     items = read_items(path, max_items)
     return [_with_id(EvaluationRequest(items=items), path, 0)]
@@ -51,88 +61,97 @@ def _with_id(job: EvaluationRequest, path: Path, number: int) -> EvaluationReque
 class JobProgress:
     total: int
     results: dict[str, EvaluationResult] = field(default_factory=dict)
-    complete: dict[str, Any] | None = None
+    complete: CompleteData | None = None
+    cancelled: CancelledData | None = None  # 1.1: cancelled jobs end with this instead of complete
 
     @property
     def done(self) -> bool:
+        if self.cancelled is not None:
+            return len(self.results) >= self.cancelled.completed
         return self.complete is not None and len(self.results) >= self.total
 
 
 OnResult = Callable[[EvaluationResult], None]
-OnEvent = Callable[[dict[str, Any]], None]
+OnEvent = Callable[[ProgressEvent], None]
+
+
+async def submit(settings: Settings, jobs: list[EvaluationRequest]) -> None:
+    """Produce the jobs (keyed by ``job_id``) and wait for the broker's acknowledgements."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        **client_kwargs(settings), max_request_size=settings.kafka_max_message_bytes, acks="all"
+    )
+    await producer.start()
+    try:
+        for job in jobs:
+            if job.job_id is None:
+                raise ValueError("every submitted job needs a job_id (read_jobs gives one)")
+            value = job.model_dump_json(exclude_none=True).encode()
+            await producer.send_and_wait(settings.requests_topic, value=value, key=job.job_id.encode())
+    finally:
+        await producer.stop()
 
 
 async def submit_and_follow(
     settings: Settings,
     jobs: list[EvaluationRequest],
     *,
-    follow: bool,
     on_result: OnResult | None = None,
     on_event: OnEvent | None = None,
     timeout_s: float = 3600.0,
 ) -> dict[str, JobProgress]:
-    kafka = client_kwargs(settings)
-    reader = None
-    if follow:
-        reader = AIOKafkaConsumer(
-            **kafka, enable_auto_commit=False, max_partition_fetch_bytes=settings.kafka_max_message_bytes
-        )
-        await reader.start()
-    try:
-        if reader is not None:
-            await _from_the_end(reader, [settings.progress_topic, settings.results_topic])
-        producer = AIOKafkaProducer(**kafka, max_request_size=settings.kafka_max_message_bytes, acks="all")
-        await producer.start()
-        try:
-            for job in jobs:
-                assert job.job_id is not None
-                value = job.model_dump_json(exclude_none=True).encode()
-                await producer.send_and_wait(settings.requests_topic, value=value, key=job.job_id.encode())
-        finally:
-            await producer.stop()
+    """Submit, then read results and progress until every job is complete with all its results."""
+    reader = TopicReader(
+        client_kwargs(settings),
+        [settings.progress_topic, settings.results_topic],
+        start=Start.END,  # opened before producing: nothing of these jobs is missed
+        max_message_bytes=settings.kafka_max_message_bytes,
+    )
+    async with reader:
+        await submit(settings, jobs)
         progress = {job.job_id: JobProgress(total=len(job.items)) for job in jobs if job.job_id}
-        if reader is not None:
-            async with asyncio.timeout(timeout_s):
-                await _follow(reader, settings, progress, on_result, on_event)
-        return progress
-    finally:
-        if reader is not None:
-            await reader.stop()
+        follower = _Follower(settings.results_topic, progress, on_result, on_event)
+        await reader.until(lambda: all(job.done for job in progress.values()), follower.on_record, timeout_s=timeout_s)
+    return progress
 
 
-async def _from_the_end(reader: AIOKafkaConsumer, topics: list[str]) -> None:
-    partitions: list[TopicPartition] = []
-    for topic in topics:
-        partitions += await topic_partitions(reader, topic)
-    reader.assign(partitions)
-    await reader.seek_to_end(*partitions)
-    for tp in partitions:
-        await reader.position(tp)  # resolve now: later messages must not be skipped
+@dataclass
+class _Follower:
+    results_topic: str
+    progress: dict[str, JobProgress]
+    on_result: OnResult | None
+    on_event: OnEvent | None
 
+    def on_record(self, record: Record) -> None:
+        try:
+            data = json.loads(record.value) if record.value is not None else None
+        except ValueError:
+            return  # not a message of ours
+        job_id = data.get("job_id") if isinstance(data, dict) else None
+        job = self.progress.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            return  # someone else's job
+        try:
+            if record.topic == self.results_topic:
+                self._result(job, EvaluationResult.model_validate(data))
+            else:
+                self._event(job, _EVENTS.validate_python(data))
+        except ValidationError as exc:
+            # E.g. an event type newer than this client: skip it, say which.
+            logger.warning("unreadable message on %s at offset %d: %d errors", record.topic, record.offset,
+                           exc.error_count())  # fmt: skip
 
-async def _follow(
-    reader: AIOKafkaConsumer,
-    settings: Settings,
-    progress: dict[str, JobProgress],
-    on_result: OnResult | None,
-    on_event: OnEvent | None,
-) -> None:
-    while not all(job.done for job in progress.values()):
-        batches = await reader.getmany(timeout_ms=200)
-        for tp, records in batches.items():
-            for record in records:
-                data = json.loads(record.value)
-                job = progress.get(data.get("job_id"))
-                if job is None:
-                    continue  # someone else's job
-                if tp.topic == settings.results_topic:
-                    result = EvaluationResult.model_validate(data)
-                    if result.result_id not in job.results:
-                        job.results[result.result_id] = result
-                        if on_result is not None:
-                            on_result(result)
-                else:
-                    if data["event"] == "complete":
-                        job.complete = data["data"]
-                    if on_event is not None:
-                        on_event(data)
+    def _result(self, job: JobProgress, result: EvaluationResult) -> None:
+        if result.result_id not in job.results:
+            job.results[result.result_id] = result
+            if self.on_result is not None:
+                self.on_result(result)
+
+    def _event(self, job: JobProgress, event: ProgressEvent) -> None:
+        if isinstance(event, CompleteEvent):
+            job.complete = event.data
+        elif isinstance(event, CancelledEvent):
+            job.cancelled = event.data
+        if self.on_event is not None:
+            self.on_event(event)

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from consumer.contract import EvaluationResult
+from consumer.contract import (
+    AcceptedEvent,
+    BatchCompleteEvent,
+    CancelledEvent,
+    CompleteEvent,
+    EvaluationResult,
+    ProgressEvent,
+)
 from consumer.engine.base import GradingEngine
 from consumer.http import HttpServer, create_app
 from consumer.metrics import Metrics
-from consumer.pipeline.results import write_results
 from consumer.pipeline.service import consumer_running, ensure_service_topics
 from consumer.settings import Settings
 from consumer.tools.broker import EmbeddedBroker
 from consumer.tools.client import read_jobs, submit_and_follow
 from consumer.tools.console import progress_bar
+from consumer.tools.files import write_results
 
 
 async def run_demo(settings: Settings, jobs_file: Path, out: Path, engine: GradingEngine | None = None) -> int:
@@ -82,19 +88,24 @@ async def _submit(settings: Settings, jobs_file: Path, console: Console) -> tupl
             feedback = (result.feedback or "").replace("\n", " ")[:70]
             bar.console.print(f"  {result.job_id} #{result.item_index:<3} {result.id_alumno:<6} {verdict}  {feedback}")
 
-        def on_event(event: dict[str, Any]) -> None:
-            data, job_id = event["data"], event["job_id"]
-            if event["event"] == "accepted":
-                line = f"accepted: {data['total_items']} texts, estimate {data['estimated_time_seconds']} s"
-            elif event["event"] == "batch_complete":
-                p = data["progress"]
-                line = (f"batch {data['batch_number']}: {p['completed']}/{p['total']} ({p['percentage']}%), "
-                        f"{p['estimated_remaining_seconds']:.1f} s to go")  # fmt: skip
-            else:
-                line = f"complete: {data['succeeded']} ok, {data['failed']} failed in {data['total_time_seconds']} s"
-            bar.console.print(f"  [cyan]{job_id}[/] {line}")
+        def on_event(event: ProgressEvent) -> None:
+            bar.console.print(f"  [cyan]{event.job_id}[/] {_describe(event)}")
 
         started = time.monotonic()
-        followed = await submit_and_follow(settings, jobs, follow=True, on_result=on_result, on_event=on_event)
+        followed = await submit_and_follow(settings, jobs, on_result=on_result, on_event=on_event)
         grading_s = time.monotonic() - started
     return [r for job in followed.values() for r in job.results.values()], grading_s
+
+
+def _describe(event: ProgressEvent) -> str:
+    match event:
+        case AcceptedEvent(data=data):
+            return f"accepted: {data.total_items} texts, estimate {data.estimated_time_seconds} s"
+        case BatchCompleteEvent(data=data):
+            p = data.progress
+            return (f"batch {data.batch_number}: {p.completed}/{p.total} ({p.percentage}%), "
+                    f"{p.estimated_remaining_seconds:.1f} s to go")  # fmt: skip
+        case CompleteEvent(data=data):
+            return f"complete: {data.succeeded} ok, {data.failed} failed in {data.total_time_seconds} s"
+        case CancelledEvent(data=data):
+            return f"cancelled: {data.completed}/{data.total_items} graded ({data.succeeded} ok, {data.failed} failed)"

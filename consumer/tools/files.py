@@ -1,24 +1,46 @@
-"""Read items from the files people have: a request (JSON), requests or items
-(JSONL), or a spreadsheet export (CSV with the four item columns).
+"""The files people have, in and out.
 
-Every item passes the same validation as a Kafka request, so a file that
-grades offline also submits cleanly.
+In: a request (JSON), requests or items (JSONL), or a spreadsheet export
+(CSV with the four item columns). Every item passes the same validation as a
+Kafka request, so a file that grades offline also submits cleanly.
+Out: results as CSV (one flat row each) or JSONL (the messages as sent).
+
+JSONL is read in one place (`read_jsonl`) for items, requests, manifests
+and result files.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from consumer.contract import EvaluationRequest, Item
+from consumer.contract import EvaluationRequest, EvaluationResult, Item
+from consumer.validation import validation_problems
 
 
 class InputFileError(ValueError):
-    """The file cannot be read as items; the message says where and why."""
+    """The file cannot be read; the message says where and why."""
+
+
+def read_jsonl(
+    path: Path,
+    *,
+    error: type[InputFileError] = InputFileError,
+    where: Callable[[int], str] = lambda number: f"line {number}",
+) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) for each non-blank line; ``error`` with
+    ``where(number): not JSON (...)`` on a line that is not JSON."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{where(number)}: not JSON ({exc.msg})") from None
 
 
 def _as_items(record: Any, where: str) -> list[dict[str, Any]]:
@@ -39,33 +61,26 @@ def _raw_records(path: Path) -> list[dict[str, Any]]:
     if suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
-    text = path.read_text(encoding="utf-8")
     if suffix == ".jsonl":
-        records: list[dict[str, Any]] = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.extend(_as_items(json.loads(line), f"line {number}"))
-                except json.JSONDecodeError as exc:
-                    raise InputFileError(f"line {number}: not JSON ({exc.msg})") from exc
-        return records
+        return [item for number, record in read_jsonl(path) for item in _as_items(record, f"line {number}")]
     if suffix == ".json":
         try:
-            return _as_items(json.loads(text), str(path.name))
+            return _as_items(json.loads(path.read_text(encoding="utf-8")), str(path.name))
         except json.JSONDecodeError as exc:
             raise InputFileError(f"{path.name}: not JSON ({exc.msg} at line {exc.lineno})") from exc
     raise InputFileError(f"{path.name}: unknown file type (use .json, .jsonl or .csv)")
 
 
 def read_items(path: Path, max_items: int) -> list[Item]:
-    records = _raw_records(path)
+    return validate_request({"items": _raw_records(path)}, max_items, where=path.name).items
+
+
+def validate_request(value: Any, max_items: int, *, where: str) -> EvaluationRequest:
+    """The contract's validation of a request read from a file; `InputFileError` names the fields, never the text."""
     try:
-        request = EvaluationRequest.model_validate({"items": records}, context={"max_items": max_items})
+        return EvaluationRequest.model_validate(value, context={"max_items": max_items})
     except ValidationError as exc:
-        # Location and message only: pydantic's default text quotes the input.
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
-        raise InputFileError(f"{path.name}: {problems}") from None
-    return request.items
+        raise InputFileError(f"{where}: {validation_problems(exc)}") from None
 
 
 def job_id_for(path: Path) -> str:
@@ -73,3 +88,37 @@ def job_id_for(path: Path) -> str:
     allowed = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/-")
     stem = "".join(ch if ch in allowed else "-" for ch in path.stem) or "job"
     return f"file:{stem}"[:128]
+
+
+CSV_COLUMNS = (
+    "result_id", "job_id", "item_index", "id_alumno", "status", "nota", "feedback",
+    "error_code", "error_message", "model", "prompt_sha256", "temperature", "top_p",
+    "max_tokens", "seed", "latency_ms", "produced_at",
+)  # fmt: skip
+
+
+def _flat_row(result: EvaluationResult) -> dict[str, Any]:
+    data = result.model_dump(mode="json")
+    error = data.pop("error") or {}
+    data.update(data.pop("sampling"))
+    data["error_code"], data["error_message"] = error.get("code"), error.get("message")
+    return {column: data.get(column) for column in CSV_COLUMNS}
+
+
+def write_results(results: Iterable[EvaluationResult], path: Path) -> None:
+    """CSV (one flat row per result) or JSONL (the result messages as sent)."""
+    ordered = sorted(results, key=lambda r: (r.job_id, r.item_index))
+    if path.suffix.lower() == ".jsonl":
+        with path.open("w", encoding="utf-8") as handle:
+            for result in ordered:
+                handle.write(result.model_dump_json() + "\n")
+        return
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(_flat_row(r) for r in ordered)
+
+
+def read_results(path: Path) -> list[EvaluationResult]:
+    """Inverse of ``write_results`` for JSONL files."""
+    return [EvaluationResult.model_validate(value) for _, value in read_jsonl(path)]

@@ -25,14 +25,7 @@ async def grade_items(
 
     async def grade_one(index: int, item: Item) -> EvaluationResult:
         outcome = await engine.grade(item, request_id=f"{job_id}#{index}")
-        result = build_result(
-            job_id=job_id,
-            item_index=index,
-            id_alumno=item.id_alumno,
-            outcome=outcome,
-            model=engine.model_name,
-            sampling=engine.sampling,
-        )
+        result = build_result(job_id=job_id, item_index=index, item=item, outcome=outcome, engine=engine)
         if on_result is not None:
             on_result(result)
         return result

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from consumer.contract import JOB_ID_PATTERN, ProgressEventType, result_id
-from consumer.kafka import client_kwargs, topic_partitions
+from consumer.kafka import Start, TopicReader, client_kwargs
 from consumer.settings import Settings
+from consumer.tools.files import InputFileError, read_jsonl
 
 SHOWN_INDEXES = 10  # missing/unexpected indexes listed per job by render()
 
 
-class ManifestError(ValueError):
+class ManifestError(InputFileError):
     """A manifest line that is not a job (the message names file and line)."""
 
 
@@ -44,14 +45,8 @@ def read_manifest(path: Path) -> dict[str, int]:
     ``{"job_id": ..., "total_items": N}`` lines (blank lines are skipped)."""
     expected: dict[str, int] = {}
     first_line: dict[str, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, entry in read_jsonl(path, error=ManifestError, where=lambda n: f"{path}:{n}"):
         where = f"{path}:{number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{where}: not JSON ({exc.msg})") from None
         if not isinstance(entry, dict):
             raise ManifestError(f"{where}: expected a JSON object, got {type(entry).__name__}")
         job_id = entry.get("job_id")
@@ -224,39 +219,17 @@ class TopicMessages(list[dict[str, Any]]):
 async def read_topic(settings: Settings, topic: str, *, timeout_s: float) -> TopicMessages:
     """Every message of ``topic`` from the beginning to (at least) the end
     offsets taken at the start: a snapshot, so a busy topic still ends."""
-    from aiokafka import AIOKafkaConsumer  # heavy import, only when reading
-
-    size = settings.kafka_max_message_bytes
-    # No group: nothing is committed and no running consumer group is disturbed.
-    reader = AIOKafkaConsumer(
-        **client_kwargs(settings), enable_auto_commit=False, fetch_max_bytes=size, max_partition_fetch_bytes=size
-    )
     messages = TopicMessages()
     async with asyncio.timeout(timeout_s):
-        await reader.start()
-        try:
-            parts = await topic_partitions(reader, topic, timeout_s=1.0)
-            reader.assign(parts)
-            ends: dict[Any, int] = await reader.end_offsets(parts)
-            await reader.seek_to_beginning(*parts)
-            # Compare positions, not record offsets: compaction and
-            # transaction markers leave gaps, so the last record may sit
-            # before the end offset. Records past the end are kept, not cut:
-            # the embedded broker (Tansu 0.6) reports the end as the last
-            # *batch*'s base offset + 1, so only whole fetched batches are
-            # sure to hold everything written before the snapshot; a few
-            # later records only make the check more complete.
-            pending = {tp for tp in parts if await reader.position(tp) < ends[tp]}
-            while pending:
-                batches = await reader.getmany(*pending, timeout_ms=200)
-                for records in batches.values():
-                    for record in records:
-                        _decode(record.value, messages)
-                for tp in list(pending):
-                    if await reader.position(tp) >= ends[tp]:
-                        pending.discard(tp)
-        finally:
-            await reader.stop()
+        reader = TopicReader(
+            client_kwargs(settings),
+            [topic],
+            start=Start.BEGINNING,
+            max_message_bytes=settings.kafka_max_message_bytes,
+            metadata_timeout_s=1.0,  # a topic that is not there is an error here, not something to wait for
+        )
+        async with reader:
+            await reader.to_end(lambda record: _decode(record.value, messages))
     return messages
 
 

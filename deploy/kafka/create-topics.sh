@@ -27,5 +27,13 @@ create "${KAFKA_REQUESTS_TOPIC:-evaluation.requests}" 12 7
 create "${KAFKA_RESULTS_TOPIC:-evaluation.results}" 12 14
 create "${KAFKA_PROGRESS_TOPIC:-evaluation.progress}" 12 1
 create "${KAFKA_DLT_TOPIC:-evaluation.requests.DLT}" 3 30
+# 1.1: cancel commands (read whole by every consumer; a day is CANCEL_TTL_S),
+# and job state: compacted, one record per job, and exactly as many
+# partitions as the requests topic (partition p holds the jobs of requests
+# partition p; the consumer refuses to start otherwise).
+create "${KAFKA_CONTROL_TOPIC:-evaluation.control}" 3 1
+/opt/kafka/bin/kafka-topics.sh --bootstrap-server "$bootstrap" --create --if-not-exists \
+    --topic "${KAFKA_CHECKPOINTS_TOPIC:-evaluation.checkpoints}" --partitions 12 --replication-factor "$replication" \
+    --config cleanup.policy=compact --config "max.message.bytes=$max_bytes"
 
 /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$bootstrap" --list

@@ -1,0 +1,253 @@
+"""What the gateway knows of each job: its progress events, counts and results.
+
+Built only from the progress topic (plus the jobs this instance has just
+produced, ``queued`` until their ``accepted`` arrives), so any instance can
+serve any job, and a restarted one rebuilds the same state by re-reading
+the topic.
+
+Event ids are the progress records' Kafka offsets: a job's events live in
+one partition, in order, so "every event after offset N" means the same on
+every instance and after every restart, which is what ``Last-Event-ID``
+resume needs.
+
+Delivery upstream is at-least-once, so the store keeps one result per
+``item_index``: a ``batch_complete`` re-published after a consumer crash
+reaches clients without the results they already have (and not at all when
+nothing in it is new), and nothing after the first terminal event is kept.
+
+Memory bound: finished jobs are dropped ``JOB_TTL_SECONDS`` after their last
+event; past ``GATEWAY_MAX_JOBS`` jobs or ``GATEWAY_MAX_BYTES`` bytes of
+events, the oldest finished jobs are dropped first, then the least recently
+active running ones. A dropped job is "not found" afterwards (its
+results stay in the results topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from consumer.contract import (
+    TERMINAL_EVENTS,
+    AcceptedEvent,
+    BatchCompleteEvent,
+    CancelledEvent,
+    CompleteEvent,
+    ItemStatus,
+    ItemSummary,
+    ProgressEventType,
+)
+
+AnyProgressEvent = AcceptedEvent | BatchCompleteEvent | CompleteEvent | CancelledEvent
+
+# Fixed cost of a job and of a kept result beyond their text, for the byte bound.
+_JOB_OVERHEAD_BYTES = 1024
+_RESULT_OVERHEAD_BYTES = 200
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # produced by this gateway, not yet accepted by a consumer
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class EvictReason(StrEnum):
+    TTL = "ttl"
+    MAX_JOBS = "max_jobs"
+    MAX_BYTES = "max_bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    offset: int  # the SSE id
+    kind: ProgressEventType
+    payload: str  # the JSON sent as SSE data
+    timestamp_ms: int  # the record's Kafka timestamp
+
+
+@dataclass(eq=False)
+class JobRecord:
+    job_id: str
+    state: JobState
+    last_activity_s: float
+    total_items: int = 0
+    request_sha256: str | None = None  # set only on the instance that produced it
+    events: list[StoredEvent] = field(default_factory=list)
+    results: dict[int, ItemSummary] = field(default_factory=dict)
+    succeeded: int = 0
+    failed: int = 0
+    terminal_counts: dict[str, int] = field(default_factory=dict)
+    size_bytes: int = _JOB_OVERHEAD_BYTES
+    dropped: bool = False
+    # Replaced on every change; waiters hold the old one, which is set.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (JobState.COMPLETED, JobState.CANCELLED)
+
+    def notify(self) -> None:
+        old, self.changed = self.changed, asyncio.Event()
+        old.set()
+
+
+class JobStore:
+    def __init__(self, *, ttl_s: float, max_jobs: int, max_bytes: int,
+                 on_evict: Callable[[EvictReason], None] | None = None) -> None:  # fmt: skip
+        self._ttl_s = ttl_s
+        self._max_jobs = max_jobs
+        self._max_bytes = max_bytes
+        self._on_evict = on_evict
+        # Running/queued jobs by last activity; finished jobs by finish time.
+        self._active: OrderedDict[str, JobRecord] = OrderedDict()
+        self._finished: OrderedDict[str, JobRecord] = OrderedDict()
+        self.bytes_kept = 0
+        self.closing = False
+        self.open_streams = 0
+        # Seconds per item seen in recent progress, for the POST's estimate.
+        self.seconds_per_item = 0.5
+
+    def __len__(self) -> int:
+        return len(self._active) + len(self._finished)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._active.get(job_id) or self._finished.get(job_id)
+
+    def submitted(self, job_id: str, total_items: int, request_sha256: str, now_s: float) -> JobRecord:
+        """A job this instance is about to produce."""
+        record = JobRecord(job_id, JobState.QUEUED, now_s, total_items=total_items, request_sha256=request_sha256)
+        self._active[job_id] = record
+        self.bytes_kept += record.size_bytes
+        return record
+
+    def forget(self, job_id: str) -> None:
+        """A submission whose produce failed."""
+        record = self._active.pop(job_id, None)
+        if record is not None:
+            self._drop(record)
+
+    def apply(self, event: AnyProgressEvent, raw: str, *, offset: int, timestamp_ms: int) -> StoredEvent | None:
+        """Record one progress event; returns what subscribers get, or None for a repeat."""
+        now_s = timestamp_ms / 1000.0
+        record = self.get(event.job_id)
+        if record is None:
+            record = JobRecord(event.job_id, JobState.PROCESSING, now_s)
+            self._active[event.job_id] = record
+            self.bytes_kept += record.size_bytes
+        if record.finished:
+            return None  # a reader keeps the first terminal event
+        payload = raw
+        if isinstance(event, AcceptedEvent):
+            record.total_items = event.data.total_items
+            record.state = JobState.PROCESSING
+        elif isinstance(event, BatchCompleteEvent):
+            fresh = [r for r in event.data.results if r.item_index not in record.results]
+            if not fresh and event.data.results:
+                return None
+            if len(fresh) != len(event.data.results):
+                event = event.model_copy(update={"data": event.data.model_copy(update={"results": fresh})})
+                payload = event.model_dump_json()
+            for result in fresh:
+                record.results[result.item_index] = result
+                if result.status is ItemStatus.OK:
+                    record.succeeded += 1
+                else:
+                    record.failed += 1
+                self._grow(record, _RESULT_OVERHEAD_BYTES + len(result.feedback or "") + len(result.id_alumno))
+            record.total_items = max(record.total_items, event.data.progress.total)
+            record.state = JobState.PROCESSING
+            if event.data.progress.avg_time_per_item > 0:
+                self.seconds_per_item += 0.2 * (event.data.progress.avg_time_per_item - self.seconds_per_item)
+        else:
+            record.state = JobState.COMPLETED if isinstance(event, CompleteEvent) else JobState.CANCELLED
+            record.terminal_counts = {
+                k: v for k, v in event.data.model_dump().items() if isinstance(v, int) and not isinstance(v, bool)
+            }
+        stored = StoredEvent(offset, ProgressEventType(event.event), payload, timestamp_ms)
+        record.events.append(stored)
+        record.last_activity_s = now_s
+        self._grow(record, len(payload))
+        self._touch(record)
+        record.notify()
+        self._enforce_caps()
+        return stored
+
+    def expire(self, now_s: float) -> None:
+        """Drop jobs with no event for JOB_TTL_SECONDS (finished or not)."""
+        for jobs in (self._finished, self._active):
+            for record in [r for r in jobs.values() if r.last_activity_s < now_s - self._ttl_s]:
+                jobs.pop(record.job_id)
+                self._drop(record, EvictReason.TTL)
+
+    def close(self) -> None:
+        """Shutting down: every open stream ends (clients reconnect elsewhere)."""
+        self.closing = True
+        for record in [*self._active.values(), *self._finished.values()]:
+            record.notify()
+
+    def _touch(self, record: JobRecord) -> None:
+        if record.finished:
+            self._active.pop(record.job_id, None)
+            self._finished[record.job_id] = record
+            self._finished.move_to_end(record.job_id)
+        else:
+            self._active.move_to_end(record.job_id)
+
+    def _grow(self, record: JobRecord, extra_bytes: int) -> None:
+        record.size_bytes += extra_bytes
+        self.bytes_kept += extra_bytes
+
+    def _enforce_caps(self) -> None:
+        while len(self) > self._max_jobs:
+            self._evict_oldest(EvictReason.MAX_JOBS)
+        while self.bytes_kept > self._max_bytes and len(self) > 1:
+            self._evict_oldest(EvictReason.MAX_BYTES)
+
+    def _evict_oldest(self, reason: EvictReason) -> None:
+        jobs = self._finished if self._finished else self._active
+        _, record = jobs.popitem(last=False)
+        self._drop(record, reason)
+
+    def _drop(self, record: JobRecord, reason: EvictReason | None = None) -> None:
+        self.bytes_kept -= record.size_bytes
+        record.dropped = True
+        record.notify()
+        if reason is not None and self._on_evict is not None:
+            self._on_evict(reason)
+
+
+def results_rows(record: JobRecord) -> list[dict[str, object]]:
+    """The job's results so far, by item index, as flat rows (CSV/JSONL)."""
+    return [
+        {"job_id": record.job_id, **summary.model_dump(mode="json")} for _, summary in sorted(record.results.items())
+    ]
+
+
+def status_body(record: JobRecord) -> dict[str, object]:
+    completed = len(record.results)
+    total = record.total_items
+    return {
+        "job_id": record.job_id,
+        "status": record.state.value,
+        "total_items": total,
+        "completed": completed,
+        "succeeded": record.succeeded,
+        "failed": record.failed,
+        "percentage": round(100.0 * completed / total, 1) if total else 0.0,
+        "terminal": record.terminal_counts or None,
+        "stream_url": f"/stream/{record.job_id}",
+        "results_url": f"/jobs/{record.job_id}/results",
+    }
+
+
+def is_terminal(kind: ProgressEventType) -> bool:
+    return kind in TERMINAL_EVENTS
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

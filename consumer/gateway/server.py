@@ -1,0 +1,66 @@
+"""Serving the gateway: its HTTP server around a running ``Gateway``.
+
+Apart from ``service.py`` because the routes (``app.py``) need the
+``Gateway`` type and serving needs the routes: one direction each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from consumer.gateway.app import create_app
+from consumer.gateway.auth import ApiKeys, GatewaySetupError, check_exposure
+from consumer.gateway.metrics import GatewayMetrics
+from consumer.gateway.service import Gateway, gateway_running
+from consumer.http import HttpServer
+from consumer.kafka import KafkaSetupError, check_connection
+from consumer.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def gateway_serving(
+    settings: Settings, host: str = "127.0.0.1", port: int = 0, metrics: GatewayMetrics | None = None
+) -> AsyncIterator[tuple[Gateway, str]]:
+    """A started gateway and its HTTP server: (gateway, base URL). On exit the
+    open streams end first, so the server stops without waiting on them."""
+    async with gateway_running(settings, metrics) as gateway:
+        http = HttpServer(create_app(gateway), host, port)
+        await http.start()
+        try:
+            yield gateway, f"http://{host}:{http.port}"
+        finally:
+            gateway.store.close()
+            await http.stop()
+
+
+async def serve_gateway(settings: Settings, host: str, port: int) -> int:
+    """``texteval gateway``: until SIGTERM/SIGINT. Exit 2 on settings it cannot use."""
+    keys = ApiKeys(settings.gateway_keys())
+    try:
+        check_exposure(host, keys, settings.gateway_allow_anonymous)
+        await check_connection(settings)
+    except (GatewaySetupError, KafkaSetupError) as exc:
+        logger.error("gateway not started: %s", exc)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        async with gateway_serving(settings, host, port) as (_, url):
+            logger.info("gateway on %s/ (%s) in %.1f s", url,
+                        "API keys required" if keys.required else "open", time.monotonic() - started)  # fmt: skip
+            await stop.wait()
+            logger.info("signal received: closing streams and stopping")
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

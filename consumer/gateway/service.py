@@ -1,0 +1,120 @@
+"""The gateway's parts and their lifetime: producer, progress tail, job store.
+
+``gateway_running`` is the one way a gateway is built and started, used by
+``texteval gateway``, the tests and the benchmark alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from consumer.contract import ControlAction, ControlCommand
+from consumer.gateway.auth import ApiKeys
+from consumer.gateway.jobs import JobStore
+from consumer.gateway.metrics import GatewayMetrics
+from consumer.gateway.submit import Submission
+from consumer.gateway.tail import ProgressTail
+from consumer.kafka import client_kwargs, ensure_topics
+from consumer.settings import Settings
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+logger = logging.getLogger(__name__)
+
+# How long a request for a job not met yet waits for the tail's start-up
+# replay before answering "not found".
+CATCH_UP_WAIT_S = 10.0
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    store: JobStore
+    tail: ProgressTail
+    producer: AIOKafkaProducer
+    metrics: GatewayMetrics
+    keys: ApiKeys
+
+    async def produce_request(self, submission: Submission) -> None:
+        await self.producer.send_and_wait(
+            self.settings.requests_topic, value=submission.value, key=submission.job_id.encode()
+        )
+        self.metrics.jobs_submitted.inc()
+
+    async def produce_cancel(self, job_id: str) -> None:
+        command = ControlCommand(action=ControlAction.CANCEL, job_id=job_id)
+        await self.producer.send_and_wait(
+            self.settings.control_topic, value=command.model_dump_json().encode(), key=job_id.encode()
+        )
+        self.metrics.cancels.inc()
+
+    async def wait_caught_up(self) -> bool:
+        try:
+            async with asyncio.timeout(CATCH_UP_WAIT_S):
+                await self.tail.caught_up.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        reasons = []
+        if not self.tail.running:
+            reasons.append("progress tail stopped")
+        elif not self.tail.caught_up.is_set():
+            reasons.append("reading the progress topic")
+        if self.store.closing:
+            reasons.append("shutting down")
+        body: dict[str, object] = {
+            "status": "healthy" if not reasons else "unhealthy",
+            "reasons": reasons,
+            "jobs_kept": len(self.store),
+            "bytes_kept": self.store.bytes_kept,
+            "open_streams": self.store.open_streams,
+            "auth": "api_keys" if self.keys.required else "open",
+        }
+        return not reasons, body
+
+
+@asynccontextmanager
+async def gateway_running(settings: Settings, metrics: GatewayMetrics | None = None) -> AsyncIterator[Gateway]:
+    """A started gateway (producer up, tail started; the replay continues in
+    the background). On exit, open streams end and the clients are closed."""
+    from aiokafka import AIOKafkaProducer
+
+    metrics = metrics or GatewayMetrics()
+    if settings.kafka_create_topics:
+        topics = dict.fromkeys(settings.service_topics(), settings.kafka_topic_partitions)
+        await ensure_topics(settings.kafka_bootstrap_servers, topics, **client_kwargs(settings))
+    store = JobStore(
+        ttl_s=settings.job_ttl_seconds,
+        max_jobs=settings.gateway_max_jobs,
+        max_bytes=settings.gateway_max_bytes,
+        on_evict=lambda reason: metrics.jobs_evicted.labels(reason.value).inc(),
+    )
+    producer = AIOKafkaProducer(
+        **client_kwargs(settings),
+        client_id="texteval-gateway",
+        acks="all",
+        enable_idempotence=False,  # as the consumer: the embedded broker refuses it
+        linger_ms=0,  # one request per POST: nothing to batch, so no waiting
+        max_request_size=settings.kafka_max_message_bytes,
+    )
+    await producer.start()
+    tail = ProgressTail(settings, store, metrics)
+    try:
+        await tail.start()
+        yield Gateway(settings, store, tail, producer, metrics, ApiKeys(settings.gateway_keys()))
+    finally:
+        store.close()
+        await asyncio.sleep(0)  # let the streams see it and end
+        try:
+            await tail.stop()
+        finally:
+            async with asyncio.timeout(settings.kafka_close_timeout_s):
+                await producer.stop()

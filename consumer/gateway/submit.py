@@ -1,0 +1,74 @@
+"""``POST /evaluate`` bodies: size limit, the intake's validation, idempotency.
+
+The body is read in chunks and refused (413) as soon as it passes
+``GATEWAY_MAX_BODY_BYTES``, before any of it is parsed. It is validated
+with the contract's own ``EvaluationRequest`` (the limits the consumer's
+intake applies, ``MAX_ITEMS_PER_JOB`` included), so a request the gateway
+accepts is never dead-lettered for its shape. Errors name the field path
+and item index, never the submitted text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from consumer.contract import EvaluationRequest
+from consumer.validation import safe_errors
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"request body larger than {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+class InvalidBody(Exception):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("invalid request")
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    job_id: str
+    value: bytes  # the request message as produced
+    total_items: int
+    request_sha256: str  # of the items: the same request under the same job_id is the same job
+
+
+async def read_limited(chunks: AsyncIterator[bytes], declared_length: str | None, limit_bytes: int) -> bytes:
+    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit_bytes:
+        raise BodyTooLarge(limit_bytes)
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit_bytes:
+            raise BodyTooLarge(limit_bytes)
+    return bytes(body)
+
+
+def parse_submission(body: bytes, *, max_items: int) -> Submission:
+    try:
+        request = EvaluationRequest.model_validate_json(body, context={"max_items": max_items})
+    except ValidationError as exc:
+        raise InvalidBody(_errors(exc)) from None
+    items_json = b"[" + b",".join(item.model_dump_json().encode() for item in request.items) + b"]"
+    job_id = request.job_id or str(uuid.uuid4())
+    value = request.model_copy(update={"job_id": job_id}).model_dump_json().encode()
+    return Submission(job_id, value, len(request.items), hashlib.sha256(items_json).hexdigest())
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    # Without the input: the offending value may be a student's text.
+    shown = []
+    for error in safe_errors(exc)[:20]:
+        # As FastAPI's own 422s: the path starts at "body".
+        loc = ["body"] if error["type"] == "json_invalid" else ["body", *error["loc"]]
+        shown.append({"loc": loc, "msg": error["msg"], "type": error["type"]})
+    return shown

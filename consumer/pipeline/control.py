@@ -1,0 +1,116 @@
+"""Control commands (contract 1.1): cancel a job, whichever instance owns it.
+
+Every instance reads the whole control topic without a consumer group (a
+command must reach the owner of the job, whoever that is now or later), from
+``CANCEL_TTL_S`` ago on start, then follows it. Cancels are remembered for
+that long, so a request that arrives after its cancel is never graded.
+A malformed command is logged (coordinates only) and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from consumer.contract import ControlAction, ControlCommand
+from consumer.kafka import topic_partitions
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
+
+    from consumer.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class ControlReader:
+    def __init__(
+        self,
+        make_reader: Callable[[], AIOKafkaConsumer],
+        metrics: Metrics,
+        *,
+        topic: str,
+        ttl_s: float,
+        on_cancel: Callable[[str], None],
+    ) -> None:
+        self._make_reader = make_reader
+        self._metrics = metrics
+        self._topic = topic
+        self._ttl_s = ttl_s
+        self.on_cancel = on_cancel  # set by the wiring once the app exists
+        self._cancelled: dict[str, float] = {}  # job_id -> unix time of the command
+        self.ready = asyncio.Event()  # set once the commands of the last ttl_s are read
+
+    def is_cancelled(self, job_id: str) -> bool:
+        at = self._cancelled.get(job_id)
+        return at is not None and time.time() - at <= self._ttl_s
+
+    async def run(self) -> None:
+        reader = self._make_reader()
+        await reader.start()
+        try:
+            partitions = await self._partitions(reader)
+            reader.assign(partitions)
+            since_ms = int((time.time() - self._ttl_s) * 1000)
+            starts = await reader.offsets_for_times(dict.fromkeys(partitions, since_ms))
+            for tp in partitions:
+                if (found := starts.get(tp)) is not None:
+                    reader.seek(tp, found.offset)
+                else:
+                    await reader.seek_to_end(tp)
+            ends = await reader.end_offsets(partitions)
+            while True:
+                batches = await reader.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        self._handle(record)
+                if not self.ready.is_set():
+                    positions = [await reader.position(tp) for tp in partitions]
+                    if all(pos >= ends[tp] for pos, tp in zip(positions, partitions, strict=True)):
+                        self.ready.set()
+                self._expire()
+        finally:
+            self.ready.set()
+            await reader.stop()
+
+    async def _partitions(self, reader: AIOKafkaConsumer) -> list[TopicPartition]:
+        while True:
+            try:
+                found: list[TopicPartition] = await topic_partitions(reader, self._topic, timeout_s=5.0)
+                return found
+            except (LookupError, KafkaError) as exc:
+                logger.warning("control topic %s not readable (%s); retrying", self._topic, type(exc).__name__)
+            await asyncio.sleep(2.0)
+
+    def _handle(self, record: object) -> None:
+        value = getattr(record, "value", None)
+        where = f"{getattr(record, 'partition', '?')}:{getattr(record, 'offset', '?')}"
+        try:
+            command = ControlCommand.model_validate_json(value or b"")
+        except ValidationError as exc:
+            logger.warning("malformed control command at %s: %d errors", where, exc.error_count())
+            self._metrics.control_commands.labels(result="malformed").inc()
+            return
+        if command.action is ControlAction.CANCEL:
+            timestamp_ms = getattr(record, "timestamp", None)
+            at = timestamp_ms / 1000 if isinstance(timestamp_ms, int) and timestamp_ms > 0 else time.time()
+            if time.time() - at > self._ttl_s:
+                return
+            first = command.job_id not in self._cancelled
+            self._cancelled.setdefault(command.job_id, at)
+            self._metrics.control_commands.labels(result="cancel" if first else "repeated").inc()
+            if first:
+                logger.info("cancel received: job_id=%s", command.job_id)
+                self.on_cancel(command.job_id)
+
+    def _expire(self) -> None:
+        horizon = time.time() - self._ttl_s
+        for job_id in [j for j, at in self._cancelled.items() if at < horizon]:
+            del self._cancelled[job_id]

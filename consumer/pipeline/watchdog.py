@@ -1,0 +1,95 @@
+"""What the consumer checks on a timer, and the health report built from it.
+
+Every ``interval_s`` the broker is asked for its metadata: aiokafka
+reconnects by itself, this only observes (group membership alone stays
+"true" for a whole session timeout after the broker went away), and the
+same answer says whether the output topics still exist. A topic that was
+deleted or never created is reported on ``/health`` and stops admission:
+grading work whose results cannot be written wastes the engine (and the
+embedded broker even acknowledges writes to a deleted topic). The engine is
+asked too: a dead engine stops the consumer even when no job runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from aiokafka.errors import KafkaError
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
+
+    from consumer.engine.base import GradingEngine
+    from consumer.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class Watchdog:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        engine: GradingEngine,
+        metrics: Metrics,
+        *,
+        output_topics: Sequence[str],
+        interval_s: float,
+        on_engine_died: Callable[[str], None],
+        is_member: Callable[[], bool],
+    ) -> None:
+        self._consumer = consumer
+        self._engine = engine
+        self._metrics = metrics
+        self._output_topics = tuple(output_topics)
+        self._interval_s = interval_s
+        self._on_engine_died = on_engine_died
+        self._is_member = is_member
+        self.kafka_down_since: float | None = None  # monotonic time of the first failed check
+        self.missing_topics: tuple[str, ...] = ()  # output topics the broker does not know
+        self.checked = asyncio.Event()  # set after the first metadata answer
+
+    @property
+    def kafka_down_s(self) -> float | None:
+        return None if self.kafka_down_since is None else time.monotonic() - self.kafka_down_since
+
+    @property
+    def outputs_ok(self) -> bool:
+        return not self.missing_topics
+
+    async def run(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(self._interval_s)
+
+    async def check(self) -> None:
+        try:
+            async with asyncio.timeout(self._interval_s * 2):
+                topics = await self._consumer.topics()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if self.kafka_down_since is None:
+                self.kafka_down_since = time.monotonic()
+                logger.warning("Kafka unreachable: %s", type(exc).__name__)
+        else:
+            if self.kafka_down_since is not None:
+                logger.info("Kafka reachable again after %.1f s", time.monotonic() - self.kafka_down_since)
+                self.kafka_down_since = None
+            missing = tuple(t for t in self._output_topics if t not in topics)
+            if missing != self.missing_topics:
+                if missing:
+                    logger.error("output topics missing, admission paused: %s", ", ".join(missing))
+                else:
+                    logger.info("output topics present again: admission resumes")
+            self.missing_topics = missing
+            self.checked.set()
+        engine = self._engine.health()
+        # Set here, not only when /health is asked: a scrape must not read
+        # what the last probe left (0 when nothing probes).
+        self._metrics.engine_up.set(1 if engine.loaded else 0)
+        self._metrics.kafka_up.set(1 if self._is_member() and self.kafka_down_since is None else 0)
+        self._metrics.output_topics_up.set(1 if self.outputs_ok else 0)
+        if not engine.loaded:
+            self._on_engine_died(engine.detail)

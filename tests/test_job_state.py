@@ -1,0 +1,130 @@
+"""Job state against the real broker: resume after an abort, idempotent job
+ids, cancel. The fake engine, in-process consumers (process-level faults are
+in tests/test_faults_process.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consumer.engine.fake import FakeEngine
+from consumer.metrics import Metrics
+from consumer.testing.topics import (
+    at_least,
+    count_events,
+    create_topics,
+    items,
+    job,
+    make_settings,
+    read_until,
+    running,
+    values,
+    wait_for,
+)
+from tests.kafka_harness import TopicNames
+
+pytestmark = pytest.mark.kafka
+
+
+async def _send(bootstrap: str, topic: str, key: str, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=32 * 1024 * 1024)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, key=key.encode(), value=value)
+    finally:
+        await producer.stop()
+
+
+async def test_a_job_aborted_mid_way_resumes_where_its_acknowledged_items_end(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, SHUTDOWN_GRACE_S=0)
+    request = job("resume-me", items(400))
+    await create_topics(kafka_bootstrap, topic_names)
+    await _send(kafka_bootstrap, topic_names.requests, "resume-me", request)
+    first = FakeEngine(delay_s=0.1, max_concurrency=16)
+    # Shut down with no grace: the job is aborted, its offset not committed.
+    async with running(settings, first):
+        await read_until(kafka_bootstrap, topic_names.results, at_least(100))
+    published_first = len(await read_until(kafka_bootstrap, topic_names.results, at_least(100)))
+    assert published_first < 400
+
+    second = FakeEngine(delay_s=0.001)
+    async with running(settings, second):
+        progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
+        results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(400)))
+    assert {r["item_index"] for r in results} == set(range(400))  # nothing lost
+    duplicates = sum(n - 1 for n in Counter(r["result_id"] for r in results).values())
+    accepted = [e for e in progress if e["event"] == "accepted"]
+    assert accepted[0]["data"].get("resumed_items") is None
+    resumed = accepted[-1]["data"]["resumed_items"]
+    assert second.calls == 400 - resumed  # the second owner graded only the rest
+    # Graded twice: only what was published but not yet checkpointed at the
+    # abort (one commit interval, plus the last batch not yet acknowledged).
+    assert resumed >= published_first - 2 * settings.batch_size - 16, (resumed, published_first)
+    assert duplicates == published_first - resumed <= 2 * settings.batch_size + 16
+    complete = progress[-1]["data"]
+    assert complete["total_processed"] == 400 and complete["succeeded"] == 400
+
+
+async def test_an_identical_resend_is_not_graded_and_a_different_one_is_a_conflict(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    engine = FakeEngine(delay_s=0.001)
+    metrics = Metrics()
+    first, corrected = job("school-7", items(20)), job("school-7", items(15, prefix="B"))
+    async with running(settings, engine, metrics):
+        await _send(kafka_bootstrap, topic_names.requests, "school-7", first)
+        await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1))
+        assert engine.calls == 20
+        await _send(kafka_bootstrap, topic_names.requests, "school-7", first)  # byte-identical
+        progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 2)))
+        await _send(kafka_bootstrap, topic_names.requests, "school-7", corrected)
+        dlt = await read_until(kafka_bootstrap, topic_names.dlt, lambda rs: len(rs) >= 1)
+        results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(20)))
+    assert engine.calls == 20  # the re-send cost no engine call
+    completes = [e for e in progress if e["event"] == "complete"]
+    assert completes[0] == completes[1]  # the terminal event, published again as it was
+    headers = dict(dlt[0].headers)  # type: ignore[attr-defined]
+    assert headers["texteval.error.reason"] == b"job_id_conflict"
+    assert b"completed" in headers["texteval.error.detail"]
+    assert dlt[0].value == corrected  # type: ignore[attr-defined]
+    assert all(r["id_alumno"].startswith("A") for r in results) and len(results) == 20  # no mixing
+    assert metrics.registry.get_sample_value("texteval_jobs_deduplicated_total", {"admission": "republish"}) == 1
+
+
+async def test_cancel_stops_a_running_job_within_seconds_and_a_cancelled_request_is_never_graded(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    engine = FakeEngine(delay_s=0.05, max_concurrency=8)
+    cancel = b'{"schema_version": 1, "action": "cancel", "job_id": "%s"}'
+    async with running(settings, engine):
+        await _send(kafka_bootstrap, topic_names.requests, "big", job("big", items(2000)))
+        await read_until(kafka_bootstrap, topic_names.results, at_least(20))
+        sent_at = time.monotonic()
+        await _send(kafka_bootstrap, topic_names.control, "big", cancel % b"big")
+        progress = values(
+            await read_until(kafka_bootstrap, topic_names.progress, lambda rs: any(b"cancelled" in r.value for r in rs))
+        )
+        took_s = time.monotonic() - sent_at
+        calls_at_cancel = engine.calls
+        # Cancelled before its request is read: only `cancelled`, completed 0.
+        await _send(kafka_bootstrap, topic_names.control, "later", cancel % b"later")
+        await asyncio.sleep(0.5)
+        await _send(kafka_bootstrap, topic_names.requests, "later", job("later", items(5)))
+        more = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("cancelled", 2)))
+        await _send(kafka_bootstrap, topic_names.control, "big", cancel % b"big")  # twice: nothing changes
+        await asyncio.sleep(0.5)
+    assert took_s < 2.0, took_s
+    big = next(e for e in progress if e["event"] == "cancelled")["data"]
+    assert big["status"] == "cancelled" and big["total_items"] == 2000 and 20 <= big["completed"] < 2000
+    assert engine.calls <= calls_at_cancel + 8  # at most what was in flight
+    later = [e for e in more if e["job_id"] == "later"]
+    assert [e["event"] for e in later] == ["cancelled"] and later[0]["data"]["completed"] == 0
+    await wait_for(lambda: True)

@@ -1,0 +1,311 @@
+"""The scheduler and its policies, with the fake engine (unit tests: no broker).
+
+Fairness (a small job behind a big one), no starvation (the stated bound
+under an endless stream of small jobs), the engine depth, cancel and abort,
+the ETA, and an event loop that stays responsive while a big job is fed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from consumer.contract import Item, ItemStatus
+from consumer.engine.base import GradeOutcome
+from consumer.engine.fake import FakeEngine
+from consumer.metrics import Metrics
+from consumer.pipeline.intake import Job
+from consumer.pipeline.jobs import JobRun
+from consumer.pipeline.policy import Picker, SchedulingPolicy, dispatch_horizons
+from consumer.pipeline.scheduler import Scheduler
+from consumer.pipeline.sinks import Sinks
+
+
+def items(n: int, tag: str = "t") -> list[Item]:
+    return [
+        Item(id_alumno=f"A{i}", curso="3r ESO", consigna="Explica la fotosíntesi.", respuesta=f"{tag} resposta {i}")
+        for i in range(n)
+    ]
+
+
+class Log:
+    """What came back, in order: (job, index)."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, int]] = []
+
+    def deliver(self, job: str) -> Callable[[int, GradeOutcome], None]:
+        def on_done(index: int, outcome: GradeOutcome) -> None:
+            assert outcome.status is ItemStatus.OK
+            self.done.append((job, index))
+
+        return on_done
+
+    def last(self, job: str) -> int:
+        """Position of the job's last result in the overall order."""
+        return max(i for i, (name, _) in enumerate(self.done) if name == job)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+# --- the policy on counts ----------------------------------------------------------
+
+
+class Counts:
+    def __init__(self, seq: int, pending: int) -> None:
+        self.seq, self.pending = seq, pending
+
+
+def test_fifo_picks_the_oldest_and_fair_interleaves_the_oldest_with_the_shortest() -> None:
+    big, small = Counts(1, 100), Counts(2, 5)
+    fifo = Picker(SchedulingPolicy.FIFO)
+    assert [fifo.pick([big, small]) for _ in range(4)] == [big] * 4
+    fair = Picker(SchedulingPolicy.FAIR, oldest_share=0.5)
+    assert [fair.pick([big, small]) for _ in range(4)] == [small, big, small, big]
+    quarter = Picker(SchedulingPolicy.FAIR, oldest_share=0.25)
+    assert [quarter.pick([big, small]) for _ in range(4)].count(big) == 1
+    with pytest.raises(ValueError, match="oldest_share"):
+        Picker(SchedulingPolicy.FAIR, oldest_share=0.0)
+
+
+def test_the_fluid_model_matches_the_picker() -> None:
+    assert dispatch_horizons([10, 5], 1.0) == [10, 15]  # fifo: one after the other
+    # fair at 1/2: the small job drains at half the rate beside the big one.
+    assert dispatch_horizons([10, 5], 0.5) == pytest.approx([15, 10])
+    # Equal jobs: the oldest is also the shortest, so they run as under FIFO.
+    assert dispatch_horizons([10, 10], 0.5) == pytest.approx([10, 20])
+    assert dispatch_horizons([0, 3], 0.5) == [0.0, 3.0]
+
+
+# --- the scheduler with the fake engine ----------------------------------------------
+
+
+async def small_behind_big(policy: SchedulingPolicy) -> Log:
+    engine = FakeEngine(delay_s=0.005, max_concurrency=4)
+    scheduler = Scheduler(engine, Metrics(), policy=policy, depth=4)
+    log = Log()
+    scheduler.submit("big", items(60), log.deliver("big"))
+    await until(lambda: len(log.done) >= 8)
+    scheduler.submit("small", items(5), log.deliver("small"))
+    await until(lambda: len(log.done) == 65)
+    assert engine.max_in_flight <= 4
+    return log
+
+
+async def test_fair_lets_a_small_job_overtake_and_fifo_does_not() -> None:
+    # Behind at most the engine's depth plus one interleaved big item per small item.
+    assert (await small_behind_big(SchedulingPolicy.FAIR)).last("small") < 8 + 4 + 2 * 5 + 1
+    assert (await small_behind_big(SchedulingPolicy.FIFO)).last("small") == 64  # after the whole big job
+
+
+async def big_job_in_a_stream_of_small_ones(big_items: int, depth: int, share: float) -> tuple[int, int]:
+    """(dispatches until the big job's last result, small jobs served meanwhile)."""
+    engine = FakeEngine()
+    scheduler = Scheduler(engine, Metrics(), policy=SchedulingPolicy.FAIR, depth=depth, oldest_share=share)
+    finished_at: list[int] = []
+    stream = 0
+
+    def more_small(index: int, outcome: GradeOutcome) -> None:
+        nonlocal stream
+        stream += 1  # every small item done brings a new small job: always one waiting
+        scheduler.submit(f"small-{stream}", items(1), more_small)
+
+    def big(index: int, outcome: GradeOutcome) -> None:
+        finished_at.append(engine.calls)
+
+    scheduler.submit("big", items(big_items), big)
+    scheduler.submit("small-0", items(1), more_small)
+    await until(lambda: len(finished_at) == big_items)
+    served = stream
+    scheduler.cancel(f"small-{stream}")
+    return max(finished_at), served
+
+
+@pytest.mark.parametrize("share", [0.5, 0.25])
+async def test_no_job_starves_under_an_endless_stream_of_small_jobs(share: float) -> None:
+    """The bound of policy.py: the big job's last item is dispatched within
+    (N + W) / oldest_share dispatches (W = 0 here); pure shortest-first would never serve it."""
+    big_items, depth = 40, 2
+    dispatches, small_served = await big_job_in_a_stream_of_small_ones(big_items, depth, share)
+    assert small_served > big_items / 2  # the small jobs really competed
+    assert dispatches <= big_items / share + depth + 1
+
+
+async def test_depth_bounds_the_engine_and_none_puts_everything_in_flight() -> None:
+    engine = FakeEngine(delay_s=0.01)
+    scheduler = Scheduler(engine, Metrics(), depth=5)
+    log = Log()
+    scheduler.submit("a", items(30), log.deliver("a"))
+    scheduler.submit("b", items(30), log.deliver("b"))
+    await until(lambda: len(log.done) == 60)
+    assert engine.max_in_flight == 5
+    assert sorted(log.done) == sorted([("a", i) for i in range(30)] + [("b", i) for i in range(30)])
+
+    unbounded = FakeEngine(delay_s=0.01)
+    scheduler = Scheduler(unbounded, Metrics(), depth=None)
+    log = Log()
+    scheduler.submit("a", items(30), log.deliver("a"))
+    await until(lambda: len(log.done) == 30)
+    assert unbounded.max_in_flight == 30
+
+
+async def test_release_drops_waiting_items_at_once_and_aborts_the_running_ones() -> None:
+    engine = FakeEngine(delay_s=5.0)
+    metrics = Metrics()
+    scheduler = Scheduler(engine, metrics, depth=4)
+    log = Log()
+    doomed = scheduler.submit("doomed", items(1000), log.deliver("doomed"))
+    await until(lambda: scheduler.in_engine == 4)
+    assert scheduler.waiting == 996
+    assert metrics.registry.get_sample_value("texteval_scheduler_items_waiting") == 996
+    assert scheduler.release(doomed) == 996
+    assert scheduler.waiting == 0 and doomed.pending == 0  # at once, before any task has run
+    assert scheduler.release(doomed) == 0  # idempotent
+    await until(lambda: scheduler.in_engine == 0)  # its engine work was cancelled, not awaited
+    assert engine.in_flight == 0 and log.done == []
+    assert metrics.registry.get_sample_value("texteval_engine_queue_depth") == 0
+
+    # cancel(job_id): the next job's cancel command; other jobs go on.
+    quick = FakeEngine(delay_s=0.01)
+    scheduler = Scheduler(quick, Metrics(), depth=2)
+    scheduler.submit("gone", items(50), log.deliver("gone"))
+    scheduler.submit("kept", items(5), log.deliver("kept"))
+    assert scheduler.cancel("gone") == 50 and scheduler.cancel("unknown") == 0
+    await until(lambda: len(log.done) == 5)
+    assert {job for job, _ in log.done} == {"kept"}
+
+
+async def test_an_engine_that_raises_gives_an_error_outcome_not_a_hang() -> None:
+    class Raising(FakeEngine):
+        async def grade(self, item: Item, request_id: str) -> GradeOutcome:
+            raise RuntimeError("broken")
+
+    outcomes: list[GradeOutcome] = []
+    scheduler = Scheduler(Raising(), Metrics(), depth=2)
+    scheduler.submit("j", items(3), lambda index, outcome: outcomes.append(outcome))
+    await until(lambda: len(outcomes) == 3)
+    assert all(o.status is ItemStatus.ERROR and o.nota is None for o in outcomes)
+    assert outcomes[0].error is not None and outcomes[0].error.code.value == "engine_error"
+
+
+async def test_the_eta_is_the_jobs_share_not_the_whole_engines_rate() -> None:
+    engine = FakeEngine(delay_s=10.0)
+    for policy, small_beats_big in ((SchedulingPolicy.FAIR, True), (SchedulingPolicy.FIFO, False)):
+        scheduler = Scheduler(engine, Metrics(), policy=policy, depth=1)
+        scheduler.meter.busy(0.0)
+        for t in range(1, 21):  # a measured engine: 100 items/s, 0.5 s per item
+            scheduler.meter.record(t * 0.01, 0.5)
+        assert scheduler.meter.items_per_s == pytest.approx(100.0)
+        big = scheduler.submit("big", items(2000), lambda i, o: None)
+        small = scheduler.submit("small", items(20), lambda i, o: None)
+        big_s, small_s = scheduler.estimate_s(big), scheduler.estimate_s(small)
+        if small_beats_big:
+            assert small_s == pytest.approx(40 / 100 + 0.5)  # half the dispatches while it waits
+            assert big_s == pytest.approx(2020 / 100 + 0.5)
+        else:
+            assert small_s == pytest.approx(2020 / 100 + 0.5)  # behind the whole big job
+            assert big_s == pytest.approx(2000 / 100 + 0.5)
+        scheduler.cancel("big")
+        scheduler.cancel("small")
+
+
+class SlowTokenizer(FakeEngine):
+    """The fake engine with a synchronous encode twice as slow as the real one measured
+    (4.2 s for 2000 x 7,000 characters: 0.3 us per character)."""
+
+    s_per_char = 0.6e-6
+
+    async def grade(self, item: Item, request_id: str) -> GradeOutcome:
+        # On purpose: blocks the loop, like tokenizing inside grade().
+        time.sleep(self.s_per_char * len(item.respuesta))  # noqa: ASYNC251
+        return await super().grade(item, request_id)
+
+
+@pytest.mark.parametrize("depth", [64, None])
+async def test_the_event_loop_stays_responsive_while_a_big_job_is_fed(depth: int | None) -> None:
+    engine = SlowTokenizer(delay_s=0.05, max_concurrency=64)
+    scheduler = Scheduler(engine, Metrics(), depth=depth)
+    done = 0
+    gaps: list[float] = []
+
+    def count(index: int, outcome: GradeOutcome) -> None:
+        nonlocal done
+        done += 1
+
+    async def heartbeat() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    big = [item.model_copy(update={"respuesta": "paraula " * 875}) for item in items(500)]  # 7,000 characters
+    beat = asyncio.create_task(heartbeat())
+    await asyncio.sleep(0.01)
+    scheduler.submit("big", big, count)  # tokenized up front, this would block the loop 2.1 s
+    await until(lambda: done == 500, timeout_s=30)
+    beat.cancel()
+    # A few texts' encodes at most between two heartbeats, however big the job.
+    assert max(gaps) < 0.25, max(gaps)  # ~13 ms expected; generous for a shared machine
+
+
+# --- a job run ends, its items leave the scheduler ---------------------------------------
+
+
+class NullProducer:
+    """Acknowledges every send at once (a unit test of JobRun needs no broker)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, **kw: Any) -> Any:
+        self.sent.append(json.loads(value or b"null"))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def job_run(job_id: str, n: int, scheduler: Scheduler, engine: FakeEngine, producer: NullProducer) -> JobRun:
+    sinks = Sinks(producer, results_topic="r", progress_topic="p", dlt_topic="d", group_id="g")  # type: ignore[arg-type]
+    return JobRun(
+        Job(job_id, tuple(items(n, job_id))),
+        engine=engine,
+        sinks=sinks,
+        metrics=Metrics(),
+        scheduler=scheduler,
+        batch_size=10,
+        flush_s=0.05,
+    )
+
+
+async def test_an_aborted_job_run_releases_its_items_and_a_finished_one_reports_its_duration() -> None:
+    engine = FakeEngine(delay_s=0.02, max_concurrency=8)
+    scheduler = Scheduler(engine, Metrics(), depth=8)
+    producer = NullProducer()
+    big = job_run("big", 2000, scheduler, engine, producer)
+    task = asyncio.create_task(big.run())
+    await until(lambda: scheduler.in_engine == 8)
+    assert scheduler.waiting > 1900
+    task.cancel()  # a revoke or a shutdown
+    await asyncio.wait([task])
+    assert scheduler.waiting == 0  # released at once
+    await until(lambda: scheduler.in_engine == 0)
+
+    small = job_run("small", 5, scheduler, engine, producer)
+    await small.run()
+    events = [m for m in producer.sent if m.get("job_id") == "small" and "event" in m]
+    assert [e["event"] for e in events] == ["accepted", "batch_complete", "complete"]
+    assert events[1]["data"]["progress"]["estimated_remaining_seconds"] == 0
+    histogram = small._metrics.registry.get_sample_value("texteval_job_duration_seconds_count", {"size": "1-20"})
+    assert histogram == 1
