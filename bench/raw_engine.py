@@ -82,10 +82,10 @@ async def warm_up(engine: VllmEngine, prompts: int, tag: str) -> None:
 def engine_note(engine: VllmEngine) -> str:
     """The output budget the figures were measured with (it sets how long each text takes)."""
     params = engine.params(0)
-    schema = params.structured_outputs.json if params.structured_outputs is not None else None
-    feedback = pattern_max_chars(schema) if isinstance(schema, dict) else "?"
+    grammar = params.structured_outputs.regex if params.structured_outputs is not None else None
+    feedback = pattern_max_chars(grammar) if grammar else "?"
     return (
         f"Engine: {engine.model_name}, max_tokens {params.max_tokens}, feedback ≤ {feedback} characters"
-        " (`make bench`: FEEDBACK_MAX_CHARS=40, so MAX_TOKENS is derived as 105; with the defaults 377/176 a small"
+        " (`make bench`: FEEDBACK_MAX_CHARS=40, so MAX_TOKENS is derived as 108; with the defaults 380/176 a small"
         " model fills the whole feedback and a 200-prompt arm takes minutes)."
     )

@@ -54,7 +54,7 @@ DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
 
 
 def engine_settings() -> Settings:
-    """The project's CPU defaults, but FEEDBACK_MAX_CHARS=40 (so MAX_TOKENS is derived as 105).
+    """The project's CPU defaults, but FEEDBACK_MAX_CHARS=40 (so MAX_TOKENS is derived as 108).
 
     A small model otherwise writes the full 176-character feedback and one
     200-prompt arm takes minutes. The environment (MODEL_NAME, ...) still applies.
@@ -79,7 +79,7 @@ def settings_description(kafka: KafkaTarget, engine: VllmEngine | None, settings
         level = settings.compilation_level
         lines.append(
             f"Engine (B1, B2): {engine.model_name}; MAX_TOKENS {settings.max_tokens} (FEEDBACK_MAX_CHARS"
-            f" {settings.feedback_chars}, instead of 377/176), MAX_MODEL_LEN {settings.max_model_len},"
+            f" {settings.feedback_chars}, instead of 380/176), MAX_MODEL_LEN {settings.max_model_len},"
             f" MAX_NUM_SEQS {settings.max_num_seqs}, prefix caching {settings.enable_prefix_caching},"
             f" COMPILATION_LEVEL {'default (eager on CPU)' if level is None else level}, {settings.dtype};"
             f" {cpu_env}"

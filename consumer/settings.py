@@ -21,11 +21,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # - the feedback grammar allows no escapes and only characters of at most 2
 #   UTF-8 bytes (U+0020..U+07FF: Latin with every Catalan letter, Greek,
 #   Cyrillic; no `"`, `\`, control characters, emoji or typographic quotes);
-# - the compact JSON around it, `{"nota":N,"feedback":""}`, is 24 bytes, and the
-#   end-of-sequence token after it is one more token.
+# - the JSON around it is fixed, in the fine-tune's layout:
+#   `{"nota": N, "feedback": ""}` is 27 bytes, and the end-of-sequence token
+#   after it is one more token.
 # So `JSON_OVERHEAD_TOKENS + WORST_TOKENS_PER_FEEDBACK_CHAR * chars` tokens
 # always hold the whole object: it closes inside max_tokens.
-JSON_OVERHEAD_TOKENS = 25
+JSON_OVERHEAD_TOKENS = 28
 WORST_TOKENS_PER_FEEDBACK_CHAR = 2
 DEFAULT_FEEDBACK_MAX_CHARS = 176  # what the prototype's 200 tokens were meant to hold
 
@@ -83,7 +84,7 @@ class Settings(BaseSettings):
     # --- sampling (the prototype's values plus a fixed seed) ---
     temperature: float = Field(default=0.1, ge=0, alias="TEMPERATURE")
     top_p: float = Field(default=0.95, gt=0, le=1, alias="TOP_P")
-    # Unset: derived from the feedback bound (377 for 176 characters), so the
+    # Unset: derived from the feedback bound (380 for 176 characters), so the
     # JSON always closes; a budget that is not used costs nothing. Set alone:
     # the feedback bound is derived from it instead.
     max_tokens: int = Field(default=max_tokens_for(DEFAULT_FEEDBACK_MAX_CHARS), ge=32, alias="MAX_TOKENS")

@@ -13,6 +13,8 @@ from consumer.engine.output import (
     Generation,
     OutputError,
     ParsedGrade,
+    feedback_pattern,
+    output_regex,
     output_schema,
     parse_generation,
     pattern_max_chars,
@@ -67,10 +69,10 @@ def test_invalid_outputs_are_typed_errors(text: str, finish: str, reason: str) -
 def test_schema_bounds_the_feedback_and_fixes_key_order() -> None:
     schema = output_schema(176)
     assert list(schema["properties"]) == ["nota", "feedback"]
-    assert pattern_max_chars(schema) == 176
-    assert "maxLength" not in schema["properties"]["feedback"]  # with a pattern it would leave xgrammar
+    assert schema["properties"]["feedback"]["pattern"] == feedback_pattern(176)
     assert schema["properties"]["nota"]["enum"] == [0, 1, 2, 3, 4, 5]
     assert schema["additionalProperties"] is False
+    assert pattern_max_chars(output_regex(176)) == 176
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,7 @@ def test_schema_bounds_the_feedback_and_fixes_key_order() -> None:
     ],
 )
 def test_feedback_pattern_allows_only_unescaped_two_byte_characters(feedback: str, allowed: bool) -> None:
-    pattern = re.compile(output_schema(176)["properties"]["feedback"]["pattern"])
+    pattern = re.compile(feedback_pattern(176))
     assert bool(pattern.fullmatch(feedback)) is allowed
 
 
@@ -108,13 +110,10 @@ def test_every_allowed_character_costs_at_most_the_budgeted_tokens() -> None:
 
 
 def _vllm_grammar(feedback_chars: int) -> object:
-    # Compiled exactly as vLLM's xgrammar backend does with
-    # structured_outputs_config.disable_any_whitespace (consumer/engine/factory.py).
+    # What vLLM's xgrammar backend compiles for StructuredOutputsParams(regex=...).
     import xgrammar
 
-    return xgrammar.Grammar.from_json_schema(
-        json.dumps(output_schema(feedback_chars)), any_whitespace=False, separators=(",", ":")
-    )
+    return xgrammar.Grammar.from_regex(output_regex(feedback_chars))
 
 
 @pytest.mark.parametrize("feedback_chars", [20, 176])
@@ -123,19 +122,22 @@ def test_the_longest_output_the_grammar_accepts_closes_inside_max_tokens(feedbac
 
     grammar = _vllm_grammar(feedback_chars)
     max_tokens = max_tokens_for(feedback_chars)
-    longest = '{"nota":5,"feedback":"' + "à" * feedback_chars + '"}'
+    longest = '{"nota": 5, "feedback": "' + "à" * feedback_chars + '"}'
     assert _is_grammar_accept_string(grammar, longest)
+    assert json.loads(longest)["nota"] == 5
     # Its bytes, plus the end-of-sequence token, are exactly the budget.
     assert len(longest.encode("utf-8")) + 1 == max_tokens
     assert len(longest.encode("utf-8")) + 1 == JSON_OVERHEAD_TOKENS + WORST_TOKENS_PER_FEEDBACK_CHAR * feedback_chars
-    # Nothing longer or looser gets through: one more character, whitespace, an escape.
+    # Nothing longer or looser gets through: one more character, other
+    # whitespace, an escape, another key order.
     for longer in (
-        '{"nota":5,"feedback":"' + "à" * (feedback_chars + 1) + '"}',
-        '{"nota": 5,"feedback":"ok"}',
-        '{"nota":5, "feedback":"ok"}',
-        '{"nota":5,"feedback":"o\\u00e0"}',
-        '{"nota":5,"feedback":"ok"} ',
-        '{"feedback":"ok","nota":5}',
+        '{"nota": 5, "feedback": "' + "à" * (feedback_chars + 1) + '"}',
+        '{"nota":5,"feedback":"ok"}',
+        '{"nota": 5,  "feedback": "ok"}',
+        '{"nota": 5, "feedback": "o\\u00e0"}',
+        '{"nota": 5, "feedback": "ok"} ',
+        '{"nota": 6, "feedback": "ok"}',
+        '{"feedback": "ok", "nota": 5}',
     ):
         assert not _is_grammar_accept_string(grammar, longer), longer
 

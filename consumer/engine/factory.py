@@ -154,12 +154,6 @@ def engine_args(
         "enable_prefix_caching": settings.enable_prefix_caching,
         "max_num_seqs": settings.max_num_seqs,
         "compilation_config": {"mode": level},
-        # Compact JSON, no free whitespace: the output budget counts on it
-        # (settings.JSON_OVERHEAD_TOKENS). vLLM's grammar backends read this
-        # engine-wide setting (the per-request flag of the same name is
-        # ignored), and vLLM accepts it only with a named backend: xgrammar,
-        # whose grammar tests/test_output.py checks against the budget.
-        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         "enforce_eager": level == 0,
         "seed": settings.seed,
         # Our SamplingParams are complete; do not let generation_config.json
@@ -203,15 +197,11 @@ async def build_engine(settings: Settings) -> VllmEngine:
     device = detect_device()
     if device == "cpu":
         configure_cpu_runtime(settings)
-    from vllm.config import StructuredOutputsConfig
-
     model = resolve_model(settings, device)
     tokenizer = load_tokenizer(model)
     builder = build_prompt_builder(model, tokenizer)
     build_prompt_tokenizer(builder, tokenizer)  # fails here, not on every item
     args = engine_args(settings, model, device, None if device == "cpu" else gpu_total_gib())
-    # EngineArgs turns most nested configs given as dicts into objects, not this one.
-    args["structured_outputs_config"] = StructuredOutputsConfig(**args["structured_outputs_config"])
     logger.info("loading engine: model=%s device=%s format=%s", model.name, device, model.prompt_format)
     return await VllmEngine.start(
         engine_args=args,
