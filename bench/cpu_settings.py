@@ -34,7 +34,7 @@ async def _measure(prompts: int) -> dict[str, float]:
     from consumer.settings import Settings
 
     started = time.monotonic()
-    engine = await build_engine(Settings(_env_file=None, MAX_TOKENS=64))  # type: ignore[call-arg]
+    engine = await build_engine(Settings(_env_file=None, FEEDBACK_MAX_CHARS=40))  # type: ignore[call-arg]
     load_s = time.monotonic() - started
     try:
         items = [Item.model_validate(raw) for raw in tagged_items(prompts, "cpu")]
@@ -67,7 +67,8 @@ def main() -> int:
             )  # fmt: skip
             figures[name].append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(f"{name}: {figures[name][-1]}", flush=True)
-    print(f"\n| variant | engine load (s) | texts/s ({args.prompts} prompts, MAX_TOKENS 64), median of {args.reps} |")
+    texts = f"texts/s ({args.prompts} prompts, FEEDBACK_MAX_CHARS 40), median of {args.reps}"
+    print(f"\n| variant | engine load (s) | {texts} |")
     print("|---|---|---|")
     for name, runs in figures.items():
         load = statistics.median(r["load_s"] for r in runs)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from bench.common import tagged_items
 from consumer.contract import Item
+from consumer.engine.output import pattern_max_chars
 
 if TYPE_CHECKING:
     from vllm.outputs import RequestOutput
@@ -81,10 +82,10 @@ async def warm_up(engine: VllmEngine, prompts: int, tag: str) -> None:
 def engine_note(engine: VllmEngine) -> str:
     """The output budget the figures were measured with (it sets how long each text takes)."""
     params = engine.params(0)
-    schema = params.structured_outputs.json if params.structured_outputs is not None else None
-    feedback = schema["properties"]["feedback"]["maxLength"] if isinstance(schema, dict) else "?"
+    grammar = params.structured_outputs.regex if params.structured_outputs is not None else None
+    feedback = pattern_max_chars(grammar) if grammar else "?"
     return (
         f"Engine: {engine.model_name}, max_tokens {params.max_tokens}, feedback ≤ {feedback} characters"
-        " (`make bench`: MAX_TOKENS=64, so FEEDBACK_MAX_CHARS defaults to 40; with the defaults 200/176 the 135M"
+        " (`make bench`: FEEDBACK_MAX_CHARS=40, so MAX_TOKENS is derived as 108; with the defaults 380/176 a small"
         " model fills the whole feedback and a 200-prompt arm takes minutes)."
     )

@@ -4,7 +4,7 @@
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` if set, else its own embedded broker. The
 fake-engine benchmarks (B3-B7) run first; then the real engine is loaded
-once (project CPU defaults, MAX_TOKENS=64) for B1 and B2. B8 (the HTTP
+once (project CPU defaults, FEEDBACK_MAX_CHARS=40) for B1 and B2. B8 (the HTTP
 gateway) needs no engine and runs with the fake-engine ones. A benchmark that
 fails to run is reported as failed and the others still run.
 """
@@ -57,12 +57,12 @@ DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
 
 
 def engine_settings() -> Settings:
-    """The project's CPU defaults, but MAX_TOKENS=64 (so FEEDBACK_MAX_CHARS defaults to 40).
+    """The project's CPU defaults, but FEEDBACK_MAX_CHARS=40 (so MAX_TOKENS is derived as 108).
 
-    The 135M model otherwise writes the full 176-character feedback and one
+    A small model otherwise writes the full 176-character feedback and one
     200-prompt arm takes minutes. The environment (MODEL_NAME, ...) still applies.
     """
-    return Settings(_env_file=None, MAX_TOKENS=64)  # type: ignore[call-arg]
+    return Settings(_env_file=None, FEEDBACK_MAX_CHARS=40)  # type: ignore[call-arg]
 
 
 def settings_description(kafka: KafkaTarget, engine: VllmEngine | None, settings: Settings) -> list[str]:
@@ -82,7 +82,7 @@ def settings_description(kafka: KafkaTarget, engine: VllmEngine | None, settings
         level = settings.compilation_level
         lines.append(
             f"Engine (B1, B2): {engine.model_name}; MAX_TOKENS {settings.max_tokens} (FEEDBACK_MAX_CHARS"
-            f" {settings.feedback_chars}, instead of 200/176), MAX_MODEL_LEN {settings.max_model_len},"
+            f" {settings.feedback_chars}, instead of 380/176), MAX_MODEL_LEN {settings.max_model_len},"
             f" MAX_NUM_SEQS {settings.max_num_seqs}, prefix caching {settings.enable_prefix_caching},"
             f" COMPILATION_LEVEL {'default (eager on CPU)' if level is None else level}, {settings.dtype};"
             f" {cpu_env}"

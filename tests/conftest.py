@@ -1,4 +1,4 @@
-"""Shared fixtures. The real engine loads once per session (~30 s on CPU)."""
+"""Shared fixtures. The real engine loads once per session (~40 s on CPU)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def sample_items() -> list[Item]:
 
 @pytest.fixture(scope="session")
 def engine_settings() -> Settings:
-    # The small packaged model, eager start; MODEL_NAME etc. from the
-    # environment still apply so the suite can run against another model.
+    # The packaged CPU default (Gemma 3 270M in the fine-tune's format), eager
+    # start; MODEL_NAME etc. from the environment still apply, so the suite can
+    # run against another model (MODEL_NAME=smollm2 is faster).
     return Settings(_env_file=None)  # type: ignore[call-arg]
 
 

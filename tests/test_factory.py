@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.engine.factory import SMALL_MODEL_NAME, ModelChoice, engine_args, memory_utilization, resolve_model
-from consumer.engine.model_store import PRODUCTION_MODEL
+from consumer.engine.factory import ModelChoice, engine_args, is_gemma_family, memory_utilization, resolve_model
+from consumer.engine.model_store import GEMMA3_270M, PRODUCTION_MODEL, SMOLLM2_135M
 from consumer.settings import PromptFormat, Settings
 
 
@@ -63,13 +63,37 @@ def test_model_name_wins_and_picks_the_prompt_format() -> None:
 
 def test_defaults_per_device() -> None:
     assert resolve_model(settings(), "cuda").name == PRODUCTION_MODEL
-    cpu = resolve_model(settings(), "cpu")  # the packaged model, converted once (make setup)
-    assert cpu.name == SMALL_MODEL_NAME and Path(cpu.path, "config.json").exists()
-    assert cpu.prompt_format is PromptFormat.CHAT_TEMPLATE
+    cpu = resolve_model(settings(), "cpu")  # the packaged Gemma, converted once (make setup)
+    assert cpu.name == GEMMA3_270M.display_name and Path(cpu.path, "config.json").exists()
+    assert cpu.prompt_format is PromptFormat.GEMMA_FINETUNE  # the production format on a Gemma tokenizer
 
 
-def test_feedback_bound_must_fit_inside_max_tokens() -> None:
-    assert settings().feedback_chars == 176
-    assert settings(MAX_TOKENS=400).feedback_chars == 376
-    with pytest.raises(ValueError, match="FEEDBACK_MAX_CHARS"):
-        settings(FEEDBACK_MAX_CHARS=300)
+def test_packaged_models_by_short_name_on_any_device() -> None:
+    smol = resolve_model(settings(MODEL_NAME="smollm2"), "cuda")
+    assert smol.name == SMOLLM2_135M.display_name and Path(smol.path, "config.json").exists()
+    assert smol.prompt_format is PromptFormat.CHAT_TEMPLATE  # not a Gemma: its own ChatML template
+    gemma = resolve_model(settings(MODEL_NAME="Gemma3-270M"), "cuda")
+    assert gemma.name == GEMMA3_270M.display_name and gemma.prompt_format is PromptFormat.GEMMA_FINETUNE
+
+
+def test_gemma_family_is_recognised_by_config_or_hub_name(tmp_path: Path) -> None:
+    local = tmp_path / "some-model"
+    local.mkdir()
+    (local / "config.json").write_text('{"model_type": "gemma3_text"}')
+    assert is_gemma_family("anything", str(local))
+    (local / "config.json").write_text('{"model_type": "llama"}')
+    assert not is_gemma_family("gemma-named-llama", str(local))  # the config wins over the name
+    assert is_gemma_family("google/gemma-2-9b-it", "google/gemma-2-9b-it")
+    assert not is_gemma_family("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct")
+    auto = resolve_model(settings(MODEL_NAME=str(local)), "cpu")
+    assert auto.prompt_format is PromptFormat.CHAT_TEMPLATE
+
+
+def test_max_tokens_is_derived_so_the_feedback_always_closes() -> None:
+    # 28 tokens of JSON + end-of-sequence, 2 tokens per feedback character at worst.
+    assert (settings().feedback_chars, settings().max_tokens) == (176, 380)
+    assert (settings(FEEDBACK_MAX_CHARS=40).feedback_chars, settings(FEEDBACK_MAX_CHARS=40).max_tokens) == (40, 108)
+    assert settings(MAX_TOKENS=200).feedback_chars == 86  # MAX_TOKENS alone: the bound follows it
+    assert settings(MAX_TOKENS=400, FEEDBACK_MAX_CHARS=150).max_tokens == 400  # room to spare is fine
+    with pytest.raises(ValueError, match="FEEDBACK_MAX_CHARS=176 cannot always close inside MAX_TOKENS=200"):
+        settings(MAX_TOKENS=200, FEEDBACK_MAX_CHARS=176)

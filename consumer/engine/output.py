@@ -1,14 +1,17 @@
 """Model output -> grade, or the reason it is not one.
 
-The grammar (``output_schema``) keeps vLLM's output in shape; this module
-still checks everything, because a cut-off generation or a different backend
-can produce anything. A failure here is an ``invalid_output`` error result:
+The grammar (``output_schema``) keeps vLLM's output in shape and short enough
+to close inside ``max_tokens`` (the budget is explained beside
+``JSON_OVERHEAD_TOKENS`` in ``consumer/settings.py``); this module still
+checks everything, because a different backend or a cut-off generation can
+produce anything. A failure here is an ``invalid_output`` error result:
 never a made-up grade.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,14 +19,54 @@ from consumer.contract import ErrorCode
 
 NOTA_VALUES = (0, 1, 2, 3, 4, 5)
 
+# Characters the feedback may hold: U+0020..U+07FF (at most 2 UTF-8 bytes
+# each) without `"` and `\` (no JSON escapes: one character of value is one
+# character of JSON) and without DEL, C1 controls and the no-break space.
+# A regex character class, as JSON Schema's `pattern` takes it.
+FEEDBACK_CHARS = " !#-\\[\\]-~\u00a1-\u07ff"
+_FIRST_CHAR = FEEDBACK_CHARS[1:]  # not a space: feedback starts with text
+_PATTERN_RE = re.compile(r"\{0,(\d+)\}")
+
+
+def feedback_pattern(max_chars: int) -> str:
+    """One visible character, then at most ``max_chars - 1`` allowed ones.
+
+    The length lives in the pattern, not in ``maxLength``: xgrammar (vLLM's
+    default backend) cannot combine the two and vLLM would silently switch
+    backends.
+    """
+    return f"^[{_FIRST_CHAR}][{FEEDBACK_CHARS}]{{0,{max_chars - 1}}}$"
+
+
+def pattern_max_chars(grammar: str) -> int:
+    """The feedback bound an ``output_regex`` was built with."""
+    found = _PATTERN_RE.search(grammar)
+    if found is None:
+        raise ValueError("not a grammar from output_regex()")
+    return int(found.group(1)) + 1
+
+
+def output_regex(feedback_max_chars: int) -> str:
+    """The grammar vLLM decodes with: the fine-tune's own JSON layout, fixed.
+
+    `{"nota": N, "feedback": "…"}` with exactly the spaces of the training
+    format (and of the instruction's example): a JSON Schema would give
+    either compact JSON, which pushes the model off the layout it was trained
+    on (measured on Gemma 3 270M: whole outputs of at most 16 tokens, where the
+    spaced layout gave feedback sentences), or free whitespace, which a weak
+    model pads until max_tokens. Every byte but the feedback is fixed.
+    """
+    body = feedback_pattern(feedback_max_chars)[1:-1]  # without ^ and $
+    return '\\{"nota": [0-5], "feedback": "' + body + '"\\}'
+
 
 def output_schema(feedback_max_chars: int) -> dict[str, Any]:
-    """JSON Schema for structured decoding, in the fine-tune's key order."""
+    """The same output as a JSON Schema, in the fine-tune's key order (for readers; vLLM gets the regex)."""
     return {
         "type": "object",
         "properties": {
             "nota": {"type": "integer", "enum": list(NOTA_VALUES)},
-            "feedback": {"type": "string", "minLength": 1, "maxLength": feedback_max_chars},
+            "feedback": {"type": "string", "pattern": feedback_pattern(feedback_max_chars)},
         },
         "required": ["nota", "feedback"],
         "additionalProperties": False,

@@ -63,6 +63,11 @@ class PromptPart:
 @dataclass(frozen=True)
 class Prompt:
     parts: tuple[PromptPart, ...]
+    # The format starts with the tokenizer's BOS token, exactly once, whatever
+    # the tokenizer file says: the fine-tune was trained on `<bos>` + its format,
+    # and a converted Gemma tokenizer adds no BOS while the hub one does.
+    # Not part of ``text`` (the golden file is the text after BOS).
+    bos: bool = False
 
     @cached_property
     def text(self) -> str:
@@ -76,13 +81,18 @@ class Prompt:
 class PromptBuilder:
     """Wraps the user content in a fixed prefix and suffix (trusted template text)."""
 
-    def __init__(self, prefix: str, suffix: str) -> None:
+    def __init__(self, prefix: str, suffix: str, *, bos: bool = False) -> None:
         self._prefix = PromptPart(prefix, trusted=True)
         self._suffix = PromptPart(suffix, trusted=True)
+        self._bos = bos
+
+    @property
+    def needs_bos(self) -> bool:
+        return self._bos
 
     @classmethod
     def gemma_finetune(cls) -> PromptBuilder:
-        return cls(GEMMA_PREFIX, GEMMA_SUFFIX)
+        return cls(GEMMA_PREFIX, GEMMA_SUFFIX, bos=True)
 
     @classmethod
     def from_chat_template(cls, render: Callable[[str], str]) -> PromptBuilder:
@@ -101,7 +111,7 @@ class PromptBuilder:
         return cls(prefix, suffix)
 
     def build(self, item: Item) -> Prompt:
-        return Prompt((self._prefix, PromptPart(user_content(item), trusted=False), self._suffix))
+        return Prompt((self._prefix, PromptPart(user_content(item), trusted=False), self._suffix), bos=self._bos)
 
 
 class PromptTokenizer:
@@ -114,6 +124,10 @@ class PromptTokenizer:
     Joining the non-token text into runs reproduces what tokenizing the whole
     string does for ordinary text (Hugging Face tokenizers also split at
     added tokens first), so benign prompts get the training-time ids.
+
+    In front: for a prompt that needs BOS, the tokenizer's BOS id exactly once
+    (never what the post-processor happens to add); otherwise what the
+    tokenizer itself adds, unless the template text already starts with BOS.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -122,11 +136,27 @@ class PromptTokenizer:
         # Longest first, so a token that contains another one wins.
         added = sorted(self._added_ids, key=len, reverse=True)
         self._added_re = re.compile("(" + "|".join(map(re.escape, added)) + ")") if added else None
-        # Tokens the tokenizer itself puts in front (BOS for Gemma, none for SmolLM2).
+        # Tokens the tokenizer itself puts in front (BOS for the hub Gemma
+        # tokenizers, none for a converted Gemma GGUF or SmolLM2).
         self._leading_ids: list[int] = list(tokenizer("", add_special_tokens=True)["input_ids"])
+        bos_id = tokenizer.bos_token_id
+        self._bos_id: int | None = bos_id if isinstance(bos_id, int) else None
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._bos_id
 
     def encode(self, prompt: Prompt) -> list[int]:
-        ids = self._leading_ids_for(prompt.text)
+        ids = self._encode_parts(prompt)
+        if prompt.bos:
+            if self._bos_id is None:
+                raise ValueError("this prompt format starts with BOS, and the tokenizer has no BOS token")
+            # Template text may already hold <bos> as its first token; one is enough.
+            return ids if ids[:1] == [self._bos_id] else [self._bos_id, *ids]
+        return self._leading_ids_for(prompt.text) + ids
+
+    def _encode_parts(self, prompt: Prompt) -> list[int]:
+        ids: list[int] = []
         run: list[str] = []
         for piece, is_token in self._pieces(prompt.parts):
             if is_token:

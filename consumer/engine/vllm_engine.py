@@ -19,7 +19,7 @@ from consumer.contract import Item, Sampling
 from consumer.engine import vllm_compat
 from consumer.engine.base import EngineHealth, GradeOutcome
 from consumer.engine.grading import grade_prompt
-from consumer.engine.output import Generation, output_schema
+from consumer.engine.output import Generation, output_regex
 from consumer.engine.prompt import Prompt, PromptBuilder, PromptTokenizer
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class VllmEngine:
         self._timeout_s = timeout_s
         # Compact JSON: with free whitespace allowed, a weak model can pad
         # newlines until max_tokens cuts the object off.
-        schema = StructuredOutputsParams(json=output_schema(feedback_max_chars), disable_any_whitespace=True)
+        schema = StructuredOutputsParams(regex=output_regex(feedback_max_chars))
         # One parameter set per attempt: attempt n samples with seed + n, so
         # a retry can differ while every run stays reproducible.
         self._params: list[SamplingParams] = [

@@ -53,7 +53,7 @@ def cmd_render_prompt(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
 
     from consumer.contract import Item
-    from consumer.engine.factory import build_prompt_builder, resolve_model
+    from consumer.engine.factory import build_prompt_builder, build_prompt_tokenizer, load_tokenizer, resolve_model
     from consumer.validation import validation_problems
 
     try:
@@ -62,6 +62,16 @@ def cmd_render_prompt(args: argparse.Namespace, settings: Settings) -> int:
         print(f"render-prompt: invalid item ({validation_problems(exc, root='item')})", file=sys.stderr)
         return 2
     model = resolve_model(settings)
+    if args.tokens:
+        # What the engine is fed, from the tokenizer alone (no model weights).
+        tokenizer = load_tokenizer(model)
+        builder = build_prompt_builder(model, tokenizer)
+        ids = build_prompt_tokenizer(builder, tokenizer).encode(builder.build(item))
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        out = {"model": model.name, "token_ids": ids, "tokens": tokens}
+        sys.stdout.buffer.write(json.dumps(out, ensure_ascii=False).encode("utf-8") + b"\n")
+        sys.stdout.flush()
+        return 0
     prompt = build_prompt_builder(model).build(item)
     sys.stdout.buffer.write(prompt.text.encode("utf-8"))
     sys.stdout.flush()
@@ -284,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     grade.set_defaults(run=lambda a, s: asyncio.run(_grade(a, s)))
 
     render = sub.add_parser("render-prompt", help="item JSON on stdin -> exact prompt on stdout")
+    render.add_argument(
+        "--tokens", action="store_true", help='print {"model", "token_ids", "tokens"} JSON (loads the tokenizer only)'
+    )
     render.set_defaults(run=cmd_render_prompt)
 
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of every message")
