@@ -1,6 +1,6 @@
 """Model output -> grade, or the reason it is not one.
 
-The grammar (``output_schema``) keeps vLLM's output in shape and short enough
+The grammar (``output_regex``) keeps vLLM's output in shape and short enough
 to close inside ``max_tokens`` (the budget is explained beside
 ``JSON_OVERHEAD_TOKENS`` in ``consumer/settings.py``); this module still
 checks everything, because a different backend or a cut-off generation can

@@ -58,8 +58,8 @@ class VllmEngine:
         self._attempts = attempts
         self._device = device
         self._timeout_s = timeout_s
-        # Compact JSON: with free whitespace allowed, a weak model can pad
-        # newlines until max_tokens cuts the object off.
+        # The fine-tune's JSON layout with every byte fixed but the feedback,
+        # which always closes inside max_tokens (consumer/engine/output.py).
         schema = StructuredOutputsParams(regex=output_regex(feedback_max_chars))
         # One parameter set per attempt: attempt n samples with seed + n, so
         # a retry can differ while every run stays reproducible.
