@@ -9,7 +9,6 @@ import time
 from collections import Counter
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
@@ -20,6 +19,7 @@ from consumer.testing.topics import (
     items,
     job,
     make_settings,
+    produce,
     read_until,
     running,
     values,
@@ -31,12 +31,7 @@ pytestmark = pytest.mark.kafka
 
 
 async def _send(bootstrap: str, topic: str, key: str, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=32 * 1024 * 1024)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, key=key.encode(), value=value)
-    finally:
-        await producer.stop()
+    await produce(bootstrap, topic, [(key.encode(), value)])
 
 
 async def test_a_job_aborted_mid_way_resumes_where_its_acknowledged_items_end(

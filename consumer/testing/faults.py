@@ -244,42 +244,37 @@ async def _cancel_outcome(bootstrap: str, topics: TopicNames, job_id: str, cance
     return CancelRun(fault, terminal, late, took_s)
 
 
-async def cancel_during_rebalance(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path,
-                                  n_items: int = 2000) -> CancelRun:  # fmt: skip
+async def _cancel_scenario(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, name: str,
+                           kill_owner: bool, n_items: int = 2000) -> CancelRun:  # fmt: skip
+    settings, topics = await _setup(bootstrap, group_kwargs)
+    first = await ServiceProcess(settings, log_dir, f"{name}-a", delay_ms=200, concurrency=16).start()
+    second = ServiceProcess(settings, log_dir, f"{name}-b", delay_ms=200, concurrency=16)
+    job_id = name.encode()
+    try:
+        await first.wait_healthy()
+        await produce(bootstrap, topics.requests, [(job_id, job(name, items(n_items)))])
+        await read_until(bootstrap, topics.results, at_least(50))
+        if not kill_owner:
+            await second.start()  # its join revokes the first consumer's partitions
+            await asyncio.sleep(0.5)
+        cancelled_at = time.monotonic()
+        await produce(bootstrap, topics.control, [(job_id, _CANCEL % job_id)])
+        if kill_owner:
+            first.kill()
+            await first.wait()
+            await second.start()
+        fault = "kill -9 during a cancel" if kill_owner else "cancel during a rebalance"
+        return await _cancel_outcome(bootstrap, topics, name, cancelled_at, fault)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def cancel_during_rebalance(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path) -> CancelRun:
     """A second consumer joins mid-job and the cancel is sent while the group rebalances."""
-    settings, topics = await _setup(bootstrap, group_kwargs)
-    first = await ServiceProcess(settings, log_dir, "cancel-rb-a", delay_ms=200, concurrency=16).start()
-    second = ServiceProcess(settings, log_dir, "cancel-rb-b", delay_ms=200, concurrency=16)
-    try:
-        await first.wait_healthy()
-        await produce(bootstrap, topics.requests, [(b"crb", job("crb", items(n_items)))])
-        await read_until(bootstrap, topics.results, at_least(50))
-        await second.start()  # its join revokes the first consumer's partitions
-        await asyncio.sleep(0.5)
-        cancelled_at = time.monotonic()
-        await produce(bootstrap, topics.control, [(b"crb", _CANCEL % b"crb")])
-        return await _cancel_outcome(bootstrap, topics, "crb", cancelled_at, "cancel during a rebalance")
-    finally:
-        await first.close()
-        await second.close()
+    return await _cancel_scenario(bootstrap, group_kwargs, log_dir, name="crb", kill_owner=False)
 
 
-async def kill9_during_cancel(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path,
-                              n_items: int = 2000) -> CancelRun:  # fmt: skip
+async def kill9_during_cancel(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path) -> CancelRun:
     """The owner is killed right after the cancel is sent; its successor must honour it."""
-    settings, topics = await _setup(bootstrap, group_kwargs)
-    first = await ServiceProcess(settings, log_dir, "cancel-k9-a", delay_ms=200, concurrency=16).start()
-    second = ServiceProcess(settings, log_dir, "cancel-k9-b", delay_ms=200, concurrency=16)
-    try:
-        await first.wait_healthy()
-        await produce(bootstrap, topics.requests, [(b"ck9", job("ck9", items(n_items)))])
-        await read_until(bootstrap, topics.results, at_least(50))
-        cancelled_at = time.monotonic()
-        await produce(bootstrap, topics.control, [(b"ck9", _CANCEL % b"ck9")])
-        first.kill()
-        await first.wait()
-        await second.start()
-        return await _cancel_outcome(bootstrap, topics, "ck9", cancelled_at, "kill -9 during a cancel")
-    finally:
-        await first.close()
-        await second.close()
+    return await _cancel_scenario(bootstrap, group_kwargs, log_dir, name="ck9", kill_owner=True)
