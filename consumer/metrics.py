@@ -137,6 +137,15 @@ class Metrics:
         self.items_resumed = Counter(
             "texteval_items_resumed", "Items skipped on resume: acknowledged by an earlier owner", registry=r
         )
+        # Every label value these take exists from the start, at 0 (see items_graded above).
+        for kind in ("undecodable_record", "fetch_failed", "too_large_to_fetch"):
+            self.fetch_errors.labels(kind=kind)
+        for form in ("without_value", "coordinates"):
+            self.dead_letters_reduced.labels(form=form)
+        for result in ("cancel", "repeated", "malformed"):
+            self.control_commands.labels(result=result)
+        for admission in ("duplicate", "republish", "conflict"):
+            self.jobs_deduplicated.labels(admission=admission)
 
     def expect_dead_letter_reasons(self, reasons: Iterable[str]) -> None:
         """Create the dead-letter series at 0 (see ``items_graded`` above);

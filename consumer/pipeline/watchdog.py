@@ -50,7 +50,6 @@ class Watchdog:
         self._is_member = is_member
         self.kafka_down_since: float | None = None  # monotonic time of the first failed check
         self.missing_topics: tuple[str, ...] = ()  # output topics the broker does not know
-        self.checked = asyncio.Event()  # set after the first metadata answer
 
     @property
     def kafka_down_s(self) -> float | None:
@@ -84,7 +83,6 @@ class Watchdog:
                 else:
                     logger.info("output topics present again: admission resumes")
             self.missing_topics = missing
-            self.checked.set()
         engine = self._engine.health()
         # Set here, not only when /health is asked: a scrape must not read
         # what the last probe left (0 when nothing probes).
