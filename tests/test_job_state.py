@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
+from consumer.pipeline.app import AppConfig, ConsumerApp
+from consumer.pipeline.sinks import Sinks
 from consumer.testing.topics import (
     at_least,
     count_events,
@@ -123,3 +128,60 @@ async def test_cancel_stops_a_running_job_within_seconds_and_a_cancelled_request
     later = [e for e in more if e["job_id"] == "later"]
     assert [e["event"] for e in later] == ["cancelled"] and later[0]["data"]["completed"] == 0
     await wait_for(lambda: True)
+
+
+class _FailingResults:
+    """A real producer whose result sends fail while ``failing`` (as when the
+    broker stays unreachable past the producer's request timeout)."""
+
+    def __init__(self, producer: AIOKafkaProducer, results_topic: str) -> None:
+        self._producer = producer
+        self._results = results_topic
+        self.failing = True
+        self.failed = 0
+
+    async def send(self, topic: str, **kw: Any) -> Any:
+        if self.failing and topic == self._results:
+            self.failed += 1
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.set_exception(KafkaTimeoutError())
+            return future
+        return await self._producer.send(topic, **kw)
+
+    async def flush(self) -> None:
+        await self._producer.flush()
+
+
+async def test_a_job_whose_results_could_not_be_sent_is_sent_again_not_graded_again(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    await create_topics(kafka_bootstrap, topic_names)
+    await _send(kafka_bootstrap, topic_names.requests, "undelivered", job("undelivered", items(60)))
+    engine, metrics = FakeEngine(delay_s=0.001), Metrics()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=settings.kafka_group_id, enable_auto_commit=False,
+        auto_offset_reset="earliest", **kafka_group_kwargs,
+    )  # fmt: skip
+    await producer.start()
+    await consumer.start()
+    flaky = _FailingResults(producer, topic_names.results)
+    sinks = Sinks(flaky, results_topic=topic_names.results, progress_topic=topic_names.progress,  # type: ignore[arg-type]
+                  dlt_topic=topic_names.dlt, group_id=settings.kafka_group_id)  # fmt: skip
+    config = AppConfig(retry_backoff_s=0.5, commit_interval_s=0.1, output_topics=tuple(topic_names))
+    app = ConsumerApp(consumer, sinks, engine, metrics, requests_topic=topic_names.requests, config=config)
+    task = asyncio.create_task(app.run())
+    try:
+        await wait_for(lambda: flaky.failed >= 60)  # every grade computed, none delivered
+        flaky.failing = False
+        results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(60)))
+        progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
+    finally:
+        app.stop()
+        await asyncio.wait([task], timeout=15)
+        await consumer.stop()
+        await producer.stop()
+    assert sorted(r["item_index"] for r in results) == list(range(60))
+    assert engine.calls == 60  # the retry sent the grades again; it did not grade again
+    assert progress[-1]["event"] == "complete" and progress[-1]["data"]["succeeded"] == 60

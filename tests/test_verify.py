@@ -55,6 +55,34 @@ def test_a_lost_item_fails_and_is_listed() -> None:
     assert "missing item indexes: 3" in render(report)
 
 
+def cancelled(job_id: str, total: int, completed: int, succeeded: int) -> dict[str, Any]:
+    data = {"total_items": total, "completed": completed, "succeeded": succeeded,
+            "failed": completed - succeeded, "total_time_seconds": 1.0, "status": "cancelled"}  # fmt: skip
+    return {"event": "cancelled", "job_id": job_id, "data": data}
+
+
+def test_a_cancelled_job_is_whole_when_every_item_it_counts_has_a_result() -> None:
+    # Cancelled after 3 of 10; one item in flight published after the event.
+    results = [result("a", i) for i in range(4)]
+    report = check({"a": 10}, results, [cancelled("a", 10, 3, 3)])
+    (job_check,) = report.jobs
+    assert report.ok and report.lost == 0 and job_check.cancelled
+    assert job_check.missing == list(range(4, 10))  # never graded: cancelled, not lost
+    assert "cancelled, 6 not graded" in render(report) and "missing item indexes" not in render(report)
+
+
+def test_a_cancelled_job_missing_results_it_counts_fails() -> None:
+    report = check({"a": 10}, [result("a", i) for i in range(2)], [cancelled("a", 10, 3, 3)])
+    assert not report.ok
+    assert report.jobs[0].complete_problem == "cancelled counts 3 completed, 2 results"
+
+
+def test_the_first_terminal_event_decides_a_complete_then_a_late_cancel_changes_nothing() -> None:
+    results, progress = whole("a", 3)
+    report = check({"a": 3}, results, [*progress, cancelled("a", 3, 0, 0)])
+    assert report.ok and not report.jobs[0].cancelled
+
+
 def test_duplicates_are_counted_but_not_a_failure() -> None:
     r1, p1 = whole("a", 4)
     r2, p2 = whole("b", 4)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer.engine.base import GradingEngine
+from consumer.engine.base import GradeOutcome, GradingEngine
 from consumer.health import HealthReport
 from consumer.metrics import Metrics
 from consumer.pipeline.checkpointing import Committer, OffsetTracker
@@ -132,6 +132,9 @@ class ConsumerApp:
         self._member = False  # in the group, with an assignment (maybe empty)
         self.engine_failed = False  # the engine died: stop, and let the process be restarted
         self._delivery_failures = 0  # consecutive jobs whose output could not be sent
+        # A job whose output could not be sent leaves its computed, unacknowledged
+        # outcomes here, by record, for its retry: delivery is retried, not grading.
+        self._carried: dict[tuple[TopicPartition, int], dict[int, GradeOutcome]] = {}
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -256,6 +259,7 @@ class ConsumerApp:
                 flush_s=self._limits.progress_flush_s,
                 request_bytes=len(record.value or b""),
                 resume=plan.state if plan is not None else None,
+                carried=self._carried.pop((tp, record.offset), None),
             )
             logger.info("job accepted: job_id=%s items=%d offset=%d", parsed.job_id, len(parsed.items), record.offset)
             self._metrics.jobs_accepted.inc()
@@ -306,7 +310,10 @@ class ConsumerApp:
             return
         # Output could not be delivered (e.g. broker unreachable past the
         # producer's retries). Run the record again: duplicates, never loss;
-        # the wait doubles while deliveries keep failing.
+        # what was graded is sent again, not graded again (``carried``); the
+        # wait doubles while deliveries keep failing.
+        if work.run is not None and work.run.unacked:
+            self._carried[(work.tp, work.record.offset)] = dict(work.run.unacked)
         self._delivery_failures += 1
         backoff_s = min(
             self._limits.retry_backoff_s * 2 ** (self._delivery_failures - 1), self._limits.retry_backoff_max_s
@@ -361,6 +368,13 @@ class ConsumerApp:
             logger.info("revoked %d partitions: aborting %d jobs", len(revoked), len(lost))
         await self._cancel(lost)
         self._backlog = deque(entry for entry in self._backlog if entry.tp not in revoked)
+        self._carried = {key: outcomes for key, outcomes in self._carried.items() if key[0] not in revoked}
+        # What the aborted jobs already sent gets its acknowledgements first,
+        # so the job state counts it: the next owner regrades only what was
+        # still in the engine, not what was published a moment ago.
+        with contextlib.suppress(KafkaError, TimeoutError):
+            async with asyncio.timeout(self._limits.revoke_timeout_s):
+                await self._sinks.flush()
         # The commit writes the aborted jobs' acknowledged items to the job
         # state first: the next owner grades only the rest.
         await self._committer.release(revoked, self._limits.revoke_timeout_s)

@@ -13,6 +13,11 @@ the broker has acknowledged every message it produced; only then may its
 offset be committed. However the job ends (done, failed, cancelled by a
 revoke or a shutdown), its items leave the scheduler at once.
 
+Grades are worth more than sends: when a send fails (the broker unreachable
+past the producer's retries), the run fails, but the outcomes it computed and
+could not get acknowledged stay in ``unacked``; the retry of the same record
+is given them (``carried``) and publishes them again without grading them.
+
 ETAs (``accepted`` and every progress event) come from the scheduler: the
 job's share of the engine given the jobs it shares it with now, not the
 whole engine's rate.
@@ -23,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,6 +75,7 @@ class _Finished:
     outcome: GradeOutcome
     ready_at: float
     engine_gone: bool = False  # the engine died while grading it
+    carried: bool = False  # graded by an earlier run whose delivery failed: only published again
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,7 @@ class JobRun:
         flush_s: float,
         request_bytes: int = 0,
         resume: _ResumeFrom | None = None,
+        carried: Mapping[int, GradeOutcome] | None = None,
     ) -> None:
         self.job = job
         self.request_bytes = request_bytes  # admission bounds memory by this too
@@ -122,6 +129,10 @@ class JobRun:
         self.acked_ok = self._prior_succeeded = prior.succeeded
         self.acked_failed = self._prior_failed_n = prior.failed
         self._prior_elapsed_s = prior.elapsed_s
+        # Outcomes graded and not yet acknowledged: a failed run leaves here
+        # what its retry publishes without grading (``carried``).
+        self.unacked: dict[int, GradeOutcome] = {}
+        self._carried = {i: o for i, o in (carried or {}).items() if i not in self.acked}
         self._started = time.monotonic()
         self.terminal: CompleteEvent | CancelledEvent | None = None  # the last event, once acknowledged
         self._cancel_requested = False
@@ -144,8 +155,14 @@ class JobRun:
         started = self._started = time.monotonic()
         acks: list[Awaitable[object]] = []
         todo = [i for i in range(total) if i not in self.acked]
-        self.remaining = len(todo)
-        self._ticket = ticket = self._scheduler.submit(job.job_id, job.items, self._graded, indices=todo)
+        to_grade = [i for i in todo if i not in self._carried]
+        self.remaining = len(to_grade)
+        self._ticket = ticket = self._scheduler.submit(job.job_id, job.items, self._graded, indices=to_grade)
+        if self._carried:
+            logger.info("job retried: job_id=%s results sent again without grading=%d", job.job_id,
+                        len(self._carried))  # fmt: skip
+        for index, outcome in self._carried.items():
+            self._finished.put_nowait(_Finished(index, outcome, time.monotonic(), carried=True))
         try:
             eta_s = round(self._scheduler.estimate_s(ticket), 1)
             accepted = AcceptedData(
@@ -199,34 +216,47 @@ class JobRun:
         pending: list[_Finished] = []
         result_acks: dict[int, asyncio.Future[object]] = {}
         cancelled = False
-        while received < todo and not cancelled:
-            # Wait for the next result, but no longer than the oldest
-            # unreported one may wait for its progress event.
-            timeout = pending[0].ready_at + self._flush_s - time.monotonic() if pending else None
-            finished: _Finished | None = None
-            try:
-                async with asyncio.timeout(None if timeout is None else max(0.0, timeout)):
-                    finished = await self._finished.get()
-                    cancelled = finished is None
-            except TimeoutError:
-                pass
-            if finished is not None and finished.engine_gone:
-                raise EngineUnavailable(self._engine.health().detail)
-            if finished is not None:
-                received += 1
-                succeeded += finished.outcome.status is ItemStatus.OK
-                ack = await self._sinks.result(self._result(finished))
-                result_acks[finished.index] = ack
-                acks.append(ack)
-                self._observe(finished.outcome)
-                pending.append(finished)
-            if pending and (finished is None or len(pending) >= self._batch_size or received == todo or cancelled):
-                batch_number += 1
-                done = self.resumed_items + received
-                batch_ack = await self._send_batch(batch_number, pending, done, len(self.job.items), started)
-                acks.append(batch_ack)
-                self._track(pending, [result_acks.pop(f.index) for f in pending], batch_ack)
-                pending = []
+        try:
+            while received < todo and not cancelled:
+                # Wait for the next result, but no longer than the oldest
+                # unreported one may wait for its progress event.
+                timeout = pending[0].ready_at + self._flush_s - time.monotonic() if pending else None
+                finished: _Finished | None = None
+                try:
+                    async with asyncio.timeout(None if timeout is None else max(0.0, timeout)):
+                        finished = await self._finished.get()
+                        cancelled = finished is None
+                except TimeoutError:
+                    pass
+                if finished is not None and finished.engine_gone:
+                    raise EngineUnavailable(self._engine.health().detail)
+                if finished is not None:
+                    received += 1
+                    succeeded += finished.outcome.status is ItemStatus.OK
+                    self.unacked[finished.index] = finished.outcome
+                    ack = await self._sinks.result(self._result(finished))
+                    result_acks[finished.index] = ack
+                    acks.append(ack)
+                    if not finished.carried:  # counted when it was graded
+                        self._observe(finished.outcome)
+                    pending.append(finished)
+                if pending and (finished is None or len(pending) >= self._batch_size or received == todo or cancelled):
+                    batch_number += 1
+                    done = self.resumed_items + received
+                    batch_ack = await self._send_batch(batch_number, pending, done, len(self.job.items), started)
+                    acks.append(batch_ack)
+                    self._track(pending, [result_acks.pop(f.index) for f in pending], batch_ack)
+                    pending = []
+        except asyncio.CancelledError:
+            # Aborted (revoke, shutdown): the results already sent get their
+            # progress event too, so the job state can count them and the
+            # next owner does not grade them again.
+            sent = [f for f in pending if f.index in result_acks]
+            if sent:
+                done = self.resumed_items + received - (len(pending) - len(sent))
+                batch_ack = await self._send_batch(batch_number + 1, sent, done, len(self.job.items), started)
+                self._track(sent, [result_acks.pop(f.index) for f in sent], batch_ack)
+            raise
         return succeeded, received - succeeded
 
     def _track(self, batch: list[_Finished], results: list[asyncio.Future[object]], event: Awaitable[object]) -> None:
@@ -238,6 +268,7 @@ class JobRun:
                 return  # not acknowledged: the item is graded again by whoever resumes the job
             for f in batch:
                 self.acked.add(f.index)
+                self.unacked.pop(f.index, None)
                 if f.outcome.status is ItemStatus.OK:
                     self.acked_ok += 1
                 else:

@@ -54,6 +54,9 @@ class Ledger:
         self._control = control
         self._metrics = metrics
         self._runs: dict[str, JobRun] = {}  # job_id -> the run grading it here
+        # Runs aborted (revoke, failed delivery) whose sends may still be
+        # acknowledged: checkpointed again until their job restarts or leaves.
+        self._aborted: dict[str, JobRun] = {}
 
     def plan(self, job: Job, value: bytes, partition: int, offset: int) -> Plan:
         print_ = fingerprint(value)
@@ -103,6 +106,7 @@ class Ledger:
 
     def started(self, run: JobRun) -> None:
         self._runs[run.job.job_id] = run
+        self._aborted.pop(run.job.job_id, None)
         # A cancel that arrived between plan() and now.
         if self._control is not None and self._control.is_cancelled(run.job.job_id):
             run.request_cancel()
@@ -121,6 +125,8 @@ class Ledger:
         self._snapshot(run)
         if self._runs.get(run.job.job_id) is run:
             del self._runs[run.job.job_id]
+            if run.terminal is None:
+                self._aborted[run.job.job_id] = run
         if run.terminal is not None and (state := self._store.get(run.job.job_id)) is not None:
             self.finished(state, run.terminal)
 
@@ -140,7 +146,7 @@ class Ledger:
 
     async def checkpoint(self) -> None:
         """Before an offset commit: every running job's acknowledged items, written and acknowledged."""
-        for run in list(self._runs.values()):
+        for run in [*self._runs.values(), *self._aborted.values()]:
             self._snapshot(run)
         await self._store.flush()
 
@@ -150,3 +156,4 @@ class Ledger:
 
     def forget(self, partitions: Iterable[int]) -> None:
         self._store.forget(partitions)
+        self._aborted = {job_id: run for job_id, run in self._aborted.items() if self._store.get(job_id) is not None}

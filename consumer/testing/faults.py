@@ -118,6 +118,52 @@ async def sigterm_during_job(bootstrap: str, group_kwargs: dict[str, int], log_d
     return tally("SIGTERM mid-job, restart", ids, results, drain_s), code, drain_s
 
 
+def _keys_for_each_partition(prefix: str, partitions: int) -> list[str]:
+    """One job id per partition, as the producers' default partitioner places them."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    chosen: dict[int, str] = {}
+    n = 0
+    while len(chosen) < partitions:
+        key = f"{prefix}-{n}"
+        chosen.setdefault(DefaultPartitioner()(key.encode(), list(range(partitions)), list(range(partitions))), key)
+        n += 1
+    return [chosen[p] for p in range(partitions)]
+
+
+async def join_during_jobs(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *,
+                           n_items: int = 2000, join_after: int = 300, delay_ms: float = 100,
+                           concurrency: int = 16) -> FaultRun:  # fmt: skip
+    """A second consumer joins a group of one while 3 jobs run (one per partition).
+
+    The join revokes all three partitions (eager rebalance): each running job
+    is aborted, its published results acknowledged and checkpointed, and
+    whoever gets its partition continues from there. Duplicates are what
+    was published but not yet in the job state; the target is at most the
+    items in the engine (``concurrency``).
+    """
+    settings, topics = await _setup(bootstrap, group_kwargs)
+    job_ids = _keys_for_each_partition("join", 3)
+    ids = {f"{j}#{i}" for j in job_ids for i in range(n_items)}
+    first = await ServiceProcess(settings, log_dir, "join-a", delay_ms=delay_ms, concurrency=concurrency).start()
+    second = ServiceProcess(settings, log_dir, "join-b", delay_ms=delay_ms, concurrency=concurrency)
+    try:
+        await first.wait_healthy()
+        await produce(bootstrap, topics.requests, [(j.encode(), job(j, items(n_items))) for j in job_ids])
+        await read_until(bootstrap, topics.results, at_least(join_after))
+        joined = time.monotonic()
+        await second.start()
+        results = values(await read_until(bootstrap, topics.results, _unique_at_least(ids), timeout_s=180))
+        recovery_s = time.monotonic() - joined
+        progress = values(await read_until(bootstrap, topics.progress, count_events("complete", 3)))
+    finally:
+        await first.close()
+        await second.close()
+    resumed = sum(e["data"].get("resumed_items") or 0 for e in progress if e["event"] == "accepted")
+    detail = f"joined after {join_after} results; {resumed} items resumed by the owners after the rebalance"
+    return tally("second consumer joins mid-job", ids, results, recovery_s, detail)
+
+
 async def churn(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, duration_s: float,
                 seed: int = 0, consumers: int = 3, items_per_job: int = 50) -> FaultRun:  # fmt: skip
     """Consumers started and stopped (SIGTERM or SIGKILL) at random while jobs flow."""

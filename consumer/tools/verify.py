@@ -4,7 +4,9 @@ An operator gives it the jobs that were produced (a manifest) and it reads the
 results and progress topics of a live deployment, from the beginning, and
 reports per job: items without a result (lost), extra copies of a result
 (duplicates), results that no request asked for, and whether the job's
-``complete`` event arrived with the right counts.
+``complete`` event arrived with the right counts. A job ended by a
+``cancelled`` event (contract 1.1) is whole when every item that event counts
+as completed has a result: the items it never graded are cancelled, not lost.
 
 Delivery is at-least-once and ``result_id`` is the dedup key, so duplicates
 are reported but are not failures. Results of jobs outside the manifest are
@@ -86,10 +88,11 @@ class JobCheck:
     complete_events: int
     complete_problem: str | None  # why the (last) complete event is wrong or absent
     errors: dict[str, int]  # error results by code
+    cancelled: bool = False  # ended by a ``cancelled`` event: ``missing`` are items never graded
 
     @property
     def lost(self) -> int:
-        return len(self.missing)
+        return 0 if self.cancelled else len(self.missing)
 
     @property
     def complete_ok(self) -> bool:
@@ -97,7 +100,7 @@ class JobCheck:
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.unexpected and self.complete_ok
+        return not self.lost and not self.unexpected and self.complete_ok
 
 
 @dataclass(frozen=True)
@@ -163,9 +166,16 @@ def check(
         latest[job_id][rid] = result
 
     completes: dict[str, list[Mapping[str, Any]]] = {job_id: [] for job_id in expected}
+    cancels: dict[str, Mapping[str, Any]] = {}
     for event in progress:
-        if event.get("event") == ProgressEventType.COMPLETE and event.get("job_id") in completes:
-            completes[event["job_id"]].append(event)
+        job_id = event.get("job_id")
+        if job_id not in completes:
+            continue
+        if event.get("event") == ProgressEventType.COMPLETE:
+            completes[job_id].append(event)
+        elif event.get("event") == ProgressEventType.CANCELLED and not completes[job_id]:
+            # A job is terminal after its first complete or cancelled event.
+            cancels.setdefault(job_id, event)
 
     jobs: list[JobCheck] = []
     for job_id, total in expected.items():
@@ -182,8 +192,13 @@ def check(
                 duplicates=sum(n - 1 for n in copies[job_id].values()),
                 unexpected=sorted(unexpected[job_id]),
                 complete_events=len(completes[job_id]),
-                complete_problem=_complete_problem(completes[job_id], total, statuses.count("ok")),
+                complete_problem=(
+                    _cancelled_problem(cancels[job_id], len(got), statuses.count("ok"))
+                    if job_id in cancels
+                    else _complete_problem(completes[job_id], total, statuses.count("ok"))
+                ),
                 errors=dict(sorted(codes.items())),
+                cancelled=job_id in cancels,
             )
         )
     return VerifyReport(jobs=jobs, orphans=orphans, undecodable=undecodable)
@@ -207,6 +222,20 @@ def _complete_problem(events: list[Mapping[str, Any]], total: int, ok_results: i
         return f"succeeded {succeeded} + failed {failed} != {total}"
     if succeeded != ok_results:
         return f"succeeded {succeeded} != {ok_results} ok results"
+    return None
+
+
+def _cancelled_problem(event: Mapping[str, Any], received: int, ok_results: int) -> str | None:
+    # Items in flight at the cancel may publish after it: more results than
+    # the event counts is fine, fewer means results the event promised are lost.
+    data = event.get("data") or {}
+    completed, succeeded = data.get("completed"), data.get("succeeded")
+    if not isinstance(completed, int) or not isinstance(succeeded, int):
+        return "cancelled event without counts"
+    if received < completed:
+        return f"cancelled counts {completed} completed, {received} results"
+    if ok_results < succeeded:
+        return f"cancelled counts {succeeded} succeeded, {ok_results} ok results"
     return None
 
 
@@ -275,6 +304,8 @@ def render(report: VerifyReport) -> str:
     lines = [head + "  errors"]
     for j in report.jobs:
         complete = "ok" if j.complete_ok else f"NO: {j.complete_problem}"
+        if j.cancelled:
+            complete = f"cancelled, {len(j.missing)} not graded" + ("" if j.complete_ok else f" ({complete})")
         if j.complete_events > 1:
             complete += f" ({j.complete_events} events)"
         errors = ", ".join(f"{code}: {n}" for code, n in j.errors.items()) or "-"
@@ -282,7 +313,7 @@ def render(report: VerifyReport) -> str:
             f"{j.job_id:<{width}}  {j.expected:>8}  {j.received:>8}  {j.lost:>6}  {j.duplicates:>6}  "
             f"{complete}  {errors}"
         )
-        if j.missing:
+        if j.missing and not j.cancelled:
             lines.append(f"  missing item indexes: {_shown(j.missing)}")
         if j.unexpected:
             lines.append(f"  unexpected result_ids: {_shown(j.unexpected)}")

@@ -1,0 +1,111 @@
+"""A job run whose output cannot be delivered: its retry sends the grades again, it does not grade again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+
+from consumer.contract import Item
+from consumer.engine.fake import FakeEngine
+from consumer.metrics import Metrics
+from consumer.pipeline.intake import Job
+from consumer.pipeline.jobs import JobRun
+from consumer.pipeline.scheduler import Scheduler
+from consumer.pipeline.sinks import Sinks
+from consumer.testing.topics import items, wait_for
+
+
+class FlakyProducer:
+    """Acknowledges sends at once, except that while ``failing`` every result send fails
+    (what aiokafka does when the broker stays unreachable past its request timeout)."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, **kw: Any) -> Any:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.failing and topic == "r":
+            future.set_exception(KafkaTimeoutError())
+        else:
+            self.sent.append(json.loads(value or b"null"))
+            future.set_result(None)
+        return future
+
+
+def job_run(n: int, engine: FakeEngine, producer: FlakyProducer, metrics: Metrics, **kw: Any) -> JobRun:
+    sinks = Sinks(producer, results_topic="r", progress_topic="p", dlt_topic="d", group_id="g")  # type: ignore[arg-type]
+    job = Job("j", tuple(Item.model_validate(item) for item in items(n)))
+    return JobRun(
+        job, engine=engine, sinks=sinks, metrics=metrics, scheduler=Scheduler(engine, metrics, depth=8),
+        batch_size=10, flush_s=0.05, **kw,
+    )  # fmt: skip
+
+
+async def test_a_failed_delivery_is_retried_with_the_computed_grades_not_graded_again() -> None:
+    engine, producer, metrics = FakeEngine(delay_s=0.001, max_concurrency=8), FlakyProducer(), Metrics()
+    first = job_run(40, engine, producer, metrics)
+    producer.failing = True
+    with pytest.raises(KafkaTimeoutError):
+        await first.run()
+    assert engine.calls == 40 and not first.acked
+    assert set(first.unacked) == set(range(40))  # graded, never acknowledged
+
+    producer.failing = False
+    retry = job_run(40, engine, producer, metrics, resume=first_state(first), carried=first.unacked)
+    await retry.run()
+    assert engine.calls == 40  # nothing graded twice
+    results = [m for m in producer.sent if "result_id" in m]
+    assert sorted(r["item_index"] for r in results) == list(range(40))
+    # Grades are the first run's, and the metrics counted each item once.
+    assert {r["item_index"]: r["nota"] for r in results} == {i: o.nota for i, o in first.unacked.items()}
+    graded = metrics.registry.get_sample_value("texteval_items_graded_total", {"status": "ok", "error_code": ""})
+    assert graded == 40
+    assert retry.terminal is not None and retry.terminal.data.succeeded == 40 and not retry.unacked
+
+
+async def test_outcomes_acknowledged_before_the_failure_are_neither_carried_nor_sent_again() -> None:
+    engine, producer, metrics = FakeEngine(delay_s=0.02, max_concurrency=2), FlakyProducer(), Metrics()
+    first = job_run(30, engine, producer, metrics)
+    first_task = asyncio.create_task(first.run())
+    await wait_for(lambda: len(first.acked) >= 10)
+    producer.failing = True
+    with pytest.raises(KafkaTimeoutError):
+        await first_task
+    assert first.acked and first.acked.isdisjoint(first.unacked)
+    assert first.acked | set(first.unacked) == set(range(30))
+
+    producer.failing, producer.sent = False, []
+    retry = job_run(30, engine, producer, metrics, resume=first_state(first), carried=first.unacked)
+    await retry.run()
+    assert engine.calls == 30
+    assert sorted(m["item_index"] for m in producer.sent if "result_id" in m) == sorted(first.unacked)
+
+
+class _State:
+    def __init__(self, run: JobRun) -> None:
+        self.done, self.succeeded, self.failed, self.elapsed_s = set(run.acked), run.acked_ok, run.acked_failed, 0.0
+
+
+def first_state(run: JobRun) -> _State:
+    """What the job state holds after the failed run (ledger.ended snapshots exactly this)."""
+    return _State(run)
+
+
+async def test_an_aborted_run_sends_the_progress_event_of_the_results_it_sent_so_they_count_as_acknowledged() -> None:
+    # batch_size 10: cancelled with results sent whose batch is not full yet.
+    engine, producer, metrics = FakeEngine(delay_s=0.01, max_concurrency=4), FlakyProducer(), Metrics()
+    run = job_run(200, engine, producer, metrics)
+    task = asyncio.create_task(run.run())
+    await wait_for(lambda: sum("result_id" in m for m in producer.sent) >= 15)
+    task.cancel()  # a revoke
+    await asyncio.wait([task])
+    await asyncio.sleep(0)  # the acknowledgement callbacks
+    sent = {m["item_index"] for m in producer.sent if "result_id" in m}
+    assert run.acked == sent  # every published result is in the job state: none graded again
+    last = [m for m in producer.sent if m.get("event") == "batch_complete"][-1]
+    assert last["data"]["progress"]["completed"] == len(sent)
