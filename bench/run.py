@@ -34,6 +34,7 @@ from bench import (
     b6_small_behind_big,
     b7_end_of_term,
     b8_gateway,
+    b10_scheduler_cost,
 )
 from bench.broker_io import KafkaTarget, kafka_target
 from bench.common import FULL, REPO, SMOKE, BenchResult, Scale, machine_description, render_section, write_report
@@ -51,18 +52,24 @@ MODULES: dict[str, ModuleType] = {
     "B6": b6_small_behind_big,
     "B7": b7_end_of_term,
     "B8": b8_gateway,
+    "B10": b10_scheduler_cost,
 }
 ALL = tuple(MODULES)
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
 
 
 def engine_settings() -> Settings:
-    """The project's CPU defaults, but FEEDBACK_MAX_CHARS=40 (so MAX_TOKENS is derived as 108).
+    """The project's CPU defaults, but FEEDBACK_MAX_CHARS=40 (so MAX_TOKENS is derived as 108) and MAX_NUM_SEQS 64.
 
     A small model otherwise writes the full 176-character feedback and one
     200-prompt arm takes minutes. The environment (MODEL_NAME, ...) still applies.
     """
-    return Settings(_env_file=None, FEEDBACK_MAX_CHARS=40)  # type: ignore[call-arg]
+    overrides: dict[str, object] = {"FEEDBACK_MAX_CHARS": 40}
+    if "MAX_NUM_SEQS" not in os.environ:
+        # Below the 200 prompts of an arm, so B10's scheduler has to refill
+        # (and B1's consumer runs it at its depth), as with 2000-item jobs in production.
+        overrides["MAX_NUM_SEQS"] = 64
+    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg, arg-type]
 
 
 def settings_description(kafka: KafkaTarget, engine: VllmEngine | None, settings: Settings) -> list[str]:
@@ -121,7 +128,7 @@ async def run_all(selected: list[str], scale: Scale) -> tuple[list[BenchResult],
             results["B7"] = await _guarded("B7", lambda: b7_end_of_term.run(kafka, scale))
         if "B8" in selected:
             results["B8"] = await _guarded("B8", lambda: b8_gateway.run(kafka, scale, log_dir))
-        if "B1" in selected or "B2" in selected:
+        if {"B1", "B2", "B10"} & set(selected):
             from consumer.engine.factory import build_engine
 
             print("loading the real engine (tens of seconds)", flush=True)
@@ -132,6 +139,11 @@ async def run_all(selected: list[str], scale: Scale) -> tuple[list[BenchResult],
                     results["B1"] = await _guarded("B1", lambda: b1_e2e_vs_raw.run(live, kafka, scale))
                 if "B2" in selected:
                     results["B2"] = await _guarded("B2", lambda: b2_prototype.run(live, scale))
+                if "B10" in selected:
+                    depth, seqs = settings.engine_depth or 0, settings.max_num_seqs
+                    results["B10"] = await _guarded(
+                        "B10", lambda: b10_scheduler_cost.run(live, scale, depth=depth, max_num_seqs=seqs)
+                    )
             finally:
                 await engine.close()
         described = settings_description(kafka, engine, settings)

@@ -21,6 +21,7 @@ from bench import (
     b5_memory,
     b6_small_behind_big,
     b7_end_of_term,
+    b10_scheduler_cost,
 )
 from bench.broker_io import KafkaTarget
 from bench.common import SMOKE, BenchResult, render_section, write_report
@@ -77,9 +78,15 @@ async def test_real_engine_benchmarks_run(
     # each arm takes seconds: half the smoke prompts keep this test short,
     # and chunks of 2 still make the prototype's arm sequential.
     scale = dataclasses.replace(SMOKE, prompts=4, chunk=2)
-    results = [await b1_e2e_vs_raw.run(real_engine, kafka, scale), await b2_prototype.run(real_engine, scale)]
+    results = [
+        await b1_e2e_vs_raw.run(real_engine, kafka, scale),
+        await b2_prototype.run(real_engine, scale),
+        # Depth 2 below the 4 prompts: the scheduled arm refills.
+        await b10_scheduler_cost.run(real_engine, scale, depth=2, max_num_seqs=2),
+    ]
     positive = {
         "B1": ["ratio", "raw_texts_per_s", "e2e_texts_per_s", "prefix_cache_hit_rate"],
         "B2": ["ratio", "ours_texts_per_s", "prototype_texts_per_s"],
+        "B10": ["ratio", "scheduled_texts_per_s", "all_texts_per_s"],
     }
     check_report(results, positive, tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 from collections.abc import Callable
 
@@ -55,6 +56,13 @@ class FakeEngine:
         # Like a GPU's batch: at most this many generations progress at once,
         # so load runs take realistic time with many items in flight.
         self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        # When each slot is (virtually) free again, a heap. A GPU keeps
+        # stepping while this process is busy: a generation queued behind a
+        # finished one starts when that one ended, not when this event loop
+        # got round to it (vLLM's engine runs in its own process). Without
+        # it, every millisecond the consumer spends publishing would be a
+        # millisecond of GPU idle, which no real engine has.
+        self._free_at = [0.0] * (max_concurrency or 0)
         self._timeout_s = timeout_s
         self.in_flight = 0
         self.max_in_flight = 0
@@ -76,8 +84,9 @@ class FakeEngine:
             if self._dead is not None:
                 raise RuntimeError(f"engine is dead: {self._dead}")
             if self._slots is not None:
+                queued_at = asyncio.get_running_loop().time()
                 async with self._slots:
-                    await asyncio.sleep(self._delay_s)
+                    await self._occupy_slot(queued_at)
             elif self._delay_s:
                 await asyncio.sleep(self._delay_s)
             if self._dead is not None:
@@ -97,6 +106,17 @@ class FakeEngine:
             )
         finally:
             self.in_flight -= 1
+
+    async def _occupy_slot(self, queued_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        # Holding the semaphore: one of the heap's entries is ours. Slots are
+        # never shared (each start follows the end it replaces), so at most
+        # ``max_concurrency`` generations overlap on this virtual timeline.
+        end = max(queued_at, heapq.heappop(self._free_at)) + self._delay_s
+        try:
+            await asyncio.sleep(max(0.0, end - loop.time()))
+        finally:
+            heapq.heappush(self._free_at, min(end, loop.time()))  # an abort frees the slot now
 
     def kill(self, reason: str = "killed") -> None:
         """Simulate the engine process dying: health goes red, grades fail."""

@@ -62,6 +62,13 @@ class ServiceProcess:
         except httpx.TransportError:
             return None
 
+    async def health_body(self) -> str:
+        try:
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                return (await client.get(f"http://127.0.0.1:{self.port}/health")).text
+        except httpx.TransportError as exc:
+            return f"unreachable ({type(exc).__name__})"
+
     async def wait_healthy(self, timeout_s: float = 60) -> float:
         started = time.monotonic()
         while await self.health() != 200:
