@@ -27,6 +27,7 @@ from consumer.testing.faults import (
     broker_outage,
     cancel_during_rebalance,
     churn,
+    join_during_jobs,
     kill9_during_cancel,
     kill9_during_job,
     sigterm_during_job,
@@ -71,6 +72,14 @@ async def run_matrix(args: argparse.Namespace) -> tuple[str, bool]:
             print(f"SIGTERM {n + 1}/{args.sigterms}: {run} (exit {code}, drain {drain_s:.1f} s)", flush=True)
             terms.append(run)
         rows.append(row("SIGTERM mid-job: drain, exit 0, restart (recovery: drain time)", terms))
+
+        joins = []
+        for n in range(args.joins):
+            run = await join_during_jobs(bootstrap, group, log_dir, join_after=rng.randint(200, 3000))
+            print(f"join {n + 1}/{args.joins}: {run}", flush=True)
+            joins.append(run)
+        rows.append(row("a second consumer joins a group of one while 3 × 2000-item jobs run (100 ms × 16)"
+                        " (recovery: join → all results)", joins))  # fmt: skip
 
         churns = []
         for n in range(args.churns):
@@ -138,6 +147,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--sigterms", type=int, default=3)
+    parser.add_argument("--joins", type=int, default=5)
     parser.add_argument("--churns", type=int, default=1)
     parser.add_argument("--churn-s", type=float, default=60.0)
     parser.add_argument("--outages", type=int, default=2)
