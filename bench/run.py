@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shutil
 import sys
@@ -161,11 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help=f"Markdown file (default {DEFAULT_OUT.relative_to(REPO)}; smoke: none)"
     )
+    parser.add_argument("--reps", type=int, default=None, help="repetitions of every comparison (default: 3; smoke 1)")
     args = parser.parse_args(argv)
     selected = [b.strip().upper() for b in args.only.split(",") if b.strip()]
     if unknown := [b for b in selected if b not in ALL]:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     scale = SMOKE if args.smoke else FULL
+    if args.reps is not None:
+        scale = dataclasses.replace(scale, reps=max(1, args.reps))
     out: Path | None = args.out if args.out is not None else (None if args.smoke else DEFAULT_OUT)
 
     started = datetime.now(UTC)
