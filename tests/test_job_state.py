@@ -174,14 +174,21 @@ async def test_a_job_whose_results_could_not_be_sent_is_sent_again_not_graded_ag
     task = asyncio.create_task(app.run())
     try:
         await wait_for(lambda: flaky.failed >= 60)  # every grade computed, none delivered
+        await wait_for(lambda: not app.health_report().ready)
+        assert any("output delivery failing" in r for r in app.health_report().reasons)
+        # A new job waits while the outputs take no writes: its grades could not be written either.
+        await _send(kafka_bootstrap, topic_names.requests, "waiting", job("waiting", items(10)))
+        await asyncio.sleep(2)  # several retries of the first job meanwhile
+        assert engine.calls == 60
         flaky.failing = False
-        results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(60)))
-        progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
+        results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(70)))
+        progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 2)))
     finally:
         app.stop()
         await asyncio.wait([task], timeout=15)
         await consumer.stop()
         await producer.stop()
-    assert sorted(r["item_index"] for r in results) == list(range(60))
-    assert engine.calls == 60  # the retry sent the grades again; it did not grade again
-    assert progress[-1]["event"] == "complete" and progress[-1]["data"]["succeeded"] == 60
+    assert sorted(r["item_index"] for r in results if r["job_id"] == "undelivered") == list(range(60))
+    assert engine.calls == 70  # the retries sent the grades again; nothing was graded twice
+    completes = {e["job_id"]: e["data"]["succeeded"] for e in progress if e["event"] == "complete"}
+    assert completes == {"undelivered": 60, "waiting": 10}

@@ -76,6 +76,7 @@ class _Pending:
     tp: TopicPartition
     record: Any  # ConsumerRecord[bytes, bytes]
     parsed: Job | Rejection | None = None  # parsed once, on first look
+    retry: bool = False  # its output could not be delivered before: always admitted (the probe)
 
 
 @dataclass(slots=True)
@@ -135,6 +136,10 @@ class ConsumerApp:
         # A job whose output could not be sent leaves its computed, unacknowledged
         # outcomes here, by record, for its retry: delivery is retried, not grading.
         self._carried: dict[tuple[TopicPartition, int], dict[int, GradeOutcome]] = {}
+        # Records whose output could not be delivered, until a retry of one
+        # succeeds: no new job is admitted meanwhile (its grades could not be
+        # written either; the retries probe the outputs).
+        self._undelivered: set[tuple[TopicPartition, int]] = set()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -204,12 +209,14 @@ class ConsumerApp:
     def _inflight_bytes(self) -> int:
         return sum(work.run.request_bytes for work in self._work.values() if work.run is not None)
 
-    def _has_room(self, items: int, size_bytes: int) -> bool:
+    def _has_room(self, items: int, size_bytes: int, *, retry: bool = False) -> bool:
         # Admitting costs memory only: the scheduler, not admission, decides
         # what the engine runs, so a small job behind big ones is admitted
         # and served at once. Past a cap, jobs wait in arrival order.
         # Output topics gone: grading now would only throw the grades away.
         if not self._watchdog.outputs_ok or self.active_jobs >= self._limits.max_concurrent_jobs:
+            return False
+        if self._undelivered and not retry:
             return False
         inflight = self._inflight_items()
         if inflight == 0:
@@ -233,7 +240,7 @@ class ConsumerApp:
                 )
             job = head.parsed if isinstance(head.parsed, Job) else None
             size_bytes = len(head.record.value or b"") if job is not None else 0
-            if not self._has_room(len(job.items) if job is not None else 0, size_bytes):
+            if not self._has_room(len(job.items) if job is not None else 0, size_bytes, retry=head.retry):
                 return
             self._backlog.popleft()
             self._start(head.tp, head.record, head.parsed)
@@ -301,6 +308,7 @@ class ConsumerApp:
         if error is None:
             self._tracker.mark_done(work.tp, work.record.offset)
             self._delivery_failures = 0
+            self._undelivered.clear()  # the outputs take writes again
             if work.run is not None:
                 self._metrics.jobs_completed.inc()
             return
@@ -323,8 +331,11 @@ class ConsumerApp:
             type(error).__name__, backoff_s, work.tp.topic, work.tp.partition, work.record.offset,
         )  # fmt: skip
         if work.tp in self._consumer.assignment() and not self._stopping.is_set():
+            self._undelivered.add((work.tp, work.record.offset))
             asyncio.get_running_loop().call_later(
-                backoff_s, self._backlog.appendleft, _Pending(work.tp, work.record, _unreadable(work.record))
+                backoff_s,
+                self._backlog.appendleft,
+                _Pending(work.tp, work.record, _unreadable(work.record), retry=True),
             )
 
     def _engine_died(self, detail: str) -> None:
@@ -369,6 +380,7 @@ class ConsumerApp:
         await self._cancel(lost)
         self._backlog = deque(entry for entry in self._backlog if entry.tp not in revoked)
         self._carried = {key: outcomes for key, outcomes in self._carried.items() if key[0] not in revoked}
+        self._undelivered = {key for key in self._undelivered if key[0] not in revoked}
         # What the aborted jobs already sent gets its acknowledgements first,
         # so the job state counts it: the next owner regrades only what was
         # still in the engine, not what was published a moment ago.
