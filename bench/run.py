@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help=f"Markdown file (default {DEFAULT_OUT.relative_to(REPO)}; smoke: none)"
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions of every comparison (default: 3; smoke 1)")
+    parser.add_argument("--prompts", type=int, default=None, help="B1, B2, B10: prompts per arm (default: 200)")
     args = parser.parse_args(argv)
     selected = [b.strip().upper() for b in args.only.split(",") if b.strip()]
     if unknown := [b for b in selected if b not in ALL]:
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = SMOKE if args.smoke else FULL
     if args.reps is not None:
         scale = dataclasses.replace(scale, reps=max(1, args.reps))
+    if args.prompts is not None:
+        scale = dataclasses.replace(scale, prompts=max(1, args.prompts))
     out: Path | None = args.out if args.out is not None else (None if args.smoke else DEFAULT_OUT)
 
     started = datetime.now(UTC)

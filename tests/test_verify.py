@@ -268,3 +268,16 @@ async def test_verify_a_live_run(
     assert "missing item indexes: 7" in out and out.rstrip().endswith("missing/wrong complete events")
     assert await asyncio.to_thread(verify.main, settings, manifest, 0, True) == 0
     assert json.loads(capsys.readouterr().out)["duplicates"] == 1
+
+
+def test_a_cancelled_job_loses_an_item_its_progress_reported_done_even_when_the_counts_add_up() -> None:
+    # Items 0-3 reported done before the cancel; item 3's result is lost, and a
+    # late result of an in-flight item (5) makes the counts look right.
+    batch = {"event": "batch_complete", "job_id": "a",
+             "data": {"results": [{"item_index": i, "status": "ok"} for i in range(4)]}}  # fmt: skip
+    results = [result("a", i) for i in (0, 1, 2, 5)]
+    report = check({"a": 10}, results, [batch, cancelled("a", 10, 4, 4)])
+    (job_check,) = report.jobs
+    assert job_check.complete_ok  # the counts alone do not see it
+    assert not report.ok and report.lost == 1 and job_check.reported_missing == [3]
+    assert "reported done, no result: 3" in render(report)

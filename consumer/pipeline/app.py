@@ -136,9 +136,9 @@ class ConsumerApp:
         # A job whose output could not be sent leaves its computed, unacknowledged
         # outcomes here, by record, for its retry: delivery is retried, not grading.
         self._carried: dict[tuple[TopicPartition, int], dict[int, GradeOutcome]] = {}
-        # Records whose output could not be delivered, until a retry of one
-        # succeeds: no new job is admitted meanwhile (its grades could not be
-        # written either; the retries probe the outputs).
+        # Records whose output could not be delivered, until their retry gets
+        # through (or their partition goes): no new job is admitted meanwhile
+        # (its grades could not be written either; the retries probe the outputs).
         self._undelivered: set[tuple[TopicPartition, int]] = set()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -252,6 +252,7 @@ class ConsumerApp:
             task = asyncio.create_task(self._dead_letters.deliver(record, parsed))
             self._work[task] = _Work(tp, record, None)
         else:
+            carried = self._carried.pop((tp, record.offset), None)
             plan = self._ledger.plan(parsed, record.value, tp.partition, record.offset) if self._ledger else None
             if plan is not None and plan.step is not Step.GRADE:
                 self._start_planned(tp, record, plan)
@@ -266,7 +267,7 @@ class ConsumerApp:
                 flush_s=self._limits.progress_flush_s,
                 request_bytes=len(record.value or b""),
                 resume=plan.state if plan is not None else None,
-                carried=self._carried.pop((tp, record.offset), None),
+                carried=carried,
             )
             logger.info("job accepted: job_id=%s items=%d offset=%d", parsed.job_id, len(parsed.items), record.offset)
             self._metrics.jobs_accepted.inc()
@@ -308,7 +309,7 @@ class ConsumerApp:
         if error is None:
             self._tracker.mark_done(work.tp, work.record.offset)
             self._delivery_failures = 0
-            self._undelivered.clear()  # the outputs take writes again
+            self._undelivered.discard((work.tp, work.record.offset))  # its retry got through
             if work.run is not None:
                 self._metrics.jobs_completed.inc()
             return
@@ -320,8 +321,6 @@ class ConsumerApp:
         # producer's retries). Run the record again: duplicates, never loss;
         # what was graded is sent again, not graded again (``carried``); the
         # wait doubles while deliveries keep failing.
-        if work.run is not None and work.run.unacked:
-            self._carried[(work.tp, work.record.offset)] = dict(work.run.unacked)
         self._delivery_failures += 1
         backoff_s = min(
             self._limits.retry_backoff_s * 2 ** (self._delivery_failures - 1), self._limits.retry_backoff_max_s
@@ -331,12 +330,18 @@ class ConsumerApp:
             type(error).__name__, backoff_s, work.tp.topic, work.tp.partition, work.record.offset,
         )  # fmt: skip
         if work.tp in self._consumer.assignment() and not self._stopping.is_set():
-            self._undelivered.add((work.tp, work.record.offset))
-            asyncio.get_running_loop().call_later(
-                backoff_s,
-                self._backlog.appendleft,
-                _Pending(work.tp, work.record, _unreadable(work.record), retry=True),
-            )
+            key = (work.tp, work.record.offset)
+            self._undelivered.add(key)
+            if work.run is not None and work.run.unacked:
+                self._carried[key] = dict(work.run.unacked)
+            retry = _Pending(work.tp, work.record, _unreadable(work.record), retry=True)
+            asyncio.get_running_loop().call_later(backoff_s, self._retry, retry)
+
+    def _retry(self, pending: _Pending) -> None:
+        # Only while the record is still ours: a revoke in between forgets it
+        # (its next owner reads it again from the committed offset).
+        if (pending.tp, pending.record.offset) in self._undelivered and not self._stopping.is_set():
+            self._backlog.appendleft(pending)
 
     def _engine_died(self, detail: str) -> None:
         """The one path for a dead engine, seen by a job or by the watchdog.

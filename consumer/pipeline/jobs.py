@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 
 _ENGINE_FAULTS = frozenset({ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT})
+_ABORT_SEND_TIMEOUT_S = 1.0  # an aborted run's last progress event: sent now or not at all
 
 
 class EngineUnavailable(RuntimeError):
@@ -131,8 +132,8 @@ class JobRun:
         self._prior_elapsed_s = prior.elapsed_s
         # Outcomes graded and not yet acknowledged: a failed run leaves here
         # what its retry publishes without grading (``carried``).
-        self.unacked: dict[int, GradeOutcome] = {}
         self._carried = {i: o for i, o in (carried or {}).items() if i not in self.acked}
+        self.unacked: dict[int, GradeOutcome] = dict(self._carried)  # a retry that fails early keeps them
         self._started = time.monotonic()
         self.terminal: CompleteEvent | CancelledEvent | None = None  # the last event, once acknowledged
         self._cancel_requested = False
@@ -208,6 +209,8 @@ class JobRun:
         engine_gone = (
             outcome.error is not None and outcome.error.code in _ENGINE_FAULTS and not self._engine.health().loaded
         )
+        if not engine_gone:
+            self.unacked[index] = outcome  # graded: never graded again by this process, whatever happens next
         self._finished.put_nowait(_Finished(index, outcome, time.monotonic(), engine_gone))
 
     async def _stream(self, todo: int, acks: list[Awaitable[object]], started: float) -> tuple[int, int]:
@@ -231,31 +234,38 @@ class JobRun:
                 if finished is not None and finished.engine_gone:
                     raise EngineUnavailable(self._engine.health().detail)
                 if finished is not None:
+                    ack = await self._sinks.result(self._result(finished))
+                    # Counted once sent: an abort during the send leaves it out of the figures.
                     received += 1
                     succeeded += finished.outcome.status is ItemStatus.OK
-                    self.unacked[finished.index] = finished.outcome
-                    ack = await self._sinks.result(self._result(finished))
                     result_acks[finished.index] = ack
                     acks.append(ack)
                     if not finished.carried:  # counted when it was graded
                         self._observe(finished.outcome)
                     pending.append(finished)
                 if pending and (finished is None or len(pending) >= self._batch_size or received == todo or cancelled):
-                    batch_number += 1
                     done = self.resumed_items + received
-                    batch_ack = await self._send_batch(batch_number, pending, done, len(self.job.items), started)
+                    batch_ack = await self._send_batch(batch_number + 1, pending, done, len(self.job.items), started)
+                    batch_number += 1
                     acks.append(batch_ack)
                     self._track(pending, [result_acks.pop(f.index) for f in pending], batch_ack)
                     pending = []
         except asyncio.CancelledError:
             # Aborted (revoke, shutdown): the results already sent get their
             # progress event too, so the job state can count them and the
-            # next owner does not grade them again.
-            sent = [f for f in pending if f.index in result_acks]
-            if sent:
-                done = self.resumed_items + received - (len(pending) - len(sent))
-                batch_ack = await self._send_batch(batch_number + 1, sent, done, len(self.job.items), started)
-                self._track(sent, [result_acks.pop(f.index) for f in sent], batch_ack)
+            # next owner does not grade them again. Best effort, bounded: the
+            # abort itself must not wait on a broker in trouble, nor turn
+            # into a delivery failure.
+            if pending:
+                try:
+                    async with asyncio.timeout(_ABORT_SEND_TIMEOUT_S):
+                        batch = await self._send_batch(
+                            batch_number + 1, pending, self.resumed_items + received, len(self.job.items), started
+                        )
+                    self._track(pending, [result_acks.pop(f.index) for f in pending], batch)
+                except Exception as exc:  # noqa: BLE001 - these items are simply graded again by the next owner
+                    logger.warning("abort of job_id=%s: last progress event not sent (%s)", self.job.job_id,
+                                   type(exc).__name__)  # fmt: skip
             raise
         return succeeded, received - succeeded
 

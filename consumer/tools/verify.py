@@ -89,10 +89,12 @@ class JobCheck:
     complete_problem: str | None  # why the (last) complete event is wrong or absent
     errors: dict[str, int]  # error results by code
     cancelled: bool = False  # ended by a ``cancelled`` event: ``missing`` are items never graded
+    # Cancelled: items a progress event reported done that have no result.
+    reported_missing: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def lost(self) -> int:
-        return 0 if self.cancelled else len(self.missing)
+        return len(self.reported_missing) if self.cancelled else len(self.missing)
 
     @property
     def complete_ok(self) -> bool:
@@ -167,20 +169,25 @@ def check(
 
     completes: dict[str, list[Mapping[str, Any]]] = {job_id: [] for job_id in expected}
     cancels: dict[str, Mapping[str, Any]] = {}
+    reported: dict[str, set[int]] = {job_id: set() for job_id in expected}  # in batch_complete, before the end
     for event in progress:
         job_id = event.get("job_id")
         if job_id not in completes:
             continue
-        if event.get("event") == ProgressEventType.COMPLETE:
+        kind = event.get("event")
+        if kind == ProgressEventType.COMPLETE:
             completes[job_id].append(event)
-        elif event.get("event") == ProgressEventType.CANCELLED and not completes[job_id]:
+        elif kind == ProgressEventType.CANCELLED and not completes[job_id]:
             # A job is terminal after its first complete or cancelled event.
             cancels.setdefault(job_id, event)
+        elif kind == ProgressEventType.BATCH_COMPLETE and job_id not in cancels:
+            reported[job_id] |= _reported_indexes(event)
 
     jobs: list[JobCheck] = []
     for job_id, total in expected.items():
         got = latest[job_id]
         seen = {_index(r["item_index"]) for r in got.values()}
+        cancel = cancels.get(job_id)
         statuses = [r.get("status") for r in got.values()]
         codes = Counter(_error_code(r) for r in got.values() if r.get("status") == "error")
         jobs.append(
@@ -193,12 +200,13 @@ def check(
                 unexpected=sorted(unexpected[job_id]),
                 complete_events=len(completes[job_id]),
                 complete_problem=(
-                    _cancelled_problem(cancels[job_id], len(got), statuses.count("ok"))
-                    if job_id in cancels
+                    _cancelled_problem(cancel, len(got), statuses.count("ok"))
+                    if cancel is not None
                     else _complete_problem(completes[job_id], total, statuses.count("ok"))
                 ),
                 errors=dict(sorted(codes.items())),
-                cancelled=job_id in cancels,
+                cancelled=cancel is not None,
+                reported_missing=sorted(reported[job_id] - seen) if cancel is not None else [],
             )
         )
     return VerifyReport(jobs=jobs, orphans=orphans, undecodable=undecodable)
@@ -223,6 +231,14 @@ def _complete_problem(events: list[Mapping[str, Any]], total: int, ok_results: i
     if succeeded != ok_results:
         return f"succeeded {succeeded} != {ok_results} ok results"
     return None
+
+
+def _reported_indexes(event: Mapping[str, Any]) -> set[int]:
+    data = event.get("data")
+    summaries = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(summaries, list):
+        return set()
+    return {i for s in summaries if isinstance(s, dict) and (i := _index(s.get("item_index"))) is not None}
 
 
 def _cancelled_problem(event: Mapping[str, Any], received: int, ok_results: int) -> str | None:
@@ -315,6 +331,8 @@ def render(report: VerifyReport) -> str:
         )
         if j.missing and not j.cancelled:
             lines.append(f"  missing item indexes: {_shown(j.missing)}")
+        if j.reported_missing:
+            lines.append(f"  reported done, no result: {_shown(j.reported_missing)}")
         if j.unexpected:
             lines.append(f"  unexpected result_ids: {_shown(j.unexpected)}")
     lines.append(
