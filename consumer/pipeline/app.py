@@ -76,7 +76,6 @@ class _Pending:
     tp: TopicPartition
     record: Any  # ConsumerRecord[bytes, bytes]
     parsed: Job | Rejection | None = None  # parsed once, on first look
-    retry: bool = False  # its output could not be delivered before: always admitted (the probe)
 
 
 @dataclass(slots=True)
@@ -133,13 +132,12 @@ class ConsumerApp:
         self._member = False  # in the group, with an assignment (maybe empty)
         self.engine_failed = False  # the engine died: stop, and let the process be restarted
         self._delivery_failures = 0  # consecutive jobs whose output could not be sent
-        # A job whose output could not be sent leaves its computed, unacknowledged
-        # outcomes here, by record, for its retry: delivery is retried, not grading.
-        self._carried: dict[tuple[TopicPartition, int], dict[int, GradeOutcome]] = {}
-        # Records whose output could not be delivered, until their retry gets
-        # through (or their partition goes): no new job is admitted meanwhile
-        # (its grades could not be written either; the retries probe the outputs).
-        self._undelivered: set[tuple[TopicPartition, int]] = set()
+        # Records whose output could not be delivered, with the outcomes their
+        # run computed and could not get acknowledged (sent again by the retry,
+        # not graded again), until the retry gets through or the partition
+        # goes. No new job is admitted meanwhile: its grades could not be
+        # written either; the retries probe the outputs.
+        self._undelivered: dict[tuple[TopicPartition, int], dict[int, GradeOutcome]] = {}
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -240,7 +238,8 @@ class ConsumerApp:
                 )
             job = head.parsed if isinstance(head.parsed, Job) else None
             size_bytes = len(head.record.value or b"") if job is not None else 0
-            if not self._has_room(len(job.items) if job is not None else 0, size_bytes, retry=head.retry):
+            retry = (head.tp, head.record.offset) in self._undelivered
+            if not self._has_room(len(job.items) if job is not None else 0, size_bytes, retry=retry):
                 return
             self._backlog.popleft()
             self._start(head.tp, head.record, head.parsed)
@@ -252,7 +251,6 @@ class ConsumerApp:
             task = asyncio.create_task(self._dead_letters.deliver(record, parsed))
             self._work[task] = _Work(tp, record, None)
         else:
-            carried = self._carried.pop((tp, record.offset), None)
             plan = self._ledger.plan(parsed, record.value, tp.partition, record.offset) if self._ledger else None
             if plan is not None and plan.step is not Step.GRADE:
                 self._start_planned(tp, record, plan)
@@ -267,7 +265,7 @@ class ConsumerApp:
                 flush_s=self._limits.progress_flush_s,
                 request_bytes=len(record.value or b""),
                 resume=plan.state if plan is not None else None,
-                carried=carried,
+                carried=self._undelivered.get((tp, record.offset)),
             )
             logger.info("job accepted: job_id=%s items=%d offset=%d", parsed.job_id, len(parsed.items), record.offset)
             self._metrics.jobs_accepted.inc()
@@ -309,7 +307,7 @@ class ConsumerApp:
         if error is None:
             self._tracker.mark_done(work.tp, work.record.offset)
             self._delivery_failures = 0
-            self._undelivered.discard((work.tp, work.record.offset))  # its retry got through
+            self._undelivered.pop((work.tp, work.record.offset), None)  # its retry got through
             if work.run is not None:
                 self._metrics.jobs_completed.inc()
             return
@@ -330,11 +328,8 @@ class ConsumerApp:
             type(error).__name__, backoff_s, work.tp.topic, work.tp.partition, work.record.offset,
         )  # fmt: skip
         if work.tp in self._consumer.assignment() and not self._stopping.is_set():
-            key = (work.tp, work.record.offset)
-            self._undelivered.add(key)
-            if work.run is not None and work.run.unacked:
-                self._carried[key] = dict(work.run.unacked)
-            retry = _Pending(work.tp, work.record, _unreadable(work.record), retry=True)
+            self._undelivered[(work.tp, work.record.offset)] = dict(work.run.unacked) if work.run is not None else {}
+            retry = _Pending(work.tp, work.record, _unreadable(work.record))
             asyncio.get_running_loop().call_later(backoff_s, self._retry, retry)
 
     def _retry(self, pending: _Pending) -> None:
@@ -384,8 +379,7 @@ class ConsumerApp:
             logger.info("revoked %d partitions: aborting %d jobs", len(revoked), len(lost))
         await self._cancel(lost)
         self._backlog = deque(entry for entry in self._backlog if entry.tp not in revoked)
-        self._carried = {key: outcomes for key, outcomes in self._carried.items() if key[0] not in revoked}
-        self._undelivered = {key for key in self._undelivered if key[0] not in revoked}
+        self._undelivered = {key: carried for key, carried in self._undelivered.items() if key[0] not in revoked}
         # What the aborted jobs already sent gets its acknowledgements first,
         # so the job state counts it: the next owner regrades only what was
         # still in the engine, not what was published a moment ago.

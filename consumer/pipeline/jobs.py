@@ -125,6 +125,7 @@ class JobRun:
         # Resumed (contract 1.1): what an earlier owner got acknowledged is not graded again,
         # and every count covers the whole job.
         prior = resume or _Prior()
+        self.resumed_from = resume  # the job state it was planned with (the ledger writes only into that one)
         self.resumed_items = len(prior.done)
         self.acked: set[int] = set(prior.done)  # items whose result and progress event the broker acknowledged
         self.acked_ok = self._prior_succeeded = prior.succeeded
@@ -244,11 +245,8 @@ class JobRun:
                         self._observe(finished.outcome)
                     pending.append(finished)
                 if pending and (finished is None or len(pending) >= self._batch_size or received == todo or cancelled):
-                    done = self.resumed_items + received
-                    batch_ack = await self._send_batch(batch_number + 1, pending, done, len(self.job.items), started)
+                    acks.append(await self._report(batch_number + 1, pending, received, result_acks, started))
                     batch_number += 1
-                    acks.append(batch_ack)
-                    self._track(pending, [result_acks.pop(f.index) for f in pending], batch_ack)
                     pending = []
         except asyncio.CancelledError:
             # Aborted (revoke, shutdown): the results already sent get their
@@ -259,15 +257,19 @@ class JobRun:
             if pending:
                 try:
                     async with asyncio.timeout(_ABORT_SEND_TIMEOUT_S):
-                        batch = await self._send_batch(
-                            batch_number + 1, pending, self.resumed_items + received, len(self.job.items), started
-                        )
-                    self._track(pending, [result_acks.pop(f.index) for f in pending], batch)
+                        await self._report(batch_number + 1, pending, received, result_acks, started)
                 except Exception as exc:  # noqa: BLE001 - these items are simply graded again by the next owner
                     logger.warning("abort of job_id=%s: last progress event not sent (%s)", self.job.job_id,
                                    type(exc).__name__)  # fmt: skip
             raise
         return succeeded, received - succeeded
+
+    async def _report(self, number: int, batch: list[_Finished], received: int,
+                      result_acks: dict[int, asyncio.Future[object]], started: float) -> Awaitable[object]:  # fmt: skip
+        """The batch's progress event; its items are acknowledged once it and their results are."""
+        ack = await self._send_batch(number, batch, self.resumed_items + received, len(self.job.items), started)
+        self._track(batch, [result_acks.pop(f.index) for f in batch], ack)
+        return ack
 
     def _track(self, batch: list[_Finished], results: list[asyncio.Future[object]], event: Awaitable[object]) -> None:
         """Count an item as checkpointable once its result and its progress event are both acknowledged."""

@@ -57,10 +57,6 @@ class Ledger:
         # Runs aborted (revoke, failed delivery) whose sends may still be
         # acknowledged: checkpointed again until their job restarts or leaves.
         self._aborted: dict[str, JobRun] = {}
-        # The state each run was planned with: a run writes only into that
-        # one (a reload after a rebalance, or a later request under the same
-        # job_id, makes a new state that an old run must not overwrite).
-        self._state_of: dict[JobRun, JobState] = {}
 
     def plan(self, job: Job, value: bytes, partition: int, offset: int) -> Plan:
         print_ = fingerprint(value)
@@ -110,10 +106,7 @@ class Ledger:
 
     def started(self, run: JobRun) -> None:
         self._runs[run.job.job_id] = run
-        if (old := self._aborted.pop(run.job.job_id, None)) is not None:
-            self._state_of.pop(old, None)
-        if (state := self._store.get(run.job.job_id)) is not None:
-            self._state_of[run] = state
+        self._aborted.pop(run.job.job_id, None)
         # A cancel that arrived between plan() and now.
         if self._control is not None and self._control.is_cancelled(run.job.job_id):
             run.request_cancel()
@@ -132,16 +125,17 @@ class Ledger:
         self._snapshot(run)
         if self._runs.get(run.job.job_id) is run:
             del self._runs[run.job.job_id]
-            if run.terminal is None and self._owns(run):
+            if run.terminal is None and self._owned(run) is not None:
                 self._aborted[run.job.job_id] = run
-        if run.terminal is not None and self._owns(run):
-            self.finished(self._state_of[run], run.terminal)
-        if self._aborted.get(run.job.job_id) is not run:
-            self._state_of.pop(run, None)
+        if run.terminal is not None and (state := self._owned(run)) is not None:
+            self.finished(state, run.terminal)
 
-    def _owns(self, run: JobRun) -> bool:
-        state = self._state_of.get(run)
-        return state is not None and self._store.get(run.job.job_id) is state
+    def _owned(self, run: JobRun) -> JobState | None:
+        """The state the run was planned with, if the store still holds that one: a reload
+        after a rebalance, or a later request under the same job_id, makes a new state
+        that an old run must not overwrite."""
+        state = self._store.get(run.job.job_id)
+        return state if state is not None and state is run.resumed_from else None
 
     def finished(self, state: JobState, event: CompleteEvent | CancelledEvent) -> None:
         state.phase = JobPhase.CANCELLED if isinstance(event, CancelledEvent) else JobPhase.COMPLETED
@@ -150,10 +144,8 @@ class Ledger:
         self._store.put(state)
 
     def _snapshot(self, run: JobRun) -> None:
-        if not self._owns(run):
-            return
-        state = self._state_of[run]
-        if state.finished or state.done == run.acked:
+        state = self._owned(run)
+        if state is None or state.finished or state.done == run.acked:
             return
         state.done = set(run.acked)
         state.succeeded, state.failed, state.elapsed_s = run.acked_ok, run.acked_failed, run.elapsed_s
@@ -171,7 +163,4 @@ class Ledger:
 
     def forget(self, partitions: Iterable[int]) -> None:
         self._store.forget(partitions)
-        for job_id, run in list(self._aborted.items()):
-            if not self._owns(run):
-                del self._aborted[job_id]
-                self._state_of.pop(run, None)
+        self._aborted = {job_id: run for job_id, run in self._aborted.items() if self._owned(run) is not None}

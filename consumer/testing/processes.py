@@ -55,19 +55,20 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def health(self) -> int | None:
+    async def _get_health(self) -> httpx.Response | None:
         try:
             async with httpx.AsyncClient(timeout=1.0) as client:
-                return (await client.get(f"http://127.0.0.1:{self.port}/health")).status_code
+                return await client.get(f"http://127.0.0.1:{self.port}/health")
         except httpx.TransportError:
             return None
 
+    async def health(self) -> int | None:
+        response = await self._get_health()
+        return None if response is None else response.status_code
+
     async def health_body(self) -> str:
-        try:
-            async with httpx.AsyncClient(timeout=1.0) as client:
-                return (await client.get(f"http://127.0.0.1:{self.port}/health")).text
-        except httpx.TransportError as exc:
-            return f"unreachable ({type(exc).__name__})"
+        response = await self._get_health()
+        return "unreachable" if response is None else response.text
 
     async def wait_healthy(self, timeout_s: float = 60) -> float:
         started = time.monotonic()
