@@ -62,7 +62,7 @@ async def test_fake_engine_benchmarks_run(
         "B4": ["items_per_s"],
         "B5": ["rss_start_mb", "rss_end_mb", "rss_max_mb"],
         "B6": ["fair_small_s", "fifo_small_s", "fair_throughput_share", "fifo_throughput_share"],
-        "B7": ["fair_mean_s", "fifo_mean_s", "fair_p95_s", "fifo_p95_s", "worst_big_slowdown"],
+        "B7": ["fair_mean_s", "fifo_mean_s", "fair_p95_s", "fifo_p95_s", "worst_big_slowdown", "calm_fair_mean_s"],
     }
     check_report(results, positive, tmp_path)
     b3 = results[0].figures
