@@ -25,7 +25,7 @@ from bench.broker_io import JobProducer, KafkaTarget, consumer_ready, encode_job
 from bench.common import BenchResult, Scale, arm_order, median, tagged_items
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
-from consumer.settings import SchedulingPolicy
+from consumer.settings import SchedulingPolicy, Settings
 
 if TYPE_CHECKING:
     from consumer.kafka import Record  # an alias for type checkers only: not importable at run time
@@ -59,6 +59,13 @@ class FakeGpu:
     @property
     def ideal_items_per_s(self) -> float:
         return self.concurrency / self.delay_s
+
+    @property
+    def depth(self) -> int:
+        """The scheduler's engine depth, as the consumer derives it from ``MAX_NUM_SEQS``."""
+        depth = Settings(_env_file=None, MAX_NUM_SEQS=self.concurrency).engine_depth  # type: ignore[call-arg]
+        assert depth is not None
+        return depth
 
 
 async def run_trace(
@@ -152,7 +159,7 @@ async def run(kafka: KafkaTarget, scale: Scale) -> BenchResult:
         details=details,
         notes=[
             f"Ideal = {gpu.concurrency} / {gpu.delay_s} s = {gpu.ideal_items_per_s:.0f} items/s; MAX_NUM_SEQS"
-            f" {gpu.concurrency} (engine depth {gpu.concurrency + max(8, gpu.concurrency // 4)});"
+            f" {gpu.concurrency} (engine depth {gpu.depth});"
             " latency = produced → `complete` read; throughput = all items / first produce → last `complete`.",
         ],
     )

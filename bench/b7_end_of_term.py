@@ -127,11 +127,11 @@ class Outcome:
         """(fair at ``share``, pure shortest-remaining-first, every job alone): fifo mean / their mean."""
         gpu = self.shape.gpu
         trace = [(job.at_s, job.items) for job in self.jobs]
-        depth = gpu.concurrency + max(8, gpu.concurrency // 4)
 
         def mean(policy: SchedulingPolicy, oldest_share: float) -> float:
+            slots, delay_s, depth = gpu.concurrency, gpu.delay_s, gpu.depth
             times = completion_times_s(
-                trace, policy, concurrency=gpu.concurrency, delay_s=gpu.delay_s, depth=depth, oldest_share=oldest_share
+                trace, policy, concurrency=slots, delay_s=delay_s, depth=depth, oldest_share=oldest_share
             )
             return sum(times) / len(times)
 
