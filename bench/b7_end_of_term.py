@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from bench.b6_small_behind_big import FakeGpu, TraceJob, run_trace
 from bench.broker_io import KafkaTarget
-from bench.common import BenchResult, Scale, arm_order, percentile
+from bench.common import BenchResult, Scale, percentile
 from bench.trace_model import PURE_SHORTEST_SHARE, alone_mean_s, completion_times_s
 from consumer.settings import SchedulingPolicy, Settings
 
@@ -147,7 +147,7 @@ class Outcome:
 async def _replay(kafka: KafkaTarget, shape: Shape, details: list[str]) -> Outcome:
     times: dict[SchedulingPolicy, list[float]] = {}
     jobs: list[TraceJob] = []
-    for arm in map(SchedulingPolicy, arm_order(0, (ARMS[0].value, ARMS[1].value))):
+    for arm in ARMS:  # one trace per arm: fair first, as the order of a first repetition
         jobs = end_of_term(f"b7{shape.name}-{arm.value}", shape)
         trace = await run_trace(kafka, arm, jobs, shape.gpu)
         times[arm] = [trace.latency_s[job.job_id] for job in jobs]

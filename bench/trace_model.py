@@ -72,10 +72,8 @@ def completion_times_s(
         else:
             now, job = arrival_s, state[order[next_arrival]]
             next_arrival += 1
-            if job.queue:
+            if job.queue:  # an empty job is done as it comes (its time stays 0)
                 waiting[job] = None
-            else:
-                done_s[job.seq] = 0.0
         while waiting and sent < depth:
             job = picker.pick(waiting)
             job.queue -= 1

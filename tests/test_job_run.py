@@ -14,6 +14,7 @@ from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobs import JobRun
+from consumer.pipeline.jobstate import JobState
 from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
 from consumer.testing.topics import items, wait_for
@@ -86,14 +87,10 @@ async def test_outcomes_acknowledged_before_the_failure_are_neither_carried_nor_
     assert sorted(m["item_index"] for m in producer.sent if "result_id" in m) == sorted(first.unacked)
 
 
-class _State:
-    def __init__(self, run: JobRun) -> None:
-        self.done, self.succeeded, self.failed, self.elapsed_s = set(run.acked), run.acked_ok, run.acked_failed, 0.0
-
-
-def first_state(run: JobRun) -> _State:
+def first_state(run: JobRun) -> JobState:
     """What the job state holds after the failed run (ledger.ended snapshots exactly this)."""
-    return _State(run)
+    return JobState(run.job.job_id, "fingerprint", 0, 0, len(run.job.items), done=set(run.acked),
+                    succeeded=run.acked_ok, failed=run.acked_failed)  # fmt: skip
 
 
 async def test_an_aborted_run_sends_the_progress_event_of_the_results_it_sent_so_they_count_as_acknowledged() -> None:

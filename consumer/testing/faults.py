@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiokafka.partitioner import DefaultPartitioner
 
 from consumer.settings import Settings
 from consumer.testing.processes import ServiceProcess
@@ -121,13 +122,12 @@ async def sigterm_during_job(bootstrap: str, group_kwargs: dict[str, int], log_d
 
 def _keys_for_each_partition(prefix: str, partitions: int) -> list[str]:
     """One job id per partition, as the producers' default partitioner places them."""
-    from aiokafka.partitioner import DefaultPartitioner
-
+    partitioner, all_partitions = DefaultPartitioner(), list(range(partitions))
     chosen: dict[int, str] = {}
     n = 0
     while len(chosen) < partitions:
         key = f"{prefix}-{n}"
-        chosen.setdefault(DefaultPartitioner()(key.encode(), list(range(partitions)), list(range(partitions))), key)
+        chosen.setdefault(partitioner(key.encode(), all_partitions, all_partitions), key)
         n += 1
     return [chosen[p] for p in range(partitions)]
 
