@@ -37,9 +37,10 @@ run: setup
 test: setup lint
 	$(PY) -m pytest -q
 
-# Everything except tests that load the real engine.
+# Unit + broker tests: no service processes, no model, no benchmark harness
+# (tiers: pyproject.toml's markers; tests/conftest.py assigns them).
 test-fast: setup
-	$(PY) -m pytest -q -m "not engine"
+	$(PY) -m pytest -q -m "not process and not engine and not bench"
 
 lint: setup
 	$(VENV)/bin/ruff check consumer tests scripts deploy bench

@@ -44,7 +44,7 @@ class Metrics:
         # born at 1 hides its first increase from rate()/increase(), so one
         # error result (or one dead letter) would never show on the dashboard
         # or fire an alert. (Found by evaluating the queries in a real
-        # Prometheus: tests/test_prometheus_live.py.)
+        # Prometheus: tests/deploy/test_prometheus_live.py.)
         self.items_graded.labels(status=ItemStatus.OK.value, error_code="")
         for code in ErrorCode:
             self.items_graded.labels(status=ItemStatus.ERROR.value, error_code=code.value)

@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The output budget, by construction (consumer/engine/output.py builds the
-# grammar these numbers describe; tests/test_output.py checks they match it):
+# grammar these numbers describe; tests/engine/test_output.py checks they match it):
 # - every token vLLM's grammar lets through is at least one byte of output, so
 #   an output never has more tokens than UTF-8 bytes;
 # - the feedback grammar allows no escapes and only characters of at most 2
@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     # 1.1: job state (item-level checkpoints, finished jobs' fingerprints): a
     # compacted topic with as many partitions as the requests topic.
     checkpoints_topic: str = Field(default="evaluation.checkpoints", alias="KAFKA_CHECKPOINTS_TOPIC")
+    # 1.2: teachers' corrections (`texteval correct`, POST /jobs/{id}/corrections);
+    # invalid ones go to `<this topic>.DLT` (corrections_dlt_topic).
+    corrections_topic: str = Field(default="evaluation.corrections", alias="KAFKA_CORRECTIONS_TOPIC")
     job_id_retention_s: float = Field(default=7 * 86400.0, gt=0, alias="JOB_ID_RETENTION_S")
     cancel_ttl_s: float = Field(default=86400.0, gt=0, alias="CANCEL_TTL_S")
     # Static membership: a stable name per replica (a StatefulSet pod name);
@@ -238,8 +241,12 @@ class Settings(BaseSettings):
         """Every topic the consumer and the gateway use (created at start with KAFKA_CREATE_TOPICS)."""
         return [
             self.requests_topic, self.results_topic, self.progress_topic, self.dlt_topic, self.control_topic,
-            self.checkpoints_topic,
+            self.checkpoints_topic, self.corrections_topic, self.corrections_dlt_topic,
         ]  # fmt: skip
+
+    @property
+    def corrections_dlt_topic(self) -> str:
+        return f"{self.corrections_topic}.DLT"
 
     def gateway_keys(self) -> list[str]:
         return [k.strip() for k in self.gateway_api_keys.get_secret_value().split(",") if k.strip()]

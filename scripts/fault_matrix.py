@@ -4,7 +4,7 @@
 
 Uses its own embedded broker (or KAFKA_BOOTSTRAP_SERVERS) and real consumer
 processes with the fake engine; CI runs a few of the same scenarios
-(tests/test_faults_process.py).
+(tests/pipeline/test_faults_process.py).
 """
 
 from __future__ import annotations

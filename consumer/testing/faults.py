@@ -1,7 +1,7 @@
 """Fault scenarios against real consumer processes and a real broker.
 
 Each returns a ``FaultRun``: items lost (must be 0), duplicate deliveries,
-and the recovery time. ``tests/test_faults_process.py`` runs a few in CI;
+and the recovery time. ``tests/pipeline/test_faults_process.py`` runs a few in CI;
 ``scripts/fault_matrix.py`` runs many and prints the table.
 """
 

@@ -16,7 +16,7 @@ from consumer.tools.files import read_results
 from tests.conftest import DATA, REPO
 from tests.kafka_harness import TopicNames
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.process]
 
 
 async def texteval(env: dict[str, str], *args: str) -> tuple[int, str]:

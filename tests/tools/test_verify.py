@@ -162,7 +162,7 @@ def test_manifest_reads_both_line_forms(tmp_path: Path) -> None:
 
 
 def test_the_sample_requests_are_a_manifest() -> None:
-    sample = Path(__file__).resolve().parent.parent / "data" / "sample_requests.jsonl"
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample_requests.jsonl"
     assert sum(read_manifest(sample).values()) == 20
 
 

@@ -7,7 +7,7 @@ and functions match what the service exports, its windows see the samples,
 its divisions are not always empty, and the rules evaluate without error.
 Alerts that stay quiet on a healthy run are also evaluated operand by
 operand without their thresholds; that they fire on bad series is
-``promtool test rules`` (tests/test_prometheus_rules.py).
+``promtool test rules`` (tests/deploy/test_prometheus_rules.py).
 
 Prometheus comes with the distribution's ``prometheus`` package (``.ci/run``
 installs it); where it is absent the test skips and says so. About 30 s.
@@ -58,6 +58,7 @@ OPTIONAL_PREFIXES = {"texteval_gateway_": "the gateway (texteval gateway) is not
 
 pytestmark = [
     pytest.mark.kafka,
+    pytest.mark.process,
     pytest.mark.skipif(
         PROMETHEUS is None, reason="prometheus not installed (apt-get install prometheus; .ci/run does it as root)"
     ),

@@ -18,7 +18,7 @@ from consumer.tools.broker import free_port
 from tests.conftest import REPO
 from tests.kafka_harness import TopicNames
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.process]
 
 
 async def test_run_serves_health_and_drains_on_sigterm(

@@ -30,6 +30,7 @@ CHROMIUM = Path(os.environ.get("TEXTEVAL_CHROMIUM", "/usr/bin/chromium"))
 
 pytestmark = [
     pytest.mark.kafka,
+    pytest.mark.process,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: apt-get install chromium"),
 ]
 

@@ -20,7 +20,7 @@ from consumer.testing.faults import (
     sigterm_during_job,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.process]
 
 
 @pytest.mark.parametrize("kill_after", [150, 1300])

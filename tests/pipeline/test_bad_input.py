@@ -52,7 +52,7 @@ from consumer.testing.topics import (
 )
 from tests.kafka_harness import TopicNames
 
-CORPUS_PATH = Path(__file__).parent / "data" / "bad_input_corpus.json"
+CORPUS_PATH = Path(__file__).parents[1] / "data" / "bad_input_corpus.json"
 KEY = b"corpus"
 CASE_HEADER = "corpus.case"  # on every corpus message; a dead letter must keep it
 MAX_ITEMS = 2000
@@ -233,8 +233,8 @@ def test_the_corpus_is_well_formed_and_covers_the_issue() -> None:
         assert len(case.item_ids) == len(case.results), case.name
         if case.dlt is not None:
             assert case.dlt in set(RejectReason) and case.detail_contains, case.name
-    # Transport cases (codecs, corrupt batches) are not values: tests/test_transport.py covers them.
-    # job_id_conflict needs an earlier request: tests/test_job_state.py.
+    # Transport cases (codecs, corrupt batches) are not values: tests/pipeline/test_transport.py covers them.
+    # job_id_conflict needs an earlier request: tests/pipeline/test_job_state.py.
     value_reasons = set(RejectReason) - {RejectReason.UNDECODABLE_RECORD, RejectReason.JOB_ID_CONFLICT}
     assert {case.dlt for case in CASES} >= {reason.value for reason in value_reasons}
     problems = {

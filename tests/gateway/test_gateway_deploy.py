@@ -1,5 +1,5 @@
 """The gateway's image, compose service and Kubernetes manifests, checked
-statically (as tests/test_deploy_static.py does for the consumer)."""
+statically (as tests/deploy/test_deploy_static.py does for the consumer)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from consumer.gateway.auth import ApiKeys, check_exposure
-from tests.test_deploy_static import (
+from tests.deploy.test_deploy_static import (
     COMPOSE,
     DEPLOY,
     REPO,

@@ -1,6 +1,6 @@
 """Job state against the real broker: resume after an abort, idempotent job
 ids, cancel. The fake engine, in-process consumers (process-level faults are
-in tests/test_faults_process.py)."""
+in tests/pipeline/test_faults_process.py)."""
 
 from __future__ import annotations
 

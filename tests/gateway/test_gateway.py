@@ -47,7 +47,7 @@ from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRET_TEXT = "Text secret de l'alumne 7f3a"  # must never reach a log or an error body
 
 

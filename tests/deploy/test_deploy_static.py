@@ -582,7 +582,7 @@ def k8s() -> dict[str, dict[str, Any]]:
     for resource in kustomization["resources"]:
         for doc in yaml.safe_load_all((DEPLOY / "k8s" / resource).read_text(encoding="utf-8")):
             if doc["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "texteval-gateway":
-                continue  # the gateway's manifests: tests/test_gateway_deploy.py
+                continue  # the gateway's manifests: tests/gateway/test_gateway_deploy.py
             assert doc["kind"] not in by_kind, f"two {doc['kind']}s"
             by_kind[doc["kind"]] = doc
     return by_kind
@@ -823,7 +823,7 @@ def load_test_client() -> ModuleType:
 
 
 def test_test_client_posts_its_data_to_the_gateway() -> None:
-    # It runs against a real gateway in tests/test_gateway.py; here: its defaults and data.
+    # It runs against a real gateway in tests/gateway/test_gateway.py; here: its defaults and data.
     client = load_test_client()
     args = client.build_parser().parse_args(["--base-url", "http://gateway:8080", "--out", "r.csv"])
     assert (args.base_url, args.out) == ("http://gateway:8080", "r.csv")

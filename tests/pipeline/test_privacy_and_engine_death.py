@@ -31,7 +31,7 @@ from consumer.testing.topics import (
 from consumer.tools.broker import free_port
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.engine, pytest.mark.kafka]
+pytestmark = [pytest.mark.engine, pytest.mark.kafka, pytest.mark.process]
 
 CANARIES = ["Canari7Q3X la meva àvia Montserrat", "ZK42canari consigna secreta", "Olot-canari-9981"]
 
