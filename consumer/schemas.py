@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from consumer.contract import ControlCommand, EvaluationRequest, EvaluationResult, Item, ProgressEvent
+from consumer.corrections import Correction
 
 _SCHEMA_ROOT = "https://texteval.example/schemas/v1/"
 
@@ -22,6 +23,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
         "evaluation-result.schema.json": EvaluationResult.model_json_schema(),
         "progress-event.schema.json": TypeAdapter(ProgressEvent).json_schema(),
         "control-command.schema.json": ControlCommand.model_json_schema(),
+        "correction.schema.json": Correction.model_json_schema(),  # 1.2
     }
     for name, schema in schemas.items():
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
