@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictStr,
     ValidationInfo,
     field_validator,
@@ -26,6 +27,8 @@ from pydantic.config import JsonDict
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_MAX_ITEMS = 2000
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
+# A tenant is a job id's first /-segment (consumer/tenants.py): the same characters, no "/".
+TENANT_PATTERN = r"^[A-Za-z0-9._:-]{1,127}$"
 
 
 def _not_blank(value: str) -> str:
@@ -287,3 +290,10 @@ class ControlCommand(BaseModel):
     schema_version: Annotated[Literal[1], BeforeValidator(_not_bool)] = SCHEMA_VERSION
     action: ControlAction
     job_id: Annotated[StrictStr, Field(pattern=JOB_ID_PATTERN)]
+    # 1.2: who sent it. A cancel is honoured only for a job of ``tenant``, or
+    # with ``admin`` (an operator). Omitted when unset, so 1.1 readers and
+    # commands look as before.
+    tenant: Annotated[StrictStr, Field(pattern=TENANT_PATTERN)] | None = Field(
+        default=None, exclude_if=lambda v: v is None
+    )
+    admin: StrictBool = Field(default=False, exclude_if=lambda v: v is False)
