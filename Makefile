@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup model demo grade run test test-fast lint schemas bench clean
+.PHONY: setup model demo grade run test test-fast lint schemas docs bench clean
 
 setup:
 	@scripts/setup-venv.sh
@@ -51,6 +51,10 @@ lint: setup
 
 schemas: setup
 	$(VENV)/bin/texteval schemas --dir schemas
+
+# docs/configuration.md from consumer/settings.py (tests/deploy/test_docs.py fails while it is stale).
+docs: setup
+	$(VENV)/bin/texteval config-docs
 
 # Benchmarks B1-B5 (issue 5) at full size on a quiet machine: ~10-15 minutes on
 # 2 cores, most of it B1/B2 on the real engine. Adds a dated section on top

@@ -58,7 +58,10 @@ class Settings(BaseSettings):
     # Unset: the production fine-tune on a GPU host, the packaged Gemma 3 270M on
     # CPU. Short names of packaged models: `gemma3-270m`, `smollm2`.
     model_name: str | None = Field(default=None, alias="MODEL_NAME")
+    # How an item becomes the prompt: the fine-tune's training format (BOS added by the prompt code), the model's chat
+    # template, or auto (gemma_finetune for Gemma-family models).
     prompt_format: PromptFormat = Field(default=PromptFormat.AUTO, alias="PROMPT_FORMAT")
+    # Where the packaged small models are converted once (and kept).
     model_cache_dir: Path = Field(default=Path(".cache/models"), alias="MODEL_CACHE_DIR")
     # Unset: 0.90 of the GPU; on CPU vLLM reads it as a share of host memory,
     # and 0.92 fails there, so the CPU default is lower.
@@ -69,11 +72,17 @@ class Settings(BaseSettings):
     gpu_memory_budget_gib: float | None = Field(default=None, gt=0, alias="GPU_MEMORY_BUDGET_GIB")
     # "fp8" on Ada/Hopper GPUs: half the weight bytes per decode step.
     quantization: str | None = Field(default=None, alias="QUANTIZATION")
+    # Context in tokens; a prompt that does not fit with MAX_TOKENS is an input_too_long result.
     max_model_len: int = Field(default=2048, ge=128, alias="MAX_MODEL_LEN")
+    # GPUs per engine (vLLM tensor parallelism).
     tensor_parallel_size: int = Field(default=1, ge=1, alias="TENSOR_PARALLEL_SIZE")
+    # vLLM's weight and activation type.
     dtype: str = Field(default="bfloat16", alias="DTYPE")
+    # vLLM prefix cache: the shared instruction is computed once (about 1.5x at full load).
     enable_prefix_caching: bool = Field(default=True, alias="ENABLE_PREFIX_CACHING")
+    # vLLM KV-cache block size in tokens; unset: vLLM's default.
     block_size: int | None = Field(default=None, ge=1, alias="BLOCK_SIZE")
+    # Sequences vLLM decodes at once.
     max_num_seqs: int = Field(default=256, ge=1, alias="MAX_NUM_SEQS")
     # Unset: 3 (full vLLM compile) on GPU; 0 (eager) on CPU, where compiling
     # costs 2-4 minutes of start-up for a small gain.
@@ -82,12 +91,15 @@ class Settings(BaseSettings):
     cpu_kvcache_space_gib: int = Field(default=2, ge=1, alias="CPU_KVCACHE_SPACE_GIB")
 
     # --- sampling (the prototype's values plus a fixed seed) ---
+    # Sampling temperature (the prototype's).
     temperature: float = Field(default=0.1, ge=0, alias="TEMPERATURE")
+    # Nucleus sampling (the prototype's).
     top_p: float = Field(default=0.95, gt=0, le=1, alias="TOP_P")
     # Unset: derived from the feedback bound (380 for 176 characters), so the
     # JSON always closes; a budget that is not used costs nothing. Set alone:
     # the feedback bound is derived from it instead.
     max_tokens: int = Field(default=max_tokens_for(DEFAULT_FEEDBACK_MAX_CHARS), ge=32, alias="MAX_TOKENS")
+    # Sampling seed: the same text gives the same grade; a retry uses the next seed.
     seed: int = Field(default=0, alias="SEED")
     # Grammar bound on feedback, in characters (see JSON_OVERHEAD_TOKENS).
     feedback_max_chars: int | None = Field(default=None, ge=20, alias="FEEDBACK_MAX_CHARS")
@@ -127,13 +139,17 @@ class Settings(BaseSettings):
     # runs), so the caps are generous: a handful of 2000-text jobs and many
     # small ones are admitted together. Past any cap, partitions pause.
     max_concurrent_jobs: int = Field(default=64, ge=1, alias="MAX_CONCURRENT_JOBS")
+    # Larger requests go to the DLT.
     max_items_per_job: int = Field(default=2000, ge=1, alias="MAX_ITEMS_PER_JOB")
+    # Admitted items not yet graded before partitions pause.
     max_inflight_items: int = Field(default=20_000, ge=1, alias="MAX_INFLIGHT_ITEMS")
     # Request bytes of the admitted jobs (a 2000 x 7,000-character job is ~16 MB).
     max_inflight_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, alias="MAX_INFLIGHT_BYTES")
+    # Longest a result waits for its batch_complete event.
     progress_flush_ms: int = Field(default=250, ge=1, alias="PROGRESS_FLUSH_MS")
 
     # --- scheduler (pipeline/scheduler.py, pipeline/policy.py) ---
+    # How admitted jobs share the engine: fair (shortest remaining job first plus a share for the oldest) or fifo.
     scheduling_policy: SchedulingPolicy = Field(default=SchedulingPolicy.FAIR, alias="SCHEDULING_POLICY")
     # Items in the engine at once. Unset: MAX_NUM_SEQS plus a quarter (at
     # least 8), so the engine always has the next item queued; 0: no bound
@@ -151,11 +167,17 @@ class Settings(BaseSettings):
         return self.engine_queue_depth or None
 
     # --- Kafka ---
+    # Comma-separated brokers.
     kafka_bootstrap_servers: str = Field(default="localhost:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
+    # The consumers' group: they split the requests topic's partitions.
     kafka_group_id: str = Field(default="texteval", alias="KAFKA_GROUP_ID")
+    # In: evaluation requests (one job per message).
     requests_topic: str = Field(default="evaluation.requests", alias="KAFKA_REQUESTS_TOPIC")
+    # Out: one result per text.
     results_topic: str = Field(default="evaluation.results", alias="KAFKA_RESULTS_TOPIC")
+    # Out: progress events per job (accepted, batch_complete, complete, cancelled).
     progress_topic: str = Field(default="evaluation.progress", alias="KAFKA_PROGRESS_TOPIC")
+    # Out: rejected requests, whole, with the reason in headers.
     dlt_topic: str = Field(default="evaluation.requests.DLT", alias="KAFKA_DLT_TOPIC")
     # 1.1: cancel commands, read by every consumer instance without a group.
     control_topic: str = Field(default="evaluation.control", alias="KAFKA_CONTROL_TOPIC")
@@ -165,21 +187,30 @@ class Settings(BaseSettings):
     # 1.2: teachers' corrections (`texteval correct`, POST /jobs/{id}/corrections);
     # invalid ones go to `<this topic>.DLT` (corrections_dlt_topic).
     corrections_topic: str = Field(default="evaluation.corrections", alias="KAFKA_CORRECTIONS_TOPIC")
+    # How long a finished job_id is remembered (an idempotency key); then its job-state record is deleted.
     job_id_retention_s: float = Field(default=7 * 86400.0, gt=0, alias="JOB_ID_RETENTION_S")
+    # How long a cancel command is honoured (how far back the control topic is read).
     cancel_ttl_s: float = Field(default=86400.0, gt=0, alias="CANCEL_TTL_S")
     # Static membership: a stable name per replica (a StatefulSet pod name);
     # a restart within the session timeout then keeps its partitions.
     kafka_group_instance_id: str | None = Field(default=None, alias="KAFKA_GROUP_INSTANCE_ID")
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; passed to every client.
     kafka_security_protocol: str = Field(default="PLAINTEXT", alias="KAFKA_SECURITY_PROTOCOL")
+    # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required with SASL_*.
     kafka_sasl_mechanism: str | None = Field(default=None, alias="KAFKA_SASL_MECHANISM")
+    # Required with SASL_*.
     kafka_sasl_username: str | None = Field(default=None, alias="KAFKA_SASL_USERNAME")
+    # Required with SASL_*; never printed.
     kafka_sasl_password: SecretStr | None = Field(default=None, alias="KAFKA_SASL_PASSWORD")
+    # PEM of the CA that signed the brokers' certificates; unset: the system CAs.
     kafka_ssl_cafile: Path | None = Field(default=None, alias="KAFKA_SSL_CAFILE")
     # Tansu answers a group join only after about half the session timeout,
     # so shorter sessions make the embedded broker usable; Apache Kafka
     # refuses sessions under group.min.session.timeout.ms (6 s by default).
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, alias="KAFKA_SESSION_TIMEOUT_MS")
+    # Group heartbeat (the embedded broker wants 500 with a 2000 session).
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100, alias="KAFKA_HEARTBEAT_INTERVAL_MS")
+    # Producer batching delay.
     kafka_linger_ms: int = Field(default=5, ge=0, alias="KAFKA_LINGER_MS")
     # Our own output (results, progress, dead letters). Downstream readers
     # need this codec's library: every mainstream client has lz4, and it is
@@ -196,28 +227,39 @@ class Settings(BaseSettings):
     # A full job (2000 items of up to 20,000 characters) can be tens of MB;
     # the broker's message.max.bytes must allow what upstream sends.
     kafka_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, alias="KAFKA_MAX_MESSAGE_BYTES")
+    # Create missing topics at start (development; production topics come from deploy/kafka/create-topics.sh).
     kafka_create_topics: bool = Field(default=False, alias="KAFKA_CREATE_TOPICS")
+    # Partitions of topics created with KAFKA_CREATE_TOPICS.
     kafka_topic_partitions: int = Field(default=3, ge=1, alias="KAFKA_TOPIC_PARTITIONS")
+    # Job state and offsets are written this often (a crash regrades at most about this much).
     commit_interval_ms: int = Field(default=500, ge=10, alias="COMMIT_INTERVAL_MS")
+    # On SIGTERM, how long in-flight jobs may finish before the rest is left to the next owner.
     shutdown_grace_s: float = Field(default=30.0, ge=0, alias="SHUTDOWN_GRACE_S")
     # Leaving the group and flushing the producer at shutdown, each at most this long.
     kafka_close_timeout_s: float = Field(default=10.0, gt=0, alias="KAFKA_CLOSE_TIMEOUT_S")
 
     # --- side HTTP server ---
+    # Side HTTP server (/health, /metrics) address.
     host: str = Field(default="0.0.0.0", alias="HOST")
+    # Side HTTP server port.
     port: int = Field(default=8000, ge=0, le=65535, alias="PORT")
+    # texteval's own loggers (aiokafka stays at INFO or above: its DEBUG prints message values).
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
     # --- HTTP gateway (`texteval gateway`, a separate process) ---
+    # The gateway's address (`texteval gateway --host` wins).
     gateway_host: str = Field(default="127.0.0.1", alias="GATEWAY_HOST")
+    # The gateway's port (`--port` wins).
     gateway_port: int = Field(default=8080, ge=0, le=65535, alias="GATEWAY_PORT")
     # Comma-separated; any of them as `Authorization: Bearer <key>`. Empty:
     # the gateway is open, and then only on a loopback host unless
     # GATEWAY_ALLOW_ANONYMOUS=true.
     gateway_api_keys: SecretStr = Field(default=SecretStr(""), alias="GATEWAY_API_KEYS")
+    # Serve a gateway without keys on a non-loopback host anyway.
     gateway_allow_anonymous: bool = Field(default=False, alias="GATEWAY_ALLOW_ANONYMOUS")
     # Comma-separated origins allowed to call the API from a browser ("*" for any).
     gateway_cors_origins: str = Field(default="", alias="GATEWAY_CORS_ORIGINS")
+    # POST /evaluate bodies above it: 413, refused while reading.
     gateway_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, alias="GATEWAY_MAX_BODY_BYTES")
     # How far back the progress topic is read at start, and how long a
     # finished job stays servable (the prototype's setting).
@@ -225,7 +267,9 @@ class Settings(BaseSettings):
     # The memory bound: past either cap the oldest finished jobs are dropped
     # first (then the oldest running ones); a dropped job is "not found".
     gateway_max_jobs: int = Field(default=10_000, ge=1, alias="GATEWAY_MAX_JOBS")
+    # Bytes of events the gateway keeps in memory (see GATEWAY_MAX_JOBS).
     gateway_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, alias="GATEWAY_MAX_BYTES")
+    # SSE heartbeat comments this often.
     gateway_heartbeat_s: float = Field(default=15.0, gt=0, alias="GATEWAY_HEARTBEAT_S")
     # Longest a progress fetch waits at the broker when nothing is new. Apache
     # Kafka answers as soon as a record arrives, so there it can be raised to

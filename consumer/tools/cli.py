@@ -86,6 +86,20 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_config_docs(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.tools import config_docs
+
+    path = Path(args.out)
+    if args.check:
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current != config_docs.render():
+            print(f"{path} is out of date: run `{config_docs.REGENERATE}`", file=sys.stderr)
+            return 1
+        return 0
+    print(f"{path}: {'written' if config_docs.write(path) else 'unchanged'}")
+    return 0
+
+
 def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.engine.model_store import prepare_small_model
 
@@ -311,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="produce a cancel command for a job")
     cancel.add_argument("job_id")
     cancel.set_defaults(run=lambda a, s: asyncio.run(_cancel(a, s)))
+
+    docs = sub.add_parser("config-docs", help="write docs/configuration.md from the settings")
+    docs.add_argument("--out", default="docs/configuration.md")
+    docs.add_argument("--check", action="store_true", help="exit 1 if the file differs, write nothing")
+    docs.set_defaults(run=cmd_config_docs)
 
     prepare = sub.add_parser("prepare-model", help="convert the packaged small model once")
     prepare.set_defaults(run=cmd_prepare_model)
