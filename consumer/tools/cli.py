@@ -326,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id")
     cancel.set_defaults(run=lambda a, s: asyncio.run(_cancel(a, s)))
 
+    from consumer.tools.loop_commands import add_loop_commands  # correct, agreement, export-training
+
+    add_loop_commands(sub)
+
     docs = sub.add_parser("config-docs", help="write docs/configuration.md from the settings")
     docs.add_argument("--out", default="docs/configuration.md")
     docs.add_argument("--check", action="store_true", help="exit 1 if the file differs, write nothing")

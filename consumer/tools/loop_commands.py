@@ -1,0 +1,115 @@
+"""The corrections loop's commands: ``correct``, ``agreement``, ``export-training`` (contract 1.2).
+
+Registered on ``texteval``'s parser by ``add_loop_commands``; their work is
+imported when a command runs, so ``texteval --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
+
+SOURCE_HELP = "a file ({kinds}), or 'topic' for {setting} read from the beginning"
+
+
+async def _correct(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.kafka import KafkaSetupError, check_connection
+    from consumer.tools.correct import produce_corrections, read_correction_file
+    from consumer.tools.files import InputFileError
+
+    path = Path(args.file)
+    try:
+        batch = read_correction_file(path, settings.max_items_per_job)
+    except (InputFileError, OSError) as exc:
+        print(f"correct: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        await check_connection(settings)
+    except KafkaSetupError as exc:
+        print(f"correct: cannot use Kafka: {exc}", file=sys.stderr)
+        return 2
+    await produce_corrections(settings, batch, path.name)
+    print(f"{len(batch.valid)} corrections produced to {settings.corrections_topic}")
+    for rejected in batch.rejected:
+        print(f"line {rejected.line}: {rejected.reason.value}: {rejected.detail}", file=sys.stderr)
+    if batch.rejected:
+        print(f"{len(batch.rejected)} invalid, sent to {settings.corrections_dlt_topic}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _agreement(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.corrections import latest_by_item
+    from consumer.tools.agreement import agreement, render, render_json
+    from consumer.tools.files import InputFileError
+    from consumer.tools.loop_sources import load_corrections, load_request_items, load_results
+
+    try:
+        corrections = latest_by_item((await load_corrections(settings, args.corrections)).values)
+        results = (await load_results(settings, args.results)).values
+        items = None
+        if args.requests is not None:
+            items = (await load_request_items(settings, args.requests, corrections.keys())).values
+    except (InputFileError, OSError) as exc:
+        print(f"agreement: {exc}", file=sys.stderr)
+        return 2
+    report = agreement(results, corrections, items)
+    sys.stdout.write(render_json(report) if args.json else render(report))
+    return 0
+
+
+async def _export_training(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.corrections import latest_by_item
+    from consumer.tools.files import InputFileError
+    from consumer.tools.loop_sources import load_corrections, load_request_items, load_results
+    from consumer.tools.training_export import build_export, summary
+
+    try:
+        corrections = latest_by_item((await load_corrections(settings, args.corrections)).values)
+        results = (await load_results(settings, args.results)).values
+        items = (await load_request_items(settings, args.requests, corrections.keys())).values
+    except (InputFileError, OSError) as exc:
+        print(f"export-training: {exc}", file=sys.stderr)
+        return 2
+    export = build_export(corrections, results, items, feedback_max_chars=settings.feedback_chars)
+    await asyncio.to_thread(Path(args.out).write_text, export.jsonl(), encoding="utf-8")
+    print(f"{summary(export)}; written to {args.out}")
+    return 0
+
+
+def add_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    correct = sub.add_parser("correct", help="produce teachers' corrections (JSONL or CSV) to the corrections topic")
+    correct.add_argument("file", help="JSONL or CSV of {job_id, item_index, nota, feedback?, comment?, corrected_at?}")
+    correct.set_defaults(run=lambda a, s: asyncio.run(_correct(a, s)))
+
+    def sources(parser: argparse.ArgumentParser, *, requests_default: str | None) -> None:
+        parser.add_argument(
+            "--results", default="topic",
+            help=SOURCE_HELP.format(kinds=".jsonl or .csv", setting="KAFKA_RESULTS_TOPIC"),
+        )  # fmt: skip
+        parser.add_argument(
+            "--corrections", default="topic",
+            help=SOURCE_HELP.format(kinds=".jsonl or .csv", setting="KAFKA_CORRECTIONS_TOPIC"),
+        )  # fmt: skip
+        parser.add_argument(
+            "--requests", default=requests_default,
+            help=SOURCE_HELP.format(kinds=".jsonl of requests with job_id", setting="KAFKA_REQUESTS_TOPIC"),
+        )  # fmt: skip
+
+    agree = sub.add_parser(
+        "agreement", help="model vs teachers: exact, within-one, quadratic weighted kappa, confusion matrix"
+    )
+    sources(agree, requests_default=None)
+    agree.add_argument("--json", action="store_true", help="print the figures as JSON")
+    agree.set_defaults(run=lambda a, s: asyncio.run(_agreement(a, s)))
+
+    export = sub.add_parser("export-training", help="corrected items in the fine-tune's training format (JSONL)")
+    sources(export, requests_default="topic")
+    export.add_argument("--out", required=True, help="the JSONL to write")
+    export.set_defaults(run=lambda a, s: asyncio.run(_export_training(a, s)))
