@@ -1,0 +1,102 @@
+"""`texteval correct` against a real broker, and the loop's commands reading the topics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from consumer.testing.processes import service_env
+from consumer.testing.topics import at_least, create_topics, make_settings, produce, read_until
+from tests.conftest import REPO
+from tests.kafka_harness import TopicNames
+
+pytestmark = [pytest.mark.kafka, pytest.mark.process]
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+SECRET = "Ho ha escrit la Maria Puig, 2n B"  # stands for a minor's text quoted by a teacher
+
+
+async def texteval(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "consumer.tools.cli", *args, cwd=REPO, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_correct_produces_keyed_corrections_and_dead_letters_a_bad_line_with_its_reason(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
+) -> None:
+    corrections_topic = f"t-{uuid.uuid4().hex[:8]}.evaluation.corrections"
+    settings = make_settings(
+        kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic
+    )
+    await create_topics(kafka_bootstrap, [corrections_topic, settings.corrections_dlt_topic])
+    good = [
+        {"job_id": "school-1/term-1/a", "item_index": 0, "nota": 4, "feedback": "Molt bé.",
+         "corrected_at": "2026-12-02T10:00:00Z"},
+        {"job_id": "school-2/t/b", "item_index": 7, "nota": 1, "comment": "revisat"},
+    ]  # fmt: skip
+    bad = {"job_id": "school-1/term-1/a", "item_index": 3, "nota": 9, "feedback": SECRET}
+    path = tmp_path / "corrections.jsonl"
+    path.write_text("\n".join(json.dumps(v, ensure_ascii=False) for v in [good[0], bad, good[1]]) + "\n")
+
+    code, out, err = await texteval(service_env(settings), "correct", str(path))
+
+    assert code == 1, out + err  # some lines were refused: a script must notice
+    assert "2 corrections produced" in out
+    assert "line 2: invalid_correction: nota: Input should be less than or equal to 5" in err
+    assert SECRET not in out + err
+    produced = await read_until(kafka_bootstrap, corrections_topic, at_least(2))
+    assert sorted((r.key, json.loads(r.value)["item_index"]) for r in produced if r.value) == [
+        (b"school-1/term-1/a", 0), (b"school-2/t/b", 7)
+    ]  # fmt: skip
+    by_index = {json.loads(r.value)["item_index"]: json.loads(r.value) for r in produced if r.value}
+    assert by_index[0]["nota"] == 4 and by_index[0]["corrected_at"] == "2026-12-02T10:00:00Z"
+    assert by_index[7]["schema_version"] == 1 and by_index[7]["corrected_at"]  # stamped when produced
+    (dead,) = await read_until(kafka_bootstrap, settings.corrections_dlt_topic, at_least(1))
+    headers = {name: value.decode() for name, value in dead.headers}
+    assert headers["texteval.error.reason"] == "invalid_correction"
+    assert headers["texteval.error.detail"] == "nota: Input should be less than or equal to 5"
+    assert (headers["texteval.original.file"], headers["texteval.original.line"]) == ("corrections.jsonl", "2")
+    assert dead.key == b"school-1/term-1/a" and dead.value is not None
+    assert json.loads(dead.value) == bad  # the original, unchanged (the DLT is where it can be found again)
+
+
+async def test_agreement_and_export_read_the_topics_as_they_read_files(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
+) -> None:
+    corrections_topic = f"t-{uuid.uuid4().hex[:8]}.evaluation.corrections"
+    settings = make_settings(
+        kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic
+    )
+    await create_topics(kafka_bootstrap, [*topic_names, corrections_topic, settings.corrections_dlt_topic])
+    files = {name: DATA / f"agreement_{name}.jsonl" for name in ("results", "corrections", "requests")}
+    for name, topic in (("results", settings.results_topic), ("requests", settings.requests_topic)):
+        lines = files[name].read_bytes().splitlines()
+        await produce(kafka_bootstrap, topic, [(json.loads(line)["job_id"].encode(), line) for line in lines])
+    env = service_env(settings)
+    code, out, err = await texteval(env, "correct", str(files["corrections"]))
+    assert code == 0, out + err
+
+    code, from_topics, err = await texteval(env, "agreement", "--requests", "topic", "--json")
+    assert code == 0, err
+    file_args = [f"--{name}={path}" for name, path in files.items()]
+    code, from_files, err = await texteval(env, "agreement", *file_args, "--json")
+    assert code == 0, err
+    assert json.loads(from_topics) == json.loads(from_files)
+    assert len(json.loads(from_topics)["groups"]) == 2
+
+    out_topics, out_files = tmp_path / "topics.jsonl", tmp_path / "files.jsonl"
+    code, _, err = await texteval(env, "export-training", "--out", str(out_topics))
+    assert code == 0, err
+    code, _, err = await texteval(env, "export-training", *file_args, "--out", str(out_files))
+    assert code == 0, err
+    assert out_topics.read_bytes() == out_files.read_bytes() and out_files.stat().st_size > 0
