@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from consumer.settings import Settings
 
+TOPIC = "topic"  # a source option's value for the configured topic (loop_sources.TOPIC)
 SOURCE_HELP = "a file ({kinds}), or 'topic' for {setting} read from the beginning"
 
 
@@ -44,19 +45,29 @@ async def _correct(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _check_kafka(settings: Settings, args: argparse.Namespace) -> None:
+    """Before reading any topic: which setting is wrong, rather than a client's retry loop."""
+    from consumer.kafka import check_connection
+
+    if TOPIC in (args.results, args.corrections, args.requests):
+        await check_connection(settings)
+
+
 async def _agreement(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.corrections import latest_by_item
+    from consumer.kafka import KafkaSetupError
     from consumer.tools.agreement import agreement, render, render_json
     from consumer.tools.files import InputFileError
     from consumer.tools.loop_sources import load_corrections, load_request_items, load_results
 
     try:
+        await _check_kafka(settings, args)
         corrections = latest_by_item((await load_corrections(settings, args.corrections)).values)
         results = (await load_results(settings, args.results)).values
         items = None
         if args.requests is not None:
             items = (await load_request_items(settings, args.requests, corrections.keys())).values
-    except (InputFileError, OSError) as exc:
+    except (InputFileError, OSError, LookupError, KafkaSetupError) as exc:
         print(f"agreement: {exc}", file=sys.stderr)
         return 2
     report = agreement(results, corrections, items)
@@ -66,15 +77,17 @@ async def _agreement(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _export_training(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.corrections import latest_by_item
+    from consumer.kafka import KafkaSetupError
     from consumer.tools.files import InputFileError
     from consumer.tools.loop_sources import load_corrections, load_request_items, load_results
     from consumer.tools.training_export import build_export, summary
 
     try:
+        await _check_kafka(settings, args)
         corrections = latest_by_item((await load_corrections(settings, args.corrections)).values)
         results = (await load_results(settings, args.results)).values
         items = (await load_request_items(settings, args.requests, corrections.keys())).values
-    except (InputFileError, OSError) as exc:
+    except (InputFileError, OSError, LookupError, KafkaSetupError) as exc:
         print(f"export-training: {exc}", file=sys.stderr)
         return 2
     export = build_export(corrections, results, items, feedback_max_chars=settings.feedback_chars)
@@ -90,11 +103,11 @@ def add_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     def sources(parser: argparse.ArgumentParser, *, requests_default: str | None) -> None:
         parser.add_argument(
-            "--results", default="topic",
+            "--results", default=TOPIC,
             help=SOURCE_HELP.format(kinds=".jsonl or .csv", setting="KAFKA_RESULTS_TOPIC"),
         )  # fmt: skip
         parser.add_argument(
-            "--corrections", default="topic",
+            "--corrections", default=TOPIC,
             help=SOURCE_HELP.format(kinds=".jsonl or .csv", setting="KAFKA_CORRECTIONS_TOPIC"),
         )  # fmt: skip
         parser.add_argument(
@@ -110,6 +123,6 @@ def add_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     agree.set_defaults(run=lambda a, s: asyncio.run(_agreement(a, s)))
 
     export = sub.add_parser("export-training", help="corrected items in the fine-tune's training format (JSONL)")
-    sources(export, requests_default="topic")
+    sources(export, requests_default=TOPIC)
     export.add_argument("--out", required=True, help="the JSONL to write")
     export.set_defaults(run=lambda a, s: asyncio.run(_export_training(a, s)))

@@ -144,3 +144,18 @@ def test_the_command_prints_every_figure_per_model(capsys: pytest.CaptureFixture
 
 def test_render_with_nothing_to_compare() -> None:
     assert "no corrected ok results" in render(agreement({}, {}))
+
+
+def test_unreadable_sources_exit_2_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.jsonl"
+    assert main(["agreement", "--results", str(missing), "--corrections", str(CORRECTIONS)]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    broken = tmp_path / "corrections.jsonl"
+    broken.write_text('{"job_id": "s/j", "item_index": 0, "nota": 8}\n')
+    assert main(["agreement", "--results", str(RESULTS), "--corrections", str(broken)]) == 2
+    assert "line 1: nota: Input should be less than or equal to 5" in capsys.readouterr().err
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens there
+    assert main(["agreement"]) == 2
+    assert "cannot connect to 127.0.0.1:1" in capsys.readouterr().err
