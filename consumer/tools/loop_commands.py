@@ -10,10 +10,13 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from consumer.settings import Settings
+    from consumer.tools.loop_sources import Loaded
+
+T = TypeVar("T")
 
 TOPIC = "topic"  # a source option's value for the configured topic (loop_sources.TOPIC)
 SOURCE_HELP = "a file ({kinds}), or 'topic' for {setting} read from the beginning"
@@ -53,6 +56,13 @@ async def _check_kafka(settings: Settings, args: argparse.Namespace) -> None:
         await check_connection(settings)
 
 
+def _said(what: str, loaded: Loaded[T]) -> T:
+    """The values; unreadable records of a topic are skipped, and said so."""
+    if loaded.skipped:
+        print(f"{loaded.skipped} unreadable {what} records skipped", file=sys.stderr)
+    return loaded.values
+
+
 async def _agreement(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.corrections import latest_by_item
     from consumer.kafka import KafkaSetupError
@@ -62,11 +72,11 @@ async def _agreement(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         await _check_kafka(settings, args)
-        corrections = latest_by_item((await load_corrections(settings, args.corrections)).values)
-        results = (await load_results(settings, args.results)).values
+        corrections = latest_by_item(_said("corrections", await load_corrections(settings, args.corrections)))
+        results = _said("results", await load_results(settings, args.results))
         items = None
         if args.requests is not None:
-            items = (await load_request_items(settings, args.requests, corrections.keys())).values
+            items = _said("requests", await load_request_items(settings, args.requests, corrections.keys()))
     except (InputFileError, OSError, LookupError, KafkaSetupError) as exc:
         print(f"agreement: {exc}", file=sys.stderr)
         return 2
@@ -84,9 +94,9 @@ async def _export_training(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         await _check_kafka(settings, args)
-        corrections = latest_by_item((await load_corrections(settings, args.corrections)).values)
-        results = (await load_results(settings, args.results)).values
-        items = (await load_request_items(settings, args.requests, corrections.keys())).values
+        corrections = latest_by_item(_said("corrections", await load_corrections(settings, args.corrections)))
+        results = _said("results", await load_results(settings, args.results))
+        items = _said("requests", await load_request_items(settings, args.requests, corrections.keys()))
     except (InputFileError, OSError, LookupError, KafkaSetupError) as exc:
         print(f"export-training: {exc}", file=sys.stderr)
         return 2

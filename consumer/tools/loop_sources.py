@@ -206,8 +206,8 @@ async def load_corrections(settings: Settings, source: str) -> Loaded[list[Corre
 
     def keep(data: Any) -> None:
         try:
-            loaded.values.append(parse_correction(data) if isinstance(data, dict) else _not_object())
-        except InvalidCorrection:
+            loaded.values.append(parse_correction(data))
+        except InvalidCorrection:  # not JSON (None) or not a correction
             loaded.skipped += 1
 
     if source == TOPIC:
@@ -221,10 +221,6 @@ async def load_corrections(settings: Settings, source: str) -> Loaded[list[Corre
         except InvalidCorrection as exc:
             raise InputFileError(f"{Path(source).name} line {number}: {exc.problems}") from None
     return loaded
-
-
-def _not_object() -> Correction:
-    raise InvalidCorrection("correction: not a JSON object", [])
 
 
 async def load_request_items(settings: Settings, source: str, wanted: Collection[str]) -> Loaded[dict[str, Item]]:
