@@ -251,9 +251,10 @@ class Settings(BaseSettings):
     gateway_host: str = Field(default="127.0.0.1", alias="GATEWAY_HOST")
     # The gateway's port (`--port` wins).
     gateway_port: int = Field(default=8080, ge=0, le=65535, alias="GATEWAY_PORT")
-    # Comma-separated; any of them as `Authorization: Bearer <key>`. Empty:
-    # the gateway is open, and then only on a loopback host unless
-    # GATEWAY_ALLOW_ANONYMOUS=true.
+    # Comma-separated `tenant=key` entries (keys of 32+ characters), sent as
+    # `Authorization: Bearer <key>`; a key sees its tenant's jobs only. No
+    # keys at all: the gateway is open, and then only on a loopback host
+    # unless GATEWAY_ALLOW_ANONYMOUS=true.
     gateway_api_keys: SecretStr = Field(default=SecretStr(""), alias="GATEWAY_API_KEYS")
     # Serve a gateway without keys on a non-loopback host anyway.
     gateway_allow_anonymous: bool = Field(default=False, alias="GATEWAY_ALLOW_ANONYMOUS")
@@ -277,9 +278,36 @@ class Settings(BaseSettings):
     # holds every fetch this long, so it adds up to this much latency there
     # (B8: p99 15 ms at 5, 24 ms at 10, with 200 streams).
     gateway_fetch_max_wait_ms: int = Field(default=5, ge=1, le=500, alias="GATEWAY_FETCH_MAX_WAIT_MS")
-    # A stream whose client has not taken a write for this long is closed
-    # (a client that never reads must not hold memory or a task for ever).
+    # A stream whose client has taken no write for this long (and over at
+    # least 4 checks, so a busy event loop stretches it) is closed: a client
+    # that never reads must not hold memory or a task for ever.
     gateway_send_timeout_s: float = Field(default=30.0, gt=0, alias="GATEWAY_SEND_TIMEOUT_S")
+    # Operators' keys (comma-separated): they see and act on every job.
+    gateway_admin_keys: SecretStr = Field(default=SecretStr(""), alias="GATEWAY_ADMIN_KEYS")
+    # A file of `tenant=key` entries, one per line (a mounted Kubernetes Secret), added to GATEWAY_API_KEYS.
+    gateway_api_keys_file: Path | None = Field(default=None, alias="GATEWAY_API_KEYS_FILE")
+    # A demo without default keys: when GATEWAY_API_KEYS_FILE does not exist, the gateway writes it (0600)
+    # with one fresh key for this tenant.
+    gateway_generate_key_for: str | None = Field(default=None, alias="GATEWAY_GENERATE_KEY_FOR")
+    # Per tenant: jobs not finished; past it a POST gets 429 + Retry-After.
+    gateway_tenant_max_open_jobs: int = Field(default=100, ge=1, alias="GATEWAY_TENANT_MAX_OPEN_JOBS")
+    # Per tenant: items of its unfinished jobs not yet graded (20 jobs of 2000 texts).
+    gateway_tenant_max_waiting_items: int = Field(default=40_000, ge=1, alias="GATEWAY_TENANT_MAX_WAITING_ITEMS")
+    # Open SSE streams on one gateway (429 past it).
+    gateway_max_streams: int = Field(default=1000, ge=1, alias="GATEWAY_MAX_STREAMS")
+    # Open SSE streams per key (a stream token counts for the key it was issued to).
+    gateway_max_streams_per_key: int = Field(default=100, ge=1, alias="GATEWAY_MAX_STREAMS_PER_KEY")
+    # Writes (POST, DELETE) per key: a token bucket of this many per second, bursts up to the burst.
+    gateway_write_rate_per_s: float = Field(default=2.0, gt=0, alias="GATEWAY_WRITE_RATE_PER_S")
+    # Writes a key may make at once before the rate applies.
+    gateway_write_burst: int = Field(default=20, ge=1, alias="GATEWAY_WRITE_BURST")
+    # Requests with a missing or wrong key, per client address: past the burst
+    # (refilled at the rate), every request from it gets 429 until it refills.
+    gateway_auth_failure_rate_per_s: float = Field(default=1.0, gt=0, alias="GATEWAY_AUTH_FAILURE_RATE_PER_S")
+    # Requests with a wrong key an address may make before it is locked out.
+    gateway_auth_failure_burst: int = Field(default=20, ge=1, alias="GATEWAY_AUTH_FAILURE_BURST")
+    # Lifetime of the job-scoped stream token POST /evaluate returns (for browsers' URLs instead of the key).
+    gateway_stream_token_ttl_s: float = Field(default=900.0, gt=0, alias="GATEWAY_STREAM_TOKEN_TTL_S")
 
     def service_topics(self) -> list[str]:
         """Every topic the consumer and the gateway use (created at start with KAFKA_CREATE_TOPICS)."""
@@ -293,4 +321,11 @@ class Settings(BaseSettings):
         return f"{self.corrections_topic}.DLT"
 
     def gateway_keys(self) -> list[str]:
-        return [k.strip() for k in self.gateway_api_keys.get_secret_value().split(",") if k.strip()]
+        """The `tenant=key` entries of GATEWAY_API_KEYS and GATEWAY_API_KEYS_FILE (checked by the gateway)."""
+        entries = self.gateway_api_keys.get_secret_value().split(",")
+        if self.gateway_api_keys_file is not None:
+            entries += self.gateway_api_keys_file.read_text(encoding="utf-8").splitlines()
+        return [k.strip() for k in entries if k.strip() and not k.strip().startswith("#")]
+
+    def gateway_admin_key_list(self) -> list[str]:
+        return [k.strip() for k in self.gateway_admin_keys.get_secret_value().split(",") if k.strip()]

@@ -8,28 +8,37 @@ answers the prototype's ``data: {"error": "Job not found"}``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sse_starlette import EventSourceResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consumer.gateway.auth import Caller, loggable_id
+from consumer.gateway.corrections import corrections_router
 from consumer.gateway.jobs import JobRecord, JobState, results_rows, status_body
+from consumer.gateway.limits import Refused, tenant_load
 from consumer.gateway.metrics import GatewayMetrics
-from consumer.gateway.page import page_html
+from consumer.gateway.page import page_headers, page_html
 from consumer.gateway.service import Gateway
-from consumer.gateway.sse import BadLastEventId, job_stream, not_found_stream, parse_last_event_id
+from consumer.gateway.sse import (
+    BadLastEventId,
+    GuardedEventSource,
+    job_stream,
+    not_found_stream,
+    parse_last_event_id,
+)
 from consumer.gateway.submit import BodyTooLarge, InvalidBody, parse_submission, read_limited
+from consumer.spreadsheets import csv_text
 
 logger = logging.getLogger(__name__)
+# The audit trail (one line per gateway action); route it apart with this logger's name.
+audit_log = logging.getLogger("consumer.gateway.audit")
 
 RESULT_COLUMNS = ("job_id", "item_index", "id_alumno", "status", "nota", "feedback")
 
@@ -50,22 +59,93 @@ def create_app(gateway: Gateway) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
     app.add_middleware(_RequestMetrics, metrics=gateway.metrics)
+    app.add_middleware(_NoStore)
 
     class Unauthorized(Exception):
         pass
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        audit(None, request.scope.get("route"), request.path_params.get("job_id"), 401)
         return _error(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
 
-    async def require_key(
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        gateway.metrics.limited.labels(exc.limit).inc()
+        audit(None, request.scope.get("route"), request.path_params.get("job_id"), 429, exc.limit)
+        return _error(429, exc.detail, {"Retry-After": str(exc.retry_after_s)})
+
+    def peer(request: Request) -> str:
+        return request.client.host if request.client is not None else "unknown"
+
+    def check_not_locked_out(request: Request) -> None:
+        # Before the key is looked at: while an address is locked out, a
+        # right guess gets the same 429 as a wrong one.
+        wait_s = gateway.auth_failures.wait_s(peer(request))
+        if wait_s > 0:
+            raise Refused("too many requests with a wrong key from this address; retry later", wait_s, "auth_failures")
+
+    def failed(request: Request) -> Unauthorized:
+        gateway.auth_failures.take(peer(request), "requests with a wrong key", "auth_failures")
+        return Unauthorized()
+
+    async def caller_of(
+        request: Request,
         authorization: Annotated[str | None, Header()] = None,
         access_token: Annotated[str | None, Query()] = None,
-    ) -> None:
-        if not gateway.keys.allows(authorization, access_token):
-            raise Unauthorized()
+    ) -> Caller:
+        """Who is calling (401 for nobody): a tenant, an operator, or anyone on an open gateway."""
+        check_not_locked_out(request)
+        caller = gateway.keys.identify(authorization, access_token)
+        if caller is None:
+            raise failed(request)
+        request.state.caller = caller
+        return caller
 
-    authorized = [Depends(require_key)]
+    async def reader_of(
+        request: Request,
+        job_id: str,
+        token: Annotated[str | None, Query()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+        access_token: Annotated[str | None, Query()] = None,
+    ) -> Caller:
+        """As ``caller_of``, or a stream token for this very job (browsers' URLs)."""
+        if token is None or not gateway.keys.required:
+            return await caller_of(request, authorization, access_token)
+        check_not_locked_out(request)
+        caller = gateway.tokens.verify(token, job_id, _now_s())
+        if caller is None:
+            raise failed(request)
+        request.state.caller = caller
+        return caller
+
+    # As decorator dependencies (the handlers read ``request.state.caller``):
+    # the routes are closures, so annotations naming local dependencies
+    # could not be resolved.
+    by_key = [Depends(caller_of)]
+    by_key_or_token = [Depends(reader_of)]
+
+    def who(request: Request) -> Caller:
+        caller: Caller = request.state.caller
+        return caller
+
+    def audit(caller: Caller | None, route: object, job_id: str | None, status: int, note: str = "") -> None:
+        """One line per action: who (tenant, key id), what, which job, the answer. Never a key, never a text."""
+        methods = sorted(getattr(route, "methods", None) or ["?"])
+        action = f"{methods[0]}_{getattr(route, 'path', 'unmatched')}"
+        audit_log.info(
+            "tenant=%s key=%s action=%s job=%s status=%d%s",
+            "-" if caller is None else (caller.tenant or ("admin" if caller.admin else "open")),
+            "-" if caller is None else caller.key_id,
+            action,
+            "-" if job_id is None else loggable_id(job_id),
+            status,
+            f" limit={note}" if note else "",
+        )
+
+    def done(request: Request, caller: Caller, job_id: str | None, response: Response) -> Response:
+        audit(caller, request.scope.get("route"), job_id, response.status_code)
+        return response
 
     async def find(job_id: str) -> JobRecord | None:
         """A job not met yet may be in what the tail has not read: at start-up
@@ -79,26 +159,50 @@ def create_app(gateway: Gateway) -> FastAPI:
             record = gateway.store.get(job_id)
         return record
 
+    async def find_for(caller: Caller, job_id: str) -> JobRecord | None:
+        """Another tenant's job is an unknown one (404, never 403): decided
+        from the id alone, before any lookup, so not even the time taken
+        tells whether it exists."""
+        if not caller.sees(job_id):
+            return None
+        return await find(job_id)
+
+    def limit_writes(caller: Caller) -> None:
+        if not caller.open:
+            gateway.writes.take(caller.key_id, "writes for this key", "writes")
+
+    def accepted(record: JobRecord, caller: Caller) -> JSONResponse:
+        body = _accepted(record, gateway)
+        if not caller.open:
+            body["stream_token"] = gateway.tokens.issue(record.job_id, caller, _now_s())
+            body["stream_token_expires_in_s"] = int(gateway.tokens.ttl_s)
+        return JSONResponse(body)
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(page_html())
+        html = page_html()
+        return HTMLResponse(html, headers=page_headers(html))
 
-    @app.post("/evaluate", dependencies=authorized)
+    @app.post("/evaluate", dependencies=by_key)
     async def evaluate(request: Request) -> Response:
+        caller = who(request)
+        limit_writes(caller)
         try:
             body = await read_limited(
                 request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes
             )
-            submission = parse_submission(body, max_items=settings.max_items_per_job)
+            submission = parse_submission(body, max_items=settings.max_items_per_job, tenant=caller.tenant)
         except BodyTooLarge as exc:
-            return _error(413, str(exc))
+            return done(request, caller, None, _error(413, str(exc)))
         except InvalidBody as exc:
-            return _error(422, exc.errors)
-        existing = await find(submission.job_id) if submission.named else None
+            return done(request, caller, None, _error(422, exc.errors))
+        existing = await find_for(caller, submission.job_id) if submission.named else None
         if existing is not None:
             if existing.request_sha256 != submission.request_sha256:
-                return _error(409, "job_id already used by another request")
-            return JSONResponse(_accepted(existing, gateway))
+                return done(request, caller, submission.job_id, _error(409, "job_id already used by another request"))
+            return done(request, caller, submission.job_id, accepted(existing, caller))
+        if caller.tenant is not None:
+            check_quota(gateway, caller.tenant, submission.total_items)
         record = gateway.store.submitted(submission.job_id, submission.total_items, submission.request_sha256, _now_s())
         try:
             await gateway.produce_request(submission)
@@ -107,70 +211,111 @@ def create_app(gateway: Gateway) -> FastAPI:
             too_large = type(exc).__name__ == "MessageSizeTooLargeError"
             logger.warning("could not produce job %s: %s", submission.job_id, type(exc).__name__)
             if too_large:
-                return _error(413, "request larger than the Kafka message limit")
-            return _error(503, "Kafka unavailable; nothing was queued, retry later")
+                return done(
+                    request, caller, submission.job_id, _error(413, "request larger than the Kafka message limit")
+                )
+            return done(request, caller, submission.job_id,
+                        _error(503, "Kafka unavailable; nothing was queued, retry later"))  # fmt: skip
         logger.info("job %s queued: %d items", submission.job_id, submission.total_items)
-        return JSONResponse(_accepted(record, gateway))
+        return done(request, caller, submission.job_id, accepted(record, caller))
 
-    @app.get("/stream/{job_id:path}", dependencies=authorized)
+    @app.get("/stream/{job_id:path}", dependencies=by_key_or_token)
     async def stream(
+        request: Request,
         job_id: str,
         last_event_id: Annotated[str | None, Header()] = None,
         last_event_id_query: Annotated[str | None, Query(alias="last_event_id")] = None,
     ) -> Response:
+        caller = who(request)
         try:
             after = parse_last_event_id(last_event_id if last_event_id is not None else last_event_id_query)
         except BadLastEventId as exc:
-            return _error(400, str(exc))
-        record = await find(job_id)
-        options: dict[str, Any] = {
-            "ping": settings.gateway_heartbeat_s,
-            "send_timeout": settings.gateway_send_timeout_s,
-        }
-        if record is None:
-            return EventSourceResponse(not_found_stream(), **options)
-        return EventSourceResponse(job_stream(record, gateway.store, gateway.metrics, after), **options)
+            return done(request, caller, job_id, _error(400, str(exc)))
+        slot = gateway.slots.acquire(None if caller.open else caller.key_id)
+        try:
+            record = await find_for(caller, job_id)
+        except BaseException:
+            slot.release()
+            raise
+        content = not_found_stream() if record is None else job_stream(record, gateway.store, gateway.metrics, after)
+        return done(request, caller, job_id, GuardedEventSource(
+            content, stall_timeout_s=settings.gateway_send_timeout_s, ping_s=settings.gateway_heartbeat_s,
+            on_close=slot.release, on_stalled=gateway.metrics.streams_stalled.inc,
+        ))  # fmt: skip
 
-    @app.get("/jobs/{job_id:path}/results", dependencies=authorized)
-    async def results(job_id: str, format: str = "csv") -> Response:
+    @app.get("/jobs", dependencies=by_key)
+    async def list_jobs(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: Annotated[str | None, Query(max_length=128)] = None,
+    ) -> Response:
+        """The caller's jobs (an operator's or an open gateway's: all), by job id,
+        a page at a time: ``next`` is the ``after`` of the next page."""
+        caller = who(request)
+        mine = sorted((r for r in gateway.store.all_jobs() if caller.sees(r.job_id)), key=lambda r: r.job_id)
+        if after is not None:
+            mine = [r for r in mine if r.job_id > after]
+        page = mine[:limit]
+        more = len(mine) > limit
+        body = {"jobs": [status_body(r) for r in page], "next": page[-1].job_id if more else None}
+        return done(request, caller, None, JSONResponse(body))
+
+    @app.get("/jobs/{job_id:path}/results", dependencies=by_key_or_token)
+    async def results(request: Request, job_id: str, format: str = "csv") -> Response:
+        caller = who(request)
         if format not in ("csv", "jsonl"):
-            return _error(422, [{"loc": ["query", "format"], "msg": "use csv or jsonl", "type": "enum"}])
-        record = await find(job_id)
+            problem = {"loc": ["query", "format"], "msg": "use csv or jsonl", "type": "enum"}
+            return done(request, caller, job_id, _error(422, [problem]))
+        record = await find_for(caller, job_id)
         if record is None:
-            return _error(404, "Job not found")
+            return done(request, caller, job_id, _error(404, "Job not found"))
         rows = results_rows(record)
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)
         headers = {"Content-Disposition": f'attachment; filename="{name}.{format}"'}
         if format == "jsonl":
             text = "".join(_json_line(row) for row in rows)
-            return Response(text, media_type="application/x-ndjson", headers=headers)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
+            return done(request, caller, job_id, Response(text, media_type="application/x-ndjson", headers=headers))
+        table = csv_text(RESULT_COLUMNS, rows)
+        return done(request, caller, job_id, Response(table, media_type="text/csv; charset=utf-8", headers=headers))
 
-    @app.get("/jobs/{job_id:path}", dependencies=authorized)
-    async def job_status(job_id: str) -> Response:
-        record = await find(job_id)
+    @app.post("/jobs/{job_id:path}/stream_token", dependencies=by_key)
+    async def stream_token(request: Request, job_id: str) -> Response:
+        """A fresh stream token (the page's, when the one it had expired)."""
+        caller = who(request)
+        record = await find_for(caller, job_id)
         if record is None:
-            return _error(404, "Job not found")
-        return JSONResponse(status_body(record))
+            return done(request, caller, job_id, _error(404, "Job not found"))
+        if caller.open:
+            return done(request, caller, job_id, JSONResponse({"stream_token": None}))
+        body = {"stream_token": gateway.tokens.issue(job_id, caller, _now_s()),
+                "stream_token_expires_in_s": int(gateway.tokens.ttl_s)}  # fmt: skip
+        return done(request, caller, job_id, JSONResponse(body))
 
-    @app.delete("/jobs/{job_id:path}", dependencies=authorized)
-    async def cancel(job_id: str) -> Response:
-        record = await find(job_id)
+    @app.get("/jobs/{job_id:path}", dependencies=by_key_or_token)
+    async def job_status(request: Request, job_id: str) -> Response:
+        caller = who(request)
+        record = await find_for(caller, job_id)
         if record is None:
-            return _error(404, "Job not found")
+            return done(request, caller, job_id, _error(404, "Job not found"))
+        return done(request, caller, job_id, JSONResponse(status_body(record)))
+
+    @app.delete("/jobs/{job_id:path}", dependencies=by_key)
+    async def cancel(request: Request, job_id: str) -> Response:
+        caller = who(request)
+        limit_writes(caller)
+        record = await find_for(caller, job_id)
+        if record is None:
+            return done(request, caller, job_id, _error(404, "Job not found"))
         if record.finished:
-            return _error(409, f"job already {record.state.value}")
+            return done(request, caller, job_id, _error(409, f"job already {record.state.value}"))
         try:
-            await gateway.produce_cancel(job_id)
+            await gateway.produce_cancel(job_id, caller)
         except Exception as exc:  # noqa: BLE001
             logger.warning("could not produce the cancel of job %s: %s", job_id, type(exc).__name__)
-            return _error(503, "Kafka unavailable; retry later")
+            return done(request, caller, job_id, _error(503, "Kafka unavailable; retry later"))
         logger.info("cancel requested for job %s", job_id)
-        return JSONResponse({"job_id": job_id, "status": "cancel_requested"}, status_code=202)
+        answer = JSONResponse({"job_id": job_id, "status": "cancel_requested"}, status_code=202)
+        return done(request, caller, job_id, answer)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -181,7 +326,22 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(corrections_router(gateway, caller_of, find_for, limit_writes, done))  # contract 1.2
     return app
+
+
+def check_quota(gateway: Gateway, tenant: str, new_items: int) -> None:
+    """Per-tenant quotas (429 + Retry-After): one school cannot fill the queue."""
+    s = gateway.settings
+    load = tenant_load(gateway.store, tenant)
+    if load.open_jobs >= s.gateway_tenant_max_open_jobs:
+        raise Refused(f"{load.open_jobs} jobs of this tenant are not finished yet (limit "
+                      f"{s.gateway_tenant_max_open_jobs}); retry when one is", 30, "tenant_open_jobs")  # fmt: skip
+    excess = load.waiting_items + new_items - s.gateway_tenant_max_waiting_items
+    if excess > 0:
+        retry_s = min(600.0, max(1.0, excess * gateway.store.seconds_per_item))
+        detail = f"{load.waiting_items} items of this tenant are waiting (limit {s.gateway_tenant_max_waiting_items})"
+        raise Refused(f"{detail}; retry later", retry_s, "tenant_waiting_items")
 
 
 def _accepted(record: JobRecord, gateway: Gateway) -> dict[str, object]:
@@ -223,3 +383,29 @@ class _RequestMetrics:
             await send(message)
 
         await self._app(scope, receive, counting_send)
+
+
+class _NoStore:
+    """``Cache-Control: no-store`` on every answer but the page's (grades,
+    statuses and errors must not stay in a browser's or a proxy's cache), and
+    ``nosniff`` on all of them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        is_page = scope["path"] == "/"
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if is_page or k.lower() != b"cache-control"]
+                if not is_page:
+                    headers.append((b"cache-control", b"no-store"))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self._app(scope, receive, with_headers)

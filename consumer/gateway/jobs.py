@@ -120,6 +120,13 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         return self._active.get(job_id) or self._finished.get(job_id)
 
+    def active_jobs(self) -> list[JobRecord]:
+        """Queued and running jobs."""
+        return list(self._active.values())
+
+    def all_jobs(self) -> list[JobRecord]:
+        return [*self._active.values(), *self._finished.values()]
+
     def submitted(self, job_id: str, total_items: int, request_sha256: str, now_s: float) -> JobRecord:
         """A job this instance is about to produce."""
         record = JobRecord(job_id, JobState.QUEUED, now_s, total_items=total_items, request_sha256=request_sha256)

@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumer.gateway.jobs import EvictReason
 
+# Labels of texteval_gateway_limited (a fixed set; never a tenant or a key).
+LIMITS = ("streams", "writes", "auth_failures", "tenant_open_jobs", "tenant_waiting_items")
 _DELIVERY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -48,3 +50,12 @@ class GatewayMetrics:
             self.jobs_evicted.labels(reason.value)
         self.jobs_submitted = Counter("texteval_gateway_jobs_submitted", "Requests produced to Kafka", registry=r)
         self.cancels = Counter("texteval_gateway_cancels", "Cancel commands produced", registry=r)
+        self.streams_stalled = Counter(
+            "texteval_gateway_streams_stalled", "SSE streams dropped: the client took no write for the send timeout",
+            registry=r,
+        )  # fmt: skip
+        self.limited = Counter(
+            "texteval_gateway_limited", "Requests refused with 429, by the limit they hit", ["limit"], registry=r
+        )
+        for limit in LIMITS:
+            self.limited.labels(limit)

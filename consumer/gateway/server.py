@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from consumer.gateway.app import create_app
-from consumer.gateway.auth import ApiKeys, GatewaySetupError, check_exposure
+from consumer.gateway.auth import GatewaySetupError, check_exposure, keys_from
 from consumer.gateway.metrics import GatewayMetrics
 from consumer.gateway.service import Gateway, gateway_running
 from consumer.http import HttpServer
@@ -42,8 +42,8 @@ async def gateway_serving(
 
 async def serve_gateway(settings: Settings, host: str, port: int) -> int:
     """``texteval gateway``: until SIGTERM/SIGINT. Exit 2 on settings it cannot use."""
-    keys = ApiKeys(settings.gateway_keys())
     try:
+        keys = keys_from(settings)
         check_exposure(host, keys, settings.gateway_allow_anonymous)
         await check_connection(settings)
     except (GatewaySetupError, KafkaSetupError) as exc:

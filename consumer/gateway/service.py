@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from consumer.contract import ControlAction, ControlCommand
-from consumer.gateway.auth import ApiKeys
+from consumer.gateway.auth import ApiKeys, Caller, keys_from
 from consumer.gateway.jobs import JobStore
+from consumer.gateway.limits import RateLimiter, StreamSlots
 from consumer.gateway.metrics import GatewayMetrics
 from consumer.gateway.submit import Submission
 from consumer.gateway.tail import ProgressTail
+from consumer.gateway.tokens import StreamTokens
 from consumer.kafka import client_kwargs, ensure_topics
 from consumer.settings import Settings
 
@@ -40,6 +42,22 @@ class Gateway:
     producer: AIOKafkaProducer
     metrics: GatewayMetrics
     keys: ApiKeys
+    tokens: StreamTokens
+    slots: StreamSlots
+    writes: RateLimiter  # per key
+    auth_failures: RateLimiter  # per client address
+
+    @classmethod
+    def build(cls, settings: Settings, store: JobStore, tail: ProgressTail, producer: AIOKafkaProducer,
+              metrics: GatewayMetrics, keys: ApiKeys) -> Gateway:  # fmt: skip
+        s = settings
+        return cls(
+            s, store, tail, producer, metrics, keys,
+            tokens=StreamTokens(keys.key_digests(), s.gateway_stream_token_ttl_s),
+            slots=StreamSlots(s.gateway_max_streams, s.gateway_max_streams_per_key),
+            writes=RateLimiter(s.gateway_write_rate_per_s, s.gateway_write_burst),
+            auth_failures=RateLimiter(s.gateway_auth_failure_rate_per_s, s.gateway_auth_failure_burst),
+        )  # fmt: skip
 
     async def produce_request(self, submission: Submission) -> None:
         await self.producer.send_and_wait(
@@ -47,8 +65,10 @@ class Gateway:
         )
         self.metrics.jobs_submitted.inc()
 
-    async def produce_cancel(self, job_id: str) -> None:
-        command = ControlCommand(action=ControlAction.CANCEL, job_id=job_id)
+    async def produce_cancel(self, job_id: str, caller: Caller) -> None:
+        """The command names who sent it (contract 1.2): the consumer honours a
+        tenant's cancel only for that tenant's job."""
+        command = ControlCommand(action=ControlAction.CANCEL, job_id=job_id, tenant=caller.tenant, admin=caller.admin)
         await self.producer.send_and_wait(
             self.settings.control_topic, value=command.model_dump_json().encode(), key=job_id.encode()
         )
@@ -75,7 +95,7 @@ class Gateway:
             "reasons": reasons,
             "jobs_kept": len(self.store),
             "bytes_kept": self.store.bytes_kept,
-            "open_streams": self.store.open_streams,
+            "open_streams": self.slots.total,
             "auth": "api_keys" if self.keys.required else "open",
         }
         return not reasons, body
@@ -88,6 +108,7 @@ async def gateway_running(settings: Settings, metrics: GatewayMetrics | None = N
     from aiokafka import AIOKafkaProducer
 
     metrics = metrics or GatewayMetrics()
+    keys = keys_from(settings)  # before anything starts: refused settings fail fast
     if settings.kafka_create_topics:
         topics = dict.fromkeys(settings.service_topics(), settings.kafka_topic_partitions)
         await ensure_topics(settings.kafka_bootstrap_servers, topics, **client_kwargs(settings))
@@ -109,7 +130,7 @@ async def gateway_running(settings: Settings, metrics: GatewayMetrics | None = N
     tail = ProgressTail(settings, store, metrics)
     try:
         await tail.start()
-        yield Gateway(settings, store, tail, producer, metrics, ApiKeys(settings.gateway_keys()))
+        yield Gateway.build(settings, store, tail, producer, metrics, keys)
     finally:
         store.close()
         await asyncio.sleep(0)  # let the streams see it and end

@@ -11,6 +11,7 @@ and item index, never the submitted text.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from consumer.contract import EvaluationRequest
+from consumer.contract import JOB_ID_PATTERN, EvaluationRequest
+from consumer.tenants import scoped_job_id
 from consumer.validation import safe_errors
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 class BodyTooLarge(Exception):
@@ -54,13 +58,21 @@ async def read_limited(chunks: AsyncIterator[bytes], declared_length: str | None
     return bytes(body)
 
 
-def parse_submission(body: bytes, *, max_items: int) -> Submission:
+def parse_submission(body: bytes, *, max_items: int, tenant: str | None = None) -> Submission:
+    """With a ``tenant`` (a tenant's key) the job is written as ``<tenant>/<client id>``,
+    or ``<tenant>/<uuid4>`` (122 random bits: not guessable) when the body has none."""
     try:
         request = EvaluationRequest.model_validate_json(body, context={"max_items": max_items})
     except ValidationError as exc:
         raise InvalidBody(_errors(exc)) from None
     items_json = b"[" + b",".join(item.model_dump_json().encode() for item in request.items) + b"]"
     job_id = request.job_id or str(uuid.uuid4())
+    if tenant is not None:
+        job_id = scoped_job_id(tenant, job_id)
+        if not _JOB_ID.fullmatch(job_id):
+            limit = 128 - len(tenant) - 1
+            raise InvalidBody([{"loc": ["body", "job_id"], "type": "string_too_long",
+                                "msg": f"at most {limit} characters (the gateway adds the tenant)"}])  # fmt: skip
     value = request.model_copy(update={"job_id": job_id}).model_dump_json().encode()
     digest = hashlib.sha256(items_json).hexdigest()
     return Submission(job_id, value, len(request.items), digest, named=request.job_id is not None)

@@ -192,7 +192,8 @@ async def test_jobs_produced_straight_to_kafka_are_served(consumer_settings: Set
     rows = [json.loads(line) for line in jsonl.splitlines()]
     assert [r["item_index"] for r in rows] == list(range(12)) and rows[0]["job_id"] == "direct/1"
     assert csv_answer.headers["content-type"].startswith("text/csv")
-    assert csv_answer.text.splitlines()[0] == "job_id,item_index,id_alumno,status,nota,feedback"
+    assert csv_answer.text.startswith("\ufeff")  # a byte-order mark: Excel reads UTF-8
+    assert csv_answer.text.removeprefix("\ufeff").splitlines()[0] == "job_id,item_index,id_alumno,status,nota,feedback"
 
 
 async def test_the_same_job_id_is_one_job_and_a_different_request_conflicts(consumer_settings: Settings) -> None:
@@ -286,17 +287,19 @@ async def test_api_keys_are_required_when_configured(
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     caplog.set_level(logging.DEBUG)
-    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, GATEWAY_API_KEYS="k-one-9x, k-two-9y")
+    key_one, key_two = "k-one-9x" + "1" * 32, "k-two-9y" + "2" * 32
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs,
+                            GATEWAY_API_KEYS=f"auth={key_one}, auth={key_two}")  # fmt: skip
     await make_topics(settings)
-    body = {"job_id": "auth-1", "items": items(1)}
+    body = {"job_id": "1", "items": items(1)}
     async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
         none = await client.post("/evaluate", json=body)
-        wrong = await client.post("/evaluate", json=body, headers={"Authorization": "Bearer k-one-9"})
-        basic = await client.post("/evaluate", json=body, headers={"Authorization": "Basic k-one-9x"})
-        right = await client.post("/evaluate", json=body, headers={"Authorization": "Bearer k-two-9y"})
-        stream_none = await client.get("/stream/auth-1")
-        status_query = await client.get("/jobs/auth-1", params={"access_token": "k-one-9x"})
-        delete_none = await client.delete("/jobs/auth-1")
+        wrong = await client.post("/evaluate", json=body, headers={"Authorization": f"Bearer {key_one[:-1]}"})
+        basic = await client.post("/evaluate", json=body, headers={"Authorization": f"Basic {key_one}"})
+        right = await client.post("/evaluate", json=body, headers={"Authorization": f"Bearer {key_two}"})
+        stream_none = await client.get("/stream/auth/1")
+        status_query = await client.get("/jobs/auth/1", params={"access_token": key_one})
+        delete_none = await client.delete("/jobs/auth/1")
         health = await client.get("/health")
         metrics = await client.get("/metrics")
         page = await client.get("/")
@@ -304,7 +307,7 @@ async def test_api_keys_are_required_when_configured(
     assert none.headers["www-authenticate"] == "Bearer"
     assert right.status_code == 200
     assert stream_none.status_code == delete_none.status_code == 401
-    assert status_query.status_code == 200 and status_query.json()["job_id"] == "auth-1"
+    assert status_query.status_code == 200 and status_query.json()["job_id"] == "auth/1"
     assert health.status_code == 200 and health.json()["auth"] == "api_keys"
     assert metrics.status_code == 200 and page.status_code == 200
     # The server's side (the client's own httpx log prints its URLs, query token included).
@@ -331,7 +334,9 @@ async def test_metrics_count_requests_streams_and_delivery(consumer_settings: Se
 async def test_a_client_that_never_reads_is_dropped_and_others_are_served(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
 ) -> None:
-    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, GATEWAY_SEND_TIMEOUT_S=1)
+    # A write that takes no progress for 3 s (over 4 checks) drops a stream;
+    # a reader that is merely slow (a busy machine) completes its writes and stays.
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, GATEWAY_SEND_TIMEOUT_S=3)
     await make_topics(settings)
     # Progress events of ~100 kB each, produced straight to the topic: a
     # reader that never reads fills its socket buffers within a few.
@@ -361,11 +366,14 @@ async def test_a_client_that_never_reads_is_dropped_and_others_are_served(
             await wait_for(lambda: gateway.store.open_streams == 1)  # it is stuck on ~8 MB it never reads
             seen = await sse_events(client, "/stream/slow-1")
         with contextlib.suppress(AssertionError):
-            await wait_for(lambda: gateway.store.open_streams == 0, timeout_s=15)
+            await wait_for(lambda: gateway.store.open_streams == 0, timeout_s=60)
         open_after = gateway.store.open_streams
+        stalled = gateway.metrics.registry.get_sample_value("texteval_gateway_streams_stalled_total")
         sock.close()
-    assert sorted(result_indexes(seen)) == list(range(80))
+    assert sorted(result_indexes(seen)) == list(range(80)) and len(seen) == 82  # every event, once, in order
+    assert [int(i) for i, _ in seen] == sorted({int(i) for i, _ in seen})
     assert open_after == 0, "the stream of a client that never reads was not closed"
+    assert stalled == 1, "only the client that never reads is dropped, not the one that reads"
 
 
 async def test_the_test_client_script_follows_a_job_to_its_results(consumer_settings: Settings, tmp_path: Path) -> None:
@@ -377,7 +385,7 @@ async def test_the_test_client_script_follows_a_job_to_its_results(consumer_sett
     async with gateway_serving(consumer_settings) as (_, base):
         code = await asyncio.to_thread(script.main, ["--base-url", base, "--out", str(out)])
     assert code == 0
-    rows = out.read_text(encoding="utf-8").splitlines()
+    rows = out.read_text(encoding="utf-8-sig").splitlines()
     assert rows[0].startswith("job_id,item_index") and len(rows) == 6
 
 

@@ -1,0 +1,63 @@
+"""Results files a teacher can open: CSV that a spreadsheet reads as text.
+
+Used by every writer of a results CSV (the gateway's ``/jobs/{id}/results``
+and ``consumer.tools.files``), so there is one rule:
+
+- **No formulas** (OWASP "CSV injection"): a cell that begins with ``=``,
+  ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with a single
+  quote, which spreadsheets show as text and do not display. Feedback is
+  model output and ``id_alumno`` is any text, so either could be
+  ``=HYPERLINK(...)``. A cell that itself begins with a quote gets one more,
+  so ``restore_cell`` undoes the rule exactly for programs that read the
+  file back.
+- **A UTF-8 byte-order mark** first: without it Excel on Windows reads the
+  file as the local code page and every ``à``, ``ç``, ``l·l`` is garbled.
+- **Owner-only files** (0600) where a file is written to disk: the rows are
+  minors' grades.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+BOM = "\ufeff"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_QUOTE = "'"
+
+
+def safe_cell(value: object) -> object:
+    """``value`` as a spreadsheet will read it as text (numbers and None unchanged)."""
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, _QUOTE)):
+        return _QUOTE + value
+    return value
+
+
+def restore_cell(text: str) -> str:
+    """The inverse of ``safe_cell`` for a cell read back from such a file."""
+    if text.startswith(_QUOTE) and text[1:].startswith((*FORMULA_STARTS, _QUOTE)):
+        return text[1:]
+    return text
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
+    """A whole CSV: the BOM, the header, one row per mapping (extra keys ignored), every cell safe."""
+    buffer = io.StringIO()
+    buffer.write(BOM)
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([safe_cell(row.get(column)) for column in columns])
+    return buffer.getvalue()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), also
+    when the file already exists with wider permissions."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
