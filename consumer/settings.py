@@ -47,7 +47,7 @@ class PromptFormat(StrEnum):
 class SchedulingPolicy(StrEnum):
     """Which admitted job's item goes to the engine next (pipeline/policy.py)."""
 
-    FAIR = "fair"  # shortest remaining job first, with a share for the oldest job
+    FAIR = "fair"  # tenants by weight, then shortest remaining job first within an ageing bound
     FIFO = "fifo"  # arrival order (what vLLM alone does with everything in flight)
 
 
@@ -149,15 +149,44 @@ class Settings(BaseSettings):
     progress_flush_ms: int = Field(default=250, ge=1, alias="PROGRESS_FLUSH_MS")
 
     # --- scheduler (pipeline/scheduler.py, pipeline/policy.py) ---
-    # How admitted jobs share the engine: fair (shortest remaining job first plus a share for the oldest) or fifo.
+    # How admitted jobs share the engine: fair (tenants by weight, then shortest remaining job first within an
+    # ageing bound) or fifo (arrival order across all tenants).
     scheduling_policy: SchedulingPolicy = Field(default=SchedulingPolicy.FAIR, alias="SCHEDULING_POLICY")
     # Items in the engine at once. Unset: MAX_NUM_SEQS plus a quarter (at
     # least 8), so the engine always has the next item queued; 0: no bound
     # (every admitted item in flight, as before the scheduler).
     engine_queue_depth: int | None = Field(default=None, ge=0, alias="ENGINE_QUEUE_DEPTH")
-    # fair: the share of dispatches reserved for the oldest job. A job then
-    # waits at most 1/share times what FIFO would make it wait (1.5x at 0.67).
-    scheduler_oldest_share: float = Field(default=0.67, gt=0, le=1, alias="SCHEDULER_OLDEST_SHARE")
+    # fair: the ageing bound inside a tenant. A job's last item goes to the engine within 1/share times the
+    # tenant's dispatches FIFO would need (1.43x at 0.7); within that bound the shortest job goes first.
+    scheduler_oldest_share: float = Field(default=0.7, gt=0, le=1, alias="SCHEDULER_OLDEST_SHARE")
+    # fair: how tenants (a job id's first `/`-segment) share the engine while they have items waiting, as
+    # `tenant=weight` pairs (`school-42=2,school-7=1`: school-42 gets twice school-7's share). Unlisted
+    # tenants, and all tenant-less jobs together, weigh 1.
+    scheduler_tenant_weights: str = Field(default="", alias="SCHEDULER_TENANT_WEIGHTS")
+    # fair: share the engine between tenants first, then between a tenant's jobs; false: every job in one
+    # pool (the policy before tenants, to compare with and to fall back to).
+    scheduler_by_tenant: bool = Field(default=True, alias="SCHEDULER_BY_TENANT")
+
+    @property
+    def tenant_weights(self) -> dict[str, float]:
+        """SCHEDULER_TENANT_WEIGHTS parsed; a malformed value is refused when the settings are built."""
+        weights: dict[str, float] = {}
+        for entry in filter(None, (part.strip() for part in self.scheduler_tenant_weights.split(","))):
+            name, sep, value = (part.strip() for part in entry.partition("="))
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = float("nan")
+            if not sep or not name or "/" in name or not 0 < weight < float("inf") or name in weights:
+                expected = "tenant=weight (weight > 0, each tenant once)"
+                raise ValueError(f"SCHEDULER_TENANT_WEIGHTS: expected {expected}, not {entry!r}")
+            weights[name] = weight
+        return weights
+
+    @model_validator(mode="after")
+    def _tenant_weights_parse(self) -> Settings:
+        _ = self.tenant_weights  # raises on a malformed value: refused at start-up, not at the first job
+        return self
 
     @property
     def engine_depth(self) -> int | None:

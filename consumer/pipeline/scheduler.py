@@ -9,7 +9,9 @@ fairness has to live here, in front of a short engine queue. The scheduler
 keeps ``depth`` items in the engine (a little more than ``MAX_NUM_SEQS``:
 short, so a new small job gets the next free slots, but never empty, so the
 engine never waits for us) and each time a slot frees asks the ``Picker``
-which job goes next (see ``policy.py``).
+which job goes next: a tenant by weight (a job's tenant is
+``consumer.tenants.tenant_of(job_id)``), then one of its jobs (see
+``policy.py``, with the bound that no job starves).
 
 Per-item work before the engine (prompt building, tokenizing: the first
 step of ``engine.grade``) happens as an item is fed, a few thousand
@@ -26,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from consumer.contract import ErrorCode, Item
 from consumer.engine.base import GradeOutcome, GradingEngine
 from consumer.metrics import Metrics
-from consumer.pipeline.policy import Picker, SchedulingPolicy, dispatch_horizons
+from consumer.pipeline.policy import Picker, SchedulingPolicy
+from consumer.tenants import tenant_of
 
 # Called once per item that comes back from the engine (never after a release).
 Deliver = Callable[[int, GradeOutcome], None]
@@ -113,14 +116,19 @@ class Scheduler:
         depth: int | None = 320,
         oldest_share: float = 0.67,
         meter: EngineMeter | None = None,
+        tenant_weights: Mapping[str, float] | None = None,
+        by_tenant: bool = True,
     ) -> None:
-        """``depth``: items in the engine at most; ``None`` = no bound (everything in flight)."""
+        """``depth``: items in the engine at most; ``None`` = no bound (everything in flight).
+
+        ``tenant_weights``: shares between tenants (unlisted: 1); ``by_tenant=False``: every job in one pool.
+        """
         self._engine = engine
         self._metrics = metrics
-        self._picker = Picker(policy, oldest_share)
+        # Holds the jobs with items waiting, by tenant, in admission order.
+        self._picker: Picker[Ticket] = Picker(policy, oldest_share, tenant_weights=tenant_weights, by_tenant=by_tenant)
         self.depth = depth
         self.meter = meter or EngineMeter()
-        self._waiting_jobs: dict[Ticket, None] = {}  # jobs with items waiting, admission order
         self._by_job_id: dict[str, dict[Ticket, None]] = {}
         self._seq = 0
         self._waiting_items = 0
@@ -157,7 +165,7 @@ class Scheduler:
         ticket = Ticket(job_id, self._seq, items, deliver, queue)
         self._by_job_id.setdefault(job_id, {})[ticket] = None
         if queue:
-            self._waiting_jobs[ticket] = None
+            self._picker.add(ticket, tenant_of(job_id))
             self._waiting_items += len(queue)
         self._horizons = None
         self._update_gauges()
@@ -170,8 +178,8 @@ class Scheduler:
             return 0
         ticket.released = True
         dropped = ticket.pending
+        self._picker.remove(ticket)
         ticket.queue = deque()  # O(1) for the scheduler; the old deque is freed by the runtime
-        self._waiting_jobs.pop(ticket, None)
         self._waiting_items -= dropped
         self._horizons = None
         for task in ticket.running:  # at most `depth`
@@ -196,8 +204,8 @@ class Scheduler:
     def estimate_s(self, ticket: Ticket) -> float:
         """Seconds until the job's last item is back, given the jobs sharing the engine now.
 
-        The policy's fluid model says how many dispatches happen before the
-        job's last item leaves; the engine's recent throughput turns that
+        The policy's fluid model says how many dispatches (of every tenant)
+        happen before the job's last item leaves; the engine's recent throughput turns that
         into time, and one item's recent latency covers its stay in the engine.
         """
         if ticket.released or (not ticket.queue and not ticket.running):
@@ -205,9 +213,7 @@ class Scheduler:
         horizon = 0.0
         if ticket.queue:
             if self._horizons is None:
-                jobs = list(self._waiting_jobs)
-                horizons = dispatch_horizons([job.pending for job in jobs], self._picker.oldest_share)
-                self._horizons, self._horizons_at = dict(zip(jobs, horizons, strict=True)), self._dispatched
+                self._horizons, self._horizons_at = self._picker.horizons(), self._dispatched
             since = self._dispatched - self._horizons_at
             horizon = max(float(ticket.pending), self._horizons.get(ticket, 0.0) - since)
         rate = max(self.meter.items_per_s, 1e-6)
@@ -220,26 +226,24 @@ class Scheduler:
         return self.depth is None or self._in_engine < self.depth
 
     def _kick(self) -> None:
-        if self._waiting_jobs and self._has_slot() and (self._feeder is None or self._feeder.done()):
+        if self._picker and self._has_slot() and (self._feeder is None or self._feeder.done()):
             self._feeder = asyncio.create_task(self._feed())
 
     async def _feed(self) -> None:
-        while self._waiting_jobs and self._has_slot():
+        while self._picker and self._has_slot():
             budget = CHARS_PER_TURN
-            while budget > 0 and self._waiting_jobs and self._has_slot():
-                budget -= self._launch(self._picker.pick(self._waiting_jobs))
+            while budget > 0 and self._picker and self._has_slot():
+                budget -= self._launch(self._picker.take())
             # The items just launched build and tokenize their prompts in
             # their tasks' first step, on the next turn; network I/O, timers
             # and /health run between two such turns, not after a whole job.
             await asyncio.sleep(0)
 
     def _launch(self, ticket: Ticket) -> int:
-        """Send the job's next item to the engine; returns its text's length."""
+        """Send the job's next item to the engine (the picker has counted it); returns its text's length."""
         index = ticket.queue.popleft()
         self._waiting_items -= 1
         self._dispatched += 1
-        if not ticket.queue:
-            del self._waiting_jobs[ticket]
         if self._in_engine == 0:
             self.meter.busy(time.monotonic())
         self._in_engine += 1

@@ -43,6 +43,8 @@ def scheduler_from(settings: Settings, engine: GradingEngine, metrics: Metrics) 
         policy=settings.scheduling_policy,
         depth=settings.engine_depth,
         oldest_share=settings.scheduler_oldest_share,
+        tenant_weights=settings.tenant_weights,
+        by_tenant=settings.scheduler_by_tenant,
     )
 
 

@@ -1,8 +1,10 @@
 """The scheduler and its policies, with the fake engine (unit tests: no broker).
 
-Fairness (a small job behind a big one), no starvation (the stated bound
-under an endless stream of small jobs), the engine depth, cancel and abort,
-the ETA, and an event loop that stays responsive while a big job is fed.
+Fairness (a small job behind a big one; one tenant's class behind another
+tenant's flood), no starvation (the stated bound under an endless stream of
+small jobs), the engine depth, cancel and abort, the ETA, and an event loop
+that stays responsive while a big job is fed. The picker on counts alone:
+test_scheduler_policy.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobs import JobRun
-from consumer.pipeline.policy import Picker, SchedulingPolicy, dispatch_horizons
+from consumer.pipeline.policy import SchedulingPolicy
 from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
 
@@ -59,38 +61,6 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.001)
 
 
-# --- the policy on counts ----------------------------------------------------------
-
-
-class Counts:
-    def __init__(self, seq: int, pending: int) -> None:
-        self.seq, self.pending = seq, pending
-
-
-def test_fifo_picks_the_oldest_and_fair_interleaves_the_oldest_with_the_shortest() -> None:
-    big, small = Counts(1, 100), Counts(2, 5)
-    fifo = Picker(SchedulingPolicy.FIFO)
-    assert [fifo.pick([big, small]) for _ in range(4)] == [big] * 4
-    fair = Picker(SchedulingPolicy.FAIR, oldest_share=0.5)
-    assert [fair.pick([big, small]) for _ in range(4)] == [small, big, small, big]
-    quarter = Picker(SchedulingPolicy.FAIR, oldest_share=0.25)
-    assert [quarter.pick([big, small]) for _ in range(4)].count(big) == 1
-    with pytest.raises(ValueError, match="oldest_share"):
-        Picker(SchedulingPolicy.FAIR, oldest_share=0.0)
-
-
-def test_the_fluid_model_matches_the_picker() -> None:
-    assert dispatch_horizons([10, 5], 1.0) == [10, 15]  # fifo: one after the other
-    # fair at 1/2: the small job drains at half the rate beside the big one.
-    assert dispatch_horizons([10, 5], 0.5) == pytest.approx([15, 10])
-    # Equal jobs: the oldest is also the shortest, so they run as under FIFO.
-    assert dispatch_horizons([10, 10], 0.5) == pytest.approx([10, 20])
-    assert dispatch_horizons([0, 3], 0.5) == [0.0, 3.0]
-    # At 3/4 the oldest drains faster, catches up with the shortest after 10
-    # dispatches (2.5 left each) and, now the shortest too, takes every slot.
-    assert dispatch_horizons([10, 5], 0.75) == pytest.approx([12.5, 15])
-
-
 # --- the scheduler with the fake engine ----------------------------------------------
 
 
@@ -108,10 +78,48 @@ async def small_behind_big(policy: SchedulingPolicy) -> Log:
 
 
 async def test_fair_lets_a_small_job_overtake_and_fifo_does_not() -> None:
-    # Behind at most the engine's depth plus one interleaved big item per small item.
+    # Behind at most the engine's depth: the big job has slack to spare, the small one goes at full rate.
     fair = await small_behind_big(SchedulingPolicy.FAIR)
-    assert fair.last("small") < fair.small_at + 4 + 2 * 5 + 1
+    assert fair.last("small") < fair.small_at + 4 + 5 + 1
     assert (await small_behind_big(SchedulingPolicy.FIFO)).last("small") == 64  # after the whole big job
+
+
+async def test_one_tenants_class_is_not_behind_another_tenants_flood() -> None:
+    async def school_last(by_tenant: bool) -> tuple[int, int]:
+        """(position of the class's last result, results before it was submitted)."""
+        engine = FakeEngine(delay_s=0.002, max_concurrency=4)
+        scheduler = Scheduler(engine, Metrics(), depth=4, by_tenant=by_tenant)
+        log = Log()
+        for i in range(10):
+            scheduler.submit(f"platform/job-{i}", items(20), log.deliver(f"platform-{i}"))
+        await until(lambda: len(log.done) >= 8)
+        log.small_at = len(log.done)
+        scheduler.submit("school-7/class", items(20), log.deliver("school"))
+        await until(lambda: len(log.done) == 220)
+        return log.last("school"), log.small_at
+
+    # By tenant: the class takes every other dispatch, behind at most the engine's depth.
+    last, at = await school_last(by_tenant=True)
+    assert last < at + 4 + 2 * 20 + 1
+    # One pool: the platform's equal-size jobs are older, so the class comes last.
+    last, _ = await school_last(by_tenant=False)
+    assert last == 219
+
+
+async def test_the_eta_counts_the_other_tenants_share() -> None:
+    engine = FakeEngine(delay_s=10.0)
+    for tenants, first_s, second_s in ((("a", "b"), 40.5, 40.5), (("a", "a"), 20.5, 40.5)):
+        scheduler = Scheduler(engine, Metrics(), depth=1, tenant_weights={"b": 1.0})
+        scheduler.meter.busy(0.0)
+        for t in range(1, 21):  # a measured engine: 100 items/s, 0.5 s per item
+            scheduler.meter.record(t * 0.01, 0.5)
+        first = scheduler.submit(f"{tenants[0]}/1", items(2000), lambda i, o: None)
+        second = scheduler.submit(f"{tenants[1]}/2", items(2000), lambda i, o: None)
+        # Two tenants: each gets half until both end; one tenant: the older job first, as under FIFO.
+        assert scheduler.estimate_s(first) == pytest.approx(first_s, abs=0.02)
+        assert scheduler.estimate_s(second) == pytest.approx(second_s, abs=0.02)
+        scheduler.cancel(f"{tenants[0]}/1")
+        scheduler.cancel(f"{tenants[1]}/2")
 
 
 async def big_job_in_a_stream_of_small_ones(big_items: int, depth: int, share: float) -> tuple[int, int]:
@@ -222,7 +230,7 @@ async def test_the_eta_is_the_jobs_share_not_the_whole_engines_rate() -> None:
         small = scheduler.submit("small", items(20), lambda i, o: None)
         big_s, small_s = scheduler.estimate_s(big), scheduler.estimate_s(small)
         if small_beats_big:
-            assert small_s == pytest.approx(40 / 100 + 0.5)  # half the dispatches while it waits
+            assert small_s == pytest.approx(20 / 100 + 0.5)  # every dispatch: the big job has slack to spare
             assert big_s == pytest.approx(2020 / 100 + 0.5)
         else:
             assert small_s == pytest.approx(2020 / 100 + 0.5)  # behind the whole big job
