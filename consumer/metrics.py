@@ -137,6 +137,12 @@ class Metrics:
         self.items_resumed = Counter(
             "texteval_items_resumed", "Items skipped on resume: acknowledged by an earlier owner", registry=r
         )
+        # A label-less counter exists at 0 from the start: its first increase is seen.
+        self.internal_errors = Counter(
+            "texteval_internal_errors",
+            "Requests dead-lettered as internal_error: a bug in the consumer (the log names the exception type)",
+            registry=r,
+        )
         # Every label value these take exists from the start, at 0 (see items_graded above).
         for kind in ("undecodable_record", "fetch_failed", "too_large_to_fetch"):
             self.fetch_errors.labels(kind=kind)

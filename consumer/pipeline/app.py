@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import traceback
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,17 +31,19 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer.engine.base import GradeOutcome, GradingEngine
+from consumer.engine.base import GradingEngine
 from consumer.health import HealthReport
 from consumer.metrics import Metrics
+from consumer.pipeline.backoff import Backoff
 from consumer.pipeline.checkpointing import Committer, OffsetTracker
 from consumer.pipeline.dead_letters import DeadLetters
 from consumer.pipeline.fetch import SafeFetch, Unreadable
 from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
 from consumer.pipeline.jobs import EngineUnavailable, JobRun
 from consumer.pipeline.ledger import Ledger, Plan, Step
+from consumer.pipeline.redelivery import Redeliveries
 from consumer.pipeline.scheduler import Scheduler
-from consumer.pipeline.sinks import Sinks
+from consumer.pipeline.sinks import DeliveryFailed, Sinks
 from consumer.pipeline.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -83,6 +86,7 @@ class _Work:
     tp: TopicPartition
     record: Any  # ConsumerRecord[bytes, bytes]
     run: JobRun | None  # None for a dead letter
+    rejection: Rejection | None = None  # what a dead letter says
 
 
 class ConsumerApp:
@@ -120,7 +124,7 @@ class ConsumerApp:
         )  # fmt: skip
         # Between the job runs and the engine: decides what the engine runs next.
         self.scheduler = scheduler or Scheduler(engine, metrics)
-        self._fetch = SafeFetch(consumer, metrics, retry_backoff_s=config.retry_backoff_s)
+        self._fetch = SafeFetch(consumer, metrics)
         self._dead_letters = DeadLetters(sinks, metrics)
         self._watchdog = Watchdog(
             consumer, engine, metrics,
@@ -131,13 +135,9 @@ class ConsumerApp:
         self._work: dict[asyncio.Task[None], _Work] = {}
         self._member = False  # in the group, with an assignment (maybe empty)
         self.engine_failed = False  # the engine died: stop, and let the process be restarted
-        self._delivery_failures = 0  # consecutive jobs whose output could not be sent
-        # Records whose output could not be delivered, with the outcomes their
-        # run computed and could not get acknowledged (sent again by the retry,
-        # not graded again), until the retry gets through or the partition
-        # goes. No new job is admitted meanwhile: its grades could not be
-        # written either; the retries probe the outputs.
-        self._undelivered: dict[tuple[TopicPartition, int], dict[int, GradeOutcome]] = {}
+        # Records whose output could not be delivered, each with its back-off
+        # and carried grades. No new job is admitted meanwhile.
+        self._redelivery = Redeliveries(Backoff(config.retry_backoff_s, config.retry_backoff_max_s))
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -148,7 +148,7 @@ class ConsumerApp:
         self._consumer.subscribe([self._topic], listener=_Listener(self))
         # Know whether the output topics exist before grading anything.
         await self._watchdog.check()
-        control = asyncio.create_task(self._control.run()) if self._control is not None else None
+        control = asyncio.create_task(self._control.run(self.cancel_job)) if self._control is not None else None
         if self._control is not None:
             # Cancels of the last CANCEL_TTL_S first: a cancelled job's request must not start.
             with contextlib.suppress(TimeoutError):
@@ -157,6 +157,10 @@ class ConsumerApp:
         watchdog = asyncio.create_task(self._watchdog.run())
         try:
             while not self._stopping.is_set():
+                # Retries go first: they probe the outputs that hold everything else back.
+                self._backlog.extendleft(
+                    _Pending(r.tp, r.record, _unreadable(r.record)) for r in reversed(self._redelivery.due())
+                )
                 self._start_from_backlog()
                 self._apply_pause()
                 batches = await self._fetch.getmany(timeout_ms=100, max_records=100)
@@ -214,7 +218,7 @@ class ConsumerApp:
         # Output topics gone: grading now would only throw the grades away.
         if not self._watchdog.outputs_ok or self.active_jobs >= self._limits.max_concurrent_jobs:
             return False
-        if self._undelivered and not retry:
+        if len(self._redelivery) and not retry:
             return False
         inflight = self._inflight_items()
         if inflight == 0:
@@ -238,7 +242,7 @@ class ConsumerApp:
                 )
             job = head.parsed if isinstance(head.parsed, Job) else None
             size_bytes = len(head.record.value or b"") if job is not None else 0
-            retry = (head.tp, head.record.offset) in self._undelivered
+            retry = (head.tp, head.record.offset) in self._redelivery
             if not self._has_room(len(job.items) if job is not None else 0, size_bytes, retry=retry):
                 return
             self._backlog.popleft()
@@ -249,7 +253,7 @@ class ConsumerApp:
             logger.warning("dead letter: %s:%d:%d reason=%s", tp.topic, tp.partition, record.offset, parsed.reason)
             self._metrics.dead_letters.labels(reason=parsed.reason.value).inc()
             task = asyncio.create_task(self._dead_letters.deliver(record, parsed))
-            self._work[task] = _Work(tp, record, None)
+            self._work[task] = _Work(tp, record, None, parsed)
         else:
             plan = self._ledger.plan(parsed, record.value, tp.partition, record.offset) if self._ledger else None
             if plan is not None and plan.step is not Step.GRADE:
@@ -265,7 +269,7 @@ class ConsumerApp:
                 flush_s=self._limits.progress_flush_s,
                 request_bytes=len(record.value or b""),
                 resume=plan.state if plan is not None else None,
-                carried=self._undelivered.get((tp, record.offset)),
+                carried=self._redelivery.carried(tp, record.offset),
             )
             logger.info("job accepted: job_id=%s items=%d offset=%d", parsed.job_id, len(parsed.items), record.offset)
             self._metrics.jobs_accepted.inc()
@@ -305,38 +309,49 @@ class ConsumerApp:
             return  # revoked or shut down: the record stays uncommitted
         error = task.exception()
         if error is None:
-            self._tracker.mark_done(work.tp, work.record.offset)
-            self._delivery_failures = 0
-            self._undelivered.pop((work.tp, work.record.offset), None)  # its retry got through
-            if work.run is not None:
-                self._metrics.jobs_completed.inc()
-            return
-        if isinstance(error, EngineUnavailable):
+            self._done(work)
+        elif isinstance(error, EngineUnavailable):
             # The job's offset is not committed, so it is graded again after the restart.
             self._engine_died(str(error))
-            return
-        # Output could not be delivered (e.g. broker unreachable past the
-        # producer's retries). Run the record again: duplicates, never loss;
-        # what was graded is sent again, not graded again (``carried``); the
-        # wait doubles while deliveries keep failing.
-        self._delivery_failures += 1
-        backoff_s = min(
-            self._limits.retry_backoff_s * 2 ** (self._delivery_failures - 1), self._limits.retry_backoff_max_s
-        )
-        logger.error(
-            "work failed (%s), retry in %.0f s: %s:%d:%d",
-            type(error).__name__, backoff_s, work.tp.topic, work.tp.partition, work.record.offset,
-        )  # fmt: skip
-        if work.tp in self._consumer.assignment() and not self._stopping.is_set():
-            self._undelivered[(work.tp, work.record.offset)] = dict(work.run.unacked) if work.run is not None else {}
-            retry = _Pending(work.tp, work.record, _unreadable(work.record))
-            asyncio.get_running_loop().call_later(backoff_s, self._retry, retry)
+        elif isinstance(error, DeliveryFailed):
+            self._undelivered(work, error)
+        else:
+            self._internal_error(work, error)
 
-    def _retry(self, pending: _Pending) -> None:
-        # Only while the record is still ours: a revoke in between forgets it
-        # (its next owner reads it again from the committed offset).
-        if (pending.tp, pending.record.offset) in self._undelivered and not self._stopping.is_set():
-            self._backlog.appendleft(pending)
+    def _done(self, work: _Work) -> None:
+        self._tracker.mark_done(work.tp, work.record.offset)
+        self._redelivery.delivered(work.tp, work.record.offset)  # its retry got through
+        if work.run is not None:
+            self._metrics.jobs_completed.inc()
+
+    def _undelivered(self, work: _Work, error: DeliveryFailed) -> None:
+        """Output could not be delivered (e.g. broker unreachable past the producer's
+        retries): run the record again after its back-off. Duplicates, never loss;
+        what was graded is sent again, not graded again (``carried``)."""
+        where = f"{work.tp.topic}:{work.tp.partition}:{work.record.offset}"
+        # Only while the record is ours: the next owner reads it again from the committed offset.
+        if work.tp not in self._consumer.assignment() or self._stopping.is_set():
+            logger.error("delivery failed (%s), record left to its next owner: %s", error, where)
+            return
+        carried = work.run.unacked if work.run is not None else {}
+        delay_s = self._redelivery.failed(work.tp, work.record, carried)
+        logger.error("delivery failed (%s), retry in %.1f s: %s", error, delay_s, where)
+
+    def _internal_error(self, work: _Work, error: BaseException) -> None:
+        """A bug, not an outage: retrying would fail the same way for ever. The request
+        goes to the DLT as ``internal_error`` (the exception's type only: its message
+        may quote a student's text) and the consumer goes on with the next."""
+        kind = type(error).__name__
+        frames = "".join(traceback.format_tb(error.__traceback__))  # code locations, no values
+        logger.error("internal error (%s) at %s:%d:%d\n%s", kind, work.tp.topic, work.tp.partition,
+                     work.record.offset, frames)  # fmt: skip
+        self._metrics.internal_errors.inc()
+        self._redelivery.delivered(work.tp, work.record.offset)
+        if work.rejection is not None and work.rejection.reason is RejectReason.INTERNAL_ERROR:
+            # The dead letter of a bug failed by a bug too: nothing left to try.
+            self._tracker.mark_done(work.tp, work.record.offset)
+            return
+        self._start(work.tp, work.record, Rejection(RejectReason.INTERNAL_ERROR, kind))
 
     def _engine_died(self, detail: str) -> None:
         """The one path for a dead engine, seen by a job or by the watchdog.
@@ -379,7 +394,7 @@ class ConsumerApp:
             logger.info("revoked %d partitions: aborting %d jobs", len(revoked), len(lost))
         await self._cancel(lost)
         self._backlog = deque(entry for entry in self._backlog if entry.tp not in revoked)
-        self._undelivered = {key: carried for key, carried in self._undelivered.items() if key[0] not in revoked}
+        self._redelivery.forget(revoked)
         # What the aborted jobs already sent gets its acknowledgements first,
         # so the job state counts it: the next owner regrades only what was
         # still in the engine, not what was published a moment ago.
@@ -420,8 +435,8 @@ class ConsumerApp:
             reasons.append(f"output topics missing: {', '.join(self._watchdog.missing_topics)}")
         if self._fetch.failing is not None:
             reasons.append(f"fetching requests fails for {self._fetch.failing_for_s:.0f} s: {self._fetch.failing}")
-        if self._delivery_failures:
-            reasons.append(f"output delivery failing ({self._delivery_failures} jobs in a row)")
+        if waiting := len(self._redelivery):
+            reasons.append(f"output delivery failing ({waiting} records to send again)")
         if self._stopping.is_set():
             reasons.append("draining")
         body: dict[str, object] = {

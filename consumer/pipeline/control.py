@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from consumer.contract import ControlAction, ControlCommand
 from consumer.kafka import topic_partitions
+from consumer.pipeline.backoff import Backoff
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from consumer.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+# A control topic not readable yet (created after the consumer started): 2 s, then up to 10 s.
+CONTROL_BACKOFF = Backoff(first_s=2.0, max_s=10.0)
 
 
 class ControlReader:
@@ -38,13 +42,13 @@ class ControlReader:
         *,
         topic: str,
         ttl_s: float,
-        on_cancel: Callable[[str], None],
+        backoff: Backoff = CONTROL_BACKOFF,
     ) -> None:
         self._make_reader = make_reader
         self._metrics = metrics
         self._topic = topic
         self._ttl_s = ttl_s
-        self.on_cancel = on_cancel  # set by the wiring once the app exists
+        self._backoff = backoff
         self._cancelled: dict[str, float] = {}  # job_id -> unix time of the command
         self.ready = asyncio.Event()  # set once the commands of the last ttl_s are read
 
@@ -52,7 +56,8 @@ class ControlReader:
         at = self._cancelled.get(job_id)
         return at is not None and time.time() - at <= self._ttl_s
 
-    async def run(self) -> None:
+    async def run(self, on_cancel: Callable[[str], None]) -> None:
+        """Follow the topic until cancelled; ``on_cancel(job_id)`` on each job's first cancel."""
         reader = self._make_reader()
         await reader.start()
         try:
@@ -70,7 +75,7 @@ class ControlReader:
                 batches = await reader.getmany(timeout_ms=200)
                 for records in batches.values():
                     for record in records:
-                        self._handle(record)
+                        self._handle(record, on_cancel)
                 if not self.ready.is_set():
                     positions = [await reader.position(tp) for tp in partitions]
                     if all(pos >= ends[tp] for pos, tp in zip(positions, partitions, strict=True)):
@@ -81,15 +86,17 @@ class ControlReader:
             await reader.stop()
 
     async def _partitions(self, reader: AIOKafkaConsumer) -> list[TopicPartition]:
+        failures = 0
         while True:
             try:
                 found: list[TopicPartition] = await topic_partitions(reader, self._topic, timeout_s=5.0)
                 return found
             except (LookupError, KafkaError) as exc:
                 logger.warning("control topic %s not readable (%s); retrying", self._topic, type(exc).__name__)
-            await asyncio.sleep(2.0)
+            failures += 1
+            await asyncio.sleep(self._backoff.delay_s(failures))
 
-    def _handle(self, record: object) -> None:
+    def _handle(self, record: object, on_cancel: Callable[[str], None]) -> None:
         value = getattr(record, "value", None)
         where = f"{getattr(record, 'partition', '?')}:{getattr(record, 'offset', '?')}"
         try:
@@ -108,7 +115,7 @@ class ControlReader:
             self._metrics.control_commands.labels(result="cancel" if first else "repeated").inc()
             if first:
                 logger.info("cancel received: job_id=%s", command.job_id)
-                self.on_cancel(command.job_id)
+                on_cancel(command.job_id)
 
     def _expire(self) -> None:
         horizon = time.time() - self._ttl_s

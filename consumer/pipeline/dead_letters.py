@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-from consumer.pipeline.sinks import DeadLetterForm
+from consumer.pipeline.sinks import DeadLetterForm, DeliveryFailed
 
 if TYPE_CHECKING:
     from consumer.metrics import Metrics
@@ -42,8 +42,8 @@ class DeadLetters:
     async def deliver(self, record: Any, rejection: Rejection) -> None:
         """Send the dead letter in the largest form the broker takes; wait for its ack.
 
-        Other errors (broker unreachable past the producer's retries) are
-        raised: the caller retries those later, since they can succeed.
+        Other failures (broker unreachable past the producer's retries) are
+        raised as ``DeliveryFailed``: the caller retries those later, since they can succeed.
         """
         forms = [DeadLetterForm.WHOLE, DeadLetterForm.WITHOUT_VALUE, DeadLetterForm.COORDINATES]
         if record.value is None:
@@ -51,12 +51,12 @@ class DeadLetters:
         for form in forms:
             try:
                 await (await self._sinks.dead_letter(record, rejection, form=form))
-            except UNSENDABLE as exc:
-                if form is DeadLetterForm.COORDINATES:
+            except DeliveryFailed as exc:
+                if not isinstance(exc.__cause__, UNSENDABLE) or form is DeadLetterForm.COORDINATES:
                     raise
                 logger.warning(
                     "dead letter %s:%d:%d unsendable as %s (%s); trying a smaller form",
-                    record.topic, record.partition, record.offset, form.value, type(exc).__name__,
+                    record.topic, record.partition, record.offset, form.value, type(exc.__cause__).__name__,
                 )  # fmt: skip
                 continue
             if form is not DeadLetterForm.WHOLE:

@@ -14,7 +14,8 @@ record's fault and is moved past:
 
 Errors that are not the record's fault (authorization, an unknown topic, a
 broker that fails the fetch) are never moved past: the fetch is retried
-after a back-off and ``failing`` says why, for ``/health``.
+after a back-off (longer while it keeps failing) and ``failing`` says why,
+for ``/health``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from aiokafka.errors import (
     UnsupportedCodecError,
 )
 
+from consumer.pipeline.backoff import Backoff
+
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -48,6 +51,9 @@ logger = logging.getLogger(__name__)
 _DECODE_ERRORS: tuple[type[KafkaError], ...] = (UnsupportedCodecError, CorruptRecordException)
 # The consumer's own state, not the bytes: these go up to the caller.
 _LIFECYCLE_ERRORS = (ConsumerStoppedError, IllegalStateError, AssertionError)
+# 1 s, then up to 5 s while the broker keeps refusing: soon back after a
+# blip, and a long outage is not hammered.
+FETCH_BACKOFF = Backoff(first_s=1.0, max_s=5.0)
 
 
 def _is_decode_error(exc: Exception) -> bool:
@@ -74,12 +80,13 @@ Fetched = dict["TopicPartition", list[Any]]  # ConsumerRecord or Unreadable, in 
 
 
 class SafeFetch:
-    def __init__(self, consumer: AIOKafkaConsumer, metrics: Metrics, *, retry_backoff_s: float = 1.0) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, metrics: Metrics, *, backoff: Backoff = FETCH_BACKOFF) -> None:
         self._consumer = consumer
         self._metrics = metrics
-        self._retry_backoff_s = retry_backoff_s
+        self._backoff = backoff
         self.failing: str | None = None  # why fetching fails (not a record's fault), for /health
         self._failing_since: float | None = None
+        self._failures = 0  # fetches failed in a row
 
     @property
     def failing_for_s(self) -> float:
@@ -148,10 +155,12 @@ class SafeFetch:
             self._failing_since = time.monotonic()
         self.failing = kind
         self._metrics.fetch_errors.labels(kind="fetch_failed").inc()
-        await asyncio.sleep(self._retry_backoff_s)
+        self._failures += 1
+        await asyncio.sleep(self._backoff.delay_s(self._failures))
 
     def _recovered(self) -> None:
         if self.failing is not None:
             logger.info("fetching requests works again after %.1f s", self.failing_for_s)
         self.failing = None
         self._failing_since = None
+        self._failures = 0

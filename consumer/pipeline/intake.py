@@ -23,6 +23,7 @@ class RejectReason(StrEnum):
     INVALID_REQUEST = "invalid_request"  # JSON, but breaks the contract
     UNDECODABLE_RECORD = "undecodable_record"  # the Kafka client could not decode it (codec, corrupt batch)
     JOB_ID_CONFLICT = "job_id_conflict"  # 1.1: another request under a running or finished job_id
+    INTERNAL_ERROR = "internal_error"  # 1.2: a bug while running the job (detail: the exception type only)
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,7 +138,6 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         ledger=ledger,
         control=control,
     )
-    control.on_cancel = app.cancel_job
     task = asyncio.create_task(app.run())
     try:
         yield app
@@ -197,9 +196,7 @@ async def _job_state(
                 f"{len(requests)} of {settings.requests_topic}: create it with as many (KAFKA_CHECKPOINTS_TOPIC)",
             )
     store = JobStateStore(producer, reader, topic=settings.checkpoints_topic, retention_s=settings.job_id_retention_s)
-    control = ControlReader(
-        reader, metrics, topic=settings.control_topic, ttl_s=settings.cancel_ttl_s, on_cancel=lambda _: None
-    )
+    control = ControlReader(reader, metrics, topic=settings.control_topic, ttl_s=settings.cancel_ttl_s)
     return Ledger(store, control, metrics), control
 
 

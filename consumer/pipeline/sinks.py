@@ -5,6 +5,10 @@ Every send returns the broker acknowledgement as a future instead of
 waiting for it: a job awaits all of its acknowledgements once, at the end,
 before its offset may be committed. Everything is keyed by ``job_id`` so a
 job's messages stay in one partition, in order.
+
+A send that fails, at once or in its acknowledgement, raises
+``DeliveryFailed`` (the broker's error is its ``__cause__``): the one failure
+of a job run that is worth retrying. Anything else a run raises is a bug.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 
 from consumer.pipeline.intake import Rejection
@@ -24,6 +29,16 @@ if TYPE_CHECKING:
     from consumer.contract import AcceptedEvent, BatchCompleteEvent, CancelledEvent, CompleteEvent, EvaluationResult
 
 Ack = asyncio.Future[Any]
+
+
+class DeliveryFailed(Exception):
+    """A message could not be written to an output topic (broker unreachable past the
+    producer's retries, or a record the broker refuses)."""
+
+    def __init__(self, topic: str, cause: BaseException) -> None:
+        super().__init__(f"send to {topic} failed: {type(cause).__name__}")  # the type only: messages may quote data
+        self.topic = topic
+        self.__cause__ = cause
 
 
 class DeadLetterForm(StrEnum):
@@ -79,11 +94,29 @@ class Sinks:
         if key is None and value is None:
             # A Kafka record needs a key or a value: name the original by its coordinates.
             key = f"{record.topic}:{record.partition}:{record.offset}".encode()
-        ack: Ack = await self._producer.send(self._dlt_topic, value=value, key=key, headers=headers)
-        return ack
+        return await self._produce(self._dlt_topic, value=value, key=key, headers=headers)
 
     async def _send(self, topic: str, job_id: str, message: BaseModel) -> Ack:
-        ack: Ack = await self._producer.send(topic, value=message.model_dump_json().encode(), key=job_id.encode())
+        return await self._produce(topic, value=message.model_dump_json().encode(), key=job_id.encode())
+
+    async def _produce(self, topic: str, **record: Any) -> Ack:
+        try:
+            sent: Ack = await self._producer.send(topic, **record)
+        except KafkaError as exc:
+            raise DeliveryFailed(topic, exc) from exc
+        ack: Ack = asyncio.get_running_loop().create_future()
+
+        def relay(done: Ack) -> None:
+            if ack.done():
+                return
+            if done.cancelled():
+                ack.cancel()
+            elif (exc := done.exception()) is not None:
+                ack.set_exception(DeliveryFailed(topic, exc))
+            else:
+                ack.set_result(done.result())
+
+        sent.add_done_callback(relay)
         return ack
 
     async def flush(self) -> None:

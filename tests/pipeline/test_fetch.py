@@ -9,6 +9,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import ConsumerStoppedError, TopicAuthorizationFailedError, UnsupportedCodecError
 
 from consumer.metrics import Metrics
+from consumer.pipeline.backoff import Backoff
 from consumer.pipeline.fetch import SafeFetch, Unreadable
 
 TP = TopicPartition("req", 0)
@@ -71,7 +72,7 @@ async def test_every_good_record_comes_back_and_the_bad_ones_as_unreadable_in_or
 
 async def test_an_error_that_is_not_the_records_fault_is_retried_and_reported() -> None:
     consumer = _Consumer(size=3, bad=set(), error=TopicAuthorizationFailedError())
-    fetch = SafeFetch(consumer, Metrics(), retry_backoff_s=0)  # type: ignore[arg-type]
+    fetch = SafeFetch(consumer, Metrics(), backoff=Backoff(0, 0))  # type: ignore[arg-type]
     assert await fetch.getmany(timeout_ms=0, max_records=10) == {}
     assert fetch.failing == "TopicAuthorizationFailedError" and consumer.pos == 0  # nothing skipped
     consumer.error = None

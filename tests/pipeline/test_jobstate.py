@@ -92,11 +92,9 @@ async def test_control_commands_are_read_from_the_past_and_followed(kafka_bootst
         await producer.send_and_wait(topic, key=b"x", value=b"not json")
         seen: list[str] = []
         metrics = Metrics()
-        control = ControlReader(
-            lambda: AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap), metrics, topic=topic, ttl_s=3600,
-            on_cancel=seen.append,
-        )  # fmt: skip
-        task = asyncio.create_task(control.run())
+        control = ControlReader(lambda: AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap), metrics, topic=topic,
+                                ttl_s=3600)  # fmt: skip
+        task = asyncio.create_task(control.run(seen.append))
         await asyncio.wait_for(control.ready.wait(), 20)
         assert seen == ["a"] and control.is_cancelled("a") and not control.is_cancelled("b")
         for _ in range(2):  # the second is a repeat: no second callback
