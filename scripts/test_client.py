@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         fmt = "jsonl" if args.out.endswith(".jsonl") else "csv"
         download = session.get(f"{base}/jobs/{job['job_id']}/results", params={"format": fmt}, timeout=60)
         download.raise_for_status()
-        Path(args.out).write_bytes(download.content)
+        # Owner-only: the rows are minors' grades.
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(download.content)
         print(f"results written to {args.out}")
     return 0 if terminal["event"] == "complete" and len(results) == job["total_items"] else 1
 

@@ -167,6 +167,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     from consumer.kafka import KafkaSetupError, check_connection
+    from consumer.spreadsheets import write_private
     from consumer.tools.client import read_jobs, submit, submit_and_follow
     from consumer.tools.files import InputFileError, write_results
 
@@ -185,7 +186,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if args.manifest:
         # What `texteval verify` needs to check these jobs later.
         lines = [json.dumps({"job_id": job.job_id, "total_items": len(job.items)}) for job in jobs]
-        await asyncio.to_thread(Path(args.manifest).write_text, "\n".join(lines) + "\n", encoding="utf-8")
+        await asyncio.to_thread(write_private, Path(args.manifest), "\n".join(lines) + "\n")  # owner-only, as results
     if not args.follow:
         await submit(settings, jobs)
         console.print(f"submitted {len(jobs)} jobs ({total} texts): {', '.join(str(j.job_id) for j in jobs)}")

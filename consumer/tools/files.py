@@ -3,7 +3,10 @@
 In: a request (JSON), requests or items (JSONL), or a spreadsheet export
 (CSV with the four item columns). Every item passes the same validation as a
 Kafka request, so a file that grades offline also submits cleanly.
-Out: results as CSV (one flat row each) or JSONL (the messages as sent).
+Out: results as CSV (one flat row each) or JSONL (the messages as sent),
+owner-only (0600); the CSV is one a teacher can open (``consumer.spreadsheets``:
+no formula cells, a UTF-8 byte-order mark). CSV in is read with or without
+that mark (a spreadsheet's "CSV UTF-8" export has one).
 
 JSONL is read in one place (`read_jsonl`) for items, requests, manifests
 and result files.
@@ -20,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from consumer.contract import EvaluationRequest, EvaluationResult, Item
+from consumer.spreadsheets import csv_text, write_private
 from consumer.validation import validation_problems
 
 
@@ -59,7 +63,7 @@ def _as_items(record: Any, where: str) -> list[dict[str, Any]]:
 def _raw_records(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             return list(csv.DictReader(handle))
     if suffix == ".jsonl":
         return [item for number, record in read_jsonl(path) for item in _as_items(record, f"line {number}")]
@@ -106,17 +110,12 @@ def _flat_row(result: EvaluationResult) -> dict[str, Any]:
 
 
 def write_results(results: Iterable[EvaluationResult], path: Path) -> None:
-    """CSV (one flat row per result) or JSONL (the result messages as sent)."""
+    """CSV (one flat row per result) or JSONL (the result messages as sent), readable by the owner only."""
     ordered = sorted(results, key=lambda r: (r.job_id, r.item_index))
     if path.suffix.lower() == ".jsonl":
-        with path.open("w", encoding="utf-8") as handle:
-            for result in ordered:
-                handle.write(result.model_dump_json() + "\n")
+        write_private(path, "".join(result.model_dump_json() + "\n" for result in ordered))
         return
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(_flat_row(r) for r in ordered)
+    write_private(path, csv_text(CSV_COLUMNS, (_flat_row(r) for r in ordered)))
 
 
 def read_results(path: Path) -> list[EvaluationResult]:

@@ -72,7 +72,7 @@ async def test_results_round_trip_through_csv_and_jsonl(tmp_path: Path) -> None:
     write_results(reversed(results), jsonl)
     write_results(results, table)
     assert read_results(jsonl) == results
-    rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    rows = list(csv.DictReader(table.open(encoding="utf-8-sig")))  # written with a BOM, for Excel
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == len(results)
     for row, result in zip(rows, results, strict=True):
         assert row["result_id"] == result.result_id
