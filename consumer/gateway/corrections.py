@@ -1,0 +1,142 @@
+"""``POST /jobs/{job_id}/corrections``: teachers' corrections, from the job's tenant only (contract 1.2).
+
+Body: a JSON list of ``{item_index, nota, feedback?, comment?, corrected_at?}``
+(the job comes from the path; an entry naming another job is refused).
+Every entry is validated like a request (``consumer.corrections``); one bad
+entry refuses the whole list with 422 and every error's field path
+(``["body", 3, "nota"]``), never the submitted text, and nothing is
+produced, so a teacher's form is fixed and sent again whole. A valid list
+is produced to the corrections topic keyed by ``job_id``: 202 with the count.
+
+Who may correct: the job's tenant. Another tenant's job is answered as an
+unknown one (404, as on every route); an operator's key sees the job but
+is refused (403): a correction is a teacher's word on a grade. An open
+gateway (no keys, development) has no tenants and takes any.
+
+The router is built from the app's own parts (who is calling, the
+tenant-scoped lookup, the write limit, the audit line) so it follows the
+same rules as the other routes without a copy of them.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route's
+# annotations at definition, and `Depends(caller)` names a closure variable
+# that a string annotation could not resolve (the parameter would become a
+# query parameter).
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Protocol, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from consumer.corrections import Correction, InvalidCorrection, parse_correction
+from consumer.gateway.jobs import JobRecord
+from consumer.gateway.service import Gateway
+from consumer.gateway.submit import BodyTooLarge, read_limited
+
+logger = logging.getLogger(__name__)
+
+MAX_ERRORS_SHOWN = 20  # as POST /evaluate's 422
+
+
+class CorrectingCaller(Protocol):
+    @property
+    def tenant(self) -> str | None: ...
+
+    @property
+    def admin(self) -> bool: ...
+
+
+C = TypeVar("C", bound=CorrectingCaller)
+
+
+def _error(status: int, detail: object) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _invalid(loc: list[str | int], msg: str, kind: str) -> JSONResponse:
+    return _error(422, [{"loc": loc, "msg": msg, "type": kind}])
+
+
+def parse_corrections(
+    body: bytes, job_id: str, *, max_items: int, total_items: int
+) -> list[Correction] | list[dict[str, Any]]:
+    """The corrections, or the FastAPI-shaped errors (a list of dicts) when any entry is bad.
+
+    ``total_items`` is the job's size as the gateway knows it (0: unknown);
+    an index past it names no result.
+    """
+    try:
+        entries = json.loads(body)
+    except ValueError:
+        return [{"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}]
+    if not isinstance(entries, list) or not entries:
+        return [{"loc": ["body"], "msg": "a non-empty JSON list of corrections", "type": "list_type"}]
+    if len(entries) > max_items:
+        return [{"loc": ["body"], "msg": f"at most {max_items} corrections per request", "type": "too_long"}]
+    corrections: list[Correction] = []
+    errors: list[dict[str, Any]] = []
+    for index, entry in enumerate(entries):
+        try:
+            correction = parse_correction(entry, job_id=job_id, max_items=max_items, loc=("body", index))
+        except InvalidCorrection as exc:
+            errors.extend(exc.errors)
+            continue
+        if total_items and correction.item_index >= total_items:
+            errors.append({"loc": ["body", index, "item_index"], "msg": f"the job has {total_items} items",
+                           "type": "less_than"})  # fmt: skip
+            continue
+        corrections.append(correction)
+    return errors[:MAX_ERRORS_SHOWN] if errors else corrections
+
+
+def corrections_router(
+    gateway: Gateway,
+    caller: Callable[..., Awaitable[C]],
+    find_for: Callable[[C, str], Awaitable[JobRecord | None]],
+    before_write: Callable[[C], None],
+    done: Callable[[Request, C, str | None, Response], Response],
+) -> APIRouter:
+    """``caller``: the app's dependency naming who calls (it answers 401 itself);
+    ``find_for``: the job as that caller may see it (None: unknown to them);
+    ``before_write``: the per-key write limit; ``done``: the audit line of an answer."""
+    settings = gateway.settings
+    router = APIRouter()
+
+    @router.post("/jobs/{job_id:path}/corrections")
+    async def post_corrections(request: Request, job_id: str, who: Annotated[C, Depends(caller)]) -> Response:
+        before_write(who)
+        record = await find_for(who, job_id)
+        if record is None:
+            return done(request, who, job_id, _error(404, "Job not found"))
+        if who.admin:
+            return done(request, who, job_id, _error(403, "corrections come from the job's tenant, not an operator"))
+        try:
+            body = await read_limited(
+                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes
+            )
+        except BodyTooLarge as exc:
+            return done(request, who, job_id, _error(413, str(exc)))
+        parsed = parse_corrections(body, job_id, max_items=settings.max_items_per_job, total_items=record.total_items)
+        if not all(isinstance(c, Correction) for c in parsed):
+            return done(request, who, job_id, _error(422, parsed))
+        corrections = [c for c in parsed if isinstance(c, Correction)]
+        try:
+            acks = [
+                await gateway.producer.send(
+                    settings.corrections_topic, value=c.model_dump_json().encode(), key=job_id.encode()
+                )
+                for c in corrections
+            ]
+            for ack in acks:
+                await ack
+        except Exception as exc:  # noqa: BLE001 - any produce failure: the client sends the list again
+            # Some may be written: sending them again is harmless (per item the latest counts).
+            logger.warning("could not produce corrections of job %s: %s", job_id, type(exc).__name__)
+            return done(request, who, job_id, _error(503, "Kafka unavailable; send the corrections again later"))
+        logger.info("job %s: %d corrections produced", job_id, len(corrections))
+        answer = JSONResponse({"job_id": job_id, "accepted": len(corrections)}, status_code=202)
+        return done(request, who, job_id, answer)
+
+    return router
