@@ -4,12 +4,15 @@ statically (as tests/deploy/test_deploy_static.py does for the consumer)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from consumer.gateway.auth import ApiKeys, check_exposure
+from consumer.gateway.auth import GatewaySetupError, check_exposure, keys_from
 from tests.deploy.test_deploy_static import (
     COMPOSE,
     DEPLOY,
@@ -53,17 +56,26 @@ def test_the_gateway_image_has_no_engine_and_runs_the_gateway(stages: dict[str, 
     assert list(stages)[-1] == "gpu"  # still the default target
 
 
-def test_the_compose_gateway_serves_the_stack_on_loopback(compose: dict[str, Any]) -> None:
+def test_the_compose_gateway_serves_the_stack_on_loopback(compose: dict[str, Any], tmp_path: Path) -> None:
     services = compose["services"]
     gateway = services["gateway"]
     assert gateway["build"]["target"] == "gateway" and "profiles" not in gateway
     assert texteval_command(gateway["command"]) == "gateway"
     env = service_env(gateway)
     assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
-    settings = settings_from(env)
-    # It listens on all interfaces in its container: allowed only because it says so.
-    check_exposure(settings.gateway_host, ApiKeys(settings.gateway_keys()), settings.gateway_allow_anonymous)
-    assert settings.gateway_allow_anonymous and settings.gateway_host == "0.0.0.0"
+    assert "GATEWAY_ALLOW_ANONYMOUS" not in env  # never open, even on the host's loopback
+    # It listens on all interfaces in its container, with the key it generates at its first start.
+    key_file = tmp_path / Path(env["GATEWAY_API_KEYS_FILE"]).name
+    settings = settings_from({**env, "GATEWAY_API_KEYS_FILE": str(key_file)})
+    keys = keys_from(settings)
+    check_exposure(settings.gateway_host, keys, settings.gateway_allow_anonymous)
+    assert keys.required and not settings.gateway_allow_anonymous and settings.gateway_host == "0.0.0.0"
+    assert re.fullmatch(r"demo=[A-Za-z0-9_-]{43}\n", key_file.read_text(encoding="utf-8"))
+    assert os.stat(key_file).st_mode & 0o777 == 0o600
+    grafana = service_env(services["grafana"])
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana  # no admin/admin: no admin account at all
+    assert grafana["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+    assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     (published,) = gateway["ports"]
     assert published == f"127.0.0.1:{settings.gateway_port}:{settings.gateway_port}"
     assert gateway["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
@@ -101,6 +113,12 @@ def test_k8s_gateway_deployment_and_service() -> None:
     kafka_secret = load_yaml(DEPLOY / "k8s" / "secret.yaml")["stringData"]
     settings = settings_from(configmap | kafka_secret | secret["stringData"] | env)
     assert settings.gateway_port == port["containerPort"] and settings.gateway_keys()  # keys: not open
+    # The example's keys are placeholders the gateway refuses: nobody deploys a published key.
+    assert all(entry.partition("=")[1] for entry in settings.gateway_keys())  # the tenant=key form
+    with pytest.raises(GatewaySetupError, match="shorter than 32"):
+        keys_from(settings)
+    assert "change-me" not in (DEPLOY / "k8s" / "gateway.yaml").read_text(encoding="utf-8")
+    assert "change-me" not in (DEPLOY / "k8s" / "secret.yaml").read_text(encoding="utf-8")
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert settings.kafka_ssl_cafile is not None and str(settings.kafka_ssl_cafile.parent) in mounts
     image = container["image"].split()[0]
