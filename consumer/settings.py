@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     scheduling_policy: SchedulingPolicy = Field(default=SchedulingPolicy.FAIR, alias="SCHEDULING_POLICY")
     # Items in the engine at once. Unset: MAX_NUM_SEQS plus a quarter (at
     # least 8), so the engine always has the next item queued; 0: no bound
-    # (every admitted item in flight, as before the scheduler).
+    # (every admitted item in flight).
     engine_queue_depth: int | None = Field(default=None, ge=0, alias="ENGINE_QUEUE_DEPTH")
     # fair: the ageing bound inside a tenant. A job's last item goes to the engine within 1/share times the
     # tenant's dispatches FIFO would need (1.43x at 0.7); within that bound the shortest job goes first.
@@ -249,7 +249,7 @@ class Settings(BaseSettings):
     )
     # Requests written by a transactional producer that then aborted are
     # never graded. (The embedded broker refuses transactional producers, so
-    # only the non-transactional path is tested here; see README.)
+    # only the non-transactional path is tested here; see docs/delivery-and-faults.md.)
     kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
         default="read_committed", alias="KAFKA_ISOLATION_LEVEL"
     )

@@ -188,7 +188,7 @@ async def churn(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, 
     # waits on it and the group never gets partitions again (seen in CI: the
     # survivor rejoined the same generation every 3 s for minutes; the broker
     # log named the departed consumer as leader). Apache Kafka elects another
-    # leader; see docs/faults.md. Kills need no such care: a killed leader is
+    # leader; see docs/delivery-and-faults.md. Kills need no such care: a killed leader is
     # evicted after its session timeout.
     membership = asyncio.Lock()
 

@@ -45,7 +45,7 @@ examples:
       the HTTP API (POST /evaluate, live progress) and a page in front of the service
 
 Settings (KAFKA_BOOTSTRAP_SERVERS, MODEL_NAME, ...) come from the environment
-or a .env file; see .env.example and README.md. `texteval COMMAND --help`
+or a .env file; see .env.example and docs/configuration.md. `texteval COMMAND --help`
 shows a command's options."""
 
 
