@@ -182,3 +182,20 @@ def test_operations_names_every_metric_the_code_exports() -> None:
         for family in registry.collect():
             exported = f"{family.name}_total" if family.type == "counter" else family.name
             assert f"`{exported}" in text, f"docs/operations.md, Metrics: {exported}"
+
+
+# Words in capitals that are neither settings nor names in the code: values, methods, Kafka's own terms.
+NOT_NAMES = {"INFO", "POST", "PLAIN", "PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "REBALANCE_IN_PROGRESS", "HEALTHCHECK"}
+NAME = re.compile(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]+)(?:=[^`]*)?`")
+
+
+def test_every_variable_the_docs_name_is_read_somewhere() -> None:
+    sources = [REPO / "Dockerfile", REPO / "docker-compose.yml", REPO / "Makefile"]
+    for folder in ("consumer", "deploy", "scripts", "bench", ".ci"):
+        sources += [p for p in (REPO / folder).rglob("*") if p.is_file() and p.suffix not in {".md", ".pyc"}]
+    code = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in sources if p.exists())
+    for doc in prose_docs():
+        if doc.name == "CHANGELOG.md":  # history may name what is gone
+            continue
+        for name in set(NAME.findall(doc.read_text(encoding="utf-8"))) - NOT_NAMES - SETTINGS_ENV:
+            assert name in code, f"{doc.name} names {name}: no setting, and nothing in the code reads it"
