@@ -69,10 +69,16 @@ class FakeGpu:
 
 
 async def run_trace(
-    kafka: KafkaTarget, policy: SchedulingPolicy, jobs: list[TraceJob], gpu: FakeGpu, timeout_s: float = 900.0
+    kafka: KafkaTarget,
+    policy: SchedulingPolicy,
+    jobs: list[TraceJob],
+    gpu: FakeGpu,
+    timeout_s: float = 900.0,
+    **overrides: object,
 ) -> TraceRun:
-    """One consumer with ``policy``; the jobs produced on their timetable; each one's completion timed."""
-    settings = await fresh_settings(kafka, MAX_NUM_SEQS=gpu.concurrency, SCHEDULING_POLICY=policy.value)
+    """One consumer with ``policy`` (and settings ``overrides``); the jobs produced on their timetable;
+    each one's completion timed."""
+    settings = await fresh_settings(kafka, MAX_NUM_SEQS=gpu.concurrency, SCHEDULING_POLICY=policy.value, **overrides)
     engine = FakeEngine(delay_s=gpu.delay_s, max_concurrency=gpu.concurrency)
     values = {job.job_id: encode_job(job.job_id, tagged_items(job.items, job.job_id)) for job in jobs}
     produced: dict[str, float] = {}

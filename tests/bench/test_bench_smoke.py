@@ -22,6 +22,7 @@ from bench import (
     b6_small_behind_big,
     b7_end_of_term,
     b10_scheduler_cost,
+    b11_tenants,
 )
 from bench.broker_io import KafkaTarget
 from bench.common import SMOKE, BenchResult, render_section, write_report
@@ -56,6 +57,7 @@ async def test_fake_engine_benchmarks_run(
         await b5_memory.run(kafka, SMOKE, tmp_path),
         await b6_small_behind_big.run(kafka, SMOKE),
         await b7_end_of_term.run(kafka, SMOKE),
+        await b11_tenants.run(kafka, SMOKE),
     ]
     positive = {
         "B3": ["p50_ms", "p99_ms", "all_p50_ms", "all_p99_ms"],
@@ -63,6 +65,7 @@ async def test_fake_engine_benchmarks_run(
         "B5": ["rss_start_mb", "rss_end_mb", "rss_max_mb"],
         "B6": ["fair_small_s", "fifo_small_s", "fair_throughput_share", "fifo_throughput_share"],
         "B7": ["fair_mean_s", "fifo_mean_s", "fair_p95_s", "fifo_p95_s", "worst_big_slowdown", "calm_fair_mean_s"],
+        "B11": ["b_alone_s", "b_by_tenant_s", "b_one_pool_s", "throughput_share", "class_fair_s", "big_slowdown"],
     }
     check_report(results, positive, tmp_path)
     b3 = results[0].figures
