@@ -146,6 +146,7 @@ def test_every_link_and_every_named_path_exists() -> None:
                 continue
             path, _, anchor = target.partition("#")
             resolved = (doc.parent / path).resolve() if path else doc
+            assert resolved.is_relative_to(REPO), f"{doc.name}: {target} is outside the repository"
             assert resolved.exists(), f"{doc.name}: broken link {target}"
             if anchor and resolved.suffix == ".md":
                 assert anchor in heading_anchors(resolved), f"{doc.name}: no heading for {target}"
