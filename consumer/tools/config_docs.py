@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, SecretStr
+from pydantic import AliasChoices, BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -113,7 +113,17 @@ def _read_class(source: str, notes: SourceNotes) -> None:
 
 
 def env_name(name: str, info: FieldInfo) -> str:
-    return info.alias or name.upper()
+    """The variable(s) a setting is read from: its alias, its validation aliases, or its name."""
+    if info.alias:
+        return info.alias
+    choices = info.validation_alias
+    if isinstance(choices, str):
+        return choices
+    if isinstance(choices, AliasChoices):
+        names = [c for c in choices.choices if isinstance(c, str)]
+        if names:
+            return "`, `".join(names)
+    return name.upper()
 
 
 def _unit_hint(name: str, value: float) -> str:
@@ -136,7 +146,7 @@ def render_default(name: str, info: FieldInfo) -> str:
     if value is None:
         return "unset"
     if isinstance(value, SecretStr):
-        value = value.get_secret_value()
+        return "set (secret)" if value.get_secret_value() else "empty"
     if isinstance(value, Enum):
         value = value.value
     if isinstance(value, bool):
@@ -146,7 +156,7 @@ def render_default(name: str, info: FieldInfo) -> str:
         return f"`{number}`{_unit_hint(name, float(value))}"
     if value == "":
         return "empty"
-    return f"`{value}`"
+    return f"`{_cell(str(value))}`"
 
 
 def _choices(annotation: Any) -> list[str]:

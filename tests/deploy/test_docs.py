@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 
 from consumer.settings import Settings
 from consumer.tools import config_docs
@@ -65,6 +65,9 @@ class _Extended(Settings):
     # How long an erased job's tombstones stay readable | to consumers.
     erase_tombstone_s: float = Field(default=86400.0, gt=0, alias="ERASE_TOMBSTONE_S")
     erase_mode: str = Field(default="shred", alias="ERASE_MODE")
+    erase_key: SecretStr = Field(
+        default=SecretStr("s3cret-value"), validation_alias=AliasChoices("ERASE_KEY", "OLD_KEY")
+    )
 
 
 def test_a_new_setting_gets_its_section_row_and_meaning_or_is_reported() -> None:
@@ -77,6 +80,8 @@ def test_a_new_setting_gets_its_section_row_and_meaning_or_is_reported() -> None
     assert text.index("| `MODEL_NAME` |") < text.index("## Erasure")
     missing = config_docs.undocumented(_Extended)
     assert "ERASE_MODE" in missing and "ERASE_TOMBSTONE_S" not in missing
+    # Every name it is read from; a secret's default is never printed.
+    assert "| `ERASE_KEY`, `OLD_KEY` | set (secret) |" in erasure and "s3cret-value" not in text
 
 
 def test_defaults_and_allowed_values_are_rendered_from_the_field() -> None:
