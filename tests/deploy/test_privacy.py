@@ -229,3 +229,10 @@ def test_the_kubernetes_settings_keep_data_as_long_as_the_data_map_says() -> Non
     deployed = Settings.model_validate({k: v for k, v in config.items() if k.endswith(("_S", "_SECONDS"))})
     for field in ("job_id_retention_s", "cancel_ttl_s", "job_ttl_seconds"):
         assert getattr(deployed, field) == getattr(DEFAULTS, field), field
+
+
+def test_the_data_map_says_whether_erasure_exists() -> None:
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    erasing = PRIVACY.read_text(encoding="utf-8").split("## Erasing a job", 1)[1].split("\n## ", 1)[0]
+    # Until `texteval erase` exists the page must say so; once it does, it must stop saying so.
+    assert ("erase" in commands.choices) != ("Not built" in erasing)
