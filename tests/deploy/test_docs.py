@@ -4,6 +4,7 @@ documented once, the README stays a first screen, and links resolve."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -205,3 +206,9 @@ def test_every_variable_the_docs_name_is_read_somewhere() -> None:
             continue
         for name in set(NAME.findall(doc.read_text(encoding="utf-8"))) - NOT_NAMES - SETTINGS_ENV:
             assert name in code, f"{doc.name} names {name}: no setting, and nothing in the code reads it"
+
+
+def test_the_bad_input_table_counts_the_corpus_it_describes() -> None:
+    corpus = json.loads((REPO / "tests" / "data" / "bad_input_corpus.json").read_text(encoding="utf-8"))
+    text = (DOCS / "delivery-and-faults.md").read_text(encoding="utf-8")
+    assert f"`tests/data/bad_input_corpus.json` holds {len(corpus['cases'])} cases" in text
