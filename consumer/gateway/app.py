@@ -401,7 +401,8 @@ class _NoStore:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if is_page or k.lower() != b"cache-control"]
+                replaced = {b"x-content-type-options"} if is_page else {b"x-content-type-options", b"cache-control"}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in replaced]
                 if not is_page:
                     headers.append((b"cache-control", b"no-store"))
                 headers.append((b"x-content-type-options", b"nosniff"))
