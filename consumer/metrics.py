@@ -95,6 +95,17 @@ class Metrics:
         self.engine_queue_depth = Gauge(
             "texteval_engine_queue_depth", "Items sent to the engine by the scheduler, not finished", registry=r
         )
+        # Labelled by tenant, with bounded cardinality: the scheduler keeps a
+        # series only for the TENANT_SERIES tenants with the most items waiting
+        # (pipeline/scheduler.py), the rest summed into `_other`; tenant-less
+        # jobs are `_none` (a tenant name never has `_`, contract 1.2).
+        self.scheduler_tenant_items_waiting = Gauge(
+            "texteval_scheduler_tenant_items_waiting",
+            "Items waiting for the engine, by tenant (the top tenants; the rest in _other)",
+            ["tenant"],
+            registry=r,
+        )
+        self.scheduler_tenant_items_waiting.labels(tenant="_other")
         self.job_duration_seconds = Histogram(
             "texteval_job_duration_seconds",
             "From a job's acceptance to its complete event, by job size in items",
@@ -137,6 +148,12 @@ class Metrics:
         self.items_resumed = Counter(
             "texteval_items_resumed", "Items skipped on resume: acknowledged by an earlier owner", registry=r
         )
+        self.job_state_skipped = Counter(
+            "texteval_job_state_skipped",
+            "Job-state records skipped on load: unknown_version (a newer consumer's), unreadable",
+            ["reason"],
+            registry=r,
+        )
         # A label-less counter exists at 0 from the start: its first increase is seen.
         self.internal_errors = Counter(
             "texteval_internal_errors",
@@ -152,6 +169,8 @@ class Metrics:
             self.control_commands.labels(result=result)
         for admission in ("duplicate", "republish", "conflict"):
             self.jobs_deduplicated.labels(admission=admission)
+        for reason in ("unknown_version", "unreadable"):
+            self.job_state_skipped.labels(reason=reason)
 
     def expect_dead_letter_reasons(self, reasons: Iterable[str]) -> None:
         """Create the dead-letter series at 0 (see ``items_graded`` above);

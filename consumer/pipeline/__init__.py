@@ -1,4 +1,5 @@
-"""The consumer's data path, in order.
+"""The consumer's data path, in the order a record takes it.
 
-intake -> scheduler -> jobs -> results -> sinks -> checkpointing -> app -> service.
+fetch -> intake -> jobstate (ledger: what the request gets) -> admission -> jobs
+-> scheduler -> results -> sinks (dead_letters, redelivery) -> offsets -> app -> service.
 """

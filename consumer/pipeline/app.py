@@ -35,12 +35,12 @@ from consumer.engine.base import GradingEngine
 from consumer.health import HealthReport
 from consumer.metrics import Metrics
 from consumer.pipeline.backoff import Backoff
-from consumer.pipeline.checkpointing import Committer, OffsetTracker
 from consumer.pipeline.dead_letters import DeadLetters
 from consumer.pipeline.fetch import SafeFetch, Unreadable
 from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
 from consumer.pipeline.jobs import EngineUnavailable, JobRun
-from consumer.pipeline.ledger import Ledger, Plan, Step
+from consumer.pipeline.jobstate import Action, Lease, Ledger, Plan
+from consumer.pipeline.offsets import Committer, OffsetTracker
 from consumer.pipeline.redelivery import Redeliveries
 from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import DeliveryFailed, Sinks
@@ -86,6 +86,7 @@ class _Work:
     tp: TopicPartition
     record: Any  # ConsumerRecord[bytes, bytes]
     run: JobRun | None  # None for a dead letter
+    lease: Lease | None = None  # the run's right to write its job state
     rejection: Rejection | None = None  # what a dead letter says
 
 
@@ -111,7 +112,7 @@ class ConsumerApp:
         self._topic = requests_topic
         self._limits = config
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        # Job state (item-level checkpoints, idempotent job ids, cancel): written before every offset commit.
+        # Job state (item-level progress, idempotent job ids, cancel): written before every offset commit.
         self._ledger = ledger
         self._control = control
         # Partitions whose job state is loaded. aiokafka starts fetching a new
@@ -120,7 +121,7 @@ class ConsumerApp:
         self._state_ready: set[TopicPartition] = set()
         self._committer = Committer(
             consumer, self._tracker, metrics, interval_s=config.commit_interval_s,
-            before_commit=ledger.checkpoint if ledger is not None else None,
+            before_commit=ledger.save if ledger is not None else None,
         )  # fmt: skip
         # Between the job runs and the engine: decides what the engine runs next.
         self.scheduler = scheduler or Scheduler(engine, metrics)
@@ -253,10 +254,20 @@ class ConsumerApp:
             logger.warning("dead letter: %s:%d:%d reason=%s", tp.topic, tp.partition, record.offset, parsed.reason)
             self._metrics.dead_letters.labels(reason=parsed.reason.value).inc()
             task = asyncio.create_task(self._dead_letters.deliver(record, parsed))
-            self._work[task] = _Work(tp, record, None, parsed)
+            self._work[task] = _Work(tp, record, None, rejection=parsed)
         else:
-            plan = self._ledger.plan(parsed, record.value, tp.partition, record.offset) if self._ledger else None
-            if plan is not None and plan.step is not Step.GRADE:
+            plan = (
+                self._ledger.plan(
+                    parsed,
+                    record.value,
+                    tp.partition,
+                    record.offset,
+                    cancelled=self._control is not None and self._control.is_cancelled(parsed.job_id),
+                )
+                if self._ledger
+                else None
+            )
+            if plan is not None and not plan.action.grades:
                 self._start_planned(tp, record, plan)
                 return
             run = JobRun(
@@ -268,25 +279,24 @@ class ConsumerApp:
                 batch_size=self._limits.batch_size,
                 flush_s=self._limits.progress_flush_s,
                 request_bytes=len(record.value or b""),
-                resume=plan.state if plan is not None else None,
+                resume=plan.state.progress if plan is not None and plan.state is not None else None,
                 carried=self._redelivery.carried(tp, record.offset),
             )
             logger.info("job accepted: job_id=%s items=%d offset=%d", parsed.job_id, len(parsed.items), record.offset)
             self._metrics.jobs_accepted.inc()
             task = asyncio.create_task(run.run())
-            self._work[task] = _Work(tp, record, run)
-            if self._ledger is not None:
-                self._ledger.started(run)
+            lease = self._ledger.started(parsed.job_id, run) if self._ledger is not None else None
+            self._work[task] = _Work(tp, record, run, lease=lease)
         self._metrics.jobs_active.set(self.active_jobs)
         task.add_done_callback(self._finished)
 
     def _start_planned(self, tp: TopicPartition, record: Any, plan: Plan) -> None:
         """A request the job state answers without grading (see ledger.py)."""
-        if plan.step is Step.REJECT:
+        if plan.action is Action.CONFLICT:
             assert plan.rejection is not None
             self._start(tp, record, plan.rejection)
             return
-        logger.info("request %s:%d:%d: %s (no grading)", tp.topic, tp.partition, record.offset, plan.step.value)
+        logger.info("request %s:%d:%d: %s (no grading)", tp.topic, tp.partition, record.offset, plan.action.value)
         event = plan.event
         task = asyncio.create_task(self._publish(event) if event is not None else asyncio.sleep(0))
         self._work[task] = _Work(tp, record, None)
@@ -297,14 +307,14 @@ class ConsumerApp:
 
     def cancel_job(self, job_id: str) -> None:
         """A cancel command (control topic): stop the job if it runs here."""
-        if self._ledger is not None and self._ledger.cancel(job_id):
-            logger.info("job cancelled: job_id=%s", job_id)
+        if self._ledger is not None:
+            self._ledger.cancel(job_id)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         work = self._work.pop(task)
         self._metrics.jobs_active.set(self.active_jobs)
-        if work.run is not None and self._ledger is not None:
-            self._ledger.ended(work.run)  # its acknowledged items, or its terminal event, go to the job state
+        if work.lease is not None and self._ledger is not None:
+            self._ledger.ended(work.lease)  # its acknowledged items, or its terminal event, go to the job state
         if task.cancelled():
             return  # revoked or shut down: the record stays uncommitted
         error = task.exception()
@@ -346,6 +356,8 @@ class ConsumerApp:
         logger.error("internal error (%s) at %s:%d:%d\n%s", kind, work.tp.topic, work.tp.partition,
                      work.record.offset, frames)  # fmt: skip
         self._metrics.internal_errors.inc()
+        if work.lease is not None and self._ledger is not None:
+            self._ledger.failed(work.lease)
         self._redelivery.delivered(work.tp, work.record.offset)
         if work.rejection is not None and work.rejection.reason is RejectReason.INTERNAL_ERROR:
             # The dead letter of a bug failed by a bug too: nothing left to try.

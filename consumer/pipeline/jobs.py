@@ -13,8 +13,8 @@ the broker has acknowledged every message it produced; only then may its
 offset be committed. However the job ends (done, failed, cancelled by a
 revoke or a shutdown), its items leave the scheduler at once.
 
-Grades are worth more than sends: when a send fails (the broker unreachable
-past the producer's retries), the run fails, but the outcomes it computed and
+Grades are worth more than sends: when a send fails (``DeliveryFailed``: the
+broker unreachable past the producer's retries), the run fails, but the outcomes it computed and
 could not get acknowledged stay in ``unacked``; the retry of the same record
 is given them (``carried``) and publishes them again without grading them.
 
@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from consumer.contract import (
     AcceptedData,
@@ -50,6 +49,7 @@ from consumer.contract import (
 from consumer.engine.base import GradeOutcome, GradingEngine
 from consumer.metrics import Metrics, job_size_bucket
 from consumer.pipeline.intake import Job
+from consumer.pipeline.jobstate import Progress
 from consumer.pipeline.results import build_result
 from consumer.pipeline.scheduler import Scheduler, Ticket
 from consumer.pipeline.sinks import Sinks
@@ -79,23 +79,6 @@ class _Finished:
     carried: bool = False  # graded by an earlier run whose delivery failed: only published again
 
 
-@dataclass(frozen=True, slots=True)
-class _Prior:
-    """What an earlier owner got acknowledged (a ``JobState`` fits)."""
-
-    done: frozenset[int] | set[int] = frozenset()
-    succeeded: int = 0
-    failed: int = 0
-    elapsed_s: float = 0.0
-
-
-class _ResumeFrom(Protocol):
-    done: set[int]
-    succeeded: int
-    failed: int
-    elapsed_s: float
-
-
 class JobRun:
     def __init__(
         self,
@@ -108,7 +91,7 @@ class JobRun:
         batch_size: int,
         flush_s: float,
         request_bytes: int = 0,
-        resume: _ResumeFrom | None = None,
+        resume: Progress | None = None,
         carried: Mapping[int, GradeOutcome] | None = None,
     ) -> None:
         self.job = job
@@ -124,25 +107,33 @@ class JobRun:
         self.remaining = len(job.items)  # items not yet back from the engine
         # Resumed (contract 1.1): what an earlier owner got acknowledged is not graded again,
         # and every count covers the whole job.
-        prior = resume or _Prior()
-        self.resumed_from = resume  # the job state it was planned with (the ledger writes only into that one)
+        prior = resume or Progress()
         self.resumed_items = len(prior.done)
-        self.acked: set[int] = set(prior.done)  # items whose result and progress event the broker acknowledged
-        self.acked_ok = self._prior_succeeded = prior.succeeded
-        self.acked_failed = self._prior_failed_n = prior.failed
+        self._acked: set[int] = set(prior.done)  # items whose result and progress event the broker acknowledged
+        self._acked_ok = self._prior_succeeded = prior.succeeded
+        self._acked_failed = self._prior_failed_n = prior.failed
         self._prior_elapsed_s = prior.elapsed_s
         # Outcomes graded and not yet acknowledged: a failed run leaves here
         # what its retry publishes without grading (``carried``).
-        self._carried = {i: o for i, o in (carried or {}).items() if i not in self.acked}
+        self._carried = {i: o for i, o in (carried or {}).items() if i not in self._acked}
         self.unacked: dict[int, GradeOutcome] = dict(self._carried)  # a retry that fails early keeps them
         self._started = time.monotonic()
         self.terminal: CompleteEvent | CancelledEvent | None = None  # the last event, once acknowledged
         self._cancel_requested = False
 
     @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
     def elapsed_s(self) -> float:
         """Grading time of the whole job, earlier owners included."""
         return self._prior_elapsed_s + time.monotonic() - self._started
+
+    @property
+    def progress(self) -> Progress:
+        """What the broker acknowledged so far, earlier owners included: what the job state keeps."""
+        return Progress(frozenset(self._acked), self._acked_ok, self._acked_failed, self.elapsed_s)
 
     def request_cancel(self) -> None:
         """Stop grading: the job ends with a ``cancelled`` event (contract 1.1)."""
@@ -156,7 +147,7 @@ class JobRun:
         job, total = self.job, len(self.job.items)
         started = self._started = time.monotonic()
         acks: list[Awaitable[object]] = []
-        todo = [i for i in range(total) if i not in self.acked]
+        todo = [i for i in range(total) if i not in self._acked]
         to_grade = [i for i in todo if i not in self._carried]
         self.remaining = len(to_grade)
         self._ticket = ticket = self._scheduler.submit(job.job_id, job.items, self._graded, indices=to_grade)
@@ -272,19 +263,19 @@ class JobRun:
         return ack
 
     def _track(self, batch: list[_Finished], results: list[asyncio.Future[object]], event: Awaitable[object]) -> None:
-        """Count an item as checkpointable once its result and its progress event are both acknowledged."""
+        """An item counts as acknowledged (the job state keeps it) once its result and progress event both are."""
         both = asyncio.gather(*results, event)
 
         def acknowledged(fut: asyncio.Future[list[object]]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 return  # not acknowledged: the item is graded again by whoever resumes the job
             for f in batch:
-                self.acked.add(f.index)
+                self._acked.add(f.index)
                 self.unacked.pop(f.index, None)
                 if f.outcome.status is ItemStatus.OK:
-                    self.acked_ok += 1
+                    self._acked_ok += 1
                 else:
-                    self.acked_failed += 1
+                    self._acked_failed += 1
 
         both.add_done_callback(acknowledged)
 

@@ -22,8 +22,7 @@ from consumer.kafka import KafkaSetupError, check_connection, client_kwargs, ens
 from consumer.metrics import Metrics
 from consumer.pipeline.app import AppConfig, ConsumerApp
 from consumer.pipeline.control import ControlReader
-from consumer.pipeline.jobstate import JobStateStore
-from consumer.pipeline.ledger import Ledger
+from consumer.pipeline.jobstate import JobStateStore, Ledger
 from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
 from consumer.settings import Settings
@@ -168,9 +167,9 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
 async def _job_state(
     settings: Settings, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, metrics: Metrics
 ) -> tuple[Ledger, ControlReader]:
-    """The job state store on the checkpoints topic, and the control-topic reader.
+    """The job state store on its topic (KAFKA_CHECKPOINTS_TOPIC), and the control-topic reader.
 
-    Partition p of the checkpoints topic holds the jobs of requests partition
+    Partition p of the job-state topic holds the jobs of requests partition
     p, so it must have at least as many partitions: refuse to start otherwise
     (a missing topic is reported by the watchdog instead, like the outputs).
     """
@@ -195,9 +194,11 @@ async def _job_state(
                 f"{settings.checkpoints_topic} has {len(checkpoints)} partitions, fewer than the "
                 f"{len(requests)} of {settings.requests_topic}: create it with as many (KAFKA_CHECKPOINTS_TOPIC)",
             )
-    store = JobStateStore(producer, reader, topic=settings.checkpoints_topic, retention_s=settings.job_id_retention_s)
+    store = JobStateStore(
+        producer, reader, metrics, topic=settings.checkpoints_topic, retention_s=settings.job_id_retention_s
+    )
     control = ControlReader(reader, metrics, topic=settings.control_topic, ttl_s=settings.cancel_ttl_s)
-    return Ledger(store, control, metrics), control
+    return Ledger(store, metrics), control
 
 
 async def _bounded(step: Awaitable[None], what: str, timeout_s: float) -> None:

@@ -14,7 +14,6 @@ from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobs import JobRun
-from consumer.pipeline.jobstate import JobState
 from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import DeliveryFailed, Sinks
 from consumer.testing.topics import items, wait_for
@@ -53,11 +52,11 @@ async def test_a_failed_delivery_is_retried_with_the_computed_grades_not_graded_
     producer.failing = True
     with pytest.raises(DeliveryFailed):
         await first.run()
-    assert engine.calls == 40 and not first.acked
+    assert engine.calls == 40 and not first.progress.done
     assert set(first.unacked) == set(range(40))  # graded, never acknowledged
 
     producer.failing = False
-    retry = job_run(40, engine, producer, metrics, resume=first_state(first), carried=first.unacked)
+    retry = job_run(40, engine, producer, metrics, resume=first.progress, carried=first.unacked)
     await retry.run()
     assert engine.calls == 40  # nothing graded twice
     results = [m for m in producer.sent if "result_id" in m]
@@ -73,24 +72,19 @@ async def test_outcomes_acknowledged_before_the_failure_are_neither_carried_nor_
     engine, producer, metrics = FakeEngine(delay_s=0.02, max_concurrency=2), FlakyProducer(), Metrics()
     first = job_run(30, engine, producer, metrics)
     first_task = asyncio.create_task(first.run())
-    await wait_for(lambda: len(first.acked) >= 10)
+    await wait_for(lambda: len(first.progress.done) >= 10)
     producer.failing = True
     with pytest.raises(DeliveryFailed):
         await first_task
-    assert first.acked and first.acked.isdisjoint(first.unacked)
-    assert first.acked | set(first.unacked) == set(range(30))
+    acked = first.progress.done  # what the job state keeps of the failed run (the ledger's snapshot)
+    assert acked and acked.isdisjoint(first.unacked)
+    assert acked | set(first.unacked) == set(range(30))
 
     producer.failing, producer.sent = False, []
-    retry = job_run(30, engine, producer, metrics, resume=first_state(first), carried=first.unacked)
+    retry = job_run(30, engine, producer, metrics, resume=first.progress, carried=first.unacked)
     await retry.run()
     assert engine.calls == 30
     assert sorted(m["item_index"] for m in producer.sent if "result_id" in m) == sorted(first.unacked)
-
-
-def first_state(run: JobRun) -> JobState:
-    """What the job state holds after the failed run (ledger.ended snapshots exactly this)."""
-    return JobState(run.job.job_id, "fingerprint", 0, 0, len(run.job.items), done=set(run.acked),
-                    succeeded=run.acked_ok, failed=run.acked_failed)  # fmt: skip
 
 
 async def test_an_aborted_run_sends_the_progress_event_of_the_results_it_sent_so_they_count_as_acknowledged() -> None:
@@ -103,6 +97,6 @@ async def test_an_aborted_run_sends_the_progress_event_of_the_results_it_sent_so
     await asyncio.wait([task])
     await asyncio.sleep(0)  # the acknowledgement callbacks
     sent = {m["item_index"] for m in producer.sent if "result_id" in m}
-    assert run.acked == sent  # every published result is in the job state: none graded again
+    assert run.progress.done == sent  # every published result is in the job state: none graded again
     last = [m for m in producer.sent if m.get("event") == "batch_complete"][-1]
     assert last["data"]["progress"]["completed"] == len(sent)

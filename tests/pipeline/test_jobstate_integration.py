@@ -1,6 +1,8 @@
-"""Job state against the real broker: resume after an abort, idempotent job
-ids, cancel. The fake engine, in-process consumers (process-level faults are
-in tests/pipeline/test_faults_process.py)."""
+"""Job state against the real broker: the store and the control reader on
+their topics, then whole consumers (fake engine, in-process): resume after an
+abort, idempotent job ids, cancel, a failed delivery sent again. The unit's
+own tests are in test_jobstate_unit.py; process-level faults in
+test_faults_process.py."""
 
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 
 from consumer.engine.fake import FakeEngine
+from consumer.kafka import ensure_topics
 from consumer.metrics import Metrics
 from consumer.pipeline.app import AppConfig, ConsumerApp
+from consumer.pipeline.control import ControlReader
+from consumer.pipeline.jobstate import JobPhase, JobState, JobStateStore, fingerprint
 from consumer.pipeline.sinks import Sinks
 from consumer.testing.topics import (
     at_least,
@@ -192,3 +197,78 @@ async def test_a_job_whose_results_could_not_be_sent_is_sent_again_not_graded_ag
     assert engine.calls == 70  # the retries sent the grades again; nothing was graded twice
     completes = {e["job_id"]: e["data"]["succeeded"] for e in progress if e["event"] == "complete"}
     assert completes == {"undelivered": 60, "waiting": 10}
+
+
+def _state(**overrides: Any) -> JobState:
+    values: dict[str, Any] = {
+        "job_id": "school/1", "fingerprint": fingerprint(b"req"), "partition": 2, "offset": 7, "total_items": 2000,
+    }  # fmt: skip
+    return JobState(**(values | overrides))
+
+
+async def test_the_store_writes_and_a_new_owner_reads_only_its_partitions(kafka_bootstrap: str) -> None:
+    topic = f"ckpt-{time.time_ns()}"
+    await ensure_topics(kafka_bootstrap, {topic: 3})
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+
+    def reader() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+
+    try:
+        metrics = Metrics()
+        first = JobStateStore(producer, reader, metrics, topic=topic, retention_s=3600)
+        for n in range(6):
+            first.put(_state(job_id=f"j{n}", partition=n % 3, done=set(range(n * 10))))
+        old = _state(job_id="old", partition=1, phase=JobPhase.COMPLETED)
+        first.put(old)
+        await first.flush()
+        old.updated_at = time.time() - 7200  # finished two hours ago: past a one-hour retention
+        await producer.send_and_wait(topic, key=b"old", value=old.encode(), partition=1)
+
+        # A newer consumer's record and one that is no record at all: skipped and counted, the load goes on.
+        newer = old.encode().replace(b'"schema_version":1', b'"schema_version":2')
+        await producer.send_and_wait(topic, key=b"newer", value=newer, partition=2)
+        await producer.send_and_wait(topic, key=b"garbage", value=b"{not json", partition=2)
+
+        second = JobStateStore(producer, reader, metrics, topic=topic, retention_s=3600)
+        assert await second.load([1, 2]) == 4
+        assert second.get("newer") is None and second.get("garbage") is None
+        for reason in ("unknown_version", "unreadable"):
+            assert metrics.registry.get_sample_value("texteval_job_state_skipped_total", {"reason": reason}) == 1
+        assert second.get("j0") is None  # partition 0 is not ours
+        assert second.get("j4") is not None and second.get("j4").done == set(range(40))  # type: ignore[union-attr]
+        assert second.get("old") is None
+        await second.flush()  # writes the expired job's tombstone
+        third = JobStateStore(producer, reader, metrics, topic=topic, retention_s=10**9)
+        await third.load([1])
+        assert third.get("old") is None and third.get("j1") is not None
+    finally:
+        await producer.stop()
+
+
+async def test_control_commands_are_read_from_the_past_and_followed(kafka_bootstrap: str) -> None:
+    topic = f"control-{time.time_ns()}"
+    await ensure_topics(kafka_bootstrap, {topic: 2})
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, key=b"a", value=b'{"schema_version": 1, "action": "cancel", "job_id": "a"}')
+        await producer.send_and_wait(topic, key=b"x", value=b"not json")
+        seen: list[str] = []
+        metrics = Metrics()
+        control = ControlReader(lambda: AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap), metrics, topic=topic,
+                                ttl_s=3600)  # fmt: skip
+        task = asyncio.create_task(control.run(seen.append))
+        await asyncio.wait_for(control.ready.wait(), 20)
+        assert seen == ["a"] and control.is_cancelled("a") and not control.is_cancelled("b")
+        for _ in range(2):  # the second is a repeat: no second callback
+            await producer.send_and_wait(topic, key=b"b", value=b'{"action": "cancel", "job_id": "b"}')
+        await wait_for(lambda: seen == ["a", "b"])
+        await asyncio.sleep(0.5)
+        assert seen == ["a", "b"]
+        assert metrics.registry.get_sample_value("texteval_control_commands_total", {"result": "malformed"}) == 1
+        assert metrics.registry.get_sample_value("texteval_control_commands_total", {"result": "repeated"}) == 1
+        task.cancel()
+    finally:
+        await producer.stop()

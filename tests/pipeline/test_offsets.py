@@ -7,7 +7,7 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.pipeline.checkpointing import OffsetTracker
+from consumer.pipeline.offsets import OffsetTracker
 
 TP0 = TopicPartition("evaluation-requests", 0)
 TP1 = TopicPartition("evaluation-requests", 1)

@@ -1,0 +1,121 @@
+"""One job's state record, as written to the job-state topic (one record per job, keyed by ``job_id``).
+
+- running: the request's fingerprint and coordinates, the items whose result
+  and progress event the broker acknowledged (a bitmap), the ok/failed counts
+  and the grading time so far. A new owner grades only the other items.
+- completed / cancelled: the fingerprint and the terminal event as it was
+  published, kept for ``JOB_ID_RETENTION_S``.
+
+``schema_version`` is checked before anything else is read: a record of a
+version this code does not know (a newer consumer's, during a rolling
+upgrade) is an ``UnknownSchemaVersion``, which the store counts and skips.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationInfo, field_serializer, field_validator
+
+from consumer.contract import CancelledEvent, CompleteEvent
+
+SCHEMA_VERSION = 1
+
+
+class UnknownSchemaVersion(ValueError):
+    """A job-state record of a version this consumer cannot read."""
+
+    def __init__(self, version: object) -> None:
+        super().__init__(f"job-state schema_version {version!r} is not {SCHEMA_VERSION}")
+        self.version = version
+
+
+def fingerprint(value: bytes) -> str:
+    """Byte-identical requests have the same fingerprint (the request's own bytes, nothing else)."""
+    return hashlib.sha256(value).hexdigest()
+
+
+class JobPhase(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a job's runs got acknowledged so far: the part of a job's state a run changes."""
+
+    done: frozenset[int] = frozenset()  # items whose result and progress event are acknowledged
+    succeeded: int = 0
+    failed: int = 0
+    elapsed_s: float = 0.0  # grading time, earlier owners included
+
+
+class JobState(BaseModel):
+    schema_version: Literal[1] = 1  # SCHEMA_VERSION
+    job_id: str
+    fingerprint: str
+    partition: int
+    offset: int
+    total_items: int
+    phase: JobPhase = JobPhase.RUNNING
+    done: set[int] = Field(default_factory=set)  # on the wire: a little-endian bitmap, base64
+    succeeded: int = 0
+    failed: int = 0
+    elapsed_s: float = 0.0
+    updated_at: float = Field(default_factory=time.time)  # unix time of the last write
+    terminal: dict[str, Any] | None = None  # the complete/cancelled event as published
+
+    @property
+    def finished(self) -> bool:
+        return self.phase is not JobPhase.RUNNING
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(frozenset(self.done), self.succeeded, self.failed, self.elapsed_s)
+
+    def with_progress(self, progress: Progress) -> JobState:
+        return self.model_copy(
+            update={"done": set(progress.done), "succeeded": progress.succeeded, "failed": progress.failed,
+                    "elapsed_s": progress.elapsed_s},
+        )  # fmt: skip
+
+    def finish(self, event: CompleteEvent | CancelledEvent) -> JobState:
+        """The finished state: the terminal event says it all, the items are no longer needed."""
+        phase = JobPhase.CANCELLED if isinstance(event, CancelledEvent) else JobPhase.COMPLETED
+        return self.model_copy(update={"phase": phase, "terminal": event.model_dump(mode="json"), "done": set()})
+
+    @field_serializer("done")
+    def _bitmap(self, done: set[int]) -> str:
+        bits = sum(1 << i for i in done)
+        return base64.b64encode(bits.to_bytes((self.total_items + 7) // 8, "little")).decode()
+
+    @field_validator("done", mode="before")
+    @classmethod
+    def _from_bitmap(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        bits = int.from_bytes(base64.b64decode(value, validate=True), "little")
+        return {i for i in range(info.data["total_items"]) if bits >> i & 1}
+
+    @field_serializer("elapsed_s")
+    def _rounded(self, elapsed_s: float) -> float:
+        return round(elapsed_s, 3)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> JobState:
+        """Raises ``UnknownSchemaVersion``, or ``ValueError`` (pydantic's included) for a record that is not one."""
+        raw = json.loads(value)
+        version = raw.get("schema_version") if isinstance(raw, dict) else None
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise UnknownSchemaVersion(version)
+        return cls.model_validate(raw)

@@ -1,0 +1,153 @@
+"""The job states of this consumer's partitions, and the compacted topic that keeps them.
+
+Partition *p* of the topic holds the jobs of requests partition *p*, so
+whoever owns a requests partition reads exactly its slice on assignment.
+Writes are batched: ``put``/``delete`` mark a job, ``flush`` writes every
+marked one and waits for the broker's acknowledgements (before each offset
+commit). A finished job past ``retention_s`` is deleted (a tombstone) when
+its partition is loaded and by ``expire``, which the ledger calls on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import TopicPartition
+
+from consumer.pipeline.jobstate.record import JobState, UnknownSchemaVersion
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from consumer.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class JobStateStore:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        make_reader: Callable[[], AIOKafkaConsumer],
+        metrics: Metrics,
+        *,
+        topic: str,
+        retention_s: float,
+        load_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._producer = producer
+        self._make_reader = make_reader
+        self._metrics = metrics
+        self.topic = topic
+        self._retention_s = retention_s
+        self._load_timeout_s = load_timeout_s
+        self._clock = clock  # unix time: records carry it, and another process reads it
+        self._states: dict[str, JobState] = {}
+        self._dirty: set[str] = set()
+        self._deleted: dict[str, int] = {}  # job_id -> partition, tombstones to write
+
+    def get(self, job_id: str) -> JobState | None:
+        return self._states.get(job_id)
+
+    def put(self, state: JobState) -> None:
+        state.updated_at = self._clock()
+        self._states[state.job_id] = state
+        self._dirty.add(state.job_id)
+        self._deleted.pop(state.job_id, None)
+
+    def delete(self, job_id: str) -> None:
+        if (state := self._states.pop(job_id, None)) is not None:
+            self._dirty.discard(job_id)
+            self._deleted[job_id] = state.partition
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    async def load(self, partitions: Iterable[int]) -> int:
+        """Read these partitions of the topic from the beginning; returns the states kept."""
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        if not tps:
+            return 0
+        reader = self._make_reader()
+        await reader.start()
+        try:
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
+            left = {tp for tp in tps if ends[tp] > 0}
+            async with asyncio.timeout(self._load_timeout_s):
+                while left:
+                    batches = await reader.getmany(*left, timeout_ms=200)
+                    for records in batches.values():
+                        for record in records:
+                            self._apply(record.key, record.value)
+                    # The embedded broker reports the start of the last batch
+                    # + 1 as the end: reaching it means that batch was read whole.
+                    left = {tp for tp in left if await reader.position(tp) < ends[tp]}
+        finally:
+            await reader.stop()
+        self.expire()
+        loaded = {tp.partition for tp in tps}
+        return sum(1 for state in self._states.values() if state.partition in loaded)
+
+    def expire(self) -> int:
+        """Delete the finished jobs past the retention (written by the next ``flush``); returns how many."""
+        horizon = self._clock() - self._retention_s
+        old = [s.job_id for s in self._states.values() if s.finished and s.updated_at < horizon]
+        for job_id in old:
+            self.delete(job_id)
+        return len(old)
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        job_id = key.decode("utf-8", "replace")
+        if value is None:
+            self._states.pop(job_id, None)
+            return
+        try:
+            self._states[job_id] = JobState.decode(value)
+        except UnknownSchemaVersion as exc:  # a newer consumer's record: left alone, not overwritten by a guess
+            self._skipped(job_id, "unknown_version", f"version {exc.version!r}")
+        except ValueError as exc:  # json's and pydantic's too: a record we cannot read must not stop the load
+            self._skipped(job_id, "unreadable", type(exc).__name__)
+
+    def _skipped(self, job_id: str, reason: str, why: str) -> None:
+        logger.error("job-state record for job_id=%s skipped (%s): %s", job_id, reason, why)
+        self._metrics.job_state_skipped.labels(reason=reason).inc()
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Revoked partitions: their states now belong to another owner."""
+        gone = set(partitions)
+        for job_id in [j for j, s in self._states.items() if s.partition in gone]:
+            del self._states[job_id]
+            self._dirty.discard(job_id)
+
+    async def flush(self) -> None:
+        """Write every changed state (and pending tombstones); return when the broker acknowledged them."""
+        dirty, deleted = self._dirty, self._deleted
+        self._dirty, self._deleted = set(), {}
+        try:
+            acks: list[Awaitable[Any]] = []
+            for job_id in dirty:
+                if (state := self._states.get(job_id)) is not None:
+                    acks.append(await self._send(job_id, state.partition, state.encode()))
+            for job_id, partition in deleted.items():
+                acks.append(await self._send(job_id, partition, None))
+            await asyncio.gather(*acks)
+        except BaseException:
+            # Written again on the next flush; offsets wait for it.
+            self._dirty |= dirty
+            self._deleted |= deleted
+            raise
+
+    async def _send(self, job_id: str, partition: int, value: bytes | None) -> Awaitable[Any]:
+        ack: Awaitable[Any] = await self._producer.send(
+            self.topic, key=job_id.encode(), value=value, partition=partition
+        )
+        return ack
