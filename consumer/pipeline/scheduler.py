@@ -47,6 +47,16 @@ Deliver = Callable[[int, GradeOutcome], None]
 # loop turn per item for nothing).
 CHARS_PER_TURN = 16_000
 
+# Tenants with a series of their own in texteval_scheduler_tenant_items_waiting
+# (those with the most items waiting); the rest are summed into `_other`, so
+# the metric's cardinality is bounded whatever the number of schools.
+TENANT_SERIES = 10
+# The per-tenant gauge is refreshed when jobs come and go, and every this
+# many dispatches in between (sorting the tenants on every item would cost
+# more than the picking itself).
+TENANT_GAUGE_EVERY = 64
+OTHER_TENANTS, NO_TENANT = "_other", "_none"  # never a tenant's name: tenants have no `_` (contract 1.2)
+
 
 class EngineMeter:
     """The engine's throughput (items per busy second) and item latency, recent.
@@ -139,6 +149,7 @@ class Scheduler:
         # in between, every dispatch brings each job one dispatch closer.
         self._horizons: dict[Ticket, float] | None = None
         self._horizons_at = 0
+        self._tenant_series: set[str] = set()  # label values of the per-tenant gauge set now
 
     @property
     def policy(self) -> SchedulingPolicy:
@@ -169,6 +180,7 @@ class Scheduler:
             self._waiting_items += len(queue)
         self._horizons = None
         self._update_gauges()
+        self._update_tenant_gauges()
         self._kick()
         return ticket
 
@@ -190,6 +202,7 @@ class Scheduler:
             if not same_id:
                 del self._by_job_id[ticket.job_id]
         self._update_gauges()
+        self._update_tenant_gauges()
         return dropped
 
     def cancel(self, job_id: str) -> int:
@@ -248,6 +261,8 @@ class Scheduler:
             self.meter.busy(time.monotonic())
         self._in_engine += 1
         self._metrics.engine_in_flight.inc()
+        if not ticket.queue or self._dispatched % TENANT_GAUGE_EVERY == 0:
+            self._update_tenant_gauges()
         item = ticket.items[index]
         task = asyncio.create_task(self._engine.grade(item, request_id=f"{ticket.job_id}#{index}"))
         ticket.running[task] = index
@@ -285,3 +300,15 @@ class Scheduler:
     def _update_gauges(self) -> None:
         self._metrics.scheduler_items_waiting.set(self._waiting_items)
         self._metrics.engine_queue_depth.set(self._in_engine)
+
+    def _update_tenant_gauges(self) -> None:
+        """Items waiting by tenant: the TENANT_SERIES largest, the rest in ``_other`` (bounded cardinality)."""
+        ranked = sorted(self._picker.waiting_by_tenant().items(), key=lambda entry: -entry[1])
+        values = {NO_TENANT if tenant is None else tenant: items for tenant, items in ranked[:TENANT_SERIES]}
+        values[OTHER_TENANTS] = sum(items for _, items in ranked[TENANT_SERIES:])
+        gauge = self._metrics.scheduler_tenant_items_waiting
+        for gone in self._tenant_series - values.keys():
+            gauge.remove(gone)
+        for label, items in values.items():
+            gauge.labels(tenant=label).set(items)
+        self._tenant_series = set(values)

@@ -24,7 +24,7 @@ from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobs import JobRun
 from consumer.pipeline.policy import SchedulingPolicy
-from consumer.pipeline.scheduler import Scheduler
+from consumer.pipeline.scheduler import TENANT_SERIES, Scheduler
 from consumer.pipeline.sinks import Sinks
 
 
@@ -336,3 +336,33 @@ async def test_an_aborted_job_run_releases_its_items_and_a_finished_one_reports_
     assert events[1]["data"]["progress"]["estimated_remaining_seconds"] == 0
     histogram = small._metrics.registry.get_sample_value("texteval_job_duration_seconds_count", {"size": "1-20"})
     assert histogram == 1
+
+
+async def test_items_waiting_by_tenant_keep_a_bounded_number_of_series() -> None:
+    metrics = Metrics()
+    scheduler = Scheduler(FakeEngine(delay_s=5.0), metrics, depth=1)
+
+    def series() -> dict[str, float]:
+        return {
+            sample.labels["tenant"]: sample.value
+            for family in metrics.registry.collect()
+            if family.name == "texteval_scheduler_tenant_items_waiting"
+            for sample in family.samples
+        }
+
+    assert series() == {"_other": 0.0}  # there from the start, at 0
+    for i in range(1, 13):  # 12 schools, school-i with 10 * i items
+        scheduler.submit(f"school-{i}/term-1", items(10 * i), lambda i, o: None)
+    scheduler.submit("no-tenant-id", items(5), lambda i, o: None)
+    shown = series()
+    assert len(shown) == TENANT_SERIES + 1
+    assert {f"school-{i}" for i in range(3, 13)} <= shown.keys()  # the ten with the most waiting
+    assert shown["_other"] == 10 + 20 + 5  # school-1, school-2 and the tenant-less job
+    for i in range(3, 13):
+        scheduler.cancel(f"school-{i}/term-1")
+    # Cancelled tenants' series are gone; the small ones now have their own.
+    assert series() == {"school-1": 10.0, "school-2": 20.0, "_none": 5.0, "_other": 0.0}
+    scheduler.cancel("school-1/term-1")
+    scheduler.cancel("school-2/term-1")
+    scheduler.cancel("no-tenant-id")
+    assert series() == {"_other": 0.0}
