@@ -109,7 +109,7 @@ def _graded_from_csv_row(row: dict[str, str]) -> GradedItem:
 
 def _results_csv(path: Path) -> list[GradedItem]:
     items = []
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # as correction_records
         for number, row in enumerate(csv.DictReader(handle), start=2):
             try:
                 items.append(_graded_from_csv_row(row))
@@ -183,7 +183,9 @@ def correction_records(path: Path) -> list[tuple[int, bytes, Any]]:
     """
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: a spreadsheet saved as "CSV UTF-8" starts with a BOM,
+        # which would otherwise become part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             records = []
             for number, row in enumerate(csv.DictReader(handle), start=2):
                 value = {name: cell for name, raw in row.items() if name and (cell := _csv_cell(name, raw)) is not None}

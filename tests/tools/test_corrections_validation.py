@@ -104,6 +104,8 @@ def test_a_csv_file_reads_its_integer_columns_and_empty_cells(tmp_path: Path) ->
         "s/j,2,5,,,\n",
         encoding="utf-8",
     )
+    # As a spreadsheet saves it ("CSV UTF-8" starts with a byte-order mark).
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     batch = read_correction_file(path, max_items=2000)
     assert [(c.item_index, c.nota, c.feedback, c.comment) for c in batch.valid] == [
         (0, 3, "Bé", None),
