@@ -88,6 +88,7 @@ async def _agreement(args: argparse.Namespace, settings: Settings) -> int:
 async def _export_training(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.corrections import latest_by_item
     from consumer.kafka import KafkaSetupError
+    from consumer.spreadsheets import write_private
     from consumer.tools.files import InputFileError
     from consumer.tools.loop_sources import load_corrections, load_request_items, load_results
     from consumer.tools.training_export import build_export, summary
@@ -101,7 +102,8 @@ async def _export_training(args: argparse.Namespace, settings: Settings) -> int:
         print(f"export-training: {exc}", file=sys.stderr)
         return 2
     export = build_export(corrections, results, items, feedback_max_chars=settings.feedback_chars)
-    await asyncio.to_thread(Path(args.out).write_text, export.jsonl(), encoding="utf-8")
+    # The file holds students' texts: owner-only, as the results files.
+    await asyncio.to_thread(write_private, Path(args.out), export.jsonl())
     print(f"{summary(export)}; written to {args.out}")
     return 0
 

@@ -95,8 +95,11 @@ def test_the_latest_correction_is_the_target() -> None:
 
 def test_the_command_joins_the_fixture_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "train.jsonl"
+    out.write_text("")
+    out.chmod(0o644)  # an older file readable by others: the export must close it
     args = [f"--{name}={TESTS_DATA / f'agreement_{name}.jsonl'}" for name in ("results", "corrections", "requests")]
     assert main(["export-training", *args, "--out", str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o600  # students' texts: owner-only
     exported = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     requests = [json.loads(line) for line in (TESTS_DATA / "agreement_requests.jsonl").read_text().splitlines()]
     texts = {(r["job_id"], i): Item.model_validate(item) for r in requests for i, item in enumerate(r["items"])}
