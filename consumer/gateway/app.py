@@ -238,10 +238,13 @@ def create_app(gateway: Gateway) -> FastAPI:
             slot.release()
             raise
         content = not_found_stream() if record is None else job_stream(record, gateway.store, gateway.metrics, after)
-        return done(request, caller, job_id, GuardedEventSource(
+        if record is None:  # the prototype's answer is a 200 stream; the audit says what it was
+            audit(caller, request.scope.get("route"), job_id, 404)
+        response = GuardedEventSource(
             content, stall_timeout_s=settings.gateway_send_timeout_s, ping_s=settings.gateway_heartbeat_s,
             on_close=slot.release, on_stalled=gateway.metrics.streams_stalled.inc,
-        ))  # fmt: skip
+        )  # fmt: skip
+        return response if record is None else done(request, caller, job_id, response)
 
     @app.get("/jobs", dependencies=by_key)
     async def list_jobs(

@@ -173,7 +173,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
     console = Console(stderr=True)
     try:
-        jobs = read_jobs(Path(args.file), settings.max_items_per_job)
+        jobs = read_jobs(Path(args.file), settings.max_items_per_job, tenant=args.tenant)
     except (InputFileError, OSError) as exc:
         console.print(f"[red]cannot read {args.file}: {exc}")
         return 2
@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--out", default=None, help="with --follow: write results (.csv or .jsonl)")
     submit.add_argument("--timeout-s", type=float, default=3600.0)
     submit.add_argument("--manifest", default=None, help="write the job ids and sizes (JSONL) for `texteval verify`")
+    submit.add_argument("--tenant", default=None, help="write every job as <tenant>/<job id> (contract 1.2)")
     submit.set_defaults(run=lambda a, s: asyncio.run(_submit(a, s)))
 
     verify = sub.add_parser("verify", help="check the results and progress topics against the jobs produced")

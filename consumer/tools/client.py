@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +21,8 @@ from typing import TYPE_CHECKING
 from pydantic import TypeAdapter, ValidationError
 
 from consumer.contract import (
+    JOB_ID_PATTERN,
+    TENANT_PATTERN,
     CancelledData,
     CancelledEvent,
     CompleteData,
@@ -29,7 +33,8 @@ from consumer.contract import (
 )
 from consumer.kafka import Start, TopicReader, client_kwargs
 from consumer.settings import Settings
-from consumer.tools.files import job_id_for, read_items, read_jsonl, validate_request
+from consumer.tenants import scoped_job_id
+from consumer.tools.files import InputFileError, job_id_for, read_items, read_jsonl, validate_request
 
 if TYPE_CHECKING:
     from consumer.kafka import Record
@@ -39,22 +44,37 @@ logger = logging.getLogger(__name__)
 _EVENTS: TypeAdapter[ProgressEvent] = TypeAdapter(ProgressEvent)
 
 
-def read_jobs(path: Path, max_items: int) -> list[EvaluationRequest]:
-    """A JSONL of requests is one job per line; any other file is one job."""
+def read_jobs(path: Path, max_items: int, tenant: str | None = None) -> list[EvaluationRequest]:
+    """A JSONL of requests is one job per line; any other file is one job.
+    With a ``tenant`` every job id is ``<tenant>/<id>`` (contract 1.2: a
+    producer that writes to Kafka itself follows the gateway's convention)."""
     if path.suffix.lower() == ".jsonl":
         lines = list(read_jsonl(path))
         if lines and all(isinstance(value, dict) and "items" in value for _, value in lines):
             jobs = [validate_request(value, max_items, where=f"line {number}") for number, value in lines]
-            return [job if job.job_id else _with_id(job, path, n) for n, job in enumerate(jobs)]
+            return [_scoped(job if job.job_id else _with_id(job, path, n), tenant) for n, job in enumerate(jobs)]
     items = read_items(path, max_items)
-    return [_with_id(EvaluationRequest(items=items), path, 0)]
+    return [_scoped(_with_id(EvaluationRequest(items=items), path, 0), tenant)]
 
 
 def _with_id(job: EvaluationRequest, path: Path, number: int) -> EvaluationRequest:
     # A fresh id per submission: re-submitting a file is a new job, not a
-    # duplicate of the old one (result_id derives from job_id).
+    # duplicate of the old one (result_id derives from job_id). The random
+    # part makes it unguessable: nobody can take this job's id first (a
+    # squatter's request would win it) or cancel it before it exists.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    return job.model_copy(update={"job_id": f"{job_id_for(path)}:{stamp}:{number}"})
+    return job.model_copy(update={"job_id": f"{job_id_for(path)}:{stamp}:{number}:{secrets.token_hex(8)}"})
+
+
+def _scoped(job: EvaluationRequest, tenant: str | None) -> EvaluationRequest:
+    if tenant is None or job.job_id is None:
+        return job
+    if not re.fullmatch(TENANT_PATTERN, tenant):
+        raise InputFileError(f"tenant {tenant!r}: letters, digits and . _ : - only (no '/')")
+    job_id = scoped_job_id(tenant, job.job_id)
+    if not re.fullmatch(JOB_ID_PATTERN, job_id):
+        raise InputFileError(f"job id {job.job_id!r} is too long with the tenant {tenant!r} (128 characters in all)")
+    return job.model_copy(update={"job_id": job_id})
 
 
 @dataclass

@@ -197,6 +197,7 @@ def test_every_action_leaves_one_audit_line_without_keys_or_texts(caplog: pytest
     h.client.get("/jobs/school-a/j", headers=bearer("wrong-" + "k" * 40))
     newline = h.client.get("/jobs/school-a/j%0Aforged=1", headers=bearer(KEY_A))
     h.client.get("/jobs/school-a/j forged=1", headers=bearer(KEY_A))
+    h.client.get("/stream/school-b/x", headers=bearer(KEY_A))  # answered 200 with the not-found event
     lines = [r.getMessage() for r in caplog.records if r.name == "consumer.gateway.audit"]
     key_id = keys_from(settings(**TWO_TENANTS)).identify(f"Bearer {KEY_A}")
     assert key_id is not None
@@ -205,7 +206,8 @@ def test_every_action_leaves_one_audit_line_without_keys_or_texts(caplog: pytest
     assert lines[2].startswith("tenant=- key=- action=GET_/jobs/{job_id:path} job=school-a/j status=401")
     assert newline.status_code == 404  # matches no route: no line, so nothing to forge one with
     assert lines[3].endswith("job=<invalid id, 19 chars> status=404")  # not a job id: not logged as given
-    assert len(lines) == 4 and "\n" not in "".join(lines)
+    assert lines[4].endswith("action=GET_/stream/{job_id:path} job=school-b/x status=404")
+    assert len(lines) == 5 and "\n" not in "".join(lines)
     everything = caplog.text + "".join(lines)
     assert KEY_A not in everything and "9c1e" not in everything
 
@@ -213,3 +215,17 @@ def test_every_action_leaves_one_audit_line_without_keys_or_texts(caplog: pytest
 def test_api_keys_hold_digests_only() -> None:
     keys = ApiKeys.from_entries([f"school-a={KEY_A}"], [KEY_ADMIN])
     assert KEY_A not in repr(vars(keys)) and KEY_ADMIN not in repr(vars(keys))
+
+
+def test_a_stream_token_reads_its_one_job_and_a_fresh_one_can_be_had_with_the_key() -> None:
+    h = harness(**TWO_TENANTS, GATEWAY_STREAM_TOKEN_TTL_S="60")
+    posted = h.client.post("/evaluate", json={"job_id": "t", "items": [item()]}, headers=bearer(KEY_A)).json()
+    h.client.post("/evaluate", json={"job_id": "u", "items": [item()]}, headers=bearer(KEY_A))
+    token = posted["stream_token"]
+    assert posted["stream_token_expires_in_s"] == 60 and KEY_A not in token
+    assert h.client.get(f"/jobs/school-a/t?token={token}").status_code == 200
+    assert h.client.get(f"/jobs/school-a/u?token={token}").status_code == 401  # another job, even the same tenant's
+    fresh = h.client.post("/jobs/school-a/t/stream_token", headers=bearer(KEY_A))
+    assert fresh.status_code == 200
+    assert h.client.get(f"/jobs/school-a/t/results?token={fresh.json()['stream_token']}").status_code == 200
+    assert h.client.post(f"/jobs/school-a/t/stream_token?token={token}").status_code == 401  # a token makes no token
