@@ -20,9 +20,11 @@ import csv
 import hashlib
 import io
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import aiokafka.admin  # noqa: F401 - imported here, before TestClient's portal threads come and go:
@@ -276,6 +278,7 @@ async def test_a_thousand_stream_attempts_with_one_key_get_the_cap_and_429(
         posted = (await client.post("/evaluate", json={"job_id": "s", "items": items(1)}, headers=bearer(KEY_A))).json()
         statuses: list[int] = []
         health_ms: list[float] = []
+        rss_before_mib = rss_mib()
         async with AsyncExitStack() as open_streams:
             for i in range(1000):
                 response = await open_streams.enter_async_context(
@@ -305,6 +308,7 @@ async def test_a_thousand_stream_attempts_with_one_key_get_the_cap_and_429(
                     break  # one is enough to show that B is served while A is capped
             await wait_for(lambda: gateway.slots.total == per_key)
             open_at_cap = gateway.slots.total
+            rss_growth_mib = rss_mib() - rss_before_mib
             health = (await client.get("/health")).json()
         await asyncio.sleep(0)
         await gateway_wait_released(gateway)
@@ -316,6 +320,7 @@ async def test_a_thousand_stream_attempts_with_one_key_get_the_cap_and_429(
         ("another key meanwhile", "200", str(other_key[-1])), ("open at the cap", f"{per_key}", str(open_at_cap)),
         ("/health while capped (ms, max of 10)", "answers", f"{max(health_ms):.1f}"),
         ("slots after every client left", "0", str(released)),
+        ("RSS growth, gateway and clients in one process (MiB)", "bounded", f"{rss_growth_mib:.1f}"),
     ])  # fmt: skip
     assert statuses.count(200) == per_key and statuses.count(429) == 1000 - per_key
     assert statuses[:per_key] == [200] * per_key  # the first ones, then only refusals
@@ -362,3 +367,9 @@ def test_headers_no_store_everywhere_but_the_page_which_is_locked_down() -> None
                h.client.get("/jobs/school-a/nothing", headers=bearer(KEY_A)), h.client.get("/jobs")]  # fmt: skip
     assert [a.headers["cache-control"] for a in answers] == ["no-store"] * len(answers)
     assert {a.headers["x-content-type-options"] for a in answers} == {"nosniff"}
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (Linux)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
