@@ -266,6 +266,16 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0, alias="SHUTDOWN_GRACE_S")
     # Leaving the group and flushing the producer at shutdown, each at most this long.
     kafka_close_timeout_s: float = Field(default=10.0, gt=0, alias="KAFKA_CLOSE_TIMEOUT_S")
+    # Bounds the work done inside a rebalance (aborting jobs, the last sends
+    # and commit); loading a partition's job state may take three times it.
+    revoke_timeout_s: float = Field(default=10.0, gt=0, alias="REVOKE_TIMEOUT_S")
+    # How often the broker is asked for its metadata (health, output topics present).
+    kafka_check_interval_s: float = Field(default=2.0, gt=0, alias="KAFKA_CHECK_INTERVAL_S")
+    # A record whose output could not be sent is run again after this, doubling
+    # while that record keeps failing, up to the max.
+    delivery_retry_backoff_s: float = Field(default=1.0, ge=0, alias="DELIVERY_RETRY_BACKOFF_S")
+    # The longest wait between two runs of a record whose output cannot be sent.
+    delivery_retry_backoff_max_s: float = Field(default=60.0, ge=0, alias="DELIVERY_RETRY_BACKOFF_MAX_S")
 
     # --- side HTTP server ---
     # Side HTTP server (/health, /metrics) address.

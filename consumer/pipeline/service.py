@@ -20,7 +20,7 @@ from consumer.health import HealthReport
 from consumer.http import HttpServer, create_app
 from consumer.kafka import KafkaSetupError, check_connection, client_kwargs, ensure_topics, topic_partitions
 from consumer.metrics import Metrics
-from consumer.pipeline.app import AppConfig, ConsumerApp
+from consumer.pipeline.app import ConsumerApp
 from consumer.pipeline.control import ControlReader
 from consumer.pipeline.jobstate import JobStateStore, Ledger
 from consumer.pipeline.scheduler import Scheduler
@@ -44,20 +44,6 @@ def scheduler_from(settings: Settings, engine: GradingEngine, metrics: Metrics) 
         oldest_share=settings.scheduler_oldest_share,
         tenant_weights=settings.tenant_weights,
         by_tenant=settings.scheduler_by_tenant,
-    )
-
-
-def app_config(settings: Settings) -> AppConfig:
-    return AppConfig(
-        max_items_per_job=settings.max_items_per_job,
-        max_inflight_items=settings.max_inflight_items,
-        max_inflight_bytes=settings.max_inflight_bytes,
-        max_concurrent_jobs=settings.max_concurrent_jobs,
-        batch_size=settings.batch_size,
-        progress_flush_s=settings.progress_flush_ms / 1000.0,
-        commit_interval_s=settings.commit_interval_ms / 1000.0,
-        shutdown_grace_s=settings.shutdown_grace_s,
-        output_topics=(settings.results_topic, settings.progress_topic, settings.dlt_topic, settings.checkpoints_topic),
     )
 
 
@@ -121,22 +107,15 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         group_id=settings.kafka_group_id,
     )
     try:
-        ledger, control = await _job_state(settings, consumer, producer, metrics)
+        ledger, control = await job_state(settings, consumer, producer, metrics)
     except BaseException:
         await consumer.stop()
         await producer.stop()
         raise
     app = ConsumerApp(
-        consumer,
-        sinks,
-        engine,
-        metrics,
-        requests_topic=settings.requests_topic,
-        config=app_config(settings),
-        scheduler=scheduler_from(settings, engine, metrics),
-        ledger=ledger,
-        control=control,
-    )
+        consumer, sinks, engine, metrics, settings,
+        scheduler=scheduler_from(settings, engine, metrics), ledger=ledger, control=control,
+    )  # fmt: skip
     task = asyncio.create_task(app.run())
     try:
         yield app
@@ -164,10 +143,10 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
             await _bounded(producer.stop(), "closing the producer", settings.kafka_close_timeout_s)
 
 
-async def _job_state(
+async def job_state(
     settings: Settings, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, metrics: Metrics
 ) -> tuple[Ledger, ControlReader]:
-    """The job state store on its topic (KAFKA_CHECKPOINTS_TOPIC), and the control-topic reader.
+    """The job state (its store on KAFKA_CHECKPOINTS_TOPIC) and the control-topic reader, for a ConsumerApp.
 
     Partition p of the job-state topic holds the jobs of requests partition
     p, so it must have at least as many partitions: refuse to start otherwise

@@ -65,6 +65,10 @@ class Sinks:
     async def progress(self, event: AcceptedEvent | BatchCompleteEvent | CompleteEvent | CancelledEvent) -> Ack:
         return await self._send(self._progress_topic, event.job_id, event)
 
+    async def send_progress(self, event: CompleteEvent | CancelledEvent) -> None:
+        """One event, sent and acknowledged (a job-state answer: no job runs for it)."""
+        await (await self.progress(event))
+
     async def dead_letter(
         self, record: ConsumerRecord[bytes, bytes], rejection: Rejection, *, form: DeadLetterForm = DeadLetterForm.WHOLE
     ) -> Ack:

@@ -8,6 +8,9 @@ deleted or never created is reported on ``/health`` and stops admission:
 grading work whose results cannot be written wastes the engine (and the
 embedded broker even acknowledges writes to a deleted topic). The engine is
 asked too: a dead engine stops the consumer even when no job runs.
+
+``report`` is ``/health``: ready, or the reasons it is not, with the figures
+an operator looks at first.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 
+from consumer.health import HealthReport
+
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
 
     from consumer.engine.base import GradingEngine
     from consumer.metrics import Metrics
+    from consumer.pipeline.fetch import SafeFetch
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +97,42 @@ class Watchdog:
         self._metrics.output_topics_up.set(1 if self.outputs_ok else 0)
         if not engine.loaded:
             self._on_engine_died(engine.detail)
+
+    def report(
+        self, *, fetch: SafeFetch, undelivered: int, active_jobs: int, engine_in_flight: int, backlog_records: int,
+        draining: bool,
+    ) -> HealthReport:  # fmt: skip
+        """``undelivered``: records whose output could not be sent, waiting to be sent again."""
+        engine, member = self._engine.health(), self._is_member()
+        reasons = []
+        if not engine.loaded:
+            reasons.append(f"engine not ready: {engine.detail}")
+        if not member:
+            reasons.append("not in the consumer group")
+        if (down_s := self.kafka_down_s) is not None:
+            reasons.append(f"Kafka unreachable for {down_s:.0f} s")
+        if self.missing_topics:
+            reasons.append(f"output topics missing: {', '.join(self.missing_topics)}")
+        if fetch.failing is not None:
+            reasons.append(f"fetching requests fails for {fetch.failing_for_s:.0f} s: {fetch.failing}")
+        if undelivered:
+            reasons.append(f"output delivery failing ({undelivered} records to send again)")
+        if draining:
+            reasons.append("draining")
+        body: dict[str, object] = {
+            "model_loaded": engine.loaded,
+            "model": self._engine.model_name,
+            "gpu_available": engine.device == "cuda",
+            "active_jobs": active_jobs,
+            "engine_in_flight": engine_in_flight,
+            "kafka": {
+                "group_member": member,
+                "reachable": self.kafka_down_since is None,
+                "output_topics_ok": self.outputs_ok,
+                "assigned_partitions": len(self._consumer.assignment()),
+                "paused_partitions": len(self._consumer.paused()),
+                "backlog_records": backlog_records,
+            },
+            **engine.gpu_memory,
+        }
+        return HealthReport(ready=not reasons, reasons=reasons, body=body)

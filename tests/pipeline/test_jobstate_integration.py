@@ -18,9 +18,10 @@ from aiokafka.errors import KafkaTimeoutError
 from consumer.engine.fake import FakeEngine
 from consumer.kafka import ensure_topics
 from consumer.metrics import Metrics
-from consumer.pipeline.app import AppConfig, ConsumerApp
+from consumer.pipeline.app import ConsumerApp
 from consumer.pipeline.control import ControlReader
 from consumer.pipeline.jobstate import JobPhase, JobState, JobStateStore, fingerprint
+from consumer.pipeline.service import job_state, scheduler_from
 from consumer.pipeline.sinks import Sinks
 from consumer.testing.topics import (
     at_least,
@@ -160,7 +161,9 @@ class _FailingResults:
 async def test_a_job_whose_results_could_not_be_sent_is_sent_again_not_graded_again(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = make_settings(
+        kafka_bootstrap, topic_names, kafka_group_kwargs, DELIVERY_RETRY_BACKOFF_S=0.5, COMMIT_INTERVAL_MS=100
+    )
     await create_topics(kafka_bootstrap, topic_names)
     await _send(kafka_bootstrap, topic_names.requests, "undelivered", job("undelivered", items(60)))
     engine, metrics = FakeEngine(delay_s=0.001), Metrics()
@@ -174,8 +177,9 @@ async def test_a_job_whose_results_could_not_be_sent_is_sent_again_not_graded_ag
     flaky = _FailingResults(producer, topic_names.results)
     sinks = Sinks(flaky, results_topic=topic_names.results, progress_topic=topic_names.progress,  # type: ignore[arg-type]
                   dlt_topic=topic_names.dlt, group_id=settings.kafka_group_id)  # fmt: skip
-    config = AppConfig(retry_backoff_s=0.5, commit_interval_s=0.1, output_topics=tuple(topic_names))
-    app = ConsumerApp(consumer, sinks, engine, metrics, requests_topic=topic_names.requests, config=config)
+    ledger, control = await job_state(settings, consumer, producer, metrics)
+    app = ConsumerApp(consumer, sinks, engine, metrics, settings, scheduler=scheduler_from(settings, engine, metrics),
+                      ledger=ledger, control=control)  # fmt: skip
     task = asyncio.create_task(app.run())
     try:
         await wait_for(lambda: flaky.failed >= 60)  # every grade computed, none delivered
