@@ -31,7 +31,8 @@ PRIVACY = REPO / "docs" / "privacy.md"
 CHECK_INTERVAL_MS = 300_000  # the broker's log.retention.check.interval.ms default (the script's assumption)
 DAY_MS = 86_400_000
 DEFAULTS = Settings.model_construct()  # the defaults, whatever this machine's environment says
-STUDENT_FIELDS = {"id_alumno", "curso", "consigna", "respuesta", "nota", "feedback", "comment", "job_id"}
+# Labels that would tie a series to a student or a job (a grade count by `nota` ties it to no one).
+STUDENT_FIELDS = {"id_alumno", "curso", "consigna", "respuesta", "feedback", "comment", "job_id", "result_id"}
 
 
 @dataclass
