@@ -42,7 +42,7 @@ class _Consumer:
     async def getmany(self, *partitions: TopicPartition, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         if self.error is not None:
             raise self.error
-        out = []
+        out: list[Any] = []
         while self.pos < self.size and len(out) < max_records:
             if self.pos in self.bad:
                 if out:
