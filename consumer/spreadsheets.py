@@ -30,7 +30,11 @@ _QUOTE = "'"
 
 
 def safe_cell(value: object) -> object:
-    """``value`` as a spreadsheet will read it as text (numbers and None unchanged)."""
+    """``value`` as a spreadsheet will read it as text (numbers and None
+    unchanged; a bool as JSON spells it, ``true``/``false``, as the JSONL
+    file beside it says, not Python's ``True``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str) and value.startswith((*FORMULA_STARTS, _QUOTE)):
         return _QUOTE + value
     return value

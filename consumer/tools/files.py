@@ -3,7 +3,8 @@
 In: a request (JSON), requests or items (JSONL), or a spreadsheet export
 (CSV with the four item columns). Every item passes the same validation as a
 Kafka request, so a file that grades offline also submits cleanly.
-Out: results as CSV (one flat row each) or JSONL (the messages as sent),
+Out: results as CSV (one flat row each, with 1.2's ``confidence`` and
+``needs_review``) or JSONL (the messages as sent, ``nota_probabilities`` too),
 owner-only (0600); the CSV is one a teacher can open (``consumer.spreadsheets``:
 no formula cells, a UTF-8 byte-order mark). CSV in is read with or without
 that mark (a spreadsheet's "CSV UTF-8" export has one).
@@ -94,9 +95,12 @@ def job_id_for(path: Path) -> str:
     return f"file:{stem}"[:128]
 
 
+# 1.2: `confidence` and `needs_review` beside the grade (empty on error
+# results and when the distribution is off); the six `nota_probabilities`
+# stay in JSONL, where a program reads them as one list.
 CSV_COLUMNS = (
     "result_id", "job_id", "item_index", "id_alumno", "status", "nota", "feedback",
-    "error_code", "error_message", "model", "prompt_sha256", "temperature", "top_p",
+    "confidence", "needs_review", "error_code", "error_message", "model", "prompt_sha256", "temperature", "top_p",
     "max_tokens", "seed", "latency_ms", "produced_at",
 )  # fmt: skip
 

@@ -1,11 +1,13 @@
 """Results files a teacher can open (issue 21, item 4): no formula cells, a
 UTF-8 byte-order mark, owner-only files; and a spreadsheet's CSV export
-(with its mark) reads as input."""
+(with its mark) reads as input. Issue 22: the grade's confidence and review
+flag in both files, its whole distribution in JSONL."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from consumer.contract import EvaluationResult
 from consumer.spreadsheets import FORMULA_STARTS, csv_text, restore_cell, safe_cell, write_private
-from consumer.tools.files import read_items, write_results
+from consumer.tools.files import read_items, read_results, write_results
 
 # What a hostile id_alumno or a model's feedback could hold (OWASP CSV injection).
 FORMULAS = [
@@ -93,3 +95,47 @@ def test_numbers_and_nulls_are_left_alone_and_the_header_is_plain() -> None:
 def test_write_private_creates_owner_only(tmp_path: Path) -> None:
     write_private(tmp_path / "m.jsonl", "{}\n")
     assert os.stat(tmp_path / "m.jsonl").st_mode & 0o777 == 0o600
+
+
+def graded(i: int, nota: int, probabilities: list[float], review_below: float = 0.5) -> EvaluationResult:
+    """An ok result with contract 1.2's grade distribution."""
+    confidence = probabilities[nota]
+    return result(i, f"A{i}", "Bé.").model_copy(
+        update={"nota": nota, "nota_probabilities": probabilities, "confidence": confidence,
+                "needs_review": confidence < review_below}
+    )  # fmt: skip
+
+
+def failed(i: int) -> EvaluationResult:
+    return EvaluationResult.model_validate({
+        **result(i, f"A{i}", "x").model_dump(mode="json"),
+        "status": "error", "nota": None, "feedback": None, "error": {"code": "input_too_long", "message": "too long"},
+    })  # fmt: skip
+
+
+SURE = [0.0, 0.01, 0.02, 0.9, 0.05, 0.02]
+UNSURE = [0.0, 0.05, 0.4, 0.45, 0.1, 0.0]
+
+
+def test_results_csv_has_confidence_and_needs_review_beside_the_grade(tmp_path: Path) -> None:
+    results = [graded(0, 3, SURE), graded(1, 3, UNSURE), failed(2), result(3, "A3", "sense distribució")]
+    write_results(results, tmp_path / "r.csv")
+    header, *rows = cells((tmp_path / "r.csv").read_text(encoding="utf-8"))
+    assert header[header.index("feedback") + 1 : header.index("feedback") + 3] == ["confidence", "needs_review"]
+    assert "nota_probabilities" not in header  # six numbers: JSONL only
+    by_index = {int(row[2]): dict(zip(header, row, strict=True)) for row in rows}
+    assert (float(by_index[0]["confidence"]), by_index[0]["needs_review"]) == (0.9, "false")
+    assert (float(by_index[1]["confidence"]), by_index[1]["needs_review"]) == (0.45, "true")
+    # An error result, and an ok result of a consumer with the distribution off: empty cells, not 0 or false.
+    assert (by_index[2]["confidence"], by_index[2]["needs_review"]) == ("", "")
+    assert (by_index[3]["confidence"], by_index[3]["needs_review"]) == ("", "")
+
+
+def test_results_jsonl_keeps_the_distribution_and_reads_back(tmp_path: Path) -> None:
+    results = [graded(0, 3, SURE), graded(1, 3, UNSURE), failed(2)]
+    write_results(results, tmp_path / "r.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert lines[0]["nota_probabilities"] == SURE and lines[0]["confidence"] == 0.9
+    assert lines[1]["needs_review"] is True and lines[0]["needs_review"] is False
+    assert not {"nota_probabilities", "confidence", "needs_review"} & lines[2].keys()  # error results have none
+    assert read_results(tmp_path / "r.jsonl") == results
