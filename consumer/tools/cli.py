@@ -168,7 +168,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
     from consumer.kafka import KafkaSetupError, check_connection
     from consumer.spreadsheets import write_private
-    from consumer.tools.client import read_jobs, submit, submit_and_follow
+    from consumer.tools.client import FollowSummary, read_jobs, submit, submit_and_follow
     from consumer.tools.files import InputFileError, write_results
 
     console = Console(stderr=True)
@@ -200,8 +200,7 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if args.out:
         write_results(results, Path(args.out))
         console.print(f"{len(results)} results written to {args.out}")
-    failed = sum(1 for r in results if r.error is not None)
-    console.print(f"{len(results)} results: {len(results) - failed} ok, {failed} typed errors")
+    console.print(str(FollowSummary.of(followed)))
     return 0
 
 

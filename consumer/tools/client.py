@@ -91,6 +91,31 @@ class JobProgress:
         return self.complete is not None and len(self.results) >= self.total
 
 
+@dataclass(frozen=True)
+class FollowSummary:
+    """What ``texteval submit --follow`` says at the end: how many graded, how
+    many typed errors, and how many grades a teacher should look at again
+    (contract 1.2 ``needs_review``; None when no result says, e.g. the
+    consumer runs with the grade distribution off)."""
+
+    ok: int
+    failed: int
+    to_review: int | None
+
+    @classmethod
+    def of(cls, followed: dict[str, JobProgress]) -> FollowSummary:
+        results = [r for job in followed.values() for r in job.results.values()]
+        failed = sum(1 for r in results if r.error is not None)
+        flagged = [r.needs_review for r in results if r.needs_review is not None]
+        return cls(ok=len(results) - failed, failed=failed, to_review=sum(flagged) if flagged else None)
+
+    def __str__(self) -> str:
+        line = f"{self.ok + self.failed} results: {self.ok} ok, {self.failed} typed errors"
+        if self.to_review is not None:
+            return f"{line}; {self.to_review} to review (low confidence)"
+        return f"{line}; no confidence reported" if self.ok else line
+
+
 OnResult = Callable[[EvaluationResult], None]
 OnEvent = Callable[[ProgressEvent], None]
 
