@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 # The audit trail (one line per gateway action); route it apart with this logger's name.
 audit_log = logging.getLogger("consumer.gateway.audit")
 
-RESULT_COLUMNS = ("job_id", "item_index", "id_alumno", "status", "nota", "feedback")
+# 1.2: confidence and needs_review (empty when absent); nota_probabilities in JSONL.
+RESULT_COLUMNS = ("job_id", "item_index", "id_alumno", "status", "nota", "feedback", "confidence", "needs_review")
 
 
 def _error(status: int, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -193,7 +193,9 @@ async def test_jobs_produced_straight_to_kafka_are_served(consumer_settings: Set
     assert [r["item_index"] for r in rows] == list(range(12)) and rows[0]["job_id"] == "direct/1"
     assert csv_answer.headers["content-type"].startswith("text/csv")
     assert csv_answer.text.startswith("\ufeff")  # a byte-order mark: Excel reads UTF-8
-    assert csv_answer.text.removeprefix("\ufeff").splitlines()[0] == "job_id,item_index,id_alumno,status,nota,feedback"
+    assert csv_answer.text.removeprefix("\ufeff").splitlines()[0] == (
+        "job_id,item_index,id_alumno,status,nota,feedback,confidence,needs_review"
+    )
 
 
 async def test_the_same_job_id_is_one_job_and_a_different_request_conflicts(consumer_settings: Settings) -> None:
