@@ -2,6 +2,15 @@
 watch its grades arrive. Read from the package on each request: it is small,
 and editing it needs no restart.
 
+Contract 1.2 on the page: rows the model was unsure of (``needs_review``)
+are marked and can be sorted least sure first; each grade sits beside the
+answer it was given for (kept in the browser from the file the teacher
+submitted, joined by ``item_index``; never sent again); a grade is
+corrected in place (``POST /jobs/{id}/corrections`` with the key); an
+inline SVG counts the class's grades. All of it built with DOM calls and
+attributes, no ``style=""`` and no handlers in the markup, so the CSP below
+stays hash-only.
+
 Its headers lock it down: a Content-Security-Policy that allows only the
 page's own inline script and style (by their SHA-256, computed from the
 page as served, so an edit cannot leave them stale) and requests to the
