@@ -129,11 +129,42 @@ _RESULT_STATUS_RULE: JsonDict = {
                     "nota": {"type": "null"},
                     "feedback": {"type": "null"},
                     "error": {"type": "object"},
+                    # 1.2: an error result has no grade distribution.
+                    "nota_probabilities": False,
+                    "confidence": False,
+                    "needs_review": False,
                 }
             },
         }
     ]
 }
+
+
+# 1.2 "Grade confidence": the model's distribution over the grades 0..5.
+Probability = Annotated[float, Field(ge=0, le=1)]
+GradeProbabilities = Annotated[list[Probability], Field(min_length=6, max_length=6)]
+_PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def _check_distribution(
+    status: ItemStatus,
+    nota: int | None,
+    probabilities: list[float] | None,
+    confidence: float | None,
+    needs_review: bool | None,
+) -> None:
+    """The three 1.2 fields come together, on ok results only, and agree with each other."""
+    fields = (probabilities, confidence, needs_review)
+    if all(f is None for f in fields):
+        return
+    if status is not ItemStatus.OK:
+        raise ValueError("nota_probabilities, confidence and needs_review are for ok results only")
+    if probabilities is None or confidence is None or needs_review is None:
+        raise ValueError("nota_probabilities, confidence and needs_review come together")
+    if abs(sum(probabilities) - 1.0) > _PROBABILITY_SUM_TOLERANCE:
+        raise ValueError("nota_probabilities must sum to 1")
+    if nota is not None and abs(probabilities[nota] - confidence) > _PROBABILITY_SUM_TOLERANCE:
+        raise ValueError("confidence must be the probability of the nota given")
 
 
 class EvaluationResult(BaseModel):
@@ -155,6 +186,10 @@ class EvaluationResult(BaseModel):
     sampling: Sampling
     latency_ms: Annotated[float, Field(ge=0)]
     produced_at: datetime
+    # 1.2, ok results (absent, not null, otherwise: 1.0 readers see the message they know).
+    nota_probabilities: GradeProbabilities | None = Field(default=None, exclude_if=lambda v: v is None)
+    confidence: Probability | None = Field(default=None, exclude_if=lambda v: v is None)
+    needs_review: bool | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _status_matches_fields(self) -> EvaluationResult:
@@ -163,6 +198,7 @@ class EvaluationResult(BaseModel):
                 raise ValueError("status ok needs nota and feedback and no error")
         elif self.nota is not None or self.feedback is not None or self.error is None:
             raise ValueError("status error needs an error and no nota or feedback")
+        _check_distribution(self.status, self.nota, self.nota_probabilities, self.confidence, self.needs_review)
         return self
 
 
@@ -205,6 +241,10 @@ class ItemSummary(BaseModel):
     status: ItemStatus
     nota: int | None
     feedback: str | None
+    # 1.2: as in the result (ok items only; absent otherwise).
+    nota_probabilities: GradeProbabilities | None = Field(default=None, exclude_if=lambda v: v is None)
+    confidence: Probability | None = Field(default=None, exclude_if=lambda v: v is None)
+    needs_review: bool | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ProgressFigures(BaseModel):
@@ -228,6 +268,9 @@ class CompleteData(BaseModel):
     failed: int
     total_time_seconds: float
     status: Literal[JobStatus.COMPLETED] = JobStatus.COMPLETED
+    # 1.2: how many of the job's ok results have needs_review (absent when
+    # the grade distribution is off).
+    needs_review: Annotated[int, Field(ge=0)] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class CancelledData(BaseModel):

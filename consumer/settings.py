@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 JSON_OVERHEAD_TOKENS = 28
 WORST_TOKENS_PER_FEEDBACK_CHAR = 2
 DEFAULT_FEEDBACK_MAX_CHARS = 176  # what the prototype's 200 tokens were meant to hold
+DEFAULT_REVIEW_CONFIDENCE = 0.5  # REVIEW_CONFIDENCE's default; why: beside the setting
 
 
 def max_tokens_for(feedback_chars: int) -> int:
@@ -108,6 +109,14 @@ class Settings(BaseSettings):
     engine_timeout_s: float = Field(default=900.0, gt=0, alias="ENGINE_TIMEOUT_S")
     # Extra attempts (with the next seed) after an invalid or cut-off output.
     invalid_output_retries: int = Field(default=1, ge=0, le=3, alias="INVALID_OUTPUT_RETRIES")
+    # Contract 1.2: each ok result carries the model's distribution over the
+    # six grades (nota_probabilities, confidence, needs_review), read from
+    # vLLM's log-probabilities of the digit tokens; false leaves them out.
+    grade_distribution: bool = Field(default=True, alias="GRADE_DISTRIBUTION")
+    # needs_review = confidence below this. 0.5: the grade given is less
+    # likely than all the others together (measured on the sample data with
+    # the CPU stand-in: see consumer/engine/confidence.py).
+    review_confidence: float = Field(default=DEFAULT_REVIEW_CONFIDENCE, ge=0, le=1, alias="REVIEW_CONFIDENCE")
 
     _feedback_chars: int = PrivateAttr(default=DEFAULT_FEEDBACK_MAX_CHARS)
 

