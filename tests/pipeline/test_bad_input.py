@@ -234,7 +234,7 @@ def test_the_corpus_is_well_formed_and_covers_the_issue() -> None:
         if case.dlt is not None:
             assert case.dlt in set(RejectReason) and case.detail_contains, case.name
     # Transport cases (codecs, corrupt batches) are not values: tests/pipeline/test_transport.py covers them.
-    # job_id_conflict needs an earlier request: tests/pipeline/test_job_state.py; internal_error is
+    # job_id_conflict needs an earlier request: tests/pipeline/test_jobstate_integration.py; internal_error is
     # a bug, never an input's fault: tests/pipeline/test_internal_error.py.
     value_reasons = set(RejectReason) - {
         RejectReason.UNDECODABLE_RECORD, RejectReason.JOB_ID_CONFLICT, RejectReason.INTERNAL_ERROR,
