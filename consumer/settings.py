@@ -113,9 +113,10 @@ class Settings(BaseSettings):
     # six grades (nota_probabilities, confidence, needs_review), read from
     # vLLM's log-probabilities of the digit tokens; false leaves them out.
     grade_distribution: bool = Field(default=True, alias="GRADE_DISTRIBUTION")
-    # needs_review = confidence below this. 0.5: the grade given is less
-    # likely than all the others together (measured on the sample data with
-    # the CPU stand-in: see consumer/engine/confidence.py).
+    # needs_review = confidence below this. 0.5: the model finds the grade it
+    # gave less likely than all the others together, a meaning that holds for
+    # any model. The CPU stand-in on the 20 sample items: confidence 0.27-0.55
+    # (median 0.44), 18 flagged, rightly: it is no grader (consumer/engine/confidence.py).
     review_confidence: float = Field(default=DEFAULT_REVIEW_CONFIDENCE, ge=0, le=1, alias="REVIEW_CONFIDENCE")
 
     _feedback_chars: int = PrivateAttr(default=DEFAULT_FEEDBACK_MAX_CHARS)

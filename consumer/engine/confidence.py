@@ -15,9 +15,14 @@ the byte-fallback one ("<0x33>", id 289); a grade's probability is the sum of
 both. Tokenizers whose pieces join a space and a digit (" 3", GPT-2 style)
 are covered too: the alternatives are the tokens with the sampled one's prefix.
 
-The stand-in model's figures say nothing about the production model's: a
-270M model is unsure of most grades; the threshold (REVIEW_CONFIDENCE) is a
-setting because its right value depends on the model.
+Measured with the CPU stand-in (Gemma 3 270M) on the 20 sample items: every
+distribution sums to 1 within 1e-6, the grade given is the most probable one
+in 20 of 20 (two of them tied in bf16), and the confidence is 0.27-0.55
+(median 0.44): the stand-in grades nearly everything 1 and is unsure of it,
+so REVIEW_CONFIDENCE's default 0.5 (the grade is less likely than all the
+others together) flags 18 of 20. Those figures say nothing about the
+production model's; the threshold is a setting because its right value
+depends on the model.
 """
 
 from __future__ import annotations
