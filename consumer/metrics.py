@@ -23,6 +23,14 @@ _EVENT_BUCKETS_S = (*_FAST_BUCKETS_S, 5, 10, 30)
 _JOB_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 2400, 3600)
 # Job sizes for the completion-time label: a class, a school, a district.
 JOB_SIZE_BUCKETS = ((20, "1-20"), (200, "21-200"), (2000, "201-2000"))
+# The `confidence` of ok results (contract 1.2): the probability of the grade
+# given, so at least 1/6 whenever it is the most probable grade (sampling is at
+# temperature 0.1): nothing below 0.2 to tell apart. Steps of 0.1 for the
+# bulk, and 0.95/0.99 because a sound fine-tune puts most grades above 0.9,
+# where the median and p90 would otherwise all read "somewhere in 0.9-1".
+# REVIEW_CONFIDENCE's default (0.5) is a bound, so the share under it is exact.
+CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+GRADES = range(6)  # the `nota` label: 0..5, the contract's scale
 
 
 def job_size_bucket(items: int) -> str:
@@ -171,6 +179,46 @@ class Metrics:
             self.jobs_deduplicated.labels(admission=admission)
         for reason in ("unknown_version", "unreadable"):
             self.job_state_skipped.labels(reason=reason)
+        # Grades by model (contract 1.2), for drift alerts (deploy/prometheus/alerts.yml,
+        # group texteval-grades). Bounded labels: `model` is the engine's model name,
+        # one per process (MODEL_NAME, resolved), `nota` one of 0..5: at most 6 + 1 +
+        # one histogram's series per process. Created at 0 by expect_model() at start.
+        self.grades = Counter("texteval_grades", "Ok results, by model and grade given", ["model", "nota"], registry=r)
+        self.grades_needs_review = Counter(
+            "texteval_grades_needs_review",
+            "Ok results marked needs_review (confidence below REVIEW_CONFIDENCE), by model",
+            ["model"],
+            registry=r,
+        )
+        # Its _count is the grades that carried a confidence: the denominator of
+        # the share to review (GRADE_DISTRIBUTION=false grades have none).
+        self.grade_confidence = Histogram(
+            "texteval_grade_confidence",
+            "Confidence of ok results (the probability of the grade given), by model",
+            ["model"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+
+    def expect_model(self, model: str) -> None:
+        """Create the grade series of ``model`` at 0 (see ``items_graded`` above):
+        called once at start with the engine's model name, so the first grade
+        of each ``nota`` is an increase that rate() and the alerts see."""
+        for nota in GRADES:
+            self.grades.labels(model=model, nota=str(nota))
+        self.grades_needs_review.labels(model=model)
+        self.grade_confidence.labels(model=model)
+
+    def observe_grade(self, model: str, nota: int, confidence: float | None, needs_review: bool | None) -> None:
+        """One ok result. ``confidence``/``needs_review`` are None when the
+        engine gave no distribution; the grade is counted all the same."""
+        if nota not in GRADES:  # the contract's scale; anything else would be a new, unbounded series
+            raise ValueError(f"nota {nota} is not a grade 0..5")
+        self.grades.labels(model=model, nota=str(nota)).inc()
+        if confidence is not None:
+            self.grade_confidence.labels(model=model).observe(confidence)
+        if needs_review:
+            self.grades_needs_review.labels(model=model).inc()
 
     def expect_dead_letter_reasons(self, reasons: Iterable[str]) -> None:
         """Create the dead-letter series at 0 (see ``items_graded`` above);

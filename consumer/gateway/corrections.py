@@ -13,6 +13,13 @@ unknown one (404, as on every route); an operator's key sees the job but
 is refused (403): a correction is a teacher's word on a grade. An open
 gateway (no keys, development) has no tenants and takes any.
 
+Agreement: the gateway holds the job's results in memory, so each accepted
+correction is counted in ``texteval_gateway_corrections_total{agreement}``
+against the model's grade for that item (exact, within one, off by two or
+more; unknown when the gateway holds no grade for it: an error result, an
+item not graded yet, or a job it met after a restart past the results). The
+drift alert on teachers' agreement reads it (deploy/prometheus/alerts.yml).
+
 The router is built from the app's own parts (who is calling, the
 tenant-scoped lookup, the write limit, the audit line) so it follows the
 same rules as the other routes without a copy of them.
@@ -31,7 +38,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from consumer.corrections import Correction, InvalidCorrection, parse_correction
-from consumer.gateway.jobs import JobRecord
+from consumer.gateway.jobs import JobRecord, results_rows
+from consumer.gateway.metrics import Agreement
 from consumer.gateway.service import Gateway
 from consumer.gateway.submit import BodyTooLarge, read_limited
 
@@ -91,6 +99,24 @@ def parse_corrections(
     return errors[:MAX_ERRORS_SHOWN] if errors else corrections
 
 
+def agreement_of(model_nota: int | None, nota: int) -> Agreement:
+    """A teacher's grade against the model's (None: the model's is not known)."""
+    if model_nota is None:
+        return Agreement.UNKNOWN
+    distance = abs(model_nota - nota)
+    return Agreement.EXACT if distance == 0 else Agreement.WITHIN_ONE if distance == 1 else Agreement.OFF
+
+
+def model_grades(record: JobRecord) -> dict[int, int | None]:
+    """The grade the model gave each item the gateway holds a result of (None: an error result)."""
+    grades: dict[int, int | None] = {}
+    for row in results_rows(record):
+        index, nota = row["item_index"], row["nota"]
+        if isinstance(index, int):  # always: results_rows validated it as an ItemSummary
+            grades[index] = nota if isinstance(nota, int) else None
+    return grades
+
+
 def corrections_router(
     gateway: Gateway,
     caller: Callable[..., Awaitable[C]],
@@ -122,6 +148,8 @@ def corrections_router(
         if not all(isinstance(c, Correction) for c in parsed):
             return done(request, who, job_id, _error(422, parsed))
         corrections = [c for c in parsed if isinstance(c, Correction)]
+        # Read before the awaits below: the record may be dropped from memory meanwhile.
+        known = model_grades(record)
         try:
             acks = [
                 await gateway.producer.send(
@@ -136,6 +164,9 @@ def corrections_router(
             logger.warning("could not produce corrections of job %s: %s", job_id, type(exc).__name__)
             return done(request, who, job_id, _error(503, "Kafka unavailable; send the corrections again later"))
         logger.info("job %s: %d corrections produced", job_id, len(corrections))
+        for correction in corrections:
+            agreement = agreement_of(known.get(correction.item_index), correction.nota)
+            gateway.metrics.corrections.labels(agreement.value).inc()
         answer = JSONResponse({"job_id": job_id, "accepted": len(corrections)}, status_code=202)
         return done(request, who, job_id, answer)
 

