@@ -188,3 +188,20 @@ def test_the_contract_refuses_fields_that_disagree() -> None:
     }
     with pytest.raises(ValueError):
         EvaluationResult.model_validate(error | good)
+
+
+def test_the_result_schema_takes_the_fields_on_ok_results_and_refuses_them_on_errors() -> None:
+    import json
+
+    import jsonschema
+
+    from tests.conftest import REPO
+
+    schema = json.loads((REPO / "schemas" / "evaluation-result.schema.json").read_text(encoding="utf-8"))
+    engine = FakeEngine()
+    payload = build_result(job_id="j", item_index=0, item=ITEM, outcome=_grade(engine), engine=engine)
+    ok = payload.model_dump(mode="json")
+    jsonschema.validate(ok, schema)
+    error = ok | {"status": "error", "nota": None, "feedback": None, "error": {"code": "engine_error", "message": "m"}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(error, schema)
