@@ -331,6 +331,10 @@ class JobRun:
     def _observe(self, outcome: GradeOutcome) -> None:
         code = outcome.error.code.value if outcome.error else ""
         self._metrics.items_graded.labels(status=outcome.status.value, error_code=code).inc()
+        if outcome.nota is not None:  # grades by model, for the drift alerts (contract 1.2)
+            sure = outcome.grade_confidence
+            confidence, review = (sure.confidence, sure.needs_review) if sure else (None, None)
+            self._metrics.observe_grade(self._engine.model_name, outcome.nota, confidence, review)
         self._metrics.item_latency_seconds.observe(outcome.latency_ms / 1000.0)
         self._metrics.generated_tokens.inc(outcome.output_tokens)
         self._metrics.prompt_tokens.inc(outcome.prompt_tokens)

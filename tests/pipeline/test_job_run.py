@@ -100,3 +100,21 @@ async def test_an_aborted_run_sends_the_progress_event_of_the_results_it_sent_so
     assert run.progress.done == sent  # every published result is in the job state: none graded again
     last = [m for m in producer.sent if m.get("event") == "batch_complete"][-1]
     assert last["data"]["progress"]["completed"] == len(sent)
+
+
+async def test_every_grade_is_counted_by_model_and_nota_with_its_confidence() -> None:
+    # The drift alerts (deploy/prometheus/alerts.yml, texteval-grades) read these series.
+    engine, producer, metrics = FakeEngine(delay_s=0.001, max_concurrency=8), FlakyProducer(), Metrics()
+    run = job_run(30, engine, producer, metrics)
+    await run.run()
+    results = [m for m in producer.sent if "result_id" in m]
+    model = engine.model_name
+
+    def count(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, {"model": model, **labels}) or 0.0
+
+    by_nota = {n: count("texteval_grades_total", nota=str(n)) for n in range(6)}
+    assert by_nota == {n: sum(r["nota"] == n for r in results) for n in range(6)}
+    assert count("texteval_grades_needs_review_total") == sum(bool(r["needs_review"]) for r in results)
+    assert count("texteval_grade_confidence_count") == 30
+    assert count("texteval_grade_confidence_sum") == pytest.approx(sum(r["confidence"] for r in results))
