@@ -323,6 +323,9 @@ TERMINAL_EVENTS = frozenset({ProgressEventType.COMPLETE, ProgressEventType.CANCE
 
 class ControlAction(StrEnum):
     CANCEL = "cancel"
+    # 1.2: cancel if running, delete the job's state, and grade no later
+    # request under its id within CANCEL_TTL_S (docs/privacy.md, "Erasing a job").
+    ERASE = "erase"
 
 
 class ControlCommand(BaseModel):
@@ -333,7 +336,7 @@ class ControlCommand(BaseModel):
     schema_version: Annotated[Literal[1], BeforeValidator(_not_bool)] = SCHEMA_VERSION
     action: ControlAction
     job_id: Annotated[StrictStr, Field(pattern=JOB_ID_PATTERN)]
-    # 1.2: who sent it. A cancel is honoured only for a job of ``tenant``, or
+    # 1.2: who sent it. A cancel or an erase is honoured only for a job of ``tenant``, or
     # with ``admin`` (an operator). Omitted when unset, so 1.1 readers and
     # commands look as before.
     tenant: Annotated[StrictStr, Field(pattern=TENANT_PATTERN)] | None = Field(

@@ -142,7 +142,8 @@ class Metrics:
         )
         self.control_commands = Counter(
             "texteval_control_commands",
-            "Control commands read: cancel (first for a job), repeated, malformed",
+            "Control commands read: cancel (first for a job), erase (first for a job), repeated, malformed, "
+            "foreign (another tenant's job: ignored)",
             ["result"],
             registry=r,
         )
@@ -173,7 +174,7 @@ class Metrics:
             self.fetch_errors.labels(kind=kind)
         for form in ("without_value", "coordinates"):
             self.dead_letters_reduced.labels(form=form)
-        for result in ("cancel", "repeated", "malformed"):
+        for result in ("cancel", "erase", "repeated", "malformed", "foreign"):
             self.control_commands.labels(result=result)
         for admission in ("duplicate", "republish", "conflict"):
             self.jobs_deduplicated.labels(admission=admission)

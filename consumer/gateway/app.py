@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consumer.erasure import erase_answer
 from consumer.gateway.auth import Caller, loggable_id
 from consumer.gateway.corrections import corrections_router
 from consumer.gateway.jobs import JobRecord, JobState, results_rows, status_body
@@ -197,6 +198,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             return done(request, caller, None, _error(413, str(exc)))
         except InvalidBody as exc:
             return done(request, caller, None, _error(422, exc.errors))
+        if gateway.store.is_erased(submission.job_id):  # the consumers would not grade it (CANCEL_TTL_S)
+            return done(request, caller, submission.job_id, _error(409, "job_id was erased; send a new job_id"))
         existing = await find_for(caller, submission.job_id) if submission.named else None
         if existing is not None:
             if existing.request_sha256 != submission.request_sha256:
@@ -304,9 +307,11 @@ def create_app(gateway: Gateway) -> FastAPI:
         return done(request, caller, job_id, JSONResponse(status_body(record)))
 
     @app.delete("/jobs/{job_id:path}", dependencies=by_key)
-    async def cancel(request: Request, job_id: str) -> Response:
+    async def cancel(request: Request, job_id: str, erase: bool = False) -> Response:
         caller = who(request)
         limit_writes(caller)
+        if erase:
+            return await erase_job(request, caller, job_id)
         record = await find_for(caller, job_id)
         if record is None:
             return done(request, caller, job_id, _error(404, "Job not found"))
@@ -320,6 +325,20 @@ def create_app(gateway: Gateway) -> FastAPI:
         logger.info("cancel requested for job %s", job_id)
         answer = JSONResponse({"job_id": job_id, "status": "cancel_requested"}, status_code=202)
         return done(request, caller, job_id, answer)
+
+    async def erase_job(request: Request, caller: Caller, job_id: str) -> Response:
+        """``?erase=true`` (contract 1.2): the owner's or an operator's, finished or not, and also
+        when this gateway no longer holds the job (its data may still be in the job state and the
+        topics). Another tenant's job is unknown, as on every route."""
+        if not caller.sees(job_id):
+            return done(request, caller, job_id, _error(404, "Job not found"))
+        try:
+            await gateway.produce_erase(job_id, caller)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("could not produce the erase of job %s: %s", job_id, type(exc).__name__)
+            return done(request, caller, job_id, _error(503, "Kafka unavailable; nothing was erased, retry later"))
+        logger.info("erase requested for job %s", job_id)
+        return done(request, caller, job_id, JSONResponse(erase_answer(settings, job_id, _now_s()), status_code=202))
 
     @app.get("/health")
     async def health() -> JSONResponse:

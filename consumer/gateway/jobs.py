@@ -20,6 +20,12 @@ event; past ``GATEWAY_MAX_JOBS`` jobs or ``GATEWAY_MAX_BYTES`` bytes of
 events, the oldest finished jobs are dropped first, then the least recently
 active running ones. A dropped job is "not found" afterwards (its
 results stay in the results topic).
+
+Erased jobs (contract 1.2): ``erase`` drops the job (its streams end) and
+remembers its id for ``erased_ttl_s`` (CANCEL_TTL_S, as long as the consumer
+refuses to grade the id): events of it read from the progress topic
+afterwards (in flight at the erase, or replayed by a restarted gateway) are
+ignored, so the job is never re-learnt.
 """
 
 from __future__ import annotations
@@ -100,8 +106,11 @@ class JobRecord:
 
 class JobStore:
     def __init__(self, *, ttl_s: float, max_jobs: int, max_bytes: int,
-                 on_evict: Callable[[EvictReason], None] | None = None) -> None:  # fmt: skip
+                 on_evict: Callable[[EvictReason], None] | None = None,
+                 erased_ttl_s: float = 86400.0) -> None:  # fmt: skip
         self._ttl_s = ttl_s
+        self._erased_ttl_s = erased_ttl_s
+        self._erased: dict[str, float] = {}  # job_id -> unix time of its erase command
         self._max_jobs = max_jobs
         self._max_bytes = max_bytes
         self._on_evict = on_evict
@@ -141,8 +150,22 @@ class JobStore:
         if record is not None:
             self._drop(record)
 
+    def erase(self, job_id: str, at_s: float) -> bool:
+        """An erase command (unix time ``at_s``): drop the job, ignore its events from now on.
+        True when the job was in memory."""
+        self._erased[job_id] = max(at_s, self._erased.get(job_id, 0.0))
+        record = self._active.pop(job_id, None) or self._finished.pop(job_id, None)
+        if record is not None:
+            self._drop(record)
+        return record is not None
+
+    def is_erased(self, job_id: str) -> bool:
+        return job_id in self._erased
+
     def apply(self, event: AnyProgressEvent, raw: str, *, offset: int, timestamp_ms: int) -> StoredEvent | None:
-        """Record one progress event; returns what subscribers get, or None for a repeat."""
+        """Record one progress event; returns what subscribers get, or None for a repeat (or an erased job)."""
+        if event.job_id in self._erased:
+            return None
         now_s = timestamp_ms / 1000.0
         record = self.get(event.job_id)
         if record is None:
@@ -188,7 +211,8 @@ class JobStore:
         return stored
 
     def expire(self, now_s: float) -> None:
-        """Drop jobs with no event for JOB_TTL_SECONDS (finished or not)."""
+        """Drop jobs with no event for JOB_TTL_SECONDS (finished or not), and erase marks past their TTL."""
+        self._erased = {j: at for j, at in self._erased.items() if at >= now_s - self._erased_ttl_s}
         for jobs in (self._finished, self._active):
             for record in [r for r in jobs.values() if r.last_activity_s < now_s - self._ttl_s]:
                 jobs.pop(record.job_id)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from consumer.contract import ControlAction, ControlCommand
+from consumer.erasure import erase_command
 from consumer.gateway.auth import ApiKeys, Caller, keys_from
+from consumer.gateway.erasure import ErasureFollower
 from consumer.gateway.jobs import JobStore
 from consumer.gateway.limits import RateLimiter, StreamSlots
 from consumer.gateway.metrics import GatewayMetrics
@@ -23,6 +26,7 @@ from consumer.gateway.tail import ProgressTail
 from consumer.gateway.tokens import StreamTokens
 from consumer.kafka import client_kwargs, ensure_topics
 from consumer.settings import Settings
+from consumer.tenants import tenant_of
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -46,13 +50,14 @@ class Gateway:
     slots: StreamSlots
     writes: RateLimiter  # per key
     auth_failures: RateLimiter  # per client address
+    erasures: ErasureFollower | None = None  # erase commands from the control topic (None: unit tests' doubles)
 
     @classmethod
     def build(cls, settings: Settings, store: JobStore, tail: ProgressTail, producer: AIOKafkaProducer,
-              metrics: GatewayMetrics, keys: ApiKeys) -> Gateway:  # fmt: skip
+              metrics: GatewayMetrics, keys: ApiKeys, erasures: ErasureFollower | None = None) -> Gateway:  # fmt: skip
         s = settings
         return cls(
-            s, store, tail, producer, metrics, keys,
+            s, store, tail, producer, metrics, keys, erasures=erasures,
             tokens=StreamTokens(keys.key_digests(), s.gateway_stream_token_ttl_s),
             slots=StreamSlots(s.gateway_max_streams, s.gateway_max_streams_per_key),
             writes=RateLimiter(s.gateway_write_rate_per_s, s.gateway_write_burst),
@@ -68,11 +73,22 @@ class Gateway:
     async def produce_cancel(self, job_id: str, caller: Caller) -> None:
         """The command names who sent it (contract 1.2): the consumer honours a
         tenant's cancel only for that tenant's job."""
-        command = ControlCommand(action=ControlAction.CANCEL, job_id=job_id, tenant=caller.tenant, admin=caller.admin)
+        tenant, admin = _acting_for(caller, job_id)
+        command = ControlCommand(action=ControlAction.CANCEL, job_id=job_id, tenant=tenant, admin=admin)
         await self.producer.send_and_wait(
             self.settings.control_topic, value=command.model_dump_json().encode(), key=job_id.encode()
         )
         self.metrics.cancels.inc()
+
+    async def produce_erase(self, job_id: str, caller: Caller) -> None:
+        """The erase command (contract 1.2), then this gateway forgets the job at once; the
+        others forget it when they read the command (``ErasureFollower``)."""
+        tenant, admin = _acting_for(caller, job_id)
+        command = erase_command(job_id, tenant=tenant, admin=admin)
+        await self.producer.send_and_wait(
+            self.settings.control_topic, value=command.model_dump_json().encode(), key=job_id.encode()
+        )
+        self.store.erase(job_id, time.time())
 
     async def wait_caught_up(self) -> bool:
         try:
@@ -86,6 +102,8 @@ class Gateway:
         reasons = []
         if not self.tail.running:
             reasons.append("progress tail stopped")
+        if self.erasures is not None and not self.erasures.running:
+            reasons.append("control topic reader stopped")
         elif not self.tail.caught_up.is_set():
             reasons.append("reading the progress topic")
         if self.store.closing:
@@ -117,6 +135,7 @@ async def gateway_running(settings: Settings, metrics: GatewayMetrics | None = N
         max_jobs=settings.gateway_max_jobs,
         max_bytes=settings.gateway_max_bytes,
         on_evict=lambda reason: metrics.jobs_evicted.labels(reason.value).inc(),
+        erased_ttl_s=settings.cancel_ttl_s,
     )
     producer = AIOKafkaProducer(
         **client_kwargs(settings),
@@ -128,14 +147,26 @@ async def gateway_running(settings: Settings, metrics: GatewayMetrics | None = N
     )
     await producer.start()
     tail = ProgressTail(settings, store, metrics)
+    erasures = ErasureFollower(settings, store)
     try:
+        # Erased jobs first: the tail's replay must not learn them again.
+        await erasures.start()
         await tail.start()
-        yield Gateway.build(settings, store, tail, producer, metrics, keys)
+        yield Gateway.build(settings, store, tail, producer, metrics, keys, erasures)
     finally:
         store.close()
         await asyncio.sleep(0)  # let the streams see it and end
         try:
             await tail.stop()
+            await erasures.stop()
         finally:
             async with asyncio.timeout(settings.kafka_close_timeout_s):
                 await producer.stop()
+
+
+def _acting_for(caller: Caller, job_id: str) -> tuple[str | None, bool]:
+    """Whom a command speaks for (contract 1.2): a tenant's key its tenant, an operator's key
+    ``admin``; on an open gateway (no keys, loopback) anyone is anyone, so the job's own tenant."""
+    if caller.open:
+        return tenant_of(job_id), False
+    return caller.tenant, caller.admin

@@ -98,7 +98,7 @@ class ConsumerApp:
         """Consume until ``stop()``; then drain within the grace period."""
         self._consumer.subscribe([self._settings.requests_topic], listener=self._rebalance)
         await self._watchdog.check()  # know whether the output topics exist before grading anything
-        timers = [asyncio.create_task(self._control.run(self._ledger.cancel))]
+        timers = [asyncio.create_task(self._control.run(self._ledger.cancel, self._ledger.erase))]
         # Cancels of the last CANCEL_TTL_S first: a cancelled job's request must not start.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._control.ready.wait(), self._settings.revoke_timeout_s)

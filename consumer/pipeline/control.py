@@ -5,6 +5,13 @@ command must reach the owner of the job, whoever that is now or later), from
 ``CANCEL_TTL_S`` ago on start, then follows it. Cancels are remembered for
 that long, so a request that arrives after its cancel is never graded.
 A malformed command is logged (coordinates only) and counted, never fatal.
+
+1.2: a command is honoured only when its ``tenant`` owns the job
+(``tenants.tenant_of``; ``erasure.honoured``) or it says ``admin``: anyone who may write the topic
+for one school cannot cancel, pre-cancel or erase another school's job. A
+foreign command is a no-op, counted (``result="foreign"``) and logged by ids.
+An erase is a cancel (the same path, the same TTL: a later request under the
+id is never graded) plus ``on_erase``, which deletes the job's state.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from consumer.contract import ControlAction, ControlCommand
+from consumer.erasure import honoured
 from consumer.kafka import topic_partitions
 from consumer.pipeline.backoff import Backoff
 
@@ -49,15 +57,18 @@ class ControlReader:
         self._topic = topic
         self._ttl_s = ttl_s
         self._backoff = backoff
-        self._cancelled: dict[str, float] = {}  # job_id -> unix time of the command
+        self._cancelled: dict[str, float] = {}  # job_id -> unix time of the command (cancel or erase)
+        self._erased: dict[str, float] = {}  # job_id -> unix time of its erase
         self.ready = asyncio.Event()  # set once the commands of the last ttl_s are read
 
     def is_cancelled(self, job_id: str) -> bool:
         at = self._cancelled.get(job_id)
         return at is not None and time.time() - at <= self._ttl_s
 
-    async def run(self, on_cancel: Callable[[str], None]) -> None:
-        """Follow the topic until cancelled; ``on_cancel(job_id)`` on each job's first cancel."""
+    async def run(self, on_cancel: Callable[[str], None], on_erase: Callable[[str, float], None] | None = None) -> None:
+        """Follow the topic until cancelled; ``on_cancel(job_id)`` on each job's first cancel (or erase),
+        ``on_erase(job_id, until_s)`` after it on each job's first erase (``until_s``: the unix time
+        its TTL ends)."""
         reader = self._make_reader()
         await reader.start()
         try:
@@ -75,7 +86,7 @@ class ControlReader:
                 batches = await reader.getmany(timeout_ms=200)
                 for records in batches.values():
                     for record in records:
-                        self._handle(record, on_cancel)
+                        self._handle(record, on_cancel, on_erase)
                 if not self.ready.is_set():
                     positions = [await reader.position(tp) for tp in partitions]
                     if all(pos >= ends[tp] for pos, tp in zip(positions, partitions, strict=True)):
@@ -96,7 +107,9 @@ class ControlReader:
             failures += 1
             await asyncio.sleep(self._backoff.delay_s(failures))
 
-    def _handle(self, record: object, on_cancel: Callable[[str], None]) -> None:
+    def _handle(
+        self, record: object, on_cancel: Callable[[str], None], on_erase: Callable[[str, float], None] | None
+    ) -> None:
         value = getattr(record, "value", None)
         where = f"{getattr(record, 'partition', '?')}:{getattr(record, 'offset', '?')}"
         try:
@@ -105,19 +118,37 @@ class ControlReader:
             logger.warning("malformed control command at %s: %d errors", where, exc.error_count())
             self._metrics.control_commands.labels(result="malformed").inc()
             return
-        if command.action is ControlAction.CANCEL:
-            timestamp_ms = getattr(record, "timestamp", None)
-            at = timestamp_ms / 1000 if isinstance(timestamp_ms, int) and timestamp_ms > 0 else time.time()
-            if time.time() - at > self._ttl_s:
-                return
-            first = command.job_id not in self._cancelled
-            self._cancelled.setdefault(command.job_id, at)
-            self._metrics.control_commands.labels(result="cancel" if first else "repeated").inc()
-            if first:
-                logger.info("cancel received: job_id=%s", command.job_id)
-                on_cancel(command.job_id)
+        timestamp_ms = getattr(record, "timestamp", None)
+        at = timestamp_ms / 1000 if isinstance(timestamp_ms, int) and timestamp_ms > 0 else time.time()
+        if time.time() - at > self._ttl_s:
+            return
+        if not honoured(command):
+            # Ids only: which job, which tenant asked, where the command is.
+            logger.warning("control command for another tenant's job ignored: action=%s job_id=%s tenant=%s at %s",
+                           command.action.value, command.job_id, command.tenant or "-", where)  # fmt: skip
+            self._metrics.control_commands.labels(result="foreign").inc()
+            return
+        erase = command.action is ControlAction.ERASE
+        first = command.job_id not in self._cancelled
+        first_erase = erase and command.job_id not in self._erased
+        self._cancelled.setdefault(command.job_id, at)
+        if erase:  # an erase after a cancel holds for its own TTL
+            self._erased.setdefault(command.job_id, at)
+            self._cancelled[command.job_id] = max(self._cancelled[command.job_id], at)
+        self._metrics.control_commands.labels(
+            result="erase" if first_erase else "cancel" if first and not erase else "repeated"
+        ).inc()
+        if first:
+            logger.info("%s received: job_id=%s", command.action.value, command.job_id)
+            on_cancel(command.job_id)
+        if first_erase:
+            if not first:
+                logger.info("erase received: job_id=%s", command.job_id)
+            if on_erase is not None:
+                on_erase(command.job_id, at + self._ttl_s)
 
     def _expire(self) -> None:
         horizon = time.time() - self._ttl_s
         for job_id in [j for j, at in self._cancelled.items() if at < horizon]:
             del self._cancelled[job_id]
+            self._erased.pop(job_id, None)

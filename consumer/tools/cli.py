@@ -39,6 +39,8 @@ examples:
       grade a file on this machine, without Kafka
   texteval cancel school-42/term-1
       stop grading a job (the texts graded so far keep their results)
+  texteval erase school-42/term-1 --tenant school-42
+      erase a job's data; prints what stays in the topics, and until when
   texteval run
       the grading service itself, until SIGTERM
   texteval gateway
@@ -232,9 +234,11 @@ async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
 
     from consumer.contract import ControlAction, ControlCommand
     from consumer.kafka import KafkaSetupError, check_connection, client_kwargs
+    from consumer.tenants import tenant_of
 
     try:
-        command = ControlCommand(action=ControlAction.CANCEL, job_id=args.job_id)
+        # Acts for the job's own tenant (1.2: a command for another tenant's job is ignored).
+        command = ControlCommand(action=ControlAction.CANCEL, job_id=args.job_id, tenant=tenant_of(args.job_id))
     except ValidationError:
         print("cancel: not a valid job_id (1-128 characters of A-Z a-z 0-9 . _ : / -)", file=sys.stderr)
         return 2
@@ -326,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="produce a cancel command for a job")
     cancel.add_argument("job_id")
     cancel.set_defaults(run=lambda a, s: asyncio.run(_cancel(a, s)))
+
+    from consumer.tools.erase import add_erase_command  # contract 1.2
+
+    add_erase_command(sub)
 
     from consumer.tools.loop_commands import add_loop_commands  # correct, agreement, export-training
 

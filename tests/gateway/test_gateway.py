@@ -441,7 +441,8 @@ async def test_texteval_cancel_produces_the_control_command(
     assert ok.returncode == 0, ok.stderr
     assert bad.returncode == 2 and "job_id" in bad.stderr
     assert [(r.key, json.loads(r.value or b"")) for r in commands] == [
-        (b"school/j-1", {"schema_version": 1, "action": "cancel", "job_id": "school/j-1"})
+        # 1.2: it acts for the job's own tenant (a command naming no one is ignored for a tenant's job).
+        (b"school/j-1", {"schema_version": 1, "action": "cancel", "job_id": "school/j-1", "tenant": "school"})
     ]
 
 

@@ -110,6 +110,14 @@ class Ledger:
         self._metrics.jobs_cancelled.inc()
         logger.info("job cancelled: job_id=%s", job_id)
 
+    def erase(self, job_id: str, until_s: float) -> None:
+        """An erase command (control topic), after its cancel: the job's state is deleted (a
+        tombstone, written with the next ``save``) and none is written for it until ``until_s``
+        (unix time); its run, if any, may no longer write it (its lease is gone)."""
+        self._leases.pop(job_id, None)
+        self._store.erase(job_id, until_s)
+        logger.info("job state erased: job_id=%s", job_id)
+
     def ended(self, lease: Lease) -> None:
         """The run's task is over, however it ended (its last progress is taken first)."""
         tracked = self._runs.get(lease)

@@ -6,6 +6,11 @@ Writes are batched: ``put``/``delete`` mark a job, ``flush`` writes every
 marked one and waits for the broker's acknowledgements (before each offset
 commit). A finished job past ``retention_s`` is deleted (a tombstone) when
 its partition is loaded and by ``expire``, which the ledger calls on a timer.
+
+Erasure (contract 1.2): ``erase`` deletes a job's state now and keeps the id
+out until the erase's TTL ends: a ``put`` of it is dropped (a re-sent request
+is answered ``cancelled`` without a new record), and a record of it read by a
+later ``load`` (the last owner died before its tombstone) is deleted again.
 """
 
 from __future__ import annotations
@@ -50,11 +55,14 @@ class JobStateStore:
         self._states: dict[str, JobState] = {}
         self._dirty: set[str] = set()
         self._deleted: dict[str, int] = {}  # job_id -> partition, tombstones to write
+        self._erased: dict[str, float] = {}  # job_id -> unix time until which no record of it is kept
 
     def get(self, job_id: str) -> JobState | None:
         return self._states.get(job_id)
 
     def put(self, state: JobState) -> None:
+        if self._erased.get(state.job_id, 0.0) > self._clock():
+            return  # erased: nothing of it is written again within the erase's TTL
         state.updated_at = self._clock()
         self._states[state.job_id] = state
         self._dirty.add(state.job_id)
@@ -64,6 +72,11 @@ class JobStateStore:
         if (state := self._states.pop(job_id, None)) is not None:
             self._dirty.discard(job_id)
             self._deleted[job_id] = state.partition
+
+    def erase(self, job_id: str, until_s: float) -> None:
+        """Delete the job's state (a tombstone on the next ``flush``) and keep it out until ``until_s``."""
+        self._erased[job_id] = max(until_s, self._erased.get(job_id, 0.0))
+        self.delete(job_id)
 
     def __len__(self) -> int:
         return len(self._states)
@@ -97,9 +110,13 @@ class JobStateStore:
 
     def expire(self) -> int:
         """Delete the finished jobs past the retention (written by the next ``flush``); returns how many."""
-        horizon = self._clock() - self._retention_s
+        now = self._clock()
+        horizon = now - self._retention_s
         old = [s.job_id for s in self._states.values() if s.finished and s.updated_at < horizon]
         for job_id in old:
+            self.delete(job_id)
+        self._erased = {job_id: until for job_id, until in self._erased.items() if until > now}
+        for job_id in [j for j in self._erased if j in self._states]:  # read back by a load
             self.delete(job_id)
         return len(old)
 

@@ -1,0 +1,132 @@
+"""What erasing a job removes at once, and what only retention removes, until when (contract 1.2).
+
+The design (docs/privacy.md, "Erasing a job"): what texteval keeps *per job*
+is removed at once: every gateway's memory (each reads the erase command
+from the control topic and drops the job, and never re-learns it from the
+progress topic while the command is in force) and the job-state record (the
+consumer that owns the job's partition writes its tombstone). The topics
+keep their records until retention deletes them: today's readers rely on
+their keys and shapes (results and progress keyed by ``job_id``, several
+results in one ``batch_complete`` event), so neither per-result tombstones
+on a compacted topic nor per-job encryption keys (crypto-shredding) could be
+added without a new ``schema_version``; instead every topic's retention is
+bounded (``deploy/kafka/create-topics.sh``: gone within retention + 10%),
+and the answer says until when each may still hold the job's data.
+
+The retention times are ``create-topics.sh``'s defaults (a test runs the
+script and compares): a topic created or altered otherwise keeps its own.
+Here at the ground layer because the gateway (``DELETE /jobs/{id}?erase=true``)
+and the command line (``texteval erase``) give the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from consumer.contract import ControlAction, ControlCommand
+from consumer.settings import Settings
+from consumer.tenants import tenant_of
+
+DAY_S = 86_400
+# The broker's log.retention.check.interval.ms default (create-topics.sh's assumption), in seconds.
+RETENTION_CHECK_S = 300
+# create-topics.sh's retention.ms of each topic, in seconds (the DLTs: KAFKA_DLT_RETENTION_MS's default).
+REQUESTS_RETENTION_S = 7 * DAY_S
+RESULTS_RETENTION_S = 14 * DAY_S
+PROGRESS_RETENTION_S = 1 * DAY_S
+DLT_RETENTION_S = REQUESTS_RETENTION_S
+CORRECTIONS_RETENTION_S = RESULTS_RETENTION_S
+
+
+def segment_s(retention_s: float) -> float:
+    """create-topics.sh's segment.ms rule (retention / 10 - the check interval), in seconds."""
+    return retention_s / 10 - RETENTION_CHECK_S
+
+
+@dataclass(frozen=True, slots=True)
+class RetainedPlace:
+    """A topic that may still hold the erased job's data, and until when at the latest."""
+
+    topic: str
+    holds: str
+    retention_s: float
+    segment_s: float
+    gone_by_s: float  # unix time: now + retention + segment + the broker's check interval
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "place": self.topic,
+            "holds": self.holds,
+            "retention_s": int(self.retention_s),
+            "segment_s": int(self.segment_s),
+            "gone_by": _iso(self.gone_by_s),
+        }
+
+
+def retained_places(settings: Settings, now_s: float) -> list[RetainedPlace]:
+    """Every topic where a job's data stays after its erase, with its latest deletion time."""
+    s = settings
+    places = [
+        (s.requests_topic, "the request: texts, id_alumno, curso, consigna", REQUESTS_RETENTION_S),
+        (s.results_topic, "one result per text: id_alumno, grade, feedback", RESULTS_RETENTION_S),
+        (s.progress_topic, "progress events: id_alumno, grade, feedback of every result", PROGRESS_RETENTION_S),
+        (s.dlt_topic, "the request whole, if it was rejected (e.g. job_id_conflict)", DLT_RETENTION_S),
+        (s.corrections_topic, "teachers' corrections: grade, feedback, comment", CORRECTIONS_RETENTION_S),
+        (s.corrections_dlt_topic, "corrections that could not be read, whole", DLT_RETENTION_S),
+    ]
+    return [
+        RetainedPlace(topic, holds, retention, segment_s(retention), gone_by_s(now_s, retention))
+        for topic, holds, retention in places
+    ]
+
+
+def gone_by_s(now_s: float, retention_s: float) -> float:
+    """A record written at ``now_s`` is deleted by then at the latest (docs/privacy.md,
+    "Retention that holds"): retention, plus its segment's time open, plus the broker's check."""
+    return now_s + retention_s + segment_s(retention_s) + RETENTION_CHECK_S
+
+
+def erased_now(settings: Settings) -> list[dict[str, object]]:
+    """The places the erase empties at once (once the command is read)."""
+    state_segment_s = segment_s(settings.job_id_retention_s)
+    return [
+        {
+            "place": "gateway memory",
+            "detail": "every gateway drops the job's events and results, and ignores the job's progress "
+            f"events for {int(settings.cancel_ttl_s)} s (CANCEL_TTL_S): this one now, the others "
+            "when they read the command from the control topic (also one started later)",
+        },
+        {
+            "place": settings.checkpoints_topic,
+            "detail": "the job-state record is deleted (a tombstone from the consumer that owns the job's "
+            f"partition); compaction removes the old value within {int(state_segment_s)} s "
+            "(max.compaction.lag.ms); the job is cancelled if it runs, and a request under its id "
+            f"is not graded for {int(settings.cancel_ttl_s)} s (CANCEL_TTL_S)",
+        },
+    ]
+
+
+def erase_answer(settings: Settings, job_id: str, now_s: float) -> dict[str, object]:
+    """The answer of ``DELETE /jobs/{id}?erase=true`` and ``texteval erase``."""
+    return {
+        "job_id": job_id,
+        "status": "erase_requested",
+        "erased_now": erased_now(settings),
+        "kept_until_retention": [place.as_json() for place in retained_places(settings, now_s)],
+        "outside": "files already written (results downloads, CLI --out files) and downstream readers' copies",
+    }
+
+
+def erase_command(job_id: str, *, tenant: str | None, admin: bool) -> ControlCommand:
+    """The erase command; pydantic's ValidationError for a job id the contract refuses."""
+    return ControlCommand(action=ControlAction.ERASE, job_id=job_id, tenant=tenant, admin=admin)
+
+
+def honoured(command: ControlCommand) -> bool:
+    """The contract's rule (1.2, "Tenants"): a command acts on a job of its own tenant, or an operator's."""
+    return command.admin or command.tenant == tenant_of(command.job_id)
+
+
+def _iso(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

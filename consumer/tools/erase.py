@@ -1,0 +1,74 @@
+"""``texteval erase JOB_ID``: erase a job's data (contract 1.2, "Erasure").
+
+Produces the erase command to the control topic and prints what that
+removes at once and what stays in the topics until retention removes it
+(``consumer.erasure``: the same answer as ``DELETE /jobs/{id}?erase=true``).
+
+The command says on whose behalf it speaks, because the consumers and
+gateways honour it only for a job of that tenant or from an operator: for a
+job of a tenant (``school-42/...``) pass ``--tenant school-42`` or
+``--admin``. Erasure cannot be undone, so the command line does not guess;
+a ``--tenant`` that does not own the job is refused here rather than
+produced as a command every reader would ignore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from consumer.erasure import erase_answer, erase_command, honoured
+from consumer.tenants import tenant_of
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
+
+
+def add_erase_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    import asyncio
+
+    erase = sub.add_parser(
+        "erase",
+        help="erase a job's data: cancel it, delete its job state, make every gateway forget it; "
+        "prints what stays in the topics until when",
+    )
+    erase.add_argument("job_id")
+    erase.add_argument("--tenant", default=None, help="act for this tenant (it must own the job)")
+    erase.add_argument("--admin", action="store_true", help="act as an operator (any job)")
+    erase.set_defaults(run=lambda a, s: asyncio.run(erase_job(a, s)))
+
+
+async def erase_job(args: argparse.Namespace, settings: Settings) -> int:
+    from aiokafka import AIOKafkaProducer
+    from pydantic import ValidationError
+
+    from consumer.kafka import KafkaSetupError, check_connection, client_kwargs
+
+    try:
+        command = erase_command(args.job_id, tenant=args.tenant, admin=args.admin)
+    except ValidationError:
+        print("erase: not a valid job_id or tenant (1-128 characters of A-Z a-z 0-9 . _ : / -)", file=sys.stderr)
+        return 2
+    if not honoured(command):
+        owner = tenant_of(args.job_id)
+        print(f"erase: {args.job_id} belongs to tenant {owner}: pass --tenant {owner} or --admin "
+              "(a command for another tenant's job is ignored)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        await check_connection(settings)
+    except KafkaSetupError as exc:
+        print(f"erase: cannot use Kafka: {exc}", file=sys.stderr)
+        return 2
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.control_topic, value=command.model_dump_json().encode(), key=args.job_id.encode()
+        )
+    finally:
+        await producer.stop()
+    print(json.dumps(erase_answer(settings, args.job_id, time.time()), indent=2, ensure_ascii=False))
+    return 0
