@@ -74,7 +74,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused) -> JSONResponse:
         gateway.metrics.limited.labels(exc.limit).inc()
-        audit(None, request.scope.get("route"), request.path_params.get("job_id"), 429, exc.limit)
+        audit(None, request.scope.get("route"), request.path_params.get("job_id"), 429, f"limit={exc.limit}")
         return _error(429, exc.detail, {"Retry-After": str(exc.retry_after_s)})
 
     def peer(request: Request) -> str:
@@ -142,11 +142,11 @@ def create_app(gateway: Gateway) -> FastAPI:
             action,
             "-" if job_id is None else loggable_id(job_id),
             status,
-            f" limit={note}" if note else "",
+            f" {note}" if note else "",
         )
 
-    def done(request: Request, caller: Caller, job_id: str | None, response: Response) -> Response:
-        audit(caller, request.scope.get("route"), job_id, response.status_code)
+    def done(request: Request, caller: Caller, job_id: str | None, response: Response, note: str = "") -> Response:
+        audit(caller, request.scope.get("route"), job_id, response.status_code, note)
         return response
 
     async def find(job_id: str) -> JobRecord | None:
@@ -329,16 +329,20 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def erase_job(request: Request, caller: Caller, job_id: str) -> Response:
         """``?erase=true`` (contract 1.2): the owner's or an operator's, finished or not, and also
         when this gateway no longer holds the job (its data may still be in the job state and the
-        topics). Another tenant's job is unknown, as on every route."""
+        topics). Another tenant's job is unknown, as on every route. The audit line says erase."""
+
+        def erased(response: Response) -> Response:
+            return done(request, caller, job_id, response, "erase=true")
+
         if not caller.sees(job_id):
-            return done(request, caller, job_id, _error(404, "Job not found"))
+            return erased(_error(404, "Job not found"))
         try:
             await gateway.produce_erase(job_id, caller)
         except Exception as exc:  # noqa: BLE001
             logger.warning("could not produce the erase of job %s: %s", job_id, type(exc).__name__)
-            return done(request, caller, job_id, _error(503, "Kafka unavailable; nothing was erased, retry later"))
+            return erased(_error(503, "Kafka unavailable; nothing was erased, retry later"))
         logger.info("erase requested for job %s", job_id)
-        return done(request, caller, job_id, JSONResponse(erase_answer(settings, job_id, _now_s()), status_code=202))
+        return erased(JSONResponse(erase_answer(settings, job_id, _now_s()), status_code=202))
 
     @app.get("/health")
     async def health() -> JSONResponse:

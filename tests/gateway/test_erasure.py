@@ -3,12 +3,15 @@ process (``gateway_serving``) and a consumer with the fake engine, as in
 test_gateway.py. After an erase no gateway route gives anything of the job
 (also a gateway started afterwards, which replays the progress topic that
 still holds the job's events), its job-state record is a tombstone, and a
-re-sent request is not graded; another tenant's commands change nothing."""
+re-sent request is not graded; another tenant's commands change nothing.
+The route's answer and audit line, and the job store's erase marks, also as
+units (the gateway double)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -34,25 +37,16 @@ from consumer.testing.topics import (
     values,
     wait_for,
 )
-from tests.gateway.gateway_double import EVENT, accepted
+from tests.gateway.gateway_double import EVENT, KEY_A, KEY_ADMIN, KEY_B, TWO_TENANTS, accepted, bearer, harness, item
 from tests.gateway.test_gateway import sse_events
 from tests.kafka_harness import TopicNames
-
-KEY_A = "school-a-key-" + "A" * 32
-KEY_B = "school-b-key-" + "B" * 32
-KEY_ADMIN = "operator-key-" + "Z" * 32
-KEYS = {"GATEWAY_API_KEYS": f"school-a={KEY_A},school-b={KEY_B}", "GATEWAY_ADMIN_KEYS": KEY_ADMIN}
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
 async def settings(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
 ) -> AsyncIterator[Settings]:
-    built = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, BATCH_SIZE=5, **KEYS)
+    built = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, BATCH_SIZE=5, **TWO_TENANTS)
     await create_topics(kafka_bootstrap, built.service_topics())
     yield built
 
@@ -227,3 +221,25 @@ def test_the_job_store_forgets_an_erased_job_ignores_its_later_events_and_its_ma
     store.expire(1001.0 + 86400 + 1)  # the mark lives as long as the consumers refuse the id
     assert not store.is_erased("school-a/j")
     assert feed(accepted("school-a/j", 2), 3, 1001.0 + 86400 + 2) is not None
+
+
+def test_the_erase_route_names_its_sender_audits_it_and_refuses_the_erased_id(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="consumer.gateway.audit")
+    h = harness(**TWO_TENANTS)
+    h.client.post("/evaluate", json={"job_id": "j", "items": [item()]}, headers=bearer(KEY_A))
+    h.feed(accepted("school-a/j", 1))
+    foreign = h.client.delete("/jobs/school-a/j", params={"erase": "true"}, headers=bearer(KEY_B))
+    owner = h.client.delete("/jobs/school-a/j", params={"erase": "true"}, headers=bearer(KEY_A))
+    operator = h.client.delete("/jobs/school-b/never-seen", params={"erase": "true"}, headers=bearer(KEY_ADMIN))
+    reuse = h.client.post("/evaluate", json={"job_id": "j", "items": [item()]}, headers=bearer(KEY_A))
+    assert foreign.status_code == 404 and owner.status_code == 202 and operator.status_code == 202
+    assert reuse.status_code == 409 and "erased" in reuse.json()["detail"]
+    assert h.client.get("/jobs/school-a/j", headers=bearer(KEY_A)).status_code == 404
+    assert [c for c in h.sent(h.gateway.settings.control_topic) if c["action"] == "erase"] == [
+        {"schema_version": 1, "action": "erase", "job_id": "school-a/j", "tenant": "school-a"},
+        {"schema_version": 1, "action": "erase", "job_id": "school-b/never-seen", "admin": True},
+    ]
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "consumer.gateway.audit" and "DELETE" in r.getMessage()
+    ]
+    assert len(lines) == 3 and all(line.endswith("erase=true") for line in lines), lines
