@@ -66,6 +66,7 @@ class ConsumerApp:
         self._control = control  # cancel commands
         self.scheduler = scheduler  # between the job runs and the engine: decides what the engine runs next
         metrics.expect_dead_letter_reasons([*RejectReason, "too_large_to_fetch"])
+        metrics.expect_model(engine.model_name)
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._committer = Committer(
             consumer, self._tracker, metrics, interval_s=settings.commit_interval_ms / 1000, before_commit=ledger.save
