@@ -125,6 +125,11 @@ class Metrics:
             self.job_duration_seconds.labels(size=size)
         self.engine_up = Gauge("texteval_engine_up", "1 when the engine is loaded and healthy", registry=r)
         self.kafka_up = Gauge("texteval_kafka_up", "1 when the consumer holds its group membership", registry=r)
+        self.canary_passed = Gauge(
+            "texteval_canary_passed",
+            "1 once the start-up canary (CANARY_FILE) passed or the engine is ready without one; else 0",
+            registry=r,
+        )
         self.fetch_errors = Counter(
             "texteval_fetch_errors",
             "Errors fetching requests: undecodable_record (moved past, to the DLT), fetch_failed (retried)",

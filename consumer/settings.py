@@ -118,6 +118,18 @@ class Settings(BaseSettings):
     # any model. The CPU stand-in on the 20 sample items: confidence 0.27-0.55
     # (median 0.44), 18 flagged, rightly: it is no grader (consumer/engine/confidence.py).
     review_confidence: float = Field(default=DEFAULT_REVIEW_CONFIDENCE, ge=0, le=1, alias="REVIEW_CONFIDENCE")
+    # A known-answer check before ready (issue 22.5): JSONL lines
+    # {"item": {...}, "nota": N} with the grades a validated deployment gave;
+    # graded after the engine loads and before the consumer joins its group.
+    # A miss keeps /health 503 with the reason and nothing is consumed.
+    canary_file: Path | None = Field(default=None, alias="CANARY_FILE")
+    # Allowed |nota - recorded nota| per canary item; every item must be within
+    # it (an error outcome is always a miss). 0: sampling is at temperature 0.1
+    # with a fixed seed, so a validated model regrades its canary exactly (the
+    # stand-in did, over repeated runs); a wrong model, tokenizer or template
+    # misses by several points on some item. Raise to 1 only for a model whose
+    # recorded grades were seen to move between runs.
+    canary_tolerance: int = Field(default=0, ge=0, le=5, alias="CANARY_TOLERANCE")
 
     _feedback_chars: int = PrivateAttr(default=DEFAULT_FEEDBACK_MAX_CHARS)
 

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from consumer.engine.base import GradingEngine
+from consumer.engine.canary import CanaryFileError, CanaryItem, load_canary, run_canary
 from consumer.health import HealthReport
 from consumer.http import HttpServer, create_app
 from consumer.kafka import KafkaSetupError, check_connection, client_kwargs, ensure_topics, topic_partitions
@@ -194,11 +195,33 @@ class _ServiceHealth:
     def __init__(self) -> None:
         self.app: ConsumerApp | None = None
         self.phase = "starting"
+        self.model_loaded = False
+        self.canary: str | None = None  # "running", "passed", "failed"; None without CANARY_FILE
 
     def health_report(self) -> HealthReport:
         if self.app is None:
-            return HealthReport(ready=False, reasons=[self.phase], body={"model_loaded": False, "active_jobs": 0})
+            body: dict[str, object] = {"model_loaded": self.model_loaded, "active_jobs": 0}
+            if self.canary is not None:
+                body["canary"] = self.canary
+            return HealthReport(ready=False, reasons=[self.phase], body=body)
         return self.app.health_report()
+
+
+async def _canary_passes(
+    engine: GradingEngine, canary: list[CanaryItem], settings: Settings, metrics: Metrics, health: _ServiceHealth
+) -> bool:
+    health.phase = "canary running"
+    health.canary = "running"
+    metrics.canary_passed.set(0)
+    verdict = await run_canary(engine, canary, tolerance=settings.canary_tolerance)
+    if verdict.passed:
+        health.canary = "passed"
+        logger.info("%s in %.1f s", verdict.reason(), verdict.duration_s)
+        return True
+    health.canary = "failed"
+    health.phase = verdict.reason()  # ids, indexes and grades only
+    logger.error("%s; not consuming (fix the model or CANARY_FILE, then restart)", health.phase)
+    return False
 
 
 async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
@@ -220,14 +243,28 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
+        # A bad canary file fails before minutes of loading the model.
+        canary = load_canary(settings.canary_file) if settings.canary_file is not None else None
+    except CanaryFileError as exc:
+        logger.error("cannot start: %s", exc)
+        await http.stop()
+        return 2
+    try:
         # A wrong password, TLS setting or address fails here in seconds with
         # the setting to fix, not after minutes of loading the model.
         health.phase = "checking Kafka"
         await check_connection(settings)
         health.phase = "engine loading"
         engine = engine or await build_engine(settings)
+        health.model_loaded = True
         if stop.is_set():
             return 0
+        if canary is not None and not await _canary_passes(engine, canary, settings, metrics, health):
+            # Never grade real jobs with a model that fails its canary: stay
+            # out of the group, unready with the reason, until told to stop.
+            await stop.wait()
+            return 0
+        metrics.canary_passed.set(1)
         if settings.kafka_create_topics:
             await ensure_service_topics(settings)
         health.phase = "joining the consumer group"
