@@ -65,6 +65,10 @@ def dump_canary(items: list[CanaryItem]) -> str:
     return "".join(json.dumps(entry.model_dump(mode="json"), ensure_ascii=False) + "\n" for entry in items)
 
 
+def write_canary(path: Path, items: list[CanaryItem]) -> None:
+    path.write_text(dump_canary(items), encoding="utf-8")
+
+
 @dataclass(frozen=True, slots=True)
 class CanaryMiss:
     index: int  # 1-based line among the canary items
@@ -127,3 +131,29 @@ async def run_canary(engine: GradingEngine, items: list[CanaryItem], *, toleranc
         grades=tuple(outcome.nota for outcome in outcomes),
         duration_s=loop.time() - started,
     )
+
+
+class CanaryRecordError(RuntimeError):
+    """The engine cannot give these items a canary: an error outcome, or grades that moved between runs."""
+
+
+async def record_canary(engine: GradingEngine, items: list[Item], *, runs: int = 2) -> list[CanaryItem]:
+    """The engine's grades of ``items`` as a canary, graded ``runs`` times.
+
+    Run on a deployment already validated (its grades checked by people): an
+    item the engine cannot grade, or whose grade moves between runs, would
+    make the canary fail a healthy model, so it is refused with its index.
+    """
+    placeholder = [CanaryItem(item=item, nota=0) for item in items]
+    seen: list[tuple[int | None, ...]] = []
+    for _ in range(max(1, runs)):
+        seen.append((await run_canary(engine, placeholder, tolerance=5)).grades)
+    problems = []
+    for index, grades in enumerate(zip(*seen, strict=True), start=1):
+        if None in grades:
+            problems.append(f"item {index}: error outcome")
+        elif len(set(grades)) > 1:
+            problems.append(f"item {index}: grades {'/'.join(str(grade) for grade in grades)} across runs")
+    if problems:
+        raise CanaryRecordError("; ".join(problems))
+    return [CanaryItem(item=item, nota=grade) for item, grade in zip(items, seen[0], strict=True) if grade is not None]

@@ -109,6 +109,31 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _canary_record(args: argparse.Namespace, settings: Settings) -> int:
+    """Record a start-up canary on a deployment whose grades people have validated (docs/models.md)."""
+    from consumer.engine.canary import CanaryRecordError, record_canary, write_canary
+    from consumer.engine.factory import build_engine
+    from consumer.tools.files import InputFileError, read_items
+
+    try:
+        items = read_items(Path(args.file), settings.max_items_per_job)
+    except (InputFileError, OSError) as exc:
+        print(f"cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    engine = await build_engine(settings)
+    try:
+        canary = await record_canary(engine, items, runs=args.runs)
+    except CanaryRecordError as exc:
+        print(f"not recorded: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await engine.close()
+    write_canary(Path(args.out), canary)
+    grades = ", ".join(f"{entry.item.id_alumno}={entry.nota}" for entry in canary)
+    print(f"{args.out}: {len(canary)} items for {engine.model_name} ({grades}); set CANARY_FILE to it")
+    return 0
+
+
 async def _grade(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
@@ -311,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--out", default="results.csv", help=".csv or .jsonl")
     grade.add_argument("--job-id", default=None, help="default: file:<file name>")
     grade.set_defaults(run=lambda a, s: asyncio.run(_grade(a, s)))
+
+    canary = sub.add_parser("canary-record", help="grade items with this deployment's model into a CANARY_FILE")
+    canary.add_argument("file", help="JSON, JSONL or CSV items (a handful, grades spread over 0..5)")
+    canary.add_argument("--out", required=True, help="the canary JSONL to write")
+    canary.add_argument("--runs", type=int, default=2, help="grade this many times; refuse grades that move")
+    canary.set_defaults(run=lambda a, s: asyncio.run(_canary_record(a, s)))
 
     render = sub.add_parser("render-prompt", help="item JSON on stdin -> exact prompt on stdout")
     render.add_argument(

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from consumer.contract import Item
-from consumer.engine.canary import CanaryFileError, CanaryItem, dump_canary, load_canary, run_canary
+from consumer.engine.canary import (
+    CanaryFileError,
+    CanaryItem,
+    CanaryRecordError,
+    dump_canary,
+    load_canary,
+    record_canary,
+    run_canary,
+)
 from consumer.engine.fake import FakeEngine, deterministic_script
 from consumer.engine.output import Generation
 
@@ -132,3 +140,23 @@ def test_empty_or_missing_file_is_refused(tmp_path: Path) -> None:
         load_canary(empty)
     with pytest.raises(CanaryFileError, match="cannot read it"):
         load_canary(tmp_path / "missing.jsonl")
+
+
+async def test_record_gives_the_engines_grades_which_then_pass() -> None:
+    recorded = await record_canary(FakeEngine(), items(5), runs=2)
+    assert [entry.nota for entry in recorded] == [fake_grade(item) for item in items(5)]
+    assert (await run_canary(FakeEngine(), recorded, tolerance=0)).passed
+
+
+async def test_record_refuses_a_grade_that_moves_between_runs() -> None:
+    calls = {"C2": 0}
+
+    def drifting(item: Item, attempt: int) -> Generation:
+        if item.id_alumno != "C2":
+            return deterministic_script(item, attempt)
+        calls["C2"] += 1
+        nota = calls["C2"] % 2 + 2  # 3 on the first run, 2 on the second
+        return Generation(text=json.dumps({"nota": nota, "feedback": "Bé."}), finish_reason="stop", output_tokens=5)
+
+    with pytest.raises(CanaryRecordError, match=r"^item 2: grades 3/2 across runs$"):
+        await record_canary(FakeEngine(script=drifting), items(3), runs=2)
