@@ -494,9 +494,6 @@ async def exported(kafka_bootstrap: str, kafka_group_kwargs: dict[str, int]) -> 
     topics = TopicNames.unique()
     settings = make_settings(kafka_bootstrap, topics, kafka_group_kwargs)
     metrics = Metrics()
-    # The grade series are labelled by model; the consumer creates them at start
-    # once the pipeline calls expect_model (issue 22). Until then, here.
-    metrics.expect_model(FakeEngine().model_name)
     graded = items(3)
     graded[1]["respuesta"] = "paraula " * 2400  # past the fake engine's context: an input_too_long result
     async with running(settings, FakeEngine(), metrics) as app, gateway_serving(settings) as (gateway, base):

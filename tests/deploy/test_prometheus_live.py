@@ -56,9 +56,6 @@ GRAFANA_VARIABLES = {"$instance": ".*", "$__rate_interval": "1m"}
 # the gateway's, if its target line below is removed).
 OPTIONAL_PREFIXES = {
     "texteval_gateway_": "the gateway (texteval gateway) is not among the scrape targets",
-    # Until the pipeline names its model at start and counts each grade (issue 22:
-    # Metrics.expect_model / observe_grade). Remove once it does, so a lost call fails here.
-    "texteval_grade": "the consumer does not export grade series yet (Metrics.expect_model not called)",
 }
 # Week-over-week comparisons (the drift alerts, "a week before" lines) look at data
 # a week old, which this run has not: their data is required without the offset
