@@ -43,14 +43,13 @@ from consumer.contract import (
     ErrorCode,
     EvaluationResult,
     ItemStatus,
-    ItemSummary,
     ProgressFigures,
 )
 from consumer.engine.base import GradeOutcome, GradingEngine
 from consumer.metrics import Metrics, job_size_bucket
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobstate import Progress
-from consumer.pipeline.results import build_result
+from consumer.pipeline.results import build_result, build_summary
 from consumer.pipeline.scheduler import Scheduler, Ticket
 from consumer.pipeline.sinks import Sinks
 
@@ -58,6 +57,19 @@ logger = logging.getLogger(__name__)
 
 
 _ENGINE_FAULTS = frozenset({ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_TIMEOUT})
+
+
+def _flagged(outcome: GradeOutcome) -> int | None:
+    """1 or 0 for a result that carries a grade distribution (contract 1.2), else None."""
+    sure = outcome.grade_confidence
+    return None if sure is None else int(sure.needs_review)
+
+
+def _add(count: int | None, more: int | None) -> int | None:
+    """A ``needs_review`` count: it stays None (absent) until some result carried a distribution."""
+    return count if more is None else (count or 0) + more
+
+
 _ABORT_SEND_TIMEOUT_S = 1.0  # an aborted run's last progress event: sent now or not at all
 
 
@@ -113,6 +125,9 @@ class JobRun:
         self._acked_ok = self._prior_succeeded = prior.succeeded
         self._acked_failed = self._prior_failed_n = prior.failed
         self._prior_elapsed_s = prior.elapsed_s
+        # 1.2: ok results flagged needs_review; None until one carries a distribution.
+        self._acked_review = self._prior_review = prior.needs_review
+        self._review_here: int | None = None  # of the results this run sent
         # Outcomes graded and not yet acknowledged: a failed run leaves here
         # what its retry publishes without grading (``carried``).
         self._carried = {i: o for i, o in (carried or {}).items() if i not in self._acked}
@@ -133,7 +148,7 @@ class JobRun:
     @property
     def progress(self) -> Progress:
         """What the broker acknowledged so far, earlier owners included: what the job state keeps."""
-        return Progress(frozenset(self._acked), self._acked_ok, self._acked_failed, self.elapsed_s)
+        return Progress(frozenset(self._acked), self._acked_ok, self._acked_failed, self.elapsed_s, self._acked_review)
 
     def request_cancel(self) -> None:
         """Stop grading: the job ends with a ``cancelled`` event (contract 1.1)."""
@@ -179,6 +194,7 @@ class JobRun:
                     data=CompleteData(
                         total_processed=total, succeeded=self._prior_succeeded + ok,
                         failed=self._prior_failed_n + failed, total_time_seconds=round(self.elapsed_s, 3),
+                        needs_review=_add(self._prior_review, self._review_here),
                     ),
                 )  # fmt: skip
             acks.append(await self._sinks.progress(terminal))
@@ -230,6 +246,7 @@ class JobRun:
                     # Counted once sent: an abort during the send leaves it out of the figures.
                     received += 1
                     succeeded += finished.outcome.status is ItemStatus.OK
+                    self._review_here = _add(self._review_here, _flagged(finished.outcome))
                     result_acks[finished.index] = ack
                     acks.append(ack)
                     if not finished.carried:  # counted when it was graded
@@ -274,6 +291,7 @@ class JobRun:
                 self.unacked.pop(f.index, None)
                 if f.outcome.status is ItemStatus.OK:
                     self._acked_ok += 1
+                    self._acked_review = _add(self._acked_review, _flagged(f.outcome))
                 else:
                     self._acked_failed += 1
 
@@ -295,16 +313,7 @@ class JobRun:
         graded_here = done - self.resumed_items
         per_item = elapsed / graded_here if graded_here else 0.0
         remaining_s = self._scheduler.estimate_s(self._ticket) if self._ticket is not None and done < total else 0.0
-        summaries = [
-            ItemSummary(
-                id_alumno=self.job.items[f.index].id_alumno,
-                item_index=f.index,
-                status=f.outcome.status,
-                nota=f.outcome.nota,
-                feedback=f.outcome.feedback,
-            )
-            for f in batch
-        ]
+        summaries = [build_summary(item_index=f.index, item=self.job.items[f.index], outcome=f.outcome) for f in batch]
         figures = ProgressFigures(
             completed=done,
             total=total,

@@ -328,13 +328,6 @@ async def test_the_page_shows_answers_charts_grades_and_a_teachers_correction_re
     assert seen.back == list(range(n))  # the sort toggles back to item order
 
 
-# Strict: passes, and so fails as XPASS, the day the consumer's batch_complete
-# results and complete event carry 1.2's fields; then this marker goes.
-@pytest.mark.xfail(
-    strict=True,
-    reason="consumer/pipeline/jobs.py does not yet put confidence/needs_review in batch_complete results"
-    " (pipeline.results.build_summary) nor needs_review in complete",
-)
 async def test_the_page_marks_the_rows_to_review_and_sorts_the_least_sure_first(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
 ) -> None:

@@ -14,6 +14,7 @@ from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobs import JobRun
+from consumer.pipeline.jobstate import JobState, Progress
 from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import DeliveryFailed, Sinks
 from consumer.testing.topics import items, wait_for
@@ -118,3 +119,44 @@ async def test_every_grade_is_counted_by_model_and_nota_with_its_confidence() ->
     assert count("texteval_grades_needs_review_total") == sum(bool(r["needs_review"]) for r in results)
     assert count("texteval_grade_confidence_count") == 30
     assert count("texteval_grade_confidence_sum") == pytest.approx(sum(r["confidence"] for r in results))
+
+
+async def test_batch_results_carry_the_distribution_and_complete_counts_the_grades_to_review() -> None:
+    # Contract 1.2: batch_complete results carry the result's three fields; complete
+    # counts needs_review over the whole job, a resumed one included.
+    engine, producer, metrics = (
+        FakeEngine(delay_s=0.001, max_concurrency=8, review_below=0.9),
+        FlakyProducer(),
+        Metrics(),
+    )
+    first = job_run(40, engine, producer, metrics)
+    await first.run()
+    results = {m["item_index"]: m for m in producer.sent if "result_id" in m}
+    flagged = sum(bool(r["needs_review"]) for r in results.values())
+    assert 0 < flagged < 40  # the fake's distribution flags some, not all, at 0.9
+    summaries = {s["item_index"]: s for m in producer.sent if m.get("event") == "batch_complete"
+                 for s in m["data"]["results"]}  # fmt: skip
+    for index, result in results.items():
+        fields = ("nota_probabilities", "confidence", "needs_review")
+        assert {f: summaries[index][f] for f in fields} == {f: result[f] for f in fields}
+    complete = next(m for m in producer.sent if m.get("event") == "complete")
+    assert complete["data"]["needs_review"] == flagged
+    assert first.progress.needs_review == flagged  # what the job state keeps
+
+    # A new owner resumes after 25 acknowledged items: its count covers the whole job.
+    done = frozenset(range(25))
+    prior = Progress(done, succeeded=25, needs_review=sum(bool(results[i]["needs_review"]) for i in done))
+    state = JobState(job_id="j", fingerprint="f", partition=0, offset=0, total_items=40).with_progress(prior)
+    producer.sent.clear()
+    resumed = job_run(40, engine, producer, metrics, resume=JobState.decode(state.encode()).progress)
+    await resumed.run()
+    complete = next(m for m in producer.sent if m.get("event") == "complete")
+    assert complete["data"]["needs_review"] == flagged
+
+
+async def test_without_a_distribution_complete_has_no_review_count() -> None:
+    engine, producer = FakeEngine(delay_s=0.001, max_concurrency=8, review_below=None), FlakyProducer()
+    await job_run(10, engine, producer, Metrics()).run()
+    complete = next(m for m in producer.sent if m.get("event") == "complete")
+    assert "needs_review" not in complete["data"]
+    assert all("confidence" not in m for m in producer.sent if "result_id" in m)

@@ -55,6 +55,7 @@ class Progress:
     succeeded: int = 0
     failed: int = 0
     elapsed_s: float = 0.0  # grading time, earlier owners included
+    needs_review: int | None = None  # 1.2: ok results flagged for review; None while none carried a distribution
 
 
 class JobState(BaseModel):
@@ -69,6 +70,9 @@ class JobState(BaseModel):
     succeeded: int = 0
     failed: int = 0
     elapsed_s: float = 0.0
+    # 1.2, additive: absent on the wire while no result carried a distribution
+    # (records of 1.1 consumers, GRADE_DISTRIBUTION=false), so those stay byte-identical.
+    needs_review: int | None = Field(default=None, exclude_if=lambda v: v is None)
     updated_at: float = Field(default_factory=time.time)  # unix time of the last write
     terminal: dict[str, Any] | None = None  # the complete/cancelled event as published
 
@@ -78,12 +82,12 @@ class JobState(BaseModel):
 
     @property
     def progress(self) -> Progress:
-        return Progress(frozenset(self.done), self.succeeded, self.failed, self.elapsed_s)
+        return Progress(frozenset(self.done), self.succeeded, self.failed, self.elapsed_s, self.needs_review)
 
     def with_progress(self, progress: Progress) -> JobState:
         return self.model_copy(
             update={"done": set(progress.done), "succeeded": progress.succeeded, "failed": progress.failed,
-                    "elapsed_s": progress.elapsed_s},
+                    "elapsed_s": progress.elapsed_s, "needs_review": progress.needs_review},
         )  # fmt: skip
 
     def finish(self, event: CompleteEvent | CancelledEvent) -> JobState:
