@@ -182,7 +182,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         # For load and fault tests of the pipeline: no model, same code path.
         from consumer.engine.fake import FakeEngine
 
-        engine = FakeEngine(delay_s=args.fake_delay_ms / 1000.0, max_concurrency=args.fake_concurrency)
+        review_below = settings.review_confidence if settings.grade_distribution else None
+        engine = FakeEngine(
+            delay_s=args.fake_delay_ms / 1000.0, max_concurrency=args.fake_concurrency, review_below=review_below
+        )
     try:
         return await serve(settings, engine)
     except KafkaSetupError as exc:
