@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from consumer.contract import Item
+from consumer.engine.base import GradingEngine
 from consumer.engine.canary import (
     CanaryFileError,
     CanaryItem,
@@ -19,6 +21,8 @@ from consumer.engine.canary import (
 )
 from consumer.engine.fake import FakeEngine, deterministic_script
 from consumer.engine.output import Generation
+from consumer.settings import Settings
+from tests.conftest import DATA
 
 SECRET = "Text secret de l'alumne que no ha de sortir mai"
 
@@ -160,3 +164,25 @@ async def test_record_refuses_a_grade_that_moves_between_runs() -> None:
 
     with pytest.raises(CanaryRecordError, match=r"^item 2: grades 3/2 across runs$"):
         await record_canary(FakeEngine(script=drifting), items(3), runs=2)
+
+
+SHIPPED = DATA / "canary-stand-in.jsonl"
+
+
+def test_the_shipped_canary_is_valid_and_spread_over_grades() -> None:
+    shipped = load_canary(SHIPPED)
+    assert 4 <= len(shipped) <= 6
+    assert len({entry.nota for entry in shipped}) >= 2  # a one-grade canary cannot tell a constant model
+
+
+async def test_the_shipped_canary_passes_on_the_stand_in_twice(real_engine: object, engine_settings: Settings) -> None:
+    if engine_settings.model_name is not None:
+        pytest.skip("the shipped canary was recorded on the default CPU stand-in")
+    engine = cast(GradingEngine, real_engine)
+    shipped = load_canary(SHIPPED)
+    first = await run_canary(engine, shipped, tolerance=engine_settings.canary_tolerance)
+    assert first.passed, first.reason()
+    again = await run_canary(engine, shipped, tolerance=engine_settings.canary_tolerance)
+    assert again.grades == first.grades
+    # The figure the issue targets (<= 10 s added to readiness); printed, not asserted (loaded machines).
+    print(f"canary on the stand-in: {first.items} items in {first.duration_s:.1f} s, again {again.duration_s:.1f} s")

@@ -29,7 +29,6 @@ from consumer.testing.topics import (
     create_topics,
     items,
     job,
-    make_settings,
     produce,
     read_all,
     read_until,
@@ -37,6 +36,7 @@ from consumer.testing.topics import (
     values,
     wait_for,
 )
+from tests.conftest import SettingsFactory
 from tests.gateway.gateway_double import EVENT, KEY_A, KEY_ADMIN, KEY_B, TWO_TENANTS, accepted, bearer, harness, item
 from tests.gateway.test_gateway import sse_events
 from tests.kafka_harness import TopicNames
@@ -44,9 +44,9 @@ from tests.kafka_harness import TopicNames
 
 @pytest.fixture
 async def settings(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> AsyncIterator[Settings]:
-    built = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, BATCH_SIZE=5, **TWO_TENANTS)
+    built = settings_for(BATCH_SIZE=5, **TWO_TENANTS)
     await create_topics(kafka_bootstrap, built.service_topics())
     yield built
 

@@ -32,6 +32,7 @@ import pytest
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.server import gateway_serving
 from consumer.testing.topics import at_least, create_topics, make_settings, read_until, running
+from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ TENANT_KEY = "browser-school-key-" + "t" * 32
 
 @pytest.mark.parametrize("key", [None, TENANT_KEY], ids=["open", "tenant-key"])
 async def test_the_page_submits_shows_every_grade_and_survives_reconnects(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, key: str | None
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames, key: str | None
 ) -> None:
     """With a tenant's key the stream URL carries a stream token, which the
     restarted gateway (same keys) must honour when the browser reconnects."""
@@ -72,7 +73,7 @@ async def test_the_page_submits_shows_every_grade_and_survives_reconnects(
 
     control = topic_names.requests.replace(".requests", ".control")
     keys = {"GATEWAY_API_KEYS": f"school-9={key}"} if key else {}
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CONTROL_TOPIC=control,
+    settings = settings_for(KAFKA_CONTROL_TOPIC=control,
                              BATCH_SIZE=2, **keys)  # fmt: skip
     await create_topics(kafka_bootstrap, settings.service_topics())
     # One item at a time, 0.1 s each: a job of ~4 s to reconnect in the middle of.
@@ -124,13 +125,13 @@ async def test_the_page_submits_shows_every_grade_and_survives_reconnects(
 
 
 async def test_the_page_sends_the_api_key_and_shows_refusals(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
     from playwright.async_api import async_playwright
 
     control = topic_names.requests.replace(".requests", ".control")
     key = "page-key-5q" + "k" * 32
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CONTROL_TOPIC=control,
+    settings = settings_for(KAFKA_CONTROL_TOPIC=control,
                              GATEWAY_API_KEYS=f"school-5={key}")  # fmt: skip
     await create_topics(kafka_bootstrap, settings.service_topics())
     async with (

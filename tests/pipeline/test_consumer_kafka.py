@@ -21,22 +21,22 @@ from consumer.testing.topics import (
     health_kafka,
     items,
     job,
-    make_settings,
     produce,
     read_until,
     running,
     values,
     wait_for,
 )
+from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
 
 
 async def test_a_2000_item_job_gives_2000_results_and_ordered_progress(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     engine = FakeEngine(delay_s=0.02)  # slow enough for the scheduler to fill its engine depth
     async with running(settings, engine):
         await produce(kafka_bootstrap, topic_names.requests, [(b"big", job("big", items(2000)))])
@@ -67,9 +67,9 @@ async def test_a_2000_item_job_gives_2000_results_and_ordered_progress(
 
 
 async def test_parallel_jobs_over_three_partitions_and_offsets_committed(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     engine = FakeEngine(delay_s=0.01)
     job_ids = [f"school-{n}/term-1" for n in range(9)]
     async with running(settings, engine):
@@ -99,9 +99,9 @@ BAD_MESSAGES: list[tuple[str, bytes | None]] = [
 
 
 async def test_bad_messages_go_to_the_dlt_and_the_next_valid_one_is_processed(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     metrics = Metrics()
     messages = [(b"same-key", value) for _, value in BAD_MESSAGES] + [(b"same-key", job("good", items(3)))]
     async with running(settings, FakeEngine(), metrics):
@@ -127,9 +127,9 @@ async def test_bad_messages_go_to_the_dlt_and_the_next_valid_one_is_processed(
 
 
 async def test_too_long_item_gets_an_error_result_and_the_job_goes_on(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     batch = items(3)
     batch[1]["respuesta"] = "paraula " * 2400  # ~19,000 characters: past the fake's 2048-token context
     async with running(settings, FakeEngine()):
@@ -144,9 +144,9 @@ async def test_too_long_item_gets_an_error_result_and_the_job_goes_on(
 
 
 async def test_partitions_pause_at_the_inflight_cap_and_resume(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, MAX_INFLIGHT_ITEMS=20)
+    settings = settings_for(MAX_INFLIGHT_ITEMS=20)
     engine = FakeEngine(delay_s=0.3)
     metrics = Metrics()
     paused_seen = 0.0
@@ -170,9 +170,9 @@ async def test_partitions_pause_at_the_inflight_cap_and_resume(
 
 
 async def test_health_and_metrics_over_http(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     metrics = Metrics()
     engine = FakeEngine()
     async with running(settings, engine, metrics) as app:

@@ -9,9 +9,9 @@ import pytest
 
 from consumer.engine.vllm_engine import VllmEngine
 from consumer.metrics import Metrics
-from consumer.testing.topics import at_least, make_settings, read_until, running, values
+from consumer.testing.topics import at_least, read_until, running, values
 from consumer.tools.client import read_jobs, submit_and_follow
-from tests.conftest import DATA, REPO
+from tests.conftest import DATA, REPO, SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = [pytest.mark.engine, pytest.mark.kafka]
@@ -22,9 +22,9 @@ def schema(name: str) -> dict[str, object]:
 
 
 async def test_sample_requests_end_to_end_with_the_real_engine(
-    real_engine: VllmEngine, kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    real_engine: VllmEngine, kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     jobs = read_jobs(DATA / "sample_requests.jsonl", settings.max_items_per_job)
     assert [len(j.items) for j in jobs] == [10, 6, 4]
     metrics = Metrics()

@@ -16,12 +16,12 @@ from consumer.testing.topics import (
     count_events,
     items,
     job,
-    make_settings,
     produce,
     read_until,
     running,
     values,
 )
+from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
@@ -34,9 +34,9 @@ def flaky(item: Item, attempt: int) -> Generation:
 
 
 async def test_items_the_engine_raises_on_become_engine_error_results(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     async with running(settings, FakeEngine(script=flaky)):
         await produce(kafka_bootstrap, topic_names.requests, [(b"k", job("flaky", items(20)))])
         results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(20)))
@@ -48,9 +48,9 @@ async def test_items_the_engine_raises_on_become_engine_error_results(
 
 
 async def test_a_hung_engine_gives_engine_timeout_results_and_the_job_completes(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     hung = FakeEngine(delay_s=3600, timeout_s=0.5)
     async with running(settings, hung):
         await produce(kafka_bootstrap, topic_names.requests, [(b"k", job("hung", items(5)))])
@@ -62,9 +62,9 @@ async def test_a_hung_engine_gives_engine_timeout_results_and_the_job_completes(
 
 
 async def test_engine_death_publishes_no_errors_stops_and_a_restart_loses_nothing(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     dying = FakeEngine(delay_s=0.05, max_concurrency=10)
     async with running(settings, dying, partitions=1) as app:
         await produce(kafka_bootstrap, topic_names.requests, [(b"k", job("d", items(200)))])

@@ -16,12 +16,12 @@ from consumer.testing.topics import (
     count_events,
     items,
     job,
-    make_settings,
     produce,
     read_until,
     running,
     values,
 )
+from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
@@ -39,9 +39,9 @@ class _OutOfContractEngine(FakeEngine):
 
 
 async def test_a_bug_in_a_job_run_dead_letters_that_request_as_internal_error_and_the_next_job_is_graded(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     engine, metrics = _OutOfContractEngine(delay_s=0.001), Metrics()
     buggy = job("buggy", [*items(3), *items(1, prefix="B", text=_TRIGGER)])
     async with running(settings, engine, metrics) as app:

@@ -10,7 +10,8 @@ import pytest
 
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
-from consumer.testing.topics import count_events, items, job, make_settings, produce, read_until, running
+from consumer.testing.topics import count_events, items, job, produce, read_until, running
+from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 
@@ -27,10 +28,10 @@ def test_labelled_series_exist_at_zero_before_their_first_event() -> None:
 
 @pytest.mark.kafka
 async def test_items_waiting_counts_texts_in_flight_and_in_the_backlog(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
     # One job at a time: the second waits, parsed, in the backlog.
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, MAX_CONCURRENT_JOBS=1)
+    settings = settings_for(MAX_CONCURRENT_JOBS=1)
     metrics = Metrics()
     waiting: list[float] = []
     async with running(settings, FakeEngine(delay_s=0.5, max_concurrency=4), metrics) as app:

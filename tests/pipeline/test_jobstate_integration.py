@@ -36,6 +36,7 @@ from consumer.testing.topics import (
     values,
     wait_for,
 )
+from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
@@ -46,9 +47,9 @@ async def _send(bootstrap: str, topic: str, key: str, value: bytes) -> None:
 
 
 async def test_a_job_aborted_mid_way_resumes_where_its_acknowledged_items_end(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, SHUTDOWN_GRACE_S=0)
+    settings = settings_for(SHUTDOWN_GRACE_S=0)
     request = job("resume-me", items(400))
     await create_topics(kafka_bootstrap, topic_names)
     await _send(kafka_bootstrap, topic_names.requests, "resume-me", request)
@@ -78,9 +79,9 @@ async def test_a_job_aborted_mid_way_resumes_where_its_acknowledged_items_end(
 
 
 async def test_an_identical_resend_is_not_graded_and_a_different_one_is_a_conflict(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     engine = FakeEngine(delay_s=0.001)
     metrics = Metrics()
     first, corrected = job("school-7", items(20)), job("school-7", items(15, prefix="B"))
@@ -105,9 +106,9 @@ async def test_an_identical_resend_is_not_graded_and_a_different_one_is_a_confli
 
 
 async def test_cancel_stops_a_running_job_within_seconds_and_a_cancelled_request_is_never_graded(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     engine = FakeEngine(delay_s=0.05, max_concurrency=8)
     cancel = b'{"schema_version": 1, "action": "cancel", "job_id": "%s"}'
     async with running(settings, engine):

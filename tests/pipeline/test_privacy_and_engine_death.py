@@ -23,13 +23,12 @@ from consumer.testing.topics import (
     count_events,
     create_topics,
     job,
-    make_settings,
     produce,
     read_until,
     values,
 )
 from consumer.tools.broker import free_port
-from tests.conftest import REPO
+from tests.conftest import REPO, SettingsFactory
 
 pytestmark = [pytest.mark.engine, pytest.mark.kafka, pytest.mark.process]
 
@@ -53,9 +52,9 @@ async def health(port: int) -> httpx.Response | None:
 
 
 async def test_no_student_text_in_debug_logs_and_engine_death_exits_for_restart(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames, tmp_path: Path
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     await create_topics(kafka_bootstrap, topic_names, partitions=1)
     port = free_port()
 

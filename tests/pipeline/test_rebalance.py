@@ -12,22 +12,22 @@ from consumer.testing.topics import (
     health_kafka,
     items,
     job,
-    make_settings,
     produce,
     read_until,
     running,
     values,
     wait_for,
 )
+from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
 
 
 async def test_second_consumer_takes_over_revoked_partitions_without_loss(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     slow, fast = FakeEngine(delay_s=8.0), FakeEngine(delay_s=0.05)
     job_ids = [f"r-{n}" for n in range(6)]
     async with running(settings, slow) as first:

@@ -13,18 +13,18 @@ import httpx
 import pytest
 
 from consumer.testing.processes import service_env
-from consumer.testing.topics import count_events, items, job, make_settings, produce, read_until, values
+from consumer.testing.topics import count_events, items, job, produce, read_until, values
 from consumer.tools.broker import free_port
-from tests.conftest import REPO
+from tests.conftest import REPO, SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.process]
 
 
 async def test_run_serves_health_and_drains_on_sigterm(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames, tmp_path: Path
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, SHUTDOWN_GRACE_S=20)
+    settings = settings_for(SHUTDOWN_GRACE_S=20)
     port = free_port()
     log = tmp_path / "service.log"
     with log.open("wb") as sink:

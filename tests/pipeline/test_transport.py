@@ -20,12 +20,12 @@ from consumer.testing.topics import (
     count_events,
     items,
     job,
-    make_settings,
     read_until,
     running,
     values,
     wait_for,
 )
+from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka
@@ -49,9 +49,9 @@ async def _send(
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
 async def test_every_standard_codec_is_graded_and_our_output_is_compressed(
-    codec: str, kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    codec: str, kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_COMPRESSION_TYPE=codec)
+    settings = settings_for(KAFKA_COMPRESSION_TYPE=codec)
     async with running(settings, FakeEngine(delay_s=0.001)):
         # One producer batch holding three jobs, compressed together.
         jobs = [(f"{codec}-{n}".encode(), job(f"{codec}-{n}", items(5))) for n in range(3)]
@@ -63,9 +63,9 @@ async def test_every_standard_codec_is_graded_and_our_output_is_compressed(
 
 
 async def test_binary_headers_pass_through_grading_and_dead_letters(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     binary = bytes(range(256))
     async with running(settings, FakeEngine(delay_s=0.001)):
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
@@ -110,11 +110,11 @@ async def _produce_raw(bootstrap: str, topic: str, partition: int, batch: bytes)
 
 
 async def test_an_undecodable_record_goes_to_the_dlt_by_coordinates_and_nothing_around_it_is_lost(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
     # One partition: the corrupt batch sits between valid jobs.
     await ensure_topics(kafka_bootstrap, dict.fromkeys(topic_names, 1))
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     await _send(kafka_bootstrap, topic_names.requests, [(b"before", job("before", items(2)))])
     await _produce_raw(kafka_bootstrap, topic_names.requests, 0, _corrupt_batch(job("hidden", items(2))))
     await _send(kafka_bootstrap, topic_names.requests, [(b"after", job("after", items(2)))])
@@ -133,11 +133,11 @@ async def test_an_undecodable_record_goes_to_the_dlt_by_coordinates_and_nothing_
 
 
 async def test_a_dead_letter_too_large_even_without_its_value_falls_back_to_coordinates(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
     # Our producer's limit is 1 MiB here; the request's key alone is 1.5 MiB
     # (the 17 MB key against the 16 MiB default, scaled down).
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_MAX_MESSAGE_BYTES=1024 * 1024)
+    settings = settings_for(KAFKA_MAX_MESSAGE_BYTES=1024 * 1024)
     big_key = b"k" * (3 * 1024 * 1024 // 2)
     metrics = Metrics()
     async with running(settings, FakeEngine(delay_s=0.001), metrics):
@@ -154,9 +154,9 @@ async def test_a_dead_letter_too_large_even_without_its_value_falls_back_to_coor
 
 
 async def test_a_missing_output_topic_pauses_grading_and_says_so_until_it_exists(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     engine = FakeEngine(delay_s=0.001)
     await ensure_topics(kafka_bootstrap, {topic_names.requests: 3, topic_names.progress: 3, topic_names.dlt: 3})
     from consumer.pipeline.service import consumer_running

@@ -11,9 +11,9 @@ import pytest
 
 from consumer.engine.fake import FakeEngine
 from consumer.testing.processes import service_env
-from consumer.testing.topics import make_settings, running
+from consumer.testing.topics import running
 from consumer.tools.files import read_results
-from tests.conftest import DATA, REPO
+from tests.conftest import DATA, REPO, SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.process]
@@ -30,9 +30,9 @@ async def texteval(env: dict[str, str], *args: str) -> tuple[int, str]:
 
 
 async def test_submit_follow_writes_results_and_verify_agrees(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames, tmp_path: Path
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     env = service_env(settings)
     out, manifest = tmp_path / "results.jsonl", tmp_path / "manifest.jsonl"
     async with running(settings, FakeEngine(delay_s=0.01)):

@@ -16,10 +16,10 @@ import pytest
 from consumer.contract import EvaluationResult
 from consumer.engine.fake import FakeEngine
 from consumer.testing.processes import service_env
-from consumer.testing.topics import make_settings, running
+from consumer.testing.topics import running
 from consumer.tools.client import FollowSummary, JobProgress
 from consumer.tools.files import read_results
-from tests.conftest import DATA, REPO
+from tests.conftest import DATA, REPO, SettingsFactory
 from tests.kafka_harness import TopicNames
 
 
@@ -68,9 +68,9 @@ def test_none_to_review_is_said_and_no_confidence_is_not_taken_for_none() -> Non
 
 @pytest.mark.process
 async def test_submit_follow_prints_how_many_to_review_as_the_results_file_flags(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames, tmp_path: Path
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     out = tmp_path / "results.jsonl"
     # A high threshold for the fake's 0.45..0.98 confidences: some of the 20 sample texts to review, not all.
     async with running(settings, FakeEngine(delay_s=0.01, review_below=0.75)):

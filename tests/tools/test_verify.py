@@ -14,6 +14,7 @@ from consumer.engine.fake import FakeEngine
 from consumer.testing.topics import count_events, items, job, make_settings, produce, read_until, running
 from consumer.tools import verify
 from consumer.tools.verify import ManifestError, check, read_manifest, render
+from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 
@@ -221,12 +222,12 @@ async def test_main_exits_2_when_the_broker_cannot_be_read(tmp_path: Path, capsy
 @pytest.mark.kafka
 async def test_verify_a_live_run(
     kafka_bootstrap: str,
-    kafka_group_kwargs: dict[str, int],
+    settings_for: SettingsFactory,
     topic_names: TopicNames,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = make_settings(kafka_bootstrap, topic_names, kafka_group_kwargs)
+    settings = settings_for()
     manifest = tmp_path / "manifest.jsonl"
     jobs = {"verify-a": items(7), "verify-b": items(12, prefix="B")}
     manifest.write_text("".join(json.dumps({"job_id": j, "items": i}) + "\n" for j, i in jobs.items()))
