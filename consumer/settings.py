@@ -125,8 +125,9 @@ class Settings(BaseSettings):
     canary_file: Path | None = Field(default=None, alias="CANARY_FILE")
     # Allowed |nota - recorded nota| per canary item; every item must be within
     # it (an error outcome is always a miss). 0: sampling is at temperature 0.1
-    # with a fixed seed, so a validated model regrades its canary exactly (the
-    # stand-in did, over repeated runs); a wrong model, tokenizer or template
+    # with a fixed seed, so a validated model regrades its canary exactly (an
+    # item on an edge between grades is refused when recording: texteval
+    # canary-record grades twice); a wrong model, tokenizer or template
     # misses by several points on some item. Raise to 1 only for a model whose
     # recorded grades were seen to move between runs.
     canary_tolerance: int = Field(default=0, ge=0, le=5, alias="CANARY_TOLERANCE")

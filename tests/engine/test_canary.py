@@ -171,7 +171,7 @@ SHIPPED = DATA / "canary-stand-in.jsonl"
 
 def test_the_shipped_canary_is_valid_and_spread_over_grades() -> None:
     shipped = load_canary(SHIPPED)
-    assert 4 <= len(shipped) <= 6
+    assert 4 <= len(shipped) <= 6  # a few short items: seconds on the CPU stand-in
     assert len({entry.nota for entry in shipped}) >= 2  # a one-grade canary cannot tell a constant model
 
 
