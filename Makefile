@@ -34,13 +34,17 @@ run: setup
 	echo "texteval: page on http://127.0.0.1:8080/ (API: POST /evaluate, GET /stream/<job_id>); the model loads first"; \
 	$(VENV)/bin/texteval run
 
+# Two workers on a 2-core machine: the model's tests on one, the broker and
+# process tests (mostly waiting) on the other. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
+
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 # Unit + broker tests: no service processes, no model, no benchmark harness
 # (tiers: pyproject.toml's markers; tests/conftest.py assigns them).
 test-fast: setup
-	$(PY) -m pytest -q -m "not process and not engine and not bench"
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not process and not engine and not bench"
 
 lint: setup
 	$(VENV)/bin/ruff check consumer tests scripts deploy bench

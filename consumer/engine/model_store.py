@@ -114,9 +114,11 @@ def prepare_small_model(cache_dir: Path, model: PackagedModel = DEFAULT_CPU_MODE
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # A folder of this process's own: two processes preparing at once (two
+    # services on one host, two test workers) must not write into each other's.
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}-"))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users of a shared cache
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".gguf-") as scratch:
         gguf = model.locate_gguf(Path(scratch))
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -142,8 +144,17 @@ def prepare_small_model(cache_dir: Path, model: PackagedModel = DEFAULT_CPU_MODE
     for written in tmp.iterdir():
         written.chmod(0o644)
     (tmp / _DONE_MARKER).write_text("ok\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    if is_prepared(cache_dir, model):  # another process finished first: its copy is as good
+        shutil.rmtree(tmp, ignore_errors=True)
+        return target
+    shutil.rmtree(target, ignore_errors=True)  # a half-written folder of an interrupted run
+    try:
+        tmp.rename(target)
+    except OSError:  # another process renamed its copy in between
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_prepared(cache_dir, model):
+            raise
+        return target
     duration_s = time.monotonic() - started
     logger.info("prepared model", extra={"model": model.short_name, "path": str(target), "duration_s": duration_s})
     return target

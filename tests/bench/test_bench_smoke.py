@@ -78,14 +78,14 @@ async def test_real_engine_benchmarks_run(
 ) -> None:
     kafka = KafkaTarget(kafka_bootstrap, kafka_group_kwargs, "test broker")
     # The session's engine writes up to 200 tokens (``make bench``: 64), so
-    # each arm takes seconds: half the smoke prompts keep this test short,
-    # and chunks of 2 still make the prototype's arm sequential.
-    scale = dataclasses.replace(SMOKE, prompts=4, chunk=2)
+    # each arm takes seconds: two prompts keep this test short, and chunks
+    # of 1 still make the prototype's arm sequential.
+    scale = dataclasses.replace(SMOKE, prompts=2, chunk=1)
     results = [
         await b1_e2e_vs_raw.run(real_engine, kafka, scale),
         await b2_prototype.run(real_engine, scale),
-        # Depth 2 below the 4 prompts: the scheduled arm refills.
-        await b10_scheduler_cost.run(real_engine, scale, depth=2, max_num_seqs=2),
+        # Depth 1 below the 2 prompts: the scheduled arm refills.
+        await b10_scheduler_cost.run(real_engine, scale, depth=1, max_num_seqs=1),
     ]
     positive = {
         "B1": ["ratio", "raw_texts_per_s", "e2e_texts_per_s", "prefix_cache_hit_rate"],

@@ -8,10 +8,9 @@ import json
 import jsonschema
 import pytest
 
-from consumer.contract import ErrorCode, ItemStatus
+from consumer.contract import ErrorCode, EvaluationResult, ItemStatus
 from consumer.engine.vllm_engine import VllmEngine
 from consumer.tools.files import read_items
-from consumer.tools.offline import grade_items
 from tests.conftest import REPO, sample_items
 
 pytestmark = pytest.mark.engine
@@ -19,11 +18,12 @@ pytestmark = pytest.mark.engine
 RESULT_SCHEMA = json.loads((REPO / "schemas" / "evaluation-result.schema.json").read_text())
 
 
-async def test_sample_items_grade_to_schema_valid_results(real_engine: VllmEngine) -> None:
+async def test_sample_items_grade_to_schema_valid_results(
+    real_engine: VllmEngine, graded_samples: list[EvaluationResult]
+) -> None:
     assert real_engine.health().loaded
-    items = sample_items()[:8]
-    results = await grade_items(real_engine, "engine-test", items)
-    assert len(results) == len(items)
+    results = graded_samples
+    assert [r.id_alumno for r in results] == [item.id_alumno for item in sample_items()]
     for result in results:
         jsonschema.validate(result.model_dump(mode="json"), RESULT_SCHEMA)
         if result.status is ItemStatus.OK:

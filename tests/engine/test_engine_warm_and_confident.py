@@ -12,11 +12,10 @@ import os
 
 import pytest
 
-from consumer.contract import ItemStatus
+from consumer.contract import EvaluationResult, ItemStatus
 from consumer.engine import vllm_compat
 from consumer.engine.vllm_engine import VllmEngine
 from consumer.settings import Settings
-from consumer.tools.offline import grade_items
 from tests.conftest import sample_items
 
 pytestmark = pytest.mark.engine
@@ -41,10 +40,9 @@ async def test_the_grammar_is_compiled_before_the_engine_is_handed_out_and_the_f
 
 
 async def test_every_ok_result_carries_a_distribution_that_agrees_with_its_grade(
-    real_engine: VllmEngine, engine_settings: Settings
+    graded_samples: list[EvaluationResult], engine_settings: Settings
 ) -> None:
-    items = sample_items()
-    results = await grade_items(real_engine, "confidence", items)
+    items, results = sample_items(), graded_samples
     ok = [r for r in results if r.status is ItemStatus.OK]
     assert len(ok) == len(items), [r.error for r in results]
     argmax_hits = 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -17,6 +19,7 @@ from consumer.engine.factory import ModelChoice, build_prompt_builder, build_pro
 from consumer.engine.model_store import GEMMA3_270M, PRODUCTION_MODEL, SMOLLM2_135M, prepare_small_model
 from consumer.engine.prompt import GEMMA_SUFFIX, INSTRUCTION, PromptBuilder, PromptTokenizer
 from consumer.settings import PromptFormat, Settings
+from consumer.tools.cli import build_parser
 from tests.conftest import DATA, REPO
 
 GOLDEN_ITEM = DATA / "golden_item_A001.json"
@@ -228,19 +231,18 @@ def test_a_tokenizer_without_bos_is_refused_for_the_finetune_format(small_tokeni
     assert build_prompt_tokenizer(_chat_builder(tokenizer), tokenizer).bos_id is None  # chat templates: fine
 
 
-def test_render_prompt_tokens_shows_bos_once_then_the_turn_marker() -> None:
-    env = {key: value for key, value in os.environ.items() if key not in ("MODEL_NAME", "PROMPT_FORMAT")}
+def test_render_prompt_tokens_shows_bos_once_then_the_turn_marker(
+    monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # In this process (the tokenizer libraries are loaded already; a fresh
+    # interpreter pays ~20 s to import them): the command's parser and function.
     item = golden_item().model_copy(update={"respuesta": HOSTILE_GEMMA})
-    done = subprocess.run(
-        [sys.executable, "-m", "consumer.tools.cli", "render-prompt", "--tokens"],
-        input=item.model_dump_json().encode(),
-        capture_output=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-        check=True,
-    )
-    out = json.loads(done.stdout)
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(item.model_dump_json().encode())))
+    for name in ("MODEL_NAME", "PROMPT_FORMAT"):
+        monkeypatch.delenv(name, raising=False)  # the CPU default model
+    args = build_parser().parse_args(["render-prompt", "--tokens"])
+    assert args.run(args, Settings(_env_file=None)) == 0  # type: ignore[call-arg]
+    out = json.loads(capsysbinary.readouterr().out)
     assert out["model"] == GEMMA3_270M.display_name  # the CPU default
     assert out["tokens"][:2] == ["<bos>", "<start_of_turn>"] and out["tokens"].count("<bos>") == 1
     assert out["tokens"].count("<start_of_turn>") == 2 and out["tokens"].count("<end_of_turn>") == 1

@@ -62,6 +62,9 @@ async def test_no_student_text_in_debug_logs_and_engine_death_exits_for_restart(
         return (await committed(kafka_bootstrap, settings.kafka_group_id, topic_names.requests, 1))[0]
 
     env = {**service_env(settings), "PORT": str(port), "LOG_LEVEL": "DEBUG", "VLLM_LOGGING_LEVEL": "DEBUG"}
+    # A short feedback: a smaller grammar to compile at start and fewer tokens
+    # per text; what is checked here (logs, death, commits) does not depend on it.
+    env["FEEDBACK_MAX_CHARS"] = "40"
     log = tmp_path / "service.log"
     with log.open("wb") as sink:
         proc = await asyncio.create_subprocess_exec(

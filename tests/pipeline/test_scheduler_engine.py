@@ -1,5 +1,5 @@
-"""The scheduler with the real engine and a real broker: a 5-item job behind a
-large one finishes earlier under ``fair`` than under ``fifo``.
+"""The scheduler with the real engine and a real broker: a 2-item job behind a
+large one (8) finishes earlier under ``fair`` than under ``fifo``.
 
 A short engine queue (ENGINE_QUEUE_DEPTH 4) stands in for a GPU kept full by
 many big jobs; one partition keeps the two jobs' events in one ordered stream.
@@ -35,7 +35,7 @@ async def small_behind_large(
         await produce(
             bootstrap,
             topics.requests,
-            [(b"large", job("large", items(20, "L"))), (b"small", job("small", items(5, "S")))],
+            [(b"large", job("large", items(8, "L"))), (b"small", job("small", items(2, "S")))],
         )
         events = values(await read_until(bootstrap, topics.progress, count_events("complete", 2), timeout_s=600))
     complete = [e for e in events if e["event"] == "complete"]
