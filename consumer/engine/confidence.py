@@ -2,13 +2,22 @@
 
 What vLLM 0.32 gives (read in its source, ``v1/worker/gpu_model_runner.py``
 and ``v1/sample/sampler.py``; the CPU runner inherits both): the grammar's
-bitmask is applied to the logits *before* the sampler, and the default
-``logprobs_mode="raw_logprobs"`` is the log-softmax of those logits before
-temperature, top-p or penalties. So at the grade position, where the grammar
-allows only the digits 0..5, the log-probabilities are the model's own
-next-token distribution (temperature 1) restricted to the tokens the grammar
-allows there and renormalised over them. ``SamplingParams.logprob_token_ids``
+bitmask is applied to the logits *before* the sampler, and
+``logprobs_mode="raw_logprobs"`` (vLLM's default) is the log-softmax of those
+logits before temperature, top-p or penalties. So at the grade position, where
+the grammar allows only the digits 0..5, the log-probabilities are the model's
+own next-token distribution (temperature 1) restricted to the tokens the
+grammar allows there and renormalised over them. ``SamplingParams.logprob_token_ids``
 asks for exactly the digit tokens at every position (no top-k sort).
+
+The engine runs with ``logprobs_mode="raw_logits"`` (factory.engine_args):
+the same logits before any processing, without the log-softmax. A log-softmax
+only subtracts one constant per position, which renormalising over the digits
+cancels, so the distribution is the same; what is saved is a pass over the
+whole vocabulary (262k on Gemma) per sequence per step, which the sampler pays
+for the batch as soon as one sequence asks for log-probabilities. Whatever the
+mode, the values are read as log-weights: shifted by their maximum before
+``exp``, so a logit of 80 cannot overflow.
 
 On the Gemma tokenizer a digit has two tokens: its own ("3", id 236800) and
 the byte-fallback one ("<0x33>", id 289); a grade's probability is the sum of
@@ -101,23 +110,31 @@ class GradeDigits:
 
 
 def grade_distribution(
-    token_ids: Sequence[int], logprobs_at: Callable[[int], Mapping[int, float]], digits: GradeDigits
+    token_ids: Sequence[int], log_weights_at: Callable[[int], Mapping[int, float]], digits: GradeDigits
 ) -> GradeDistribution | None:
     """The distribution at the first digit token of the output, or None if there is none to read.
 
-    The output starts with `{"nota": ` (no digit), so its first digit token is the grade.
+    The output starts with `{"nota": ` (no digit), so its first digit token is
+    the grade. ``log_weights_at(position)``: log-probabilities or logits of the
+    digit tokens there (any constant offset cancels).
     """
     for position, token_id in enumerate(token_ids):
         spelled = digits.grade_of(token_id)
         if spelled is None:
             continue
         prefix, grade = spelled
-        logprobs = logprobs_at(position)
+        weights = log_weights_at(position)
+        found = [
+            (value, candidate_grade)
+            for candidate, candidate_grade in digits.by_prefix[prefix].items()
+            if (value := weights.get(candidate)) is not None and not math.isnan(value) and value != -math.inf
+        ]
+        if not found:
+            return None
+        top = max(value for value, _ in found)
         mass = [0.0] * len(NOTA_VALUES)
-        for candidate, candidate_grade in digits.by_prefix[prefix].items():
-            logprob = logprobs.get(candidate)
-            if logprob is not None and not math.isnan(logprob):
-                mass[candidate_grade] += math.exp(logprob)  # exp(-inf) == 0.0
+        for value, candidate_grade in found:
+            mass[candidate_grade] += math.exp(value - top)
         total = sum(mass)
         if total <= 0.0 or not math.isfinite(total):
             return None

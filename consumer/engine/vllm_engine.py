@@ -77,6 +77,7 @@ class VllmEngine:
 
         self._llm: AsyncLLM | None = llm
         self._prompts = PromptTokenizer(tokenizer)
+        self._tokenizer = tokenizer
         self._builder = builder
         self._model_name = model_name
         self._sampling = sampling
@@ -109,6 +110,12 @@ class VllmEngine:
                 seed=sampling.seed + attempt,
                 structured_outputs=schema,
                 output_kind=RequestOutputKind.FINAL_ONLY,  # no per-token streaming
+                # Only the final text is read, so it is decoded once, at the
+                # end (``text``), not step by step in vLLM's output loop for
+                # every sequence, and every digit's log-probability token
+                # with it (the distribution's cost: 0.13-0.28 s of a 9 s
+                # batch on the CPU stand-in, on the event loop's core).
+                detokenize=False,
                 **digit_logprobs,
             )
             for attempt in range(attempts)
@@ -230,6 +237,12 @@ class VllmEngine:
             self._errored += 1
         return final
 
+    def text(self, completion: CompletionOutput) -> str:
+        """The output's text, decoded as vLLM's detokenizer would (tested against it)."""
+        text = self._tokenizer.decode(list(completion.token_ids), skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one string out
+        return text
+
     def distribution(self, completion: CompletionOutput) -> GradeDistribution | None:
         """The grade distribution of one output, if the engine reads them and it has one."""
         logprobs = completion.logprobs
@@ -248,7 +261,7 @@ class VllmEngine:
             final = await self.generate(token_ids, attempt, f"{request_id}/a{attempt}")
             completion = final.outputs[0]
             return Generation(
-                text=completion.text,
+                text=self.text(completion),
                 finish_reason=completion.finish_reason,
                 output_tokens=len(completion.token_ids),
                 cached_prompt_tokens=final.num_cached_tokens or 0,

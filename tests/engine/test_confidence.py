@@ -205,3 +205,14 @@ def test_the_result_schema_takes_the_fields_on_ok_results_and_refuses_them_on_er
     error = ok | {"status": "error", "nota": None, "feedback": None, "error": {"code": "engine_error", "message": "m"}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(error, schema)
+
+
+def test_logits_give_the_same_distribution_as_log_probabilities_and_cannot_overflow() -> None:
+    # logprobs_mode="raw_logits": log-probabilities plus one constant per position.
+    probabilities = {100: 0.05, 102: 0.2, 103: 0.5, 203: 0.1, 104: 0.1, 105: 0.05}
+    logprobs = logprobs_of(probabilities)
+    for offset in (0.0, 37.5, 800.0, -800.0):  # exp(800) alone overflows a float
+        logits = {token: value + offset for token, value in logprobs.items()}
+        found = grade_distribution([NOTA, 103], lambda _, at=logits: at, GEMMA_LIKE)
+        assert found is not None and found.grade == 3
+        assert found.probabilities == pytest.approx([0.05, 0.0, 0.2, 0.6, 0.1, 0.05])

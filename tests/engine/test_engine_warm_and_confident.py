@@ -62,3 +62,15 @@ async def test_error_results_carry_no_distribution(real_engine: VllmEngine) -> N
     long_item = sample_items()[0].model_copy(update={"respuesta": "paraula " * 5000})
     outcome = await real_engine.grade(long_item, "long-conf")
     assert outcome.status is ItemStatus.ERROR and outcome.grade_confidence is None
+
+
+async def test_texts_are_decoded_once_at_the_end_exactly_as_vllms_detokenizer_gives_them(
+    real_engine: VllmEngine,
+) -> None:
+    assert real_engine.params(0).detokenize is False  # no step-by-step detokenizing in vLLM
+    _, token_ids = real_engine.encode(sample_items()[1])
+    detokenized = real_engine.params(0).clone()
+    detokenized.detokenize = True
+    completion = (await real_engine.generate(token_ids, 0, "detokenized", detokenized)).outputs[0]
+    assert completion.finish_reason == "stop" and completion.text.startswith('{"nota": ')
+    assert real_engine.text(completion) == completion.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ def test_gpu_defaults_compile_and_keep_chunked_prefill() -> None:
     assert args["gpu_memory_utilization"] == 0.9 and args["enable_prefix_caching"] is True
     assert "enable_chunked_prefill" not in args and args["generation_config"] == "vllm"
     assert args["enable_log_requests"] is False  # request logs would print student texts
+    assert args["logprobs_mode"] == "raw_logits"  # no vocabulary-wide log-softmax per step (confidence.py)
 
 
 def test_cpu_defaults_are_eager_with_whole_prefills() -> None:
@@ -97,3 +99,16 @@ def test_max_tokens_is_derived_so_the_feedback_always_closes() -> None:
     assert settings(MAX_TOKENS=400, FEEDBACK_MAX_CHARS=150).max_tokens == 400  # room to spare is fine
     with pytest.raises(ValueError, match="FEEDBACK_MAX_CHARS=176 cannot always close inside MAX_TOKENS=200"):
         settings(MAX_TOKENS=200, FEEDBACK_MAX_CHARS=176)
+
+
+def test_the_cpu_runtime_keeps_freed_memory_for_the_next_step_unless_the_operator_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from consumer.engine import factory
+
+    for name in factory._CPU_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
+    factory.configure_cpu_runtime(settings())
+    assert os.environ["MALLOC_MMAP_MAX_"] == "0"  # no fresh pages per vocabulary-wide tensor
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "1048576"  # an operator's explicit environment wins
