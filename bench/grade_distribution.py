@@ -78,6 +78,7 @@ async def measure(prompts: int, reps: int, feedback_chars: int) -> dict[str, obj
         "uncounted_pair": warm_up,
         "pair_ratios_off_over_on": [round(r, 3) for r in pairs],
         "median_pair_ratio": round(statistics.median(pairs), 4),
+        "mean_pair_ratio": round(statistics.fmean(pairs), 4),
         "prompts": prompts,
         "reps": reps,
         "feedback_chars": feedback_chars,
