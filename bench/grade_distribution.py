@@ -9,8 +9,8 @@ GRADE_DISTRIBUTION=true); the "on" arm also reads each output's distribution,
 as ``grade`` does. One pair of arms runs first and is not counted: the first
 arm of an engine pays for what every later one finds done (the shared
 instruction's prefill in the prefix cache, first calls of compiled kernels at
-a full batch), and on 2026-12-02 that alone put the first "on" arm 16 % below
-the rest. Arms then alternate on/off/off/on... so drift on a shared machine
+a full batch); on 2026-12-02 the engine's first arm, an "on", was 15 % below
+the other three. Arms then alternate on/off/off/on... so drift on a shared machine
 hits both alike; each arm has its own tag (no prefix-cache reuse between arms
 beyond the shared instruction). Prints texts/s per arm, the ratio off/on of
 each pair (1.03 = the distribution costs 3%), and their median.
