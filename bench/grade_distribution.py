@@ -13,7 +13,7 @@ a full batch); on 2026-12-02 the engine's first arm, an "on", was 15 % below
 the other three. Arms then alternate on/off/off/on... so drift on a shared machine
 hits both alike; each arm has its own tag (no prefix-cache reuse between arms
 beyond the shared instruction). Prints texts/s per arm, the ratio off/on of
-each pair (1.03 = the distribution costs 3%), and their median.
+each pair (1.03 = the distribution costs 3%), and their mean and median.
 """
 
 from __future__ import annotations

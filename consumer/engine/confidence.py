@@ -136,7 +136,7 @@ def grade_distribution(
         for value, candidate_grade in found:
             mass[candidate_grade] += math.exp(value - top)
         total = sum(mass)
-        if total <= 0.0 or not math.isfinite(total):
+        if not math.isfinite(total):  # a +inf weight (the top one counts 1, so total >= 1 otherwise)
             return None
         return GradeDistribution(grade=grade, probabilities=tuple(m / total for m in mass))
     return None
