@@ -1,4 +1,4 @@
-"""The message contract (../shared/contract.md, version 1 with the 1.1 additions) as pydantic models.
+"""The message contract (../shared/contract.md, version 1 with the 1.1, 1.2 and 1.3 additions) as pydantic models.
 
 ``schemas/`` is generated from these models (``texteval schemas``) and a test
 fails when the two drift apart.
@@ -6,6 +6,7 @@ fails when the two drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -133,6 +134,7 @@ _RESULT_STATUS_RULE: JsonDict = {
                     "nota_probabilities": False,
                     "confidence": False,
                     "needs_review": False,
+                    "review_reasons": False,  # 1.3
                 }
             },
         }
@@ -140,10 +142,34 @@ _RESULT_STATUS_RULE: JsonDict = {
 }
 
 
+class ReviewReason(StrEnum):
+    """1.3: why a teacher should look at a grade. Listed here in the order a result lists them."""
+
+    LOW_CONFIDENCE = "low_confidence"  # confidence < REVIEW_CONFIDENCE
+    NEAR_TIE = "near_tie"  # the two most probable grades within TIE_MARGIN of each other
+    SUSPECTED_INJECTION = "suspected_injection"  # the answer addresses the grader; graded without those spans
+    REPETITION = "repetition"  # padded by repeating itself
+    KEYWORD_STUFFING = "keyword_stuffing"  # a list of terms, not an answer
+    NO_ANSWER = "no_answer"  # empty once punctuation is removed, "no ho sé" and the like
+    COPIES_PROMPT = "copies_prompt"  # repeats the consigna
+    OTHER_LANGUAGE = "other_language"  # not Catalan
+    GIBBERISH = "gibberish"  # not words
+
+
+REVIEW_REASON_ORDER: tuple[ReviewReason, ...] = tuple(ReviewReason)
+
+
+def ordered_reasons(reasons: Iterable[ReviewReason | str]) -> list[ReviewReason]:
+    """The contract's order, each reason once: the list is stable whoever builds it."""
+    given = {ReviewReason(r) for r in reasons}
+    return [r for r in REVIEW_REASON_ORDER if r in given]
+
+
 # 1.2 "Grade confidence": the model's distribution over the grades 0..5.
 Probability = Annotated[float, Field(ge=0, le=1)]
 GradeProbabilities = Annotated[list[Probability], Field(min_length=6, max_length=6)]
 _PROBABILITY_SUM_TOLERANCE = 1e-3
+_ARGMAX_TOLERANCE = 1e-6  # rounding to PROBABILITY_DECIMALS may make a tie of a near-tie
 
 
 def _check_distribution(
@@ -152,8 +178,23 @@ def _check_distribution(
     probabilities: list[float] | None,
     confidence: float | None,
     needs_review: bool | None,
+    review_reasons: list[ReviewReason] | None = None,
 ) -> None:
-    """The three 1.2 fields come together, on ok results only, and agree with each other."""
+    """The three 1.2 fields come together, on ok results only, and agree with each other;
+    1.3's reasons agree with ``needs_review``, and the grade is the most probable one."""
+    if review_reasons is not None:
+        if status is not ItemStatus.OK:
+            raise ValueError("review_reasons are for ok results only")
+        if review_reasons != ordered_reasons(review_reasons):
+            raise ValueError("review_reasons must be in the contract's order, each once")
+        if needs_review is not None and needs_review != bool(review_reasons):
+            raise ValueError("needs_review must be true exactly when review_reasons is not empty")
+        if (
+            nota is not None
+            and probabilities is not None
+            and probabilities[nota] < max(probabilities) - _ARGMAX_TOLERANCE
+        ):
+            raise ValueError("nota must be the most probable grade of nota_probabilities")
     fields = (probabilities, confidence, needs_review)
     if all(f is None for f in fields):
         return
@@ -190,6 +231,8 @@ class EvaluationResult(BaseModel):
     nota_probabilities: GradeProbabilities | None = Field(default=None, exclude_if=lambda v: v is None)
     confidence: Probability | None = Field(default=None, exclude_if=lambda v: v is None)
     needs_review: bool | None = Field(default=None, exclude_if=lambda v: v is None)
+    # 1.3, ok results: why a teacher should look (empty: no reason); absent on error results.
+    review_reasons: list[ReviewReason] | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _status_matches_fields(self) -> EvaluationResult:
@@ -198,7 +241,9 @@ class EvaluationResult(BaseModel):
                 raise ValueError("status ok needs nota and feedback and no error")
         elif self.nota is not None or self.feedback is not None or self.error is None:
             raise ValueError("status error needs an error and no nota or feedback")
-        _check_distribution(self.status, self.nota, self.nota_probabilities, self.confidence, self.needs_review)
+        _check_distribution(
+            self.status, self.nota, self.nota_probabilities, self.confidence, self.needs_review, self.review_reasons
+        )
         return self
 
 
@@ -245,6 +290,15 @@ class ItemSummary(BaseModel):
     nota_probabilities: GradeProbabilities | None = Field(default=None, exclude_if=lambda v: v is None)
     confidence: Probability | None = Field(default=None, exclude_if=lambda v: v is None)
     needs_review: bool | None = Field(default=None, exclude_if=lambda v: v is None)
+    # 1.3: as in the result.
+    review_reasons: list[ReviewReason] | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @model_validator(mode="after")
+    def _fields_agree(self) -> ItemSummary:
+        _check_distribution(
+            self.status, self.nota, self.nota_probabilities, self.confidence, self.needs_review, self.review_reasons
+        )
+        return self
 
 
 class ProgressFigures(BaseModel):
@@ -343,3 +397,70 @@ class ControlCommand(BaseModel):
         default=None, exclude_if=lambda v: v is None
     )
     admin: StrictBool = Field(default=False, exclude_if=lambda v: v is False)
+
+
+# --- decision records (1.3; topic evaluation.decisions, keyed by job_id) ---
+
+
+class DecisionKind(StrEnum):
+    GRADE = "grade"  # a grade released (one per ok result)
+    CORRECTION = "correction"  # a teacher's correction applied
+    ERASED = "erased"  # the job's data erased (its records stay: no text, no name)
+
+
+class GradeRecord(BaseModel):
+    """Which model, prompt and distribution gave a released grade. No text, feedback or id_alumno."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    record: Literal[DecisionKind.GRADE] = DecisionKind.GRADE
+    result_id: str
+    job_id: str
+    tenant: str | None
+    item_index: Annotated[int, Field(ge=0)]
+    # HMAC-SHA-256 (hex) of the item's respuesta, as the student wrote it, under DECISIONS_HMAC_KEY.
+    answer_hmac: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    model: str
+    model_revision: str | None
+    prompt_format: str
+    prompt_sha256: str
+    sampling: Sampling
+    nota: Annotated[int, Field(ge=0, le=5)]
+    nota_probabilities: GradeProbabilities | None
+    confidence: Probability | None
+    review_reasons: list[ReviewReason]
+    graded_at: datetime
+
+
+class CorrectionRecord(BaseModel):
+    """A teacher's correction as it was applied (``previous_nota``: null when the writer did not know it)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    record: Literal[DecisionKind.CORRECTION] = DecisionKind.CORRECTION
+    result_id: str
+    job_id: str
+    tenant: str | None
+    item_index: Annotated[int, Field(ge=0)]
+    nota: Annotated[int, Field(ge=0, le=5)]
+    previous_nota: Annotated[int, Field(ge=0, le=5)] | None
+    by: str  # who: a key's id (never the key), "cli" for texteval correct, or "anonymous"
+    corrected_at: datetime
+    applied_at: datetime
+
+
+class ErasedRecord(BaseModel):
+    """The job's data was erased; its records stay, and every reader of corrections skips the job."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    record: Literal[DecisionKind.ERASED] = DecisionKind.ERASED
+    job_id: str
+    tenant: str | None
+    at: datetime
+
+
+DecisionRecord = Annotated[GradeRecord | CorrectionRecord | ErasedRecord, Field(discriminator="record")]

@@ -8,7 +8,14 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from consumer.contract import ControlCommand, EvaluationRequest, EvaluationResult, Item, ProgressEvent
+from consumer.contract import (
+    ControlCommand,
+    DecisionRecord,
+    EvaluationRequest,
+    EvaluationResult,
+    Item,
+    ProgressEvent,
+)
 from consumer.corrections import Correction
 
 _SCHEMA_ROOT = "https://texteval.example/schemas/v1/"
@@ -24,6 +31,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
         "progress-event.schema.json": TypeAdapter(ProgressEvent).json_schema(),
         "control-command.schema.json": ControlCommand.model_json_schema(),
         "correction.schema.json": Correction.model_json_schema(),  # 1.2
+        "decision-record.schema.json": TypeAdapter(DecisionRecord).json_schema(),  # 1.3
     }
     for name, schema in schemas.items():
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

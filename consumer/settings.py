@@ -30,6 +30,8 @@ JSON_OVERHEAD_TOKENS = 28
 WORST_TOKENS_PER_FEEDBACK_CHAR = 2
 DEFAULT_FEEDBACK_MAX_CHARS = 176  # what the prototype's 200 tokens were meant to hold
 DEFAULT_REVIEW_CONFIDENCE = 0.5  # REVIEW_CONFIDENCE's default; why: beside the setting
+DEFAULT_TIE_MARGIN = 0.02  # TIE_MARGIN's default; why: beside the setting
+DECISIONS_RETENTION_DAYS = 183  # the EU AI Act's six months for a high-risk system's logs (Art. 19, 26(6))
 
 
 def max_tokens_for(feedback_chars: int) -> int:
@@ -131,6 +133,16 @@ class Settings(BaseSettings):
     # misses by several points on some item. Raise to 1 only for a model whose
     # recorded grades were seen to move between runs.
     canary_tolerance: int = Field(default=0, ge=0, le=5, alias="CANARY_TOLERANCE")
+    # Contract 1.3: near_tie when the two most probable grades are within this
+    # of each other (probabilities). Two runs of the same text agree on the grade
+    # except where batch-dependent arithmetic moves the top two past each other;
+    # the margin is far above that noise (docs/models.md has the figures), so a
+    # grade that could come out otherwise is always said to be close.
+    tie_margin: float = Field(default=DEFAULT_TIE_MARGIN, ge=0, le=1, alias="TIE_MARGIN")
+    # Contract 1.3: review reasons read from the answer itself (suspected_injection,
+    # repetition, keyword_stuffing, no_answer, copies_prompt, other_language,
+    # gibberish; consumer/engine/screening.py). false: only the grade's own reasons.
+    screen_answers: bool = Field(default=True, alias="SCREEN_ANSWERS")
 
     _feedback_chars: int = PrivateAttr(default=DEFAULT_FEEDBACK_MAX_CHARS)
 
@@ -239,6 +251,21 @@ class Settings(BaseSettings):
     # 1.2: teachers' corrections (`texteval correct`, POST /jobs/{id}/corrections);
     # invalid ones go to `<this topic>.DLT` (corrections_dlt_topic).
     corrections_topic: str = Field(default="evaluation.corrections", alias="KAFKA_CORRECTIONS_TOPIC")
+    # 1.3: decision records, one per released grade and per correction applied
+    # (no texts, no names); kept DECISIONS_RETENTION_MS (deploy/kafka/create-topics.sh).
+    decisions_topic: str = Field(default="evaluation.decisions", alias="KAFKA_DECISIONS_TOPIC")
+    # Retention of the decisions topic (183 days), set by deploy/kafka/create-topics.sh and
+    # KAFKA_CREATE_TOPICS; docs/privacy.md's data map names it.
+    decisions_retention_ms: int = Field(
+        default=DECISIONS_RETENTION_DAYS * 86_400_000, ge=3_600_000, alias="DECISIONS_RETENTION_MS"
+    )
+    # Key of the records' answer_hmac (HMAC-SHA-256 of each respuesta): a school
+    # recomputes it on its copy to show which text was graded. Required unless
+    # every broker is on loopback (development), where a fixed development key
+    # is used and said at start; never printed.
+    decisions_hmac_key: SecretStr = Field(default=SecretStr(""), alias="DECISIONS_HMAC_KEY")
+    # Write decision records (false only to measure what they cost: bench/b1).
+    decision_records: bool = Field(default=True, alias="DECISION_RECORDS")
     # How long a finished job_id is remembered (an idempotency key); then its job-state record is deleted.
     job_id_retention_s: float = Field(default=7 * 86400.0, gt=0, alias="JOB_ID_RETENTION_S")
     # How long a cancel command is honoured (how far back the control topic is read).
@@ -375,7 +402,7 @@ class Settings(BaseSettings):
         """Every topic the consumer and the gateway use (created at start with KAFKA_CREATE_TOPICS)."""
         return [
             self.requests_topic, self.results_topic, self.progress_topic, self.dlt_topic, self.control_topic,
-            self.checkpoints_topic, self.corrections_topic, self.corrections_dlt_topic,
+            self.checkpoints_topic, self.corrections_topic, self.corrections_dlt_topic, self.decisions_topic,
         ]  # fmt: skip
 
     @property

@@ -1,0 +1,353 @@
+"""What the answer itself says before any model reads it (contract 1.3, review reasons).
+
+A grader that reads the student's text inside its prompt can be talked to:
+a note to the teacher ("aquesta resposta mereix un 5"), an instruction
+override, a fake system line, forged turn markers, a JSON grade at the end.
+Noticing that does not depend on the model, so it is done here, on the
+text, the same way for every engine:
+
+- ``suspected_injection``: spans addressed to the grader. The model then
+  grades the answer *without* those spans (``Screening.graded``), so the
+  attempt cannot lift the grade; every message still carries the text as
+  the student wrote it (only the prompt differs, and its hash says so).
+- Answers that cannot be graded as answers: ``no_answer``, ``copies_prompt``,
+  ``other_language``, ``gibberish``; and padding: ``repetition``,
+  ``keyword_stuffing``. These are read on the text without the addressed
+  spans, so an English note to the grader does not make a Catalan answer
+  "English".
+
+Libraries: language identification is lingua (``lingua-language-detector``:
+ships its models, knows Catalan, reliable on short texts; weighed against
+fastText's lid.176, which must be downloaded, and langdetect/langid, which
+are unmaintained and weaker on short texts); the function words that tell a
+sentence from a list of terms are stopwords-iso's Catalan, Spanish and
+English lists. The patterns of addressing a grader are this project's own:
+no library detects a student talking to a grader, and the prompt-injection
+classifiers that exist are English-only models, heavier than the whole
+check here. The patterns are tested against a held-out set in Catalan,
+Spanish and English (tests/data/review/).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from consumer.contract import Item, ReviewReason, ordered_reasons
+
+if TYPE_CHECKING:
+    from lingua import LanguageDetector
+
+
+def fold(text: str) -> str:
+    """Lower case without accents, one character for one character (spans found in it apply to ``text``)."""
+    out = []
+    for ch in text:
+        base = unicodedata.normalize("NFD", ch)[:1] or ch
+        low = base.lower()
+        out.append(low if len(low) == 1 else base)
+    return "".join(out)
+
+
+# --- addressed to the grader (patterns run on fold(text): lower case, no accents) ---
+
+_NUM = r"(?:5|cinc|cinco|five|10|deu|diez|ten)"
+_TOP = (
+    r"(?:excel[·.]?lent|excelent|exel[·.]?lent|excelente|excellent|perfect[ae]?|sobresaliente|matricula"
+    r"|maxima|maxim|maximo|maximum|full marks|top marks|highest|a\+|10/10|5/5)"
+)
+_GRADE_NOUN = r"(?:nota|qualificacio|puntuacio|calificacion|puntuacion|grade|score|mark|marks|rating)"
+_GRADER = (
+    r"(?:profe|professor|professora|corrector|correctora|correctors|avaluador|avaluadora|evaluador|evaluadora"
+    r"|examinador|examinadora|grader|examiner|teacher|marker|ia|ai|chatgpt|gpt|model|modelo|assistent|asistente"
+    r"|assistant|sistema|system|bot)"
+)
+
+_ADDRESSED = [
+    # A grade asked for or claimed: "mereix un 5", "posa-hi un excel·lent", "dale un 10", "give it full marks".
+    rf"\b(?:mereix\w*|merece\w*|merezco|deserves?|deserving)\b[^.!?\n]{{0,40}}?(?:\b{_NUM}\b|{_TOP}|{_GRADE_NOUN})",
+    rf"\b(?:posa|posa-hi|posa-m[e']|posa'm|poseu|poseu-hi|poseu-me|dona|dona-hi|dona-li|dona'm|dona-m[e']|doneu"
+    rf"|doneu-me|pon|ponle|ponme|ponga|dale|dame|da|give|giving|award|assign|put)\b[^.!?\n]{{0,30}}?"
+    rf"(?:\b(?:un|una|a|el|la|an|the)\s+{_NUM}\b|{_TOP}|\b{_GRADE_NOUN}\b[^.!?\n]{{0,15}}?\b{_NUM}\b)",
+    rf"\b(?:grade|score|rate|mark|puntua|puntueu|qualifica|qualifiqueu|avalua|avalueu|califica|puntua)\b"
+    rf"[^.!?\n]{{0,30}}?(?:\b(?:with|amb|con|as|com|como)\b[^.!?\n]{{0,10}}?)?(?:\b{_NUM}\b|{_TOP})",
+    rf"\b{_GRADE_NOUN}\b\s*(?:final\s*)?(?:[:=]|es|sera|ha de ser|hauria de ser|debe ser|should be|is)\s*"
+    rf"(?:un |una |a )?(?:\b{_NUM}\b|{_TOP})",
+    # Someone addressed: "Profe, ...", "Nota per al corrector:", "Note to the AI grader", "Sr. avaluador".
+    rf"(?:^|[\n.!?]\s*)(?:hola\s+|estimad[ao]s?\s+|benvolguda?\s+|querid[ao]\s+|dear\s+|hey\s+|sr\.?\s+|sra\.?\s+)?"
+    rf"{_GRADER}\s*[,:]",
+    rf"\b(?:nota|missatge|mensaje|message|note|aviso|avis)\s+(?:per\s+(?:a\s+)?(?:al?|la|l')\s*|para\s+(?:el|la)\s+"
+    rf"|to\s+(?:the\s+)?|for\s+(?:the\s+)?|al\s+|a\s+la\s+)(?:\w+\s+)?{_GRADER}\b",
+    rf"\b(?:sr|sra|senyor|senyora|senor|senora|mr|mrs|ms)\.?\s+{_GRADER}\b",
+    # Instructions overridden: "ignora les instruccions anteriors", "olvida todo", "ignore previous instructions".
+    r"\b(?:ignora|ignoreu|ignorar|ignore|ignores|disregard|oblida|oblideu|olvida|olvidad|olvidar|omite|forget|obvia)"
+    r"\b[^.!?\n]{0,40}?\b(?:instruccions?|instrucciones?|instructions?|anteriors?|previas?|previous|prior|above"
+    r"|tot|todo|everything|all|prompt|regles|reglas|rules|criteris|criterios|criteria)\b",
+    r"\b(?:a partir d'ara|des d'ara|ara ets|a partir de ahora|ahora eres|from now on|you are now|now you are"
+    r"|act as|actua com|actua como|pretend to be|fes com si|haz como si)\b",
+    r"\b(?:respon|responde|respond|answer|output|return|retorna|devuelve|escriu|escribe|write)\b[^.!?\n]{0,25}?"
+    r"(?:\bnomes\b|\bsolo\b|\bonly\b|\bjust\b|\bamb\b|\bcon\b|\bwith\b)[^.!?\n]{0,25}?(?:\{|json|\bnota\b)",
+    # The student's answer praising itself to the grader: "aquesta resposta és excel·lent / de 10".
+    rf"\b(?:aquesta|aquest|esta|este|this|la meva|mi|my)\s+(?:resposta|respuesta|answer|text|treball|trabajo|work)"
+    rf"\b[^.!?\n]{{0,50}}?(?:{_TOP}|\bde\s+(?:10|deu|diez)\b|\bimpecable\b|\bbrillant\b|\bbrillante\b"
+    rf"|\bmillor\b|\bmejor\b|\bbest\b|\boutstanding\b|\bflawless\b)",
+]
+# Role and turn markers, and fake system lines: the marker and the rest of its line.
+_MARKERS = [
+    r"<\s*/?\s*(?:start_of_turn|end_of_turn|bos|eos|s|\|[a-z_]+\|)\s*>[^\n]*",
+    r"\[/?\s*(?:inst|sys|system|sistema|assistant|user|usuari|usuario)\s*\][^\n]*",
+    r"<<\s*/?\s*sys\s*>>[^\n]*",
+    r"#{2,}\s*(?:instruction|instruccio|instruccion|response|resposta|respuesta|system|sistema|input|output)\b[^\n]*",
+    r"(?:^|\n)\s*(?:system|sistema|assistant|assistent|asistente|user|usuari|usuario|model|modelo|ai|ia|grader"
+    r"|avaluador|evaluador|corrector)\s*:[^\n]*",
+]
+# A grade written as the output: {"nota": 5, ...}, {'nota':5}, nota: 5/5.
+_OUTPUT = [
+    r"\{[^{}]{0,300}?[\"']?\s*(?:nota|feedback|grade|score|calificacion|qualificacio)\s*[\"']?\s*:[^{}]{0,300}\}?",
+    r"\b(?:nota|grade|score)\s*[:=]\s*[0-9]+(?:[.,][0-9]+)?\s*(?:/\s*(?:5|10))?",
+]
+
+_ADDRESSED_RE = [re.compile(p) for p in _ADDRESSED]
+_MARKER_RE = [re.compile(p) for p in _MARKERS]
+_OUTPUT_RE = [re.compile(p) for p in _OUTPUT]
+_SENTENCE_END = re.compile(r"[.!?\n]")
+
+
+def _sentence_around(folded: str, start: int, end: int) -> tuple[int, int]:
+    """The sentence holding [start, end): from after the previous end mark to the next one, included."""
+    while start < end and (folded[start] in ".!?" or folded[start].isspace()):
+        start += 1  # a match that begins at the previous sentence's end does not take that sentence
+    before = max((m.end() for m in _SENTENCE_END.finditer(folded, 0, start)), default=0)
+    after = _SENTENCE_END.search(folded, end)
+    return before, (after.end() if after else len(folded))
+
+
+def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def addressed_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of ``text`` addressed to the grader (whole sentences, marker lines, output objects)."""
+    folded = fold(text)
+    spans: list[tuple[int, int]] = []
+    for pattern in _ADDRESSED_RE:
+        for match in pattern.finditer(folded):
+            spans.append(_sentence_around(folded, match.start(), match.end()))
+    for pattern in _MARKER_RE + _OUTPUT_RE:
+        for match in pattern.finditer(folded):
+            spans.append((match.start(), match.end()))
+    return _merge(spans)
+
+
+def without_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """The text with the spans cut out, the rest as written (runs of blanks at the cuts joined)."""
+    if not spans:
+        return text
+    kept, position = [], 0
+    for start, end in spans:
+        kept.append(text[position:start])
+        position = end
+    kept.append(text[position:])
+    joined = " ".join(part.strip() for part in kept if part.strip())
+    return joined
+
+
+# --- answers that are not answers ---
+
+_WORD = re.compile(r"[a-z0-9]+(?:[·.'-][a-z0-9]+)*")
+_NO_ANSWER = re.compile(
+    r"^(?:(?:no|ni)\s+(?:ho|lo|m'ho|me'l|m'ho he|tinc|tengo|se|sabria|sabria que dir|recordo|recuerdo"
+    r"|m'acordo|me acuerdo|l'he fet|lo he hecho|idea|ho se|ho sabia|lo se|lo sabia)\b.*"
+    r"|ni idea.*|nse|nidea|i don'?t know.*|idk|no idea.*|dunno|sense resposta|sin respuesta|no answer"
+    r"|passo|paso|pass|res|nada|nothing|cap idea|ninguna idea|no m'ho he estudiat.*|no lo he estudiado.*"
+    r"|no he estudiat.*|ho sento.*|lo siento.*|sorry.*)$"
+)
+_GRADER_WORDS = {"profe", "professora", "professor", "senyo", "senyu", "sorry"}
+_KEYBOARD_RUNS = ("qwert", "asdf", "sdfg", "dfgh", "fghj", "ghjk", "hjkl", "zxcv", "xcvb", "cvbn", "vbnm", "uiop")
+_LAUGH = re.compile(r"^(?:ja|je|ha|he|jo|ji|xd|lol|jaj|jej)+[as]?$")
+_VOWELS = set("aeiouy")
+_CONSONANT_RUN = re.compile(r"[bcdfghjklmnpqrstvwxz]{5,}")
+
+
+def _words(folded: str) -> list[str]:
+    return _WORD.findall(folded)
+
+
+def _implausible(word: str) -> bool:
+    """A token that is no word of any language a student writes here."""
+    if word.isdigit() or len(word) <= 2:
+        return False
+    if _LAUGH.fullmatch(word) or any(run in word for run in _KEYBOARD_RUNS):
+        return True
+    letters = [c for c in word if c.isalpha()]
+    if len(letters) >= 4 and not any(c in _VOWELS for c in letters):
+        return True
+    if _CONSONANT_RUN.search(word) or re.search(r"(.)\1\1", word):
+        return True
+    return len(letters) >= 6 and sum(c in _VOWELS for c in letters) / len(letters) < 0.2
+
+
+class LanguageGuess(Protocol):
+    """``(language code, its confidence, Catalan's confidence)`` of a text; swappable for tests."""
+
+    def __call__(self, text: str) -> tuple[str, float, float]: ...
+
+
+class LinguaGuess:
+    """lingua over the languages a Catalan school's answers come in (loaded once; ~1 s, ~100 MB)."""
+
+    def __init__(self) -> None:
+        from lingua import Language, LanguageDetectorBuilder
+
+        self._catalan = Language.CATALAN
+        languages = [Language.CATALAN, Language.SPANISH, Language.ENGLISH, Language.FRENCH, Language.ITALIAN,
+                     Language.PORTUGUESE, Language.GERMAN, Language.LATIN]  # fmt: skip
+        self._detector: LanguageDetector = (
+            LanguageDetectorBuilder.from_languages(*languages).with_preloaded_language_models().build()
+        )
+
+    def __call__(self, text: str) -> tuple[str, float, float]:
+        values = self._detector.compute_language_confidence_values(text)
+        if not values:
+            return "", 0.0, 0.0
+        top = values[0]
+        catalan = next((v.value for v in values if v.language == self._catalan), 0.0)
+        return top.language.iso_code_639_1.name.lower(), float(top.value), float(catalan)
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    """What the answer says of itself; ``graded`` is the item the model is given."""
+
+    reasons: tuple[ReviewReason, ...]
+    graded: Item
+    removed_chars: int = 0  # of the student's text, cut from the prompt as addressed to the grader
+
+
+class Screener:
+    """Reads one item's answer; pure but for the language model it holds (thread-safe, no I/O)."""
+
+    # Thresholds, each with what it guards against (tests/engine/test_screening.py has the cases).
+    MIN_WORDS_FOR_LANGUAGE = 6  # shorter: a language guess is noise ("la celula" is "Portuguese")
+    OTHER_LANGUAGE_TOP = 0.5  # the other language must be clear ...
+    OTHER_LANGUAGE_MAX_CATALAN = 0.25  # ... and Catalan not close (Catalan with Spanish spellings stays Catalan)
+    COPY_COVERAGE = 0.8  # share of the answer's words found in the consigna
+    COPY_MIN_LENGTH = 0.6  # the answer at least this share of the consigna's length: a copy, not a short reply
+    STUFFING_WINDOW = 12  # words in a row with at most one function word: a list of terms, not a sentence
+    REPEATED_NGRAM = 5  # a 5-word sequence three times is padding
+    DOMINANT_WORD_SHARE = 0.5  # one content word half of a 4+ word answer
+
+    def __init__(self, language: LanguageGuess | None = None) -> None:
+        import stopwordsiso
+
+        self._language = language if language is not None else LinguaGuess()
+        self._function_words = {
+            fold(w) for code in ("ca", "es", "en") for w in stopwordsiso.stopwords(code)
+        }  # fmt: skip
+
+    def screen(self, item: Item) -> Screening:
+        reasons: set[ReviewReason] = set()
+        text = item.respuesta
+        spans = addressed_spans(text)
+        graded_text = text
+        if spans:
+            reasons.add(ReviewReason.SUSPECTED_INJECTION)
+            graded_text = without_spans(text, spans)
+        folded = fold(graded_text)
+        words = _words(folded)
+        reasons.update(self._content_reasons(graded_text, folded, words, fold(item.consigna)))
+        graded = item if graded_text == text else item.model_copy(update={"respuesta": graded_text})
+        removed = len(text) - len(graded_text) if spans else 0
+        return Screening(reasons=tuple(ordered_reasons(reasons)), graded=graded, removed_chars=removed)
+
+    def _content_reasons(self, text: str, folded: str, words: list[str], consigna: str) -> set[ReviewReason]:
+        if self._no_answer(folded, words):
+            return {ReviewReason.NO_ANSWER}
+        found: set[ReviewReason] = set()
+        if self._gibberish(folded, words):
+            found.add(ReviewReason.GIBBERISH)
+        if self._copies(words, _words(consigna)):
+            found.add(ReviewReason.COPIES_PROMPT)
+        if self._repetition(folded, words):
+            found.add(ReviewReason.REPETITION)
+        if self._stuffing(folded):
+            found.add(ReviewReason.KEYWORD_STUFFING)
+        if ReviewReason.GIBBERISH not in found and self._other_language(text, words):
+            found.add(ReviewReason.OTHER_LANGUAGE)
+        return found
+
+    @staticmethod
+    def _no_answer(folded: str, words: list[str]) -> bool:
+        letters = sum(c.isalnum() for c in folded)
+        if letters <= 1:
+            return True
+        if len(words) > 10:
+            return False
+        content = " ".join(w for w in words if w not in _GRADER_WORDS)
+        plain = re.sub(r"[^a-z0-9' ]+", " ", folded)
+        plain = " ".join(w for w in plain.split() if w not in _GRADER_WORDS)
+        return bool(_NO_ANSWER.fullmatch(plain) or _NO_ANSWER.fullmatch(content))
+
+    @staticmethod
+    def _gibberish(folded: str, words: list[str]) -> bool:
+        visible = [c for c in folded if not c.isspace()]
+        if visible and sum(c.isalpha() for c in visible) / len(visible) < 0.5:
+            return True
+        if "lorem ipsum" in folded:
+            return True
+        if not words:
+            return True
+        odd = sum(_implausible(w) for w in words)
+        return odd / len(words) >= 0.5
+
+    def _copies(self, words: list[str], consigna: list[str]) -> bool:
+        if len(words) < 3 or not consigna:
+            return False
+        available = Counter(consigna)
+        covered = 0
+        for word in words:
+            if available[word] > 0:
+                available[word] -= 1
+                covered += 1
+        return covered / len(words) >= self.COPY_COVERAGE and len(words) >= self.COPY_MIN_LENGTH * len(consigna)
+
+    def _repetition(self, folded: str, words: list[str]) -> bool:
+        content = [w for w in words if w not in self._function_words]
+        if len(words) >= 4 and content:
+            _, top = Counter(content).most_common(1)[0]
+            if top >= 4 and top / len(words) >= self.DOMINANT_WORD_SHARE:
+                return True
+        n = self.REPEATED_NGRAM
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        if grams and max(grams.values()) >= 3:
+            return True
+        sentences = Counter(s.strip() for s in _SENTENCE_END.split(folded) if len(s.split()) >= 3)
+        return bool(sentences) and max(sentences.values()) >= 3
+
+    def _stuffing(self, folded: str) -> bool:
+        window = self.STUFFING_WINDOW
+        for sentence in re.split(r"[.!?\n;:]", folded):
+            words = _words(sentence)
+            if len(words) < window:
+                continue
+            function = [w in self._function_words for w in words]
+            for i in range(len(words) - window + 1):
+                if sum(function[i : i + window]) <= 1:
+                    return True
+        return False
+
+    def _other_language(self, text: str, words: list[str]) -> bool:
+        if len(words) < self.MIN_WORDS_FOR_LANGUAGE:
+            return False
+        language, top, catalan = self._language(text)
+        return language != "ca" and top >= self.OTHER_LANGUAGE_TOP and catalan < self.OTHER_LANGUAGE_MAX_CATALAN
