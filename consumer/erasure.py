@@ -17,16 +17,27 @@ The retention times are ``create-topics.sh``'s defaults (a test runs the
 script and compares): a topic created or altered otherwise keeps its own.
 Here at the ground layer because the gateway (``DELETE /jobs/{id}?erase=true``)
 and the command line (``texteval erase``) give the same answer.
+
+Contract 1.3: the job's decision records stay (they hold no text and no
+name: an appeal or an inspector may still ask which model gave which grade)
+for ``DECISIONS_RETENTION_MS``, and the erase adds an ``erased`` record
+(``produce_erase`` writes it beside the command); ``texteval agreement`` and
+``texteval export-training`` skip the job from then on. The answer says both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from consumer.contract import ControlAction, ControlCommand
+from consumer.decisions import erased_record
 from consumer.settings import Settings
 from consumer.tenants import tenant_of
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
 
 DAY_S = 86_400
 # The broker's log.retention.check.interval.ms default (create-topics.sh's assumption), in seconds.
@@ -107,6 +118,26 @@ def erased_now(settings: Settings) -> list[dict[str, object]]:
     ]
 
 
+SKIPPED_BY = "texteval agreement and texteval export-training skip the job from now on (its corrections too)"
+
+
+def records_kept(settings: Settings, now_s: float) -> list[dict[str, object]]:
+    """The decision records that stay after an erase (contract 1.3): no text, no name."""
+    retention_s = settings.decisions_retention_ms / 1000
+    place = RetainedPlace(
+        settings.decisions_topic,
+        "decision records: result id, answer_hmac (not the text), model, prompt hash, grade, probabilities, "
+        "review reasons, corrections' grades and who; no text, no feedback, no id_alumno; an erased record is added",
+        retention_s,
+        segment_s(retention_s),
+        gone_by_s(now_s, retention_s),
+    )
+    return [
+        place.as_json()
+        | {"why": "appeals, and the EU AI Act's logs (Art. 12, 19, 26(6))", "setting": "DECISIONS_RETENTION_MS"}
+    ]
+
+
 def erase_answer(settings: Settings, job_id: str, now_s: float) -> dict[str, object]:
     """The answer of ``DELETE /jobs/{id}?erase=true`` and ``texteval erase``."""
     return {
@@ -114,8 +145,25 @@ def erase_answer(settings: Settings, job_id: str, now_s: float) -> dict[str, obj
         "status": "erase_requested",
         "erased_now": erased_now(settings),
         "kept_until_retention": [place.as_json() for place in retained_places(settings, now_s)],
+        "records_kept": records_kept(settings, now_s),
+        "teachers_loop": SKIPPED_BY,
         "outside": "files already written (results downloads, CLI --out files) and downstream readers' copies",
     }
+
+
+async def produce_erase(producer: AIOKafkaProducer, settings: Settings, command: ControlCommand) -> None:
+    """The erase command to the control topic and the job's ``erased`` decision record
+    (contract 1.3), both keyed by ``job_id``; returns once both are acknowledged.
+
+    The command first: it is what erases. The record marks the job erased for as long as
+    its other records stay (the command is kept a day), so that every reader of
+    corrections skips it; if it fails after the command went out, the caller's retry
+    sends both again (a second command and record change nothing).
+    """
+    key = command.job_id.encode()
+    await producer.send_and_wait(settings.control_topic, value=command.model_dump_json().encode(), key=key)
+    record = erased_record(command.job_id)
+    await producer.send_and_wait(settings.decisions_topic, value=record.model_dump_json().encode(), key=key)
 
 
 def erase_command(job_id: str, *, tenant: str | None, admin: bool) -> ControlCommand:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,11 +49,46 @@ def test_every_retained_place_is_a_topic_the_script_creates_with_the_same_retent
 
 
 def test_every_topic_that_holds_student_data_is_in_the_answer(topics: dict[str, Topic]) -> None:
-    # The two others hold no text, name or grade: the job state (erased at once) and the control topic.
+    # The two others hold no text, name or grade: the job state (erased at once) and the control topic;
+    # the decision records (no text, no name) are named apart, as kept on purpose.
     answer = erase_answer(DEFAULTS, "school-42/term-1", NOW_S)
     named = {p["place"] for p in answer["erased_now"]} | {p["place"] for p in answer["kept_until_retention"]}  # type: ignore[attr-defined]
-    assert set(topics) - named == {DEFAULTS.control_topic}
+    assert set(topics) - named == {DEFAULTS.control_topic, DEFAULTS.decisions_topic}
+    assert [p["place"] for p in answer["records_kept"]] == [DEFAULTS.decisions_topic]  # type: ignore[attr-defined]
     assert DEFAULTS.checkpoints_topic in {p["place"] for p in answer["erased_now"]}  # type: ignore[attr-defined]
+
+
+def test_the_answer_says_the_decision_records_stay_without_text_and_the_loop_skips_the_job(
+    topics: dict[str, Topic],
+) -> None:
+    answer = erase_answer(DEFAULTS, "school-42/term-1", NOW_S)
+    records: Any = answer["records_kept"]
+    (kept,) = records
+    topic = topics[DEFAULTS.decisions_topic]
+    # 183 days, as create-topics.sh sets it, and gone within 1.1 x like every other topic.
+    assert kept["retention_s"] * 1000 == topic.ms("retention.ms") == DEFAULTS.decisions_retention_ms == 183 * 86_400_000
+    assert kept["segment_s"] * 1000 == topic.ms("segment.ms")
+    gone_by = datetime.fromisoformat(kept["gone_by"]).timestamp()
+    assert kept["retention_s"] < gone_by - NOW_S <= 1.1 * kept["retention_s"]
+    assert (
+        "no text" in kept["holds"] and "no id_alumno" in kept["holds"] and kept["setting"] == "DECISIONS_RETENTION_MS"
+    )
+    assert "agreement" in answer["teachers_loop"] and "export-training" in answer["teachers_loop"]  # type: ignore[operator]
+    # The setting moves the answer as it moves the script.
+    shorter = erase_answer(Settings.model_construct(decisions_retention_ms=30 * 86_400_000), "j", NOW_S)
+    assert shorter["records_kept"][0]["retention_s"] == 30 * 86_400  # type: ignore[index]
+
+
+def test_the_decisions_retention_is_settable_in_the_script(tmp_path: Path) -> None:
+    done, created = run_script(tmp_path / "longer", DECISIONS_RETENTION_MS=str(365 * 86_400_000))
+    assert done.returncode == 0, done.stderr
+    decisions = created[DEFAULTS.decisions_topic]
+    assert decisions.ms("retention.ms") == 365 * 86_400_000 and decisions.partitions == 12
+    assert decisions.ms("retention.ms") + decisions.ms("segment.ms") + RETENTION_CHECK_S * 1000 <= 1.1 * (
+        365 * 86_400_000
+    )
+    done, created = run_script(tmp_path / "short", DECISIONS_RETENTION_MS="60000")
+    assert done.returncode != 0 and "too short" in done.stderr and created == {}
 
 
 def test_the_answer_says_until_when_in_utc_and_follows_the_topic_names() -> None:

@@ -1,8 +1,8 @@
 """``texteval agreement``: how the model grades against the teachers who corrected it.
 
-The pairs are the ``ok`` results that a teacher corrected (the latest
-correction per result; a correction that keeps the grade counts as an
-agreement). Per model and prompt format: n, exact agreement, within-one
+The pairs are the ``ok`` results that a teacher corrected (the correction
+applied last per result; a correction that keeps the grade counts as an
+agreement), erased jobs left out (contract 1.3). Per model and prompt format: n, exact agreement, within-one
 agreement (|model - teacher| <= 1), quadratic weighted kappa (the ASAP
 competition's measure, chance-corrected and weighting a miss by its
 distance squared), the 6x6 confusion matrix (rows: the model's grade,
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consumer.contract import Item
-from consumer.corrections import Correction
+from consumer.corrections import Correction, ErasedSkipped
 from consumer.engine.output import NOTA_VALUES
 from consumer.engine.prompt import PromptBuilder
 from consumer.tools.loop_sources import GradedItem
@@ -134,6 +134,7 @@ class AgreementReport:
     corrections: int  # the latest correction per result
     of_error_results: int  # corrections of results that were errors: no model grade to compare
     without_result: int  # corrections whose result was not found among the results read
+    erased: ErasedSkipped = field(default_factory=ErasedSkipped)  # left out before counting (contract 1.3)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +142,7 @@ class AgreementReport:
             "corrections": self.corrections,
             "of_error_results": self.of_error_results,
             "without_result": self.without_result,
+            "erased_skipped": self.erased.as_dict(),
         }
 
 
@@ -154,9 +156,12 @@ def agreement(
     results: Mapping[str, GradedItem],
     corrections: Mapping[str, Correction],
     items: Mapping[str, Item] | None = None,
+    *,
+    erased: ErasedSkipped | None = None,
 ) -> AgreementReport:
-    """``corrections``: result_id -> the correction that counts (``latest_by_item``);
-    ``items``: result_id -> the item graded (for the prompt format), when read."""
+    """``corrections``: result_id -> the correction that counts (``latest_by_item``), erased
+    jobs already left out (``erased`` says how many); ``items``: result_id -> the item graded
+    (for the prompt format), when read."""
     groups: dict[tuple[str, str], GroupFigures] = {}
     of_errors = without = 0
     for rid, correction in corrections.items():
@@ -171,7 +176,7 @@ def agreement(
         group = groups.setdefault((result.model, fmt), GroupFigures(result.model, fmt))
         group.add(result.nota, correction.nota, result.confidence)
     ordered = [groups[key] for key in sorted(groups)]
-    return AgreementReport(ordered, len(corrections), of_errors, without)
+    return AgreementReport(ordered, len(corrections), of_errors, without, erased or ErasedSkipped())
 
 
 def _share(value: float | None) -> str:
@@ -200,7 +205,7 @@ def render(report: AgreementReport) -> str:
         lines.append("no corrected ok results to compare")
     lines.append(
         f"{report.corrections} corrections: {report.of_error_results} of error results, "
-        f"{report.without_result} without a result read"
+        f"{report.without_result} without a result read; {report.erased}"
     )
     return "\n".join(lines) + "\n"
 

@@ -14,6 +14,12 @@ paths and what is wrong, never the text). A file has no topic, partition or
 offset: its coordinates are ``texteval.original.file`` and
 ``texteval.original.line``. ``DeadLetters`` itself cannot be reused: it
 copies a consumed Kafka record, and a file line is not one.
+
+Contract 1.3: a line whose ``corrected_at`` lies more than a minute in the
+future is dead-lettered like any invalid line (``invalid_correction``,
+detail ``corrected_at: lies more than a minute in the future``), and every
+correction produced also gets its decision record on the decisions topic
+(``by: "cli"``; ``previous_nota`` null: the command line holds no grades).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.contract import JOB_ID_PATTERN, utc_now
-from consumer.corrections import Correction, InvalidCorrection, parse_correction
+from consumer.corrections import Correction, InvalidCorrection, correction_record, parse_correction
 from consumer.kafka import client_kwargs, ensure_topics
 from consumer.settings import Settings
 from consumer.tools.loop_sources import correction_records
@@ -34,6 +40,7 @@ REASON_HEADER = "texteval.error.reason"
 DETAIL_HEADER = "texteval.error.detail"
 FILE_HEADER = "texteval.original.file"
 LINE_HEADER = "texteval.original.line"
+BY_CLI = "cli"  # a correction record's `by` for texteval correct
 
 
 class CorrectionRejectReason(StrEnum):
@@ -84,11 +91,12 @@ def read_correction_file(path: Path, max_items: int) -> CorrectionBatch:
 
 
 async def produce_corrections(settings: Settings, batch: CorrectionBatch, source_name: str) -> None:
-    """The valid ones to the corrections topic, the rejected ones to its DLT; waits for every ack."""
+    """The valid ones to the corrections topic, each followed by its decision record,
+    the rejected ones to its DLT; waits for every ack."""
     from aiokafka import AIOKafkaProducer
 
     if settings.kafka_create_topics:
-        topics = [settings.corrections_topic, settings.corrections_dlt_topic]
+        topics = [settings.corrections_topic, settings.corrections_dlt_topic, settings.decisions_topic]
         await ensure_topics(
             settings.kafka_bootstrap_servers,
             dict.fromkeys(topics, settings.kafka_topic_partitions),
@@ -97,10 +105,12 @@ async def produce_corrections(settings: Settings, batch: CorrectionBatch, source
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
     await producer.start()
     try:
-        acks = [
-            await producer.send(settings.corrections_topic, value=c.model_dump_json().encode(), key=c.job_id.encode())
-            for c in batch.valid
-        ]
+        acks = []
+        for c in batch.valid:
+            key = c.job_id.encode()
+            record = correction_record(c, previous_nota=None, by=BY_CLI)
+            acks.append(await producer.send(settings.corrections_topic, value=c.model_dump_json().encode(), key=key))
+            acks.append(await producer.send(settings.decisions_topic, value=record.model_dump_json().encode(), key=key))
         for rejected in batch.rejected:
             headers = [
                 (REASON_HEADER, rejected.reason.value.encode()),

@@ -1,8 +1,11 @@
 """``texteval erase JOB_ID``: erase a job's data (contract 1.2, "Erasure").
 
-Produces the erase command to the control topic and prints what that
-removes at once and what stays in the topics until retention removes it
-(``consumer.erasure``: the same answer as ``DELETE /jobs/{id}?erase=true``).
+Produces the erase command to the control topic and the job's ``erased``
+decision record (contract 1.3) to the decisions topic, and prints what that
+removes at once, what stays in the topics until retention removes it, and
+that the job's decision records stay (no text, no name) while ``agreement``
+and ``export-training`` skip the job (``consumer.erasure``: the same answer
+as ``DELETE /jobs/{id}?erase=true``).
 
 The command says on whose behalf it speaks, because the consumers and
 gateways honour it only for a job of that tenant or from an operator: for a
@@ -20,7 +23,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from consumer.erasure import erase_answer, erase_command, honoured
+from consumer.erasure import erase_answer, erase_command, honoured, produce_erase
 from consumer.tenants import tenant_of
 
 if TYPE_CHECKING:
@@ -45,7 +48,7 @@ async def erase_job(args: argparse.Namespace, settings: Settings) -> int:
     from aiokafka import AIOKafkaProducer
     from pydantic import ValidationError
 
-    from consumer.kafka import KafkaSetupError, check_connection, client_kwargs
+    from consumer.kafka import KafkaSetupError, check_connection, client_kwargs, ensure_topics
 
     try:
         command = erase_command(args.job_id, tenant=args.tenant, admin=args.admin)
@@ -62,12 +65,17 @@ async def erase_job(args: argparse.Namespace, settings: Settings) -> int:
     except KafkaSetupError as exc:
         print(f"erase: cannot use Kafka: {exc}", file=sys.stderr)
         return 2
+    if settings.kafka_create_topics:
+        topics = [settings.control_topic, settings.decisions_topic]
+        await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            dict.fromkeys(topics, settings.kafka_topic_partitions),
+            **client_kwargs(settings),
+        )
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
     await producer.start()
     try:
-        await producer.send_and_wait(
-            settings.control_topic, value=command.model_dump_json().encode(), key=args.job_id.encode()
-        )
+        await produce_erase(producer, settings, command)
     finally:
         await producer.stop()
     print(json.dumps(erase_answer(settings, args.job_id, time.time()), indent=2, ensure_ascii=False))

@@ -7,9 +7,15 @@ and corrections) or the configured topic, read from the beginning up to its
 end at the time of reading (``TopicReader.to_end``), without a consumer group.
 
 Readers of at-least-once streams keep one result per ``result_id``; a
-correction counts once per result (the latest, ``latest_by_item``). Student
-texts are read only for the items asked for (``wanted``): a requests topic
-holds whole terms of texts, and export needs a handful of them.
+correction counts once per result (the one applied last, ``latest_by_item``).
+Student texts are read only for the items asked for (``wanted``): a requests
+topic holds whole terms of texts, and export needs a handful of them.
+
+Erased jobs (contract 1.3) leave the loop: ``load_erased_jobs`` reads the
+``erased`` decision records (kept ``DECISIONS_RETENTION_MS``) and the erase
+commands of the control topic (a day; they cover an erase whose record could
+not be written), and the commands skip those jobs' corrections
+(``consumer.corrections.without_erased``).
 """
 
 from __future__ import annotations
@@ -18,13 +24,24 @@ import csv
 import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from consumer.contract import EvaluationRequest, EvaluationResult, Item, result_id, utc_now
+from consumer.contract import (
+    ControlAction,
+    ControlCommand,
+    EvaluationRequest,
+    EvaluationResult,
+    Item,
+    result_id,
+    utc_now,
+)
 from consumer.corrections import Correction, InvalidCorrection, parse_correction
+from consumer.decisions import erased_jobs, parse_record
+from consumer.erasure import honoured
 from consumer.kafka import Start, TopicReader, client_kwargs
 from consumer.settings import Settings
 from consumer.tools.files import InputFileError, read_jsonl
@@ -63,6 +80,7 @@ class Loaded(Generic[T]):
 
     values: T
     skipped: int = 0
+    future: int = 0  # corrections: on the topic with a corrected_at in the future when written (contract 1.3)
 
 
 def _confidence(value: object) -> float | None:
@@ -200,22 +218,32 @@ def correction_records(path: Path) -> list[tuple[int, bytes, Any]]:
     return records
 
 
+def written_at(record: Record) -> datetime:
+    """When the broker took a record (LogAppendTime on the topics create-topics.sh makes), else now."""
+    timestamp = record.timestamp
+    return datetime.fromtimestamp(timestamp / 1000, UTC) if isinstance(timestamp, int) and timestamp > 0 else utc_now()
+
+
 async def load_corrections(settings: Settings, source: str) -> Loaded[list[Correction]]:
-    """Every valid correction. On the topic an invalid one is skipped and
-    counted (only a writer that bypasses `texteval correct` and the gateway
-    can put one there); in a file it is an error naming the line."""
+    """Every valid correction, in the order applied. On the topic an invalid one
+    is skipped and counted (only a writer that bypasses `texteval correct` and
+    the gateway can put one there), and so is one whose ``corrected_at`` lay in
+    the future when it was written (``future``); in a file either is an error
+    naming the line."""
     loaded: Loaded[list[Correction]] = Loaded([])
 
-    def keep(data: Any) -> None:
+    def keep(record: Record) -> None:
         try:
-            loaded.values.append(parse_correction(data))
-        except InvalidCorrection:  # not JSON (None) or not a correction
-            loaded.skipped += 1
+            loaded.values.append(parse_correction(_decode(record.value), now=written_at(record)))
+        except InvalidCorrection as exc:  # not JSON (None), not a correction, or dated in the future
+            if exc.in_future:
+                loaded.future += 1
+            else:
+                loaded.skipped += 1
 
     if source == TOPIC:
-        await _topic_values(settings, settings.corrections_topic, lambda record: keep(_decode(record.value)))
+        await _topic_values(settings, settings.corrections_topic, keep)
         return loaded
-    # Lines without corrected_at get one time, so the later line wins (latest_by_item).
     now = utc_now()
     for number, _, data in correction_records(Path(source)):
         try:
@@ -265,4 +293,28 @@ async def load_request_items(settings: Settings, source: str, wanted: Collection
         except ValidationError as exc:
             raise InputFileError(f"{path.name} line {number}: {validation_problems(exc)}") from None
         keep(data, None)
+    return loaded
+
+
+async def load_erased_jobs(settings: Settings) -> Loaded[set[str]]:
+    """The job ids erased: ``erased`` records of the decisions topic and honoured erase
+    commands of the control topic (``skipped``: unreadable control commands)."""
+    loaded: Loaded[set[str]] = Loaded(set())
+
+    def from_decisions(record: Record) -> None:
+        # Most records are grades: only a value that names "erased" is parsed.
+        if record.value and b'"erased"' in record.value:
+            loaded.values |= erased_jobs([parse_record(record.value)])
+
+    def from_control(record: Record) -> None:
+        try:
+            command = ControlCommand.model_validate_json(record.value or b"")
+        except ValidationError:
+            loaded.skipped += 1
+            return
+        if command.action is ControlAction.ERASE and honoured(command):
+            loaded.values.add(command.job_id)
+
+    await _topic_values(settings, settings.decisions_topic, from_decisions)
+    await _topic_values(settings, settings.control_topic, from_control)
     return loaded

@@ -30,6 +30,8 @@ The target, and the rule for corrections of the grade alone:
   (``feedback_outside_grammar``): the model is decoded under that grammar,
   so it could never emit this target.
 - an item whose request text was not found: not exported (``request_not_found``).
+- an erased job (contract 1.3): left out before anything is read of it, and
+  counted (``erased jobs skipped``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from enum import StrEnum
 from typing import Any
 
 from consumer.contract import Item
-from consumer.corrections import Correction
+from consumer.corrections import Correction, ErasedSkipped
 from consumer.engine.output import feedback_pattern
 from consumer.engine.prompt import PromptBuilder
 from consumer.tools.loop_sources import GradedItem
@@ -71,6 +73,7 @@ class Export:
     lines: list[dict[str, Any]] = field(default_factory=list)
     by_source: Counter[str] = field(default_factory=Counter)
     excluded: Counter[str] = field(default_factory=Counter)
+    erased: ErasedSkipped = field(default_factory=ErasedSkipped)  # left out before export (contract 1.3)
 
     def jsonl(self) -> str:
         return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in self.lines)
@@ -91,11 +94,13 @@ def build_export(
     items: Mapping[str, Item],
     *,
     feedback_max_chars: int,
+    erased: ErasedSkipped | None = None,
 ) -> Export:
-    """``corrections``: result_id -> the correction that counts; lines in (job_id, item_index) order."""
+    """``corrections``: result_id -> the correction that counts, erased jobs already left out
+    (``erased`` says how many); lines in (job_id, item_index) order."""
     builder = PromptBuilder.gemma_finetune()
     grammar = re.compile(feedback_pattern(feedback_max_chars))
-    export = Export()
+    export = Export(erased=erased or ErasedSkipped())
     for rid, correction in sorted(corrections.items(), key=lambda kv: (kv[1].job_id, kv[1].item_index)):
         item = items.get(rid)
         if item is None:
@@ -125,4 +130,4 @@ def build_export(
 def summary(export: Export) -> str:
     sources = ", ".join(f"{name}: {count}" for name, count in sorted(export.by_source.items())) or "none"
     excluded = ", ".join(f"{name}: {count}" for name, count in sorted(export.excluded.items())) or "none"
-    return f"{len(export.lines)} items exported ({sources}); not exported: {excluded}"
+    return f"{len(export.lines)} items exported ({sources}); not exported: {excluded}; {export.erased}"

@@ -12,7 +12,9 @@
 # (live bars only), dead letters no longer than the requests they hold
 # (KAFKA_DLT_RETENTION_MS, default the requests topic's), cancel commands a
 # day (CANCEL_TTL_S), teachers' corrections as long as the results they
-# correct, job state JOB_ID_RETENTION_S after a job ends.
+# correct, job state JOB_ID_RETENTION_S after a job ends, decision records
+# (no text, no name) DECISIONS_RETENTION_MS (183 days: the EU AI Act's six
+# months for a high-risk system's logs, Art. 19 and 26(6)).
 #
 # Retention that holds. Kafka deletes whole segments, and only once the
 # newest record in one is older than retention.ms, at the broker's next
@@ -56,6 +58,7 @@ control_ms=$((1 * day_ms))
 corrections_ms=$results_ms
 job_id_retention_s="${JOB_ID_RETENTION_S:-604800}"
 job_state_ms=$((${job_id_retention_s%%.*} * 1000))  # a float setting: whole seconds
+decisions_ms="${DECISIONS_RETENTION_MS:-15811200000}"  # 183 days
 if [ "$dlt_ms" -gt "$requests_ms" ]; then
     echo "create-topics: KAFKA_DLT_RETENTION_MS=$dlt_ms keeps rejected requests longer than the requests topic ($requests_ms)" >&2
 fi
@@ -70,7 +73,8 @@ segment_ms() {  # retention_ms -> the segment.ms that keeps deletion within 1.1 
 }
 
 # Refuse before creating anything: every retention must be boundable.
-for retention in "$requests_ms" "$results_ms" "$progress_ms" "$dlt_ms" "$control_ms" "$corrections_ms" "$job_state_ms"; do
+for retention in "$requests_ms" "$results_ms" "$progress_ms" "$dlt_ms" "$control_ms" "$corrections_ms" \
+    "$job_state_ms" "$decisions_ms"; do
     segment_ms "$retention" >/dev/null
 done
 
@@ -92,6 +96,9 @@ create "${KAFKA_CONTROL_TOPIC:-evaluation.control}" 3 "$control_ms"
 # and the corrections that could not be read.
 create "${KAFKA_CORRECTIONS_TOPIC:-evaluation.corrections}" 12 "$corrections_ms"
 create "${KAFKA_CORRECTIONS_TOPIC:-evaluation.corrections}.DLT" 3 "$dlt_ms"
+# 1.3: decision records, keyed by job_id (texteval explain reads the one
+# partition a job maps to); kept for appeals, under the same 1.1 x rule.
+create "${KAFKA_DECISIONS_TOPIC:-evaluation.decisions}" 12 "$decisions_ms"
 # Job state: compacted, one record per job, and exactly as many partitions as
 # the requests topic (partition p holds the jobs of requests partition p; the
 # consumer refuses to start otherwise).

@@ -52,7 +52,7 @@ def run_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[
     fake = tmp_path / "kafka-topics.sh"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$RECORD"\n', encoding="utf-8")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JOB_", "LOG_RETENTION"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JOB_", "LOG_RETENTION", "DECISIONS_"))}
     done = subprocess.run(
         ["sh", str(SCRIPT)],
         env=clean | {"KAFKA_TOPICS_SH": str(fake), "RECORD": str(record)} | env,

@@ -39,10 +39,8 @@ def lines(path: Path) -> list[dict[str, Any]]:
 def reference_pairs() -> dict[str, list[tuple[int, int, float | None]]]:
     """model -> (model nota, teacher nota, confidence), joined here without the code under test."""
     latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for c in lines(CORRECTIONS):
-        key = (c["job_id"], c["item_index"])
-        if key not in latest or c["corrected_at"] >= latest[key]["corrected_at"]:
-            latest[key] = c
+    for c in lines(CORRECTIONS):  # the one applied last counts (contract 1.3): the last line
+        latest[c["job_id"], c["item_index"]] = c
     results = {(r["job_id"], r["item_index"]): r for r in lines(RESULTS)}
     pairs: dict[str, list[tuple[int, int, float | None]]] = defaultdict(list)
     for key, c in latest.items():
@@ -130,12 +128,18 @@ def test_kappa_edge_cases() -> None:
 
 
 def test_the_command_prints_every_figure_per_model(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["agreement", "--results", str(RESULTS), "--corrections", str(CORRECTIONS), "--requests", str(REQUESTS)]
+    args = ["agreement", "--results", str(RESULTS), "--corrections", str(CORRECTIONS), "--requests", str(REQUESTS),
+            "--erased", "none"]  # fmt: skip
     assert main([*args, "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert {g["model"] for g in printed["groups"]} == {FINETUNE, STANDIN}
+    # Not looking for erased jobs is said, in the figures and on stderr (tests/tools/test_erased_skip.py looks).
+    assert printed["erased_skipped"] == {"checked": False, "jobs": 0, "items": 0}
+    assert "erased jobs not checked (--erased none)" in captured.err
     assert main(args) == 0
     text = capsys.readouterr().out
+    assert "erased jobs not checked" in text
     for shown in (f"model {FINETUNE}, prompt format gemma_finetune", "quadratic weighted kappa", "model 5 ",
                   "0.9-1.0", "unknown", "1 of error results"):  # fmt: skip
         assert shown in text
@@ -150,12 +154,19 @@ def test_unreadable_sources_exit_2_with_the_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "missing.jsonl"
-    assert main(["agreement", "--results", str(missing), "--corrections", str(CORRECTIONS)]) == 2
+    assert main(["agreement", "--results", str(missing), "--corrections", str(CORRECTIONS), "--erased", "none"]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
     broken = tmp_path / "corrections.jsonl"
     broken.write_text('{"job_id": "s/j", "item_index": 0, "nota": 8}\n')
-    assert main(["agreement", "--results", str(RESULTS), "--corrections", str(broken)]) == 2
+    assert main(["agreement", "--results", str(RESULTS), "--corrections", str(broken), "--erased", "none"]) == 2
     assert "line 1: nota: Input should be less than or equal to 5" in capsys.readouterr().err
+    # A line dated in the future is an invalid line of the file (contract 1.3).
+    broken.write_text('{"job_id": "s/j", "item_index": 0, "nota": 3, "corrected_at": "2999-01-01T00:00:00Z"}\n')
+    assert main(["agreement", "--results", str(RESULTS), "--corrections", str(broken), "--erased", "none"]) == 2
+    assert "line 1: corrected_at: lies more than a minute in the future" in capsys.readouterr().err
+    # Files, but the erased jobs are read from Kafka by default: no broker, no figures.
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens there
+    assert main(["agreement", "--results", str(RESULTS), "--corrections", str(CORRECTIONS)]) == 2
+    assert "cannot connect to 127.0.0.1:1" in capsys.readouterr().err
     assert main(["agreement"]) == 2
     assert "cannot connect to 127.0.0.1:1" in capsys.readouterr().err

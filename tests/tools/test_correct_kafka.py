@@ -36,9 +36,10 @@ async def test_correct_produces_keyed_corrections_and_dead_letters_a_bad_line_wi
 ) -> None:
     corrections_topic = f"t-{uuid.uuid4().hex[:8]}.evaluation.corrections"
     settings = make_settings(
-        kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic
-    )
-    await create_topics(kafka_bootstrap, [corrections_topic, settings.corrections_dlt_topic])
+        kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic,
+        KAFKA_DECISIONS_TOPIC=f"{corrections_topic}.decisions",
+    )  # fmt: skip
+    await create_topics(kafka_bootstrap, [corrections_topic, settings.corrections_dlt_topic, settings.decisions_topic])
     good = [
         {"job_id": "school-1/term-1/a", "item_index": 0, "nota": 4, "feedback": "Molt bé.",
          "corrected_at": "2026-12-02T10:00:00Z"},
@@ -75,9 +76,10 @@ async def test_agreement_and_export_read_the_topics_as_they_read_files(
 ) -> None:
     corrections_topic = f"t-{uuid.uuid4().hex[:8]}.evaluation.corrections"
     settings = make_settings(
-        kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic
-    )
-    await create_topics(kafka_bootstrap, [*topic_names, corrections_topic, settings.corrections_dlt_topic])
+        kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic,
+        KAFKA_DECISIONS_TOPIC=f"{corrections_topic}.decisions",
+    )  # fmt: skip
+    await create_topics(kafka_bootstrap, settings.service_topics())
     files = {name: DATA / f"agreement_{name}.jsonl" for name in ("results", "corrections", "requests")}
     for name, topic in (("results", settings.results_topic), ("requests", settings.requests_topic)):
         lines = files[name].read_bytes().splitlines()
@@ -100,3 +102,38 @@ async def test_agreement_and_export_read_the_topics_as_they_read_files(
     code, _, err = await texteval(env, "export-training", *file_args, "--out", str(out_files))
     assert code == 0, err
     assert out_topics.read_bytes() == out_files.read_bytes() and out_files.stat().st_size > 0
+
+
+async def test_correct_writes_a_decision_record_per_correction_and_dead_letters_a_future_one(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
+) -> None:
+    corrections_topic = f"t-{uuid.uuid4().hex[:8]}.evaluation.corrections"
+    settings = make_settings(
+        kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic,
+        KAFKA_DECISIONS_TOPIC=f"{corrections_topic}.decisions",
+    )  # fmt: skip
+    await create_topics(kafka_bootstrap, [corrections_topic, settings.corrections_dlt_topic, settings.decisions_topic])
+    lines = [
+        {"job_id": "school-1/t/a", "item_index": 0, "nota": 4, "feedback": SECRET, "comment": SECRET,
+         "corrected_at": "2026-12-02T10:00:00Z"},
+        {"job_id": "school-1/t/a", "item_index": 1, "nota": 2, "corrected_at": "2999-01-01T00:00:00Z"},
+        {"job_id": "school-1/t/a", "item_index": 0, "nota": 5},
+    ]  # fmt: skip
+    path = tmp_path / "corrections.jsonl"
+    path.write_text("".join(json.dumps(v, ensure_ascii=False) + "\n" for v in lines))
+
+    code, out, err = await texteval(service_env(settings), "correct", str(path))
+
+    assert code == 1 and "2 corrections produced" in out, out + err
+    assert "line 2: invalid_correction: corrected_at: lies more than a minute in the future" in err
+    (dead,) = await read_until(kafka_bootstrap, settings.corrections_dlt_topic, at_least(1))
+    assert dict(dead.headers)["texteval.error.detail"] == b"corrected_at: lies more than a minute in the future"
+    records = await read_until(kafka_bootstrap, settings.decisions_topic, at_least(2))
+    assert [r.key for r in records] == [b"school-1/t/a"] * 2  # one partition: in the order applied
+    values = [json.loads(r.value) for r in records if r.value]
+    assert [(v["record"], v["result_id"], v["nota"], v["previous_nota"], v["by"]) for v in values] == [
+        ("correction", "school-1/t/a#0", 4, None, "cli"), ("correction", "school-1/t/a#0", 5, None, "cli")
+    ]  # fmt: skip
+    assert values[0]["corrected_at"] == "2026-12-02T10:00:00Z" and values[0]["tenant"] == "school-1"
+    assert all(v["applied_at"] for v in values)
+    assert SECRET not in json.dumps(values)  # no feedback, no comment in a record

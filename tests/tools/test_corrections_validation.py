@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from consumer.corrections import Correction, InvalidCorrection, parse_correction
+from consumer.corrections import (
+    Correction,
+    ErasedSkipped,
+    InvalidCorrection,
+    correction_by,
+    correction_record,
+    in_the_future,
+    latest_by_item,
+    parse_correction,
+    without_erased,
+)
+from consumer.decisions import parse_record
 from consumer.tools.correct import CorrectionRejectReason, read_correction_file
 
 SECRET = "El meu germà es diu Pau i viu al carrer Major 3"  # stands for a minor's personal data
@@ -114,3 +125,78 @@ def test_a_csv_file_reads_its_integer_columns_and_empty_cells(tmp_path: Path) ->
     (rejected,) = batch.rejected
     assert (rejected.line, rejected.detail) == (3, "nota: Input should be a valid integer")
     assert json.loads(rejected.value)["nota"] == "cinc"
+
+
+# --- contract 1.3: the rules, in consumer/corrections.py for every writer and reader ---
+
+
+def test_a_corrected_at_more_than_a_minute_ahead_is_refused_with_its_path_and_a_minute_of_skew_is_not() -> None:
+    base = {"job_id": "s/j", "item_index": 0, "nota": 3, "feedback": SECRET}
+    skewed = parse_correction({**base, "corrected_at": (NOW + timedelta(seconds=59)).isoformat()}, now=NOW)
+    assert skewed.corrected_at == NOW + timedelta(seconds=59)
+    with pytest.raises(InvalidCorrection) as raised:
+        parse_correction({**base, "corrected_at": (NOW + timedelta(minutes=2)).isoformat()}, now=NOW, loc=("body", 1))
+    assert raised.value.in_future
+    assert raised.value.problems == "corrected_at: lies more than a minute in the future"
+    assert raised.value.errors == [
+        {"loc": ["body", 1, "corrected_at"], "msg": "lies more than a minute in the future", "type": "value_error"}
+    ]
+    assert SECRET[:20] not in raised.value.problems + json.dumps(raised.value.errors)
+    # Judged against the moment it was written: read a day later, it is still the invalid one it was.
+    assert not in_the_future(skewed, NOW) and in_the_future(
+        Correction(job_id="s/j", item_index=0, nota=1, corrected_at=NOW + timedelta(minutes=2)), NOW
+    )
+    # Other invalid corrections are not "in the future".
+    with pytest.raises(InvalidCorrection) as raised:
+        parse_correction({**base, "nota": 7}, now=NOW)
+    assert not raised.value.in_future
+
+
+def test_texteval_correct_dead_letters_a_future_line_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "corrections.jsonl"
+    future = {"job_id": "s/j", "item_index": 1, "nota": 2, "corrected_at": "2999-01-01T00:00:00Z"}
+    path.write_text(json.dumps({"job_id": "s/j", "item_index": 0, "nota": 4}) + "\n" + json.dumps(future) + "\n")
+    batch = read_correction_file(path, max_items=2000)
+    assert [c.item_index for c in batch.valid] == [0]
+    (rejected,) = batch.rejected
+    assert (rejected.line, rejected.reason, rejected.key) == (2, CorrectionRejectReason.INVALID_CORRECTION, b"s/j")
+    assert rejected.detail == "corrected_at: lies more than a minute in the future"
+
+
+def test_the_correction_applied_last_counts_not_the_latest_corrected_at() -> None:
+    def c(index: int, nota: int, at: datetime) -> Correction:
+        return Correction(job_id="s/j", item_index=index, nota=nota, corrected_at=at)
+
+    earlier = NOW - timedelta(days=1)
+    applied = [c(0, 5, NOW), c(1, 2, NOW), c(0, 1, earlier), c(0, 3, earlier)]
+    latest = latest_by_item(applied)
+    assert {rid: x.nota for rid, x in latest.items()} == {"s/j#0": 3, "s/j#1": 2}
+
+
+def test_erased_jobs_are_left_out_and_counted() -> None:
+    corrections = {
+        f"{job}#{i}": Correction(job_id=job, item_index=i, nota=1, corrected_at=NOW)
+        for job, n in (("s/a", 3), ("s/b", 2), ("s/c", 1))
+        for i in range(n)
+    }
+    kept, jobs, items = without_erased(corrections, {"s/a", "s/c", "s/never-corrected"})
+    assert sorted(kept) == ["s/b#0", "s/b#1"] and (jobs, items) == (2, 4)
+    assert str(ErasedSkipped(jobs, items)) == "erased jobs skipped: 2 (4 corrected items)"
+    assert str(ErasedSkipped(checked=False)) == "erased jobs not checked"
+
+
+def test_a_correction_record_holds_the_grade_and_who_never_the_feedback_or_the_key() -> None:
+    correction = parse_correction(
+        {"job_id": "school-1/t/j", "item_index": 4, "nota": 2, "feedback": SECRET, "comment": SECRET}, now=NOW
+    )
+    applied_at = NOW + timedelta(seconds=5)
+    record = correction_record(correction, previous_nota=4, by="school-1:0a1b2c3d4e", applied_at=applied_at)
+    assert record.model_dump(mode="json") == {
+        "schema_version": 1, "record": "correction", "result_id": "school-1/t/j#4", "job_id": "school-1/t/j",
+        "tenant": "school-1", "item_index": 4, "nota": 2, "previous_nota": 4, "by": "school-1:0a1b2c3d4e",
+        "corrected_at": "2026-12-02T10:00:00Z", "applied_at": "2026-12-02T10:00:05Z",
+    }  # fmt: skip
+    assert parse_record(record.model_dump_json().encode()) == record  # what explain reads back
+    assert correction_by(tenant="school-1", key_id="0a1b2c3d4e") == "school-1:0a1b2c3d4e"
+    assert correction_by(tenant=None, key_id=None) == "anonymous"
+    assert correction_by(tenant=None, key_id="9f9f9f9f9f", admin=True) == "admin:9f9f9f9f9f"

@@ -1,7 +1,8 @@
 """``texteval erase`` through the real command line against the real broker: it says on
 whose behalf it speaks (a tenant's job needs --tenant or --admin; the wrong tenant is
 refused before anything is produced), produces the erase command, and prints what is
-erased now and until when each topic may still hold the job's data."""
+erased now and until when each topic may still hold the job's data; it also writes the
+job's erased decision record, and says that the records stay and the teachers' loop skips the job."""
 
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ pytestmark = pytest.mark.process
 async def test_texteval_erase_produces_the_command_and_prints_what_stays_until_when(
     kafka_bootstrap: str, topic_names: TopicNames
 ) -> None:
-    await create_topics(kafka_bootstrap, [topic_names.control])
+    decisions = f"{topic_names.control}.decisions"
+    await create_topics(kafka_bootstrap, [topic_names.control, decisions])
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_CONTROL_TOPIC": topic_names.control,
-           "KAFKA_RESULTS_TOPIC": "school.results"}  # fmt: skip
+           "KAFKA_RESULTS_TOPIC": "school.results", "KAFKA_DECISIONS_TOPIC": decisions}  # fmt: skip
 
     async def erase(*args: str) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "consumer.tools.cli", "erase", *args],
@@ -59,3 +61,15 @@ async def test_texteval_erase_produces_the_command_and_prints_what_stays_until_w
     # Exactly 1.1 x retention after the command ran (create-topics.sh's rule); + a minute for the run.
     assert results["retention_s"] <= gone_by - started <= 1.1 * results["retention_s"] + 60
     assert "gateway memory" in [p["place"] for p in answer["erased_now"]]
+    # Contract 1.3: the decision records stay (no text, no name), an erased record is added,
+    # and the teachers' loop skips the job; the answer says so.
+    (records,) = answer["records_kept"]
+    assert records["place"] == decisions and records["retention_s"] == 183 * 86400 and "no text" in records["holds"]
+    assert "export-training skip" in answer["teachers_loop"]
+    erased = await read_until(kafka_bootstrap, decisions, lambda rs: len(rs) >= 2)
+    assert {r.key: json.loads(r.value or b"")["record"] for r in erased} == {
+        b"school-a/term-1": "erased", b"plain-1": "erased"
+    }  # fmt: skip
+    marks = {json.loads(r.value or b"")["job_id"]: json.loads(r.value or b"") for r in erased}
+    assert marks["school-a/term-1"]["tenant"] == "school-a" and marks["plain-1"]["tenant"] is None
+    assert started - 60 <= datetime.fromisoformat(marks["plain-1"]["at"]).timestamp() <= started + 120

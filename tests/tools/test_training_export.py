@@ -86,11 +86,14 @@ def test_grade_only_corrections_keep_the_model_feedback_only_when_the_grade_stan
     assert dict(export.excluded) == {"grade_only_changed": 2, "feedback_outside_grammar": 2, "request_not_found": 1}
 
 
-def test_the_latest_correction_is_the_target() -> None:
-    early = correction(0, 1, "Primera lectura.")
-    late = correction(0, 2, "Segona lectura.").model_copy(update={"corrected_at": datetime(2026, 12, 3, tzinfo=UTC)})
-    export = export_of([late, early], [result(0, 4)], {0: golden_item()})
-    assert [json.loads(line["completion"]) for line in export.lines] == [{"nota": 2, "feedback": "Segona lectura."}]
+def test_the_correction_applied_last_is_the_target_whatever_its_corrected_at() -> None:
+    # Contract 1.3: the order applied (topic or file order) decides, not the teacher's clock.
+    dated_later = correction(0, 2, "Segona lectura.").model_copy(
+        update={"corrected_at": datetime(2026, 12, 3, tzinfo=UTC)}
+    )
+    applied_last = correction(0, 1, "Primera lectura.")
+    export = export_of([dated_later, applied_last], [result(0, 4)], {0: golden_item()})
+    assert [json.loads(line["completion"]) for line in export.lines] == [{"nota": 1, "feedback": "Primera lectura."}]
 
 
 def test_the_command_joins_the_fixture_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,7 +101,7 @@ def test_the_command_joins_the_fixture_files(tmp_path: Path, capsys: pytest.Capt
     out.write_text("")
     out.chmod(0o644)  # an older file readable by others: the export must close it
     args = [f"--{name}={TESTS_DATA / f'agreement_{name}.jsonl'}" for name in ("results", "corrections", "requests")]
-    assert main(["export-training", *args, "--out", str(out)]) == 0
+    assert main(["export-training", *args, "--erased", "none", "--out", str(out)]) == 0
     assert out.stat().st_mode & 0o777 == 0o600  # students' texts: owner-only
     exported = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     requests = [json.loads(line) for line in (TESTS_DATA / "agreement_requests.jsonl").read_text().splitlines()]
@@ -110,4 +113,5 @@ def test_the_command_joins_the_fixture_files(tmp_path: Path, capsys: pytest.Capt
         assert re.fullmatch(output_regex(FEEDBACK_CHARS), line["completion"])
     printed = capsys.readouterr().out
     assert f"{len(exported)} items exported" in printed and "request_not_found: 1" in printed
+    assert "erased jobs not checked" in printed
     assert {line["target_source"] for line in exported} == {"teacher", "model_feedback_confirmed"}
