@@ -20,6 +20,18 @@ more; unknown when the gateway holds no grade for it: an error result, an
 item not graded yet, or a job it met after a restart past the results). The
 drift alert on teachers' agreement reads it (deploy/prometheus/alerts.yml).
 
+Contract 1.3: an entry whose ``corrected_at`` lies more than a minute in
+the future is invalid like any other (422, ``["body", i, "corrected_at"]``),
+and every accepted correction also produces its decision record to the
+decisions topic, keyed by ``job_id``: ``by`` names the caller without the
+key (``<tenant>:<key id>``, the key id being the short digest prefix the
+audit log uses; ``anonymous`` on an open gateway), and ``previous_nota`` is
+the grade the item had before it as this gateway knows it: the last
+correction it applied to that item while it holds the job (``AppliedGrades``),
+else the model's grade it holds, else null. A correction applied through
+another replica, or before this gateway restarted, is not known here; the
+records on the topic, in order, are the full history (``texteval explain``).
+
 The router is built from the app's own parts (who is calling, the
 tenant-scoped lookup, the write limit, the audit line) so it follows the
 same rules as the other routes without a copy of them.
@@ -31,13 +43,15 @@ same rules as the other routes without a copy of them.
 # query parameter).
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from consumer.corrections import Correction, InvalidCorrection, parse_correction
+from consumer.contract import CorrectionRecord, utc_now
+from consumer.corrections import Correction, InvalidCorrection, correction_by, correction_record, parse_correction
 from consumer.gateway.jobs import JobRecord, results_rows
 from consumer.gateway.metrics import Agreement
 from consumer.gateway.service import Gateway
@@ -49,6 +63,9 @@ MAX_ERRORS_SHOWN = 20  # as POST /evaluate's 422
 
 
 class CorrectingCaller(Protocol):
+    @property
+    def key_id(self) -> str: ...
+
     @property
     def tenant(self) -> str | None: ...
 
@@ -117,6 +134,46 @@ def model_grades(record: JobRecord) -> dict[int, int | None]:
     return grades
 
 
+def by_of(caller: CorrectingCaller) -> str:
+    """A correction record's ``by`` for a gateway caller: never the key."""
+    if caller.tenant is None and not caller.admin:
+        return correction_by(tenant=None, key_id=None)  # an open gateway: "anonymous"
+    return correction_by(tenant=caller.tenant, key_id=caller.key_id, admin=caller.admin)
+
+
+class AppliedGrades:
+    """item_index -> the grade the last correction applied through this gateway set, per job,
+    for as long as the gateway holds the job: an entry lives as long as its ``JobRecord``
+    (dropped by TTL, memory pressure or an erase, it is collected and the entry goes with it)."""
+
+    def __init__(self) -> None:
+        self._grades: weakref.WeakKeyDictionary[JobRecord, dict[int, int]] = weakref.WeakKeyDictionary()
+
+    def of(self, record: JobRecord) -> dict[int, int]:
+        return self._grades.setdefault(record, {})
+
+    def __len__(self) -> int:
+        return len(self._grades)
+
+
+def decision_records(
+    corrections: Sequence[Correction],
+    model: dict[int, int | None],
+    applied: dict[int, int],
+    by: str,
+) -> list[CorrectionRecord]:
+    """The records of corrections applied in this order; ``applied`` is updated as they go
+    (two corrections of one item in one list: the second's previous grade is the first's)."""
+    now = utc_now()
+    records = []
+    for correction in corrections:
+        index = correction.item_index
+        previous = applied.get(index, model.get(index))
+        records.append(correction_record(correction, previous_nota=previous, by=by, applied_at=now))
+        applied[index] = correction.nota
+    return records
+
+
 def corrections_router(
     gateway: Gateway,
     caller: Callable[..., Awaitable[C]],
@@ -129,6 +186,7 @@ def corrections_router(
     ``before_write``: the per-key write limit; ``done``: the audit line of an answer."""
     settings = gateway.settings
     router = APIRouter()
+    applied_grades = AppliedGrades()
 
     @router.post("/jobs/{job_id:path}/corrections")
     async def post_corrections(request: Request, job_id: str, who: Annotated[C, Depends(caller)]) -> Response:
@@ -150,20 +208,26 @@ def corrections_router(
         corrections = [c for c in parsed if isinstance(c, Correction)]
         # Read before the awaits below: the record may be dropped from memory meanwhile.
         known = model_grades(record)
+        applied = applied_grades.of(record)
+        before = dict(applied)
+        records = decision_records(corrections, known, applied, by_of(who))
+        key = job_id.encode()
         try:
-            acks = [
-                await gateway.producer.send(
-                    settings.corrections_topic, value=c.model_dump_json().encode(), key=job_id.encode()
-                )
-                for c in corrections
-            ]
+            acks = []
+            for correction, decision in zip(corrections, records, strict=True):
+                value = correction.model_dump_json().encode()
+                acks.append(await gateway.producer.send(settings.corrections_topic, value=value, key=key))
+                value = decision.model_dump_json().encode()
+                acks.append(await gateway.producer.send(settings.decisions_topic, value=value, key=key))
             for ack in acks:
                 await ack
         except Exception as exc:  # noqa: BLE001 - any produce failure: the client sends the list again
-            # Some may be written: sending them again is harmless (per item the latest counts).
+            # Some may be written: sending them again applies them again (the last applied counts).
+            applied.clear()
+            applied.update(before)
             logger.warning("could not produce corrections of job %s: %s", job_id, type(exc).__name__)
             return done(request, who, job_id, _error(503, "Kafka unavailable; send the corrections again later"))
-        logger.info("job %s: %d corrections produced", job_id, len(corrections))
+        logger.info("job %s: %d corrections produced, with their decision records", job_id, len(corrections))
         for correction in corrections:
             agreement = agreement_of(known.get(correction.item_index), correction.nota)
             gateway.metrics.corrections.labels(agreement.value).inc()
