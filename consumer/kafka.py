@@ -279,6 +279,15 @@ class Start(StrEnum):
     END = "end"  # only what is produced after the reader has opened
 
 
+def partition_for_key(key: bytes, partitions: Sequence[TopicPartition]) -> TopicPartition:
+    """The partition a producer's default partitioner writes ``key`` to (murmur2, as the Java client)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    ordered = sorted(partitions, key=lambda tp: tp.partition)
+    chosen = DefaultPartitioner()(key, [tp.partition for tp in ordered], [tp.partition for tp in ordered])
+    return next(tp for tp in ordered if tp.partition == chosen)
+
+
 class TopicReader:
     """Reads topics from a position until a condition: the one reader of
     every tool that watches the output topics (submit --follow, verify, the
@@ -299,7 +308,12 @@ class TopicReader:
         max_message_bytes: int = 16 * 1024 * 1024,
         fetch_max_wait_ms: int = 500,
         metadata_timeout_s: float = 10.0,
+        key: bytes | None = None,
+        since_ms: int | None = None,
     ) -> None:
+        """``key``: read only the partition that key is written to (a job's records);
+        ``since_ms``: with ``Start.BEGINNING``, start at the first record at or after
+        this time (unix ms) instead, as far as the broker can tell (never later)."""
         self._client = dict(client)
         self._topics = list(topics)
         self._start = start
@@ -308,6 +322,8 @@ class TopicReader:
         # arrives: the benchmarks time records by when they are received.
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._metadata_timeout_s = metadata_timeout_s
+        self._key = key
+        self._since_ms = since_ms
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
 
@@ -325,12 +341,15 @@ class TopicReader:
         await consumer.start()
         try:
             for topic in self._topics:
-                self._partitions += await topic_partitions(consumer, topic, timeout_s=self._metadata_timeout_s)
+                found = await topic_partitions(consumer, topic, timeout_s=self._metadata_timeout_s)
+                self._partitions += [partition_for_key(self._key, found)] if self._key is not None else found
             consumer.assign(self._partitions)
             if self._start is Start.END:
                 await consumer.seek_to_end(*self._partitions)
             else:
                 await consumer.seek_to_beginning(*self._partitions)
+                if self._since_ms is not None:
+                    await self._seek_to_time(consumer, self._since_ms)
             for tp in self._partitions:
                 await consumer.position(tp)  # resolve now: seeking is lazy, later records must not be skipped
         except BaseException:
@@ -338,6 +357,17 @@ class TopicReader:
             raise
         self._consumer = consumer
         return self
+
+    async def _seek_to_time(self, consumer: AIOKafkaConsumer, since_ms: int) -> None:
+        found = await consumer.offsets_for_times(dict.fromkeys(self._partitions, since_ms))
+        for tp, at in found.items():
+            # None: nothing that late. A broker that answers offset 0 with
+            # timestamp -1 instead (the embedded Tansu) is read from the start:
+            # slower, never incomplete.
+            if at is None:
+                await consumer.seek_to_end(tp)
+            elif at.timestamp >= 0:
+                consumer.seek(tp, at.offset)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

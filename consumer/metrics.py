@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from consumer.contract import ErrorCode, ItemStatus
+from consumer.contract import ErrorCode, ItemStatus, ReviewReason
 
 # Items take from milliseconds (fake engine) to tens of seconds (a busy GPU).
 _ITEM_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -31,6 +31,7 @@ JOB_SIZE_BUCKETS = ((20, "1-20"), (200, "21-200"), (2000, "201-2000"))
 # REVIEW_CONFIDENCE's default (0.5) is a bound, so the share under it is exact.
 CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 GRADES = range(6)  # the `nota` label: 0..5, the contract's scale
+TENANT_SERIES = 200  # tenants with series of their own in the review-reason counters
 
 
 def job_size_bucket(items: int) -> str:
@@ -205,6 +206,49 @@ class Metrics:
             buckets=CONFIDENCE_BUCKETS,
             registry=r,
         )
+
+        # Contract 1.3: review reasons. `reason` is one of the contract's nine
+        # (created at 0); `tenant` keeps a series for the first TENANT_SERIES
+        # tenants this process grades for, then `_other` (a counter's series
+        # cannot move later), tenant-less jobs in `_none`: bounded either way.
+        self.review_reasons = Counter(
+            "texteval_review_reasons",
+            "Ok results flagged with each review reason (one result may have several)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ReviewReason:
+            self.review_reasons.labels(reason=reason.value)
+        self.tenant_grades = Counter(
+            "texteval_tenant_grades", "Ok results by tenant (for the injection share alert)", ["tenant"], registry=r
+        )
+        self.tenant_suspected_injection = Counter(
+            "texteval_tenant_suspected_injection",
+            "Ok results flagged suspected_injection, by tenant",
+            ["tenant"],
+            registry=r,
+        )
+        self._tenants: set[str] = set()
+
+    def tenant_label(self, tenant: str | None) -> str:
+        """A tenant's label value: its name for the first TENANT_SERIES seen, else ``_other``."""
+        if tenant is None:
+            return "_none"
+        if tenant in self._tenants:
+            return tenant
+        if len(self._tenants) < TENANT_SERIES:
+            self._tenants.add(tenant)
+            return tenant
+        return "_other"
+
+    def observe_reasons(self, tenant: str | None, reasons: Iterable[ReviewReason]) -> None:
+        """One ok result's review reasons (contract 1.3)."""
+        label = self.tenant_label(tenant)
+        self.tenant_grades.labels(tenant=label).inc()
+        for reason in reasons:
+            self.review_reasons.labels(reason=ReviewReason(reason).value).inc()
+            if reason is ReviewReason.SUSPECTED_INJECTION:
+                self.tenant_suspected_injection.labels(tenant=label).inc()
 
     def expect_model(self, model: str) -> None:
         """Create the grade series of ``model`` at 0 (see ``items_graded`` above):

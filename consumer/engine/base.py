@@ -8,9 +8,10 @@ real implementation for tests, not a mock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
-from consumer.contract import ErrorCode, ErrorInfo, Item, ItemStatus, Sampling
+from consumer.contract import ErrorCode, ErrorInfo, Item, ItemStatus, ReviewReason, Sampling, utc_now
 from consumer.engine.confidence import GradeConfidence
 
 
@@ -29,6 +30,10 @@ class GradeOutcome:
     prompt_tokens: int = 0  # per attempt
     cached_prompt_tokens: int = 0  # of those, served from the prefix cache (all attempts)
     grade_confidence: GradeConfidence | None = None  # contract 1.2; ok outcomes only, when the engine reads it
+    # Contract 1.3, ok outcomes: why a teacher should look (None: neither the answer
+    # was screened nor the distribution read, so nothing can be said).
+    review_reasons: tuple[ReviewReason, ...] | None = None
+    graded_at: datetime = field(default_factory=utc_now)  # the decision record's time: set once, kept on re-sends
 
     @classmethod
     def ok(cls, nota: int, feedback: str, **kw: object) -> GradeOutcome:
@@ -55,6 +60,16 @@ class GradingEngine(Protocol):
 
     @property
     def sampling(self) -> Sampling: ...
+
+    @property
+    def prompt_format(self) -> str:
+        """How items become prompts (the decision record's ``prompt_format``)."""
+        ...
+
+    @property
+    def model_revision(self) -> str | None:
+        """The model's pinned revision, when one is (the decision record's ``model_revision``)."""
+        ...
 
     async def grade(self, item: Item, request_id: str) -> GradeOutcome:
         """Never raises for a bad item or a bad generation (those are outcomes).

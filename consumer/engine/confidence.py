@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -57,11 +57,13 @@ class GradeDistribution:
 
     grade: int
     probabilities: tuple[float, ...]  # six values for 0..5, summing to 1
+    position: int = 0  # of the grade token in the output
+    prefix: str = ""  # what precedes the digit inside that token (see GradeDigits)
 
 
 @dataclass(frozen=True, slots=True)
 class GradeConfidence:
-    """The 1.2 fields of one ok result."""
+    """The 1.2 fields of one ok result (``needs_review``: 1.3, any review reason at all)."""
 
     probabilities: tuple[float, ...]
     confidence: float
@@ -74,15 +76,37 @@ class GradeConfidence:
         return cls(probabilities=rounded, confidence=confidence, needs_review=confidence < review_below)
 
 
+def most_probable(probabilities: Sequence[float], prefer: int | None = None) -> int:
+    """The grade with the most probability (contract 1.3: the ``nota`` given).
+
+    An exact tie goes to ``prefer`` (the grade the generation wrote) when it
+    is one of the tied, else to the lowest: a rule, so the same numbers give
+    the same grade. Ties within ``TIE_MARGIN`` are said (``near_tie``).
+    """
+    top = max(probabilities)
+    if prefer is not None and probabilities[prefer] == top:
+        return prefer
+    return next(g for g, p in enumerate(probabilities) if p == top)
+
+
+def top_two_gap(probabilities: Sequence[float]) -> float:
+    """How far the most probable grade is ahead of the next one."""
+    first, second = sorted(probabilities, reverse=True)[:2]
+    return first - second
+
+
 @dataclass(frozen=True, slots=True)
 class GradeDigits:
     """The token ids that spell each grade on one tokenizer, grouped by what precedes the digit in the token."""
 
     by_prefix: Mapping[str, Mapping[int, int]]  # prefix -> {token id: grade}
+    # prefix -> {grade: the token that spells it}: the piece itself ("3"), not its byte-fallback twin
+    spelled: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
 
     @classmethod
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> GradeDigits:
         found: dict[str, dict[int, int]] = {}
+        spelled: dict[str, dict[int, int]] = {}
         for piece, token_id in tokenizer.get_vocab().items():
             # Cheap filter first: decoding all 262k Gemma pieces would take seconds.
             if len(piece) > 8 or not any(d in piece for d in "012345"):
@@ -92,7 +116,12 @@ class GradeDigits:
                 digit = text[len(prefix) :]
                 if text.startswith(prefix) and len(digit) == 1 and digit in "012345":
                     found.setdefault(prefix, {})[token_id] = int(digit)
-        digits = cls(by_prefix=found)
+                    if piece.replace("\u2581", " ").replace("\u0120", " ") == text:
+                        spelled.setdefault(prefix, {})[int(digit)] = token_id
+        for prefix, ids in found.items():  # a tokenizer whose digits are all byte pieces: the lowest id
+            for token_id, grade in sorted(ids.items()):
+                spelled.setdefault(prefix, {}).setdefault(grade, token_id)
+        digits = cls(by_prefix=found, spelled=spelled)
         if not any(set(ids.values()) == set(NOTA_VALUES) for ids in found.values()):
             raise ValueError("the tokenizer has no token for each of the digits 0..5")
         return digits
@@ -101,6 +130,10 @@ class GradeDigits:
     def token_ids(self) -> list[int]:
         """Every digit token, for ``SamplingParams.logprob_token_ids``."""
         return sorted(t for ids in self.by_prefix.values() for t in ids)
+
+    def token_for(self, prefix: str, grade: int) -> int:
+        """The token that writes ``grade`` where a token with ``prefix`` was (a forced grade)."""
+        return self.spelled[prefix][grade]
 
     def grade_of(self, token_id: int) -> tuple[str, int] | None:
         for prefix, ids in self.by_prefix.items():
@@ -138,7 +171,8 @@ def grade_distribution(
         total = sum(mass)
         if not math.isfinite(total):  # a +inf weight (the top one counts 1, so total >= 1 otherwise)
             return None
-        return GradeDistribution(grade=grade, probabilities=tuple(m / total for m in mass))
+        probabilities = tuple(m / total for m in mass)
+        return GradeDistribution(grade=grade, probabilities=probabilities, position=position, prefix=prefix)
     return None
 
 

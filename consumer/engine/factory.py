@@ -148,7 +148,7 @@ def engine_args(
     args: dict[str, Any] = {
         "model": model.path,
         "tokenizer": model.path,
-        "dtype": settings.dtype,
+        "dtype": settings.dtype or ("float32" if cpu else "bfloat16"),
         "max_model_len": settings.max_model_len,
         "gpu_memory_utilization": utilization,
         "tensor_parallel_size": settings.tensor_parallel_size,
@@ -215,6 +215,7 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
 
     ``warm_up=False`` only for measuring what a cold first request costs (bench/warm_start.py).
     """
+    from consumer.engine.screening import Screener
     from consumer.engine.vllm_engine import VllmEngine
 
     device = detect_device()
@@ -238,5 +239,9 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
         tokenizer=tokenizer,
         timeout_s=settings.engine_timeout_s,
         review_below=settings.review_confidence if settings.grade_distribution else None,
+        tie_margin=settings.tie_margin,
+        screener=Screener() if settings.screen_answers else None,
+        prompt_format=model.prompt_format,
+        model_revision=None,
         warm_up=warm_up,
     )

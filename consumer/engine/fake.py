@@ -19,13 +19,26 @@ from consumer.engine.confidence import GradeDistribution, fake_distribution
 from consumer.engine.grading import grade_prompt
 from consumer.engine.output import Generation
 from consumer.engine.prompt import PromptBuilder
-from consumer.settings import DEFAULT_REVIEW_CONFIDENCE
+from consumer.engine.screening import Screener, Screening, shared_screener
+from consumer.settings import DEFAULT_REVIEW_CONFIDENCE, DEFAULT_TIE_MARGIN
 
 # (item, attempt) -> a generation; raising simulates an engine failure.
 Script = Callable[[Item, int], Generation]
 
 FAKE_MODEL_NAME = "texteval/fake-engine"
 CHARS_PER_TOKEN = 4  # the fake's stand-in for a tokenizer
+
+
+def with_grade(generation: Generation, nota: int) -> Generation:
+    """A scripted generation continued with a forced grade (contract 1.3): the same feedback, that grade."""
+    try:
+        data = json.loads(generation.text)
+    except json.JSONDecodeError:
+        return Generation(text=generation.text, finish_reason=generation.finish_reason, output_tokens=1)
+    if isinstance(data, dict):
+        data["nota"] = nota
+    text = json.dumps(data, ensure_ascii=False)
+    return Generation(text=text, finish_reason=generation.finish_reason, output_tokens=generation.output_tokens)
 
 
 def deterministic_script(item: Item, attempt: int) -> Generation:
@@ -52,6 +65,9 @@ class FakeEngine:
         max_concurrency: int | None = None,
         timeout_s: float | None = None,
         review_below: float | None = DEFAULT_REVIEW_CONFIDENCE,
+        tie_margin: float = DEFAULT_TIE_MARGIN,
+        screen_answers: bool = True,
+        screener: Screener | None = None,
     ) -> None:
         self._script = script
         self._delay_s = delay_s
@@ -74,6 +90,10 @@ class FakeEngine:
         # None: no grade distribution (GRADE_DISTRIBUTION=false). A script's
         # generation without one still grades: tests script outputs by hand.
         self._review_below = review_below
+        self._tie_margin = tie_margin
+        # Contract 1.3: the same screening as the real engine (the shared one unless given).
+        self._screen_answers = screen_answers
+        self._screener = screener
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls = 0  # generations started, retries included
@@ -86,10 +106,25 @@ class FakeEngine:
     def sampling(self) -> Sampling:
         return self._sampling
 
-    async def grade(self, item: Item, request_id: str) -> GradeOutcome:
-        prompt = self._builder.build(item)
+    @property
+    def prompt_format(self) -> str:
+        return "gemma_finetune"
 
-        async def generate(attempt: int) -> Generation:
+    @property
+    def model_revision(self) -> str | None:
+        return None
+
+    def screen(self, item: Item) -> Screening | None:
+        if not self._screen_answers:
+            return None
+        return (self._screener or shared_screener()).screen(item)
+
+    async def grade(self, item: Item, request_id: str) -> GradeOutcome:
+        screening = self.screen(item)
+        graded = screening.graded if screening is not None else item
+        prompt = self._builder.build(graded)
+
+        async def generate(attempt: int, forced: int | None) -> Generation:
             self.calls += 1
             if self._dead is not None:
                 raise RuntimeError(f"engine is dead: {self._dead}")
@@ -101,7 +136,8 @@ class FakeEngine:
                 await asyncio.sleep(self._delay_s)
             if self._dead is not None:
                 raise RuntimeError(f"engine is dead: {self._dead}")
-            return self._script(item, attempt)
+            generation = self._script(graded, attempt)
+            return generation if forced is None else with_grade(generation, forced)
 
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -114,6 +150,8 @@ class FakeEngine:
                 attempts=self._attempts,
                 timeout_s=self._timeout_s,
                 review_below=self._review_below,
+                tie_margin=self._tie_margin,
+                answer_reasons=screening.reasons if screening is not None else None,
             )
         finally:
             self.in_flight -= 1

@@ -60,6 +60,12 @@ def output_regex(feedback_max_chars: int) -> str:
     return '\\{"nota": [0-5], "feedback": "' + body + '"\\}'
 
 
+def continuation_regex(feedback_max_chars: int) -> str:
+    """The rest of ``output_regex`` after the grade digit (a forced grade's continuation)."""
+    body = feedback_pattern(feedback_max_chars)[1:-1]
+    return ', "feedback": "' + body + '"\\}'
+
+
 def output_schema(feedback_max_chars: int) -> dict[str, Any]:
     """The same output as a JSON Schema, in the fine-tune's key order (for readers; vLLM gets the regex)."""
     return {

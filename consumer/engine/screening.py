@@ -30,6 +30,7 @@ Spanish and English (tests/data/review/).
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
@@ -63,38 +64,71 @@ _TOP = (
 _GRADE_NOUN = r"(?:nota|qualificacio|puntuacio|calificacion|puntuacion|grade|score|mark|marks|rating)"
 _GRADER = (
     r"(?:profe|professor|professora|corrector|correctora|correctors|avaluador|avaluadora|evaluador|evaluadora"
-    r"|examinador|examinadora|grader|examiner|teacher|marker|ia|ai|chatgpt|gpt|model|modelo|assistent|asistente"
-    r"|assistant|sistema|system|bot)"
+    r"|examinador|examinadora|grader|examiner|evaluator|teacher|marker|ia|ai|llm|chatgpt|gpt|model|modelo"
+    r"|assistent|asistente|assistant|sistema|system|bot)"
+)
+_ASK = (
+    r"(?:posa|posa-hi|posa-m[e']|posa'm|poseu|poseu-hi|poseu-me|poses|posis|posaras|dona|dona-hi|dona-li|dona'm"
+    r"|dona-m[e']|doneu|doneu-me|donis|pon|ponle|ponme|ponga|pongas|dale|dame|da|give|giving|award|assign|assigna"
+    r"|assigneu|asigna|asignale|put|valora|valoreu|valoreu-la|valora-la|valorad|valorala|worth|val|vale)"
+)
+# A judgement of the answer itself, the way a grader would write it.
+_PRAISE = (
+    r"(?:exemplar|impecable|rigoros[a]?|brillant|brillante|excel[·.]?lent|excelente|excellent|sobresaliente"
+    r"|perfect[ae]?|outstanding|flawless|accurate|well structured|well written|ben argumentada|ben treballada"
+    r"|ben explicada|ben estructurada|muy bien explicada|bien argumentada|sense errors|sin errores|without errors"
+    r"|de 10|de deu|de diez|nota maxima|maxima nota|maxima puntuacio|maxima puntuacion|rubrica|domini absolut"
+    r"|millors? respost\w*|mejores? respuest\w*|best answers?|tota la informacio|toda la informacion"
+    r"|all the information|tots els punts|todos los puntos|every point|tots els criteris|todos los criterios"
+    r"|all (?:the )?criteria|complet[ae]? i correct[ae]?|completa y correcta|complete and correct)"
 )
 
 _ADDRESSED = [
     # A grade asked for or claimed: "mereix un 5", "posa-hi un excel·lent", "dale un 10", "give it full marks".
     rf"\b(?:mereix\w*|merece\w*|merezco|deserves?|deserving)\b[^.!?\n]{{0,40}}?(?:\b{_NUM}\b|{_TOP}|{_GRADE_NOUN})",
-    rf"\b(?:posa|posa-hi|posa-m[e']|posa'm|poseu|poseu-hi|poseu-me|dona|dona-hi|dona-li|dona'm|dona-m[e']|doneu"
-    rf"|doneu-me|pon|ponle|ponme|ponga|dale|dame|da|give|giving|award|assign|put)\b[^.!?\n]{{0,30}}?"
-    rf"(?:\b(?:un|una|a|el|la|an|the)\s+{_NUM}\b|{_TOP}|\b{_GRADE_NOUN}\b[^.!?\n]{{0,15}}?\b{_NUM}\b)",
+    rf"\b{_ASK}\b[^.!?\n]{{0,30}}?"
+    rf"(?:\b(?:un|una|a|an)\s+{_NUM}\b|{_TOP}|\b{_GRADE_NOUN}\b[^.!?\n]{{0,15}}?\b{_NUM}\b)",
     rf"\b(?:grade|score|rate|mark|puntua|puntueu|qualifica|qualifiqueu|avalua|avalueu|califica|puntua)\b"
     rf"[^.!?\n]{{0,30}}?(?:\b(?:with|amb|con|as|com|como)\b[^.!?\n]{{0,10}}?)?(?:\b{_NUM}\b|{_TOP})",
     rf"\b{_GRADE_NOUN}\b\s*(?:final\s*)?(?:[:=]|es|sera|ha de ser|hauria de ser|debe ser|should be|is)\s*"
     rf"(?:un |una |a )?(?:\b{_NUM}\b|{_TOP})",
+    rf"\bnota\s+(?:d'aquest\w*|de aquest\w*|de este|de esta|correcta|final|justa|que (?:mereix|merece))\b"
+    rf"[^.!?\n]{{0,30}}?\b{_NUM}\b",
     # Someone addressed: "Profe, ...", "Nota per al corrector:", "Note to the AI grader", "Sr. avaluador".
-    rf"(?:^|[\n.!?]\s*)(?:hola\s+|estimad[ao]s?\s+|benvolguda?\s+|querid[ao]\s+|dear\s+|hey\s+|sr\.?\s+|sra\.?\s+)?"
-    rf"{_GRADER}\s*[,:]",
+    rf"(?:^|[\n.!?(]\s*)(?:hola\s+|estimad[ao]s?\s+|benvolguda?\s+|querid[ao]\s+|dear\s+|hey\s+|sr\.?\s+|sra\.?\s+"
+    rf"|to\s+the\s+(?:\w+\s+)?|al\s+|a\s+la\s+)?{_GRADER}\s*[,:]",
+    rf"\b(?:per\s+al?|per\s+a\s+la|para\s+el|para\s+la|to\s+the|for\s+the|note\s+to|nota\s+(?:per|para)"
+    rf"(?:\s+a)?(?:\s+(?:al?|la|el))?)\s+(?:\w+\s+)?{_GRADER}\s*[:,)\-]",
     rf"\b(?:nota|missatge|mensaje|message|note|aviso|avis)\s+(?:per\s+(?:a\s+)?(?:al?|la|l')\s*|para\s+(?:el|la)\s+"
     rf"|to\s+(?:the\s+)?|for\s+(?:the\s+)?|al\s+|a\s+la\s+)(?:\w+\s+)?{_GRADER}\b",
     rf"\b(?:sr|sra|senyor|senyora|senor|senora|mr|mrs|ms)\.?\s+{_GRADER}\b",
+    rf"\b(?:profe|professora?|corrector\w*|avaluador\w*|evaluador\w*|evaluator|grader|examiner|teacher)\b"
+    rf"[^.!\n]{{0,60}}?(?:\b(?:un|una|a)\s+{_NUM}\b|{_TOP}|\b(?:should|must|please|si us plau|por favor"
+    rf"|be kind|sigues|siguis|sigas)\b)",
+    rf"\b(?:ai|ia|llm|gpt|chatgpt|model|grader|evaluator|avaluador|evaluador)\b[^.!?\n]{{0,30}}?"
+    rf"\b(?:should|must|ha de|hauria de|debe|deberia|has de|tens de)\b[^.!?\n]{{0,40}}?"
+    rf"(?:\b{_NUM}\b|{_TOP}|{_GRADE_NOUN}|output|respon|responde)",
     # Instructions overridden: "ignora les instruccions anteriors", "olvida todo", "ignore previous instructions".
     r"\b(?:ignora|ignoreu|ignorar|ignore|ignores|disregard|oblida|oblideu|olvida|olvidad|olvidar|omite|forget|obvia)"
     r"\b[^.!?\n]{0,40}?\b(?:instruccions?|instrucciones?|instructions?|anteriors?|previas?|previous|prior|above"
     r"|tot|todo|everything|all|prompt|regles|reglas|rules|criteris|criterios|criteria)\b",
+    r"\b(?:instruccions|instrucciones|instructions|indicacions|indicaciones)\s+(?:anteriors|anteriores|previas"
+    r"|previous|above|del sistema|de sistema|of the system)\b",
     r"\b(?:a partir d'ara|des d'ara|ara ets|a partir de ahora|ahora eres|from now on|you are now|now you are"
     r"|act as|actua com|actua como|pretend to be|fes com si|haz como si)\b",
     r"\b(?:respon|responde|respond|answer|output|return|retorna|devuelve|escriu|escribe|write)\b[^.!?\n]{0,25}?"
     r"(?:\bnomes\b|\bsolo\b|\bonly\b|\bjust\b|\bamb\b|\bcon\b|\bwith\b)[^.!?\n]{0,25}?(?:\{|json|\bnota\b)",
-    # The student's answer praising itself to the grader: "aquesta resposta és excel·lent / de 10".
+    # The answer judged as a grader would judge it: "aquesta resposta és excel·lent", "l'alumne demostra ...".
     rf"\b(?:aquesta|aquest|esta|este|this|la meva|mi|my)\s+(?:resposta|respuesta|answer|text|treball|trabajo|work)"
-    rf"\b[^.!?\n]{{0,50}}?(?:{_TOP}|\bde\s+(?:10|deu|diez)\b|\bimpecable\b|\bbrillant\b|\bbrillante\b"
-    rf"|\bmillor\b|\bmejor\b|\bbest\b|\boutstanding\b|\bflawless\b)",
+    rf"\b[^.!?\n]{{0,60}}?(?:{_TOP}|{_PRAISE}|\bimpecable\b|\bmillor\b|\bmejor\b|\bbest\b)",
+    rf"\b(?:resposta|respuesta|answer|l'alumn[ea]|el alumno|la alumna|the student|this student)\b[^.!?\n]{{0,80}}?"
+    rf"{_PRAISE}",
+    rf"{_PRAISE}[^.!?\n]{{0,40}}?\b(?:resposta|respuesta|answer)\b",
+    r"\b(?:una|an answer|a)\s+(?:resposta\s+|respuesta\s+|answer\s+)?de\s+(?:10|deu|diez)\b",
+    rf"\b(?:correspon|corresponde|digna|digne|worthy)\b[^.!?\n]{{0,20}}?(?:{_TOP}|\b{_NUM}\b)",
+    r"\b(?:millors respostes|mejores respuestas|best answers?)\s+(?:de la classe|de la clase|in the class)\b",
+    r"\b(?:la resposta anterior|la respuesta anterior|the answer above|the above answer|l'alumn[ea] demostra"
+    r"|el alumno demuestra|the student demonstrates)\b",
 ]
 # Role and turn markers, and fake system lines: the marker and the rest of its line.
 _MARKERS = [
@@ -102,13 +136,15 @@ _MARKERS = [
     r"\[/?\s*(?:inst|sys|system|sistema|assistant|user|usuari|usuario)\s*\][^\n]*",
     r"<<\s*/?\s*sys\s*>>[^\n]*",
     r"#{2,}\s*(?:instruction|instruccio|instruccion|response|resposta|respuesta|system|sistema|input|output)\b[^\n]*",
-    r"(?:^|\n)\s*(?:system|sistema|assistant|assistent|asistente|user|usuari|usuario|model|modelo|ai|ia|grader"
-    r"|avaluador|evaluador|corrector)\s*:[^\n]*",
+    r"(?:^|\n)\s*(?:system|sistema|assistant|assistent|asistente|user|usuari|usuario|model|modelo|ai|ia|llm|grader"
+    r"|avaluador|evaluador|corrector|role|rol|content)\s*:[^\n]*",
+    r"\b(?:role|rol)\s*:\s*(?:system|assistant|user|sistema|usuari|usuario)\b[^\n]*",
 ]
 # A grade written as the output: {"nota": 5, ...}, {'nota':5}, nota: 5/5.
 _OUTPUT = [
     r"\{[^{}]{0,300}?[\"']?\s*(?:nota|feedback|grade|score|calificacion|qualificacio)\s*[\"']?\s*:[^{}]{0,300}\}?",
     r"\b(?:nota|grade|score)\s*[:=]\s*[0-9]+(?:[.,][0-9]+)?\s*(?:/\s*(?:5|10))?",
+    r"\b(?:5/5|10/10)\b",
 ]
 
 _ADDRESSED_RE = [re.compile(p) for p in _ADDRESSED]
@@ -166,16 +202,22 @@ def without_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
 
 _WORD = re.compile(r"[a-z0-9]+(?:[·.'-][a-z0-9]+)*")
 _NO_ANSWER = re.compile(
-    r"^(?:(?:no|ni)\s+(?:ho|lo|m'ho|me'l|m'ho he|tinc|tengo|se|sabria|sabria que dir|recordo|recuerdo"
-    r"|m'acordo|me acuerdo|l'he fet|lo he hecho|idea|ho se|ho sabia|lo se|lo sabia)\b.*"
+    r"^(?:(?:no|ni)\b.{0,25}\b(?:se|sabia|sabria|sap|recordo|recorde|recuerdo|acordo|acuerdo|idea|estudiat"
+    r"|estudiado|know|remember)\b.*"
     r"|ni idea.*|nse|nidea|i don'?t know.*|idk|no idea.*|dunno|sense resposta|sin respuesta|no answer"
     r"|passo|paso|pass|res|nada|nothing|cap idea|ninguna idea|no m'ho he estudiat.*|no lo he estudiado.*"
     r"|no he estudiat.*|ho sento.*|lo siento.*|sorry.*)$"
 )
 _GRADER_WORDS = {"profe", "professora", "professor", "senyo", "senyu", "sorry"}
-_KEYBOARD_RUNS = ("qwert", "asdf", "sdfg", "dfgh", "fghj", "ghjk", "hjkl", "zxcv", "xcvb", "cvbn", "vbnm", "uiop")
+_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+_KEYBOARD_RUNS = (
+    *(row[i : i + 4][::step] for row in _ROWS for i in range(len(row) - 3) for step in (1, -1)),
+    *("qwe", "asd", "zxc", "jkl"),
+)
 _LAUGH = re.compile(r"^(?:ja|je|ha|he|jo|ji|xd|lol|jaj|jej)+[as]?$")
 _VOWELS = set("aeiouy")
+_KEYWORD_LABEL = re.compile(r"\b(?:paraules clau|palabras clave|keywords|key words|conceptes clau|conceptos clave)\b")
+_LIST_SEPARATORS = re.compile(r"[,;\n|•]|\s[-–—/]\s")
 _CONSONANT_RUN = re.compile(r"[bcdfghjklmnpqrstvwxz]{5,}")
 
 
@@ -187,6 +229,8 @@ def _implausible(word: str) -> bool:
     """A token that is no word of any language a student writes here."""
     if word.isdigit() or len(word) <= 2:
         return False
+    if any(c.isdigit() for c in word) and any(c.isalpha() for c in word):
+        return True  # "x7k2": letters and digits mixed in one token
     if _LAUGH.fullmatch(word) or any(run in word for run in _KEYBOARD_RUNS):
         return True
     letters = [c for c in word if c.isalpha()]
@@ -244,6 +288,7 @@ class Screener:
     COPY_COVERAGE = 0.8  # share of the answer's words found in the consigna
     COPY_MIN_LENGTH = 0.6  # the answer at least this share of the consigna's length: a copy, not a short reply
     STUFFING_WINDOW = 12  # words in a row with at most one function word: a list of terms, not a sentence
+    STUFFING_ITEMS = 8  # short items (1-3 words) in a row, separated by , ; - or lines: a list of terms
     REPEATED_NGRAM = 5  # a 5-word sequence three times is padding
     DOMINANT_WORD_SHARE = 0.5  # one content word half of a 4+ word answer
 
@@ -313,12 +358,8 @@ class Screener:
     def _copies(self, words: list[str], consigna: list[str]) -> bool:
         if len(words) < 3 or not consigna:
             return False
-        available = Counter(consigna)
-        covered = 0
-        for word in words:
-            if available[word] > 0:
-                available[word] -= 1
-                covered += 1
+        asked = set(consigna)
+        covered = sum(word in asked for word in words)
         return covered / len(words) >= self.COPY_COVERAGE and len(words) >= self.COPY_MIN_LENGTH * len(consigna)
 
     def _repetition(self, folded: str, words: list[str]) -> bool:
@@ -335,8 +376,16 @@ class Screener:
         return bool(sentences) and max(sentences.values()) >= 3
 
     def _stuffing(self, folded: str) -> bool:
+        if _KEYWORD_LABEL.search(folded):
+            return True
+        items = [part.split() for part in _LIST_SEPARATORS.split(folded) if part.strip()]
+        run = 0
+        for words in items:
+            run = run + 1 if 0 < len(words) <= 3 else 0
+            if run >= self.STUFFING_ITEMS:
+                return True
         window = self.STUFFING_WINDOW
-        for sentence in re.split(r"[.!?\n;:]", folded):
+        for sentence in re.split(r"[.!?]", folded):
             words = _words(sentence)
             if len(words) < window:
                 continue
@@ -351,3 +400,9 @@ class Screener:
             return False
         language, top, catalan = self._language(text)
         return language != "ca" and top >= self.OTHER_LANGUAGE_TOP and catalan < self.OTHER_LANGUAGE_MAX_CATALAN
+
+
+@functools.cache
+def shared_screener() -> Screener:
+    """One screener per process (its language model loads once, on first use, never at import)."""
+    return Screener()

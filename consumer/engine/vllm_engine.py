@@ -22,8 +22,9 @@ from consumer.engine import vllm_compat
 from consumer.engine.base import EngineHealth, GradeOutcome
 from consumer.engine.confidence import GradeDigits, GradeDistribution, grade_distribution
 from consumer.engine.grading import grade_prompt
-from consumer.engine.output import Generation, output_regex
+from consumer.engine.output import Generation, continuation_regex, output_regex
 from consumer.engine.prompt import Prompt, PromptBuilder, PromptTokenizer
+from consumer.engine.screening import Screener, Screening
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -71,6 +72,10 @@ class VllmEngine:
         device: str,
         timeout_s: float | None = None,
         review_below: float | None = None,
+        tie_margin: float = 0.0,
+        screener: Screener | None = None,
+        prompt_format: str = "",
+        model_revision: str | None = None,
     ) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -85,6 +90,12 @@ class VllmEngine:
         self._attempts = attempts
         self._device = device
         self._timeout_s = timeout_s
+        self._tie_margin = tie_margin
+        # Contract 1.3: the answer is read before the model reads it (screening.py);
+        # None: no answer reasons (SCREEN_ANSWERS=false).
+        self._screener = screener
+        self._prompt_format = prompt_format
+        self._model_revision = model_revision
         # Contract 1.2: with review_below set, every ok grade carries the
         # model's distribution over 0..5, read from the log-probabilities of
         # the digit tokens (consumer/engine/confidence.py says what vLLM gives).
@@ -120,6 +131,23 @@ class VllmEngine:
             )
             for attempt in range(attempts)
         ]
+        # Contract 1.3, a forced grade: the attempt's output continued from its grade
+        # position with the most probable grade written there. Only the feedback is
+        # left to write (its own grammar: the rest of the same layout), with the
+        # attempt's seed; no distribution is read (the grade is given).
+        rest = StructuredOutputsParams(regex=continuation_regex(feedback_max_chars))
+        self._forced_params: list[SamplingParams] = [
+            SamplingParams(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=sampling.seed + attempt,
+                structured_outputs=rest,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+                detokenize=False,
+            )
+            for attempt in range(attempts)
+        ]
 
     @classmethod
     async def start(
@@ -135,6 +163,10 @@ class VllmEngine:
         tokenizer: PreTrainedTokenizerBase,
         timeout_s: float | None = None,
         review_below: float | None = None,
+        tie_margin: float = 0.0,
+        screener: Screener | None = None,
+        prompt_format: str = "",
+        model_revision: str | None = None,
         warm_up: bool = True,
     ) -> VllmEngine:
         """Load the model (tens of seconds) without blocking the event loop, then warm it up."""
@@ -157,6 +189,10 @@ class VllmEngine:
             device=device,
             timeout_s=timeout_s,
             review_below=review_below,
+            tie_margin=tie_margin,
+            screener=screener,
+            prompt_format=prompt_format,
+            model_revision=model_revision,
         )
         if warm_up:
             try:
@@ -185,8 +221,17 @@ class VllmEngine:
                 f"warm-up generation ended with {completion.finish_reason!r} (a grammar that failed to compile "
                 "ends with 'error'; the engine's log has the cause)"
             )
-        if self._digits is not None and self.distribution(completion) is None:
+        distribution = self.distribution(completion)
+        if self._digits is not None and distribution is None:
             raise EngineWarmUpError("warm-up output has no grade distribution: the digit tokens were not found")
+        if distribution is not None:
+            # The forced grade's grammar is compiled here too (as long as the
+            # first one), not by the first item whose grade needs it.
+            other = (distribution.grade + 1) % 6
+            output_ids = list(completion.token_ids)
+            forced = await self.continue_with(token_ids, output_ids, distribution, other, 0, "warm-up/forced")
+            if forced.outputs[0].finish_reason != "stop":
+                raise EngineWarmUpError(f"warm-up continuation ended with {forced.outputs[0].finish_reason!r}")
         self._warm_up_s = time.perf_counter() - started
         logger.info("engine warmed up in %.1f s (grammar compiled, first generation done)", self._warm_up_s)
         return self._warm_up_s
@@ -207,10 +252,55 @@ class VllmEngine:
     def sampling(self) -> Sampling:
         return self._sampling
 
+    @property
+    def prompt_format(self) -> str:
+        return self._prompt_format
+
+    @property
+    def model_revision(self) -> str | None:
+        return self._model_revision
+
+    def screen(self, item: Item) -> Screening | None:
+        return self._screener.screen(item) if self._screener is not None else None
+
     def encode(self, item: Item) -> tuple[Prompt, list[int]]:
-        """The item's prompt and the token ids the engine receives for it."""
+        """The prompt of exactly this item and the token ids the engine receives for it (no screening)."""
         prompt = self._builder.build(item)
         return prompt, self._prompts.encode(prompt)
+
+    async def continue_with(
+        self,
+        token_ids: list[int],
+        output_ids: list[int],
+        distribution: GradeDistribution,
+        grade: int,
+        attempt: int,
+        request_id: str,
+    ) -> RequestOutput:
+        """The output ``output_ids`` continued from its grade position with ``grade`` written there.
+
+        The returned output's token ids are the whole output (the kept part, the grade, the rest).
+        """
+        from vllm.inputs import TokensPrompt
+
+        if self._digits is None:
+            raise RuntimeError("a forced grade needs the grade's digit tokens")
+        kept = [*output_ids[: distribution.position], self._digits.token_for(distribution.prefix, grade)]
+        params = self._forced_params[attempt].clone()
+        params.max_tokens = max(1, self._sampling.max_tokens - len(kept))
+        final = None
+        self._generations += 1
+        async for output in self._live().generate(
+            TokensPrompt(prompt_token_ids=[*token_ids, *kept]), params, request_id=request_id
+        ):
+            final = output
+        if final is None or not final.outputs:
+            raise RuntimeError("engine returned no output")
+        completion = final.outputs[0]
+        if completion.finish_reason == "error":
+            self._errored += 1
+        completion.token_ids = [*kept, *completion.token_ids]
+        return final
 
     def params(self, attempt: int) -> SamplingParams:
         """The sampling parameters of attempt ``attempt`` (0 = the first): seed + attempt."""
@@ -255,17 +345,29 @@ class VllmEngine:
         return grade_distribution(completion.token_ids, at, self._digits)
 
     async def grade(self, item: Item, request_id: str) -> GradeOutcome:
-        prompt, token_ids = self.encode(item)
+        screening = self.screen(item)
+        prompt, token_ids = self.encode(screening.graded if screening is not None else item)
+        first: list[tuple[list[int], GradeDistribution]] = []  # the first output that had a distribution
 
-        async def generate(attempt: int) -> Generation:
-            final = await self.generate(token_ids, attempt, f"{request_id}/a{attempt}")
-            completion = final.outputs[0]
+        async def generate(attempt: int, forced: int | None) -> Generation:
+            if forced is None:
+                final = await self.generate(token_ids, attempt, f"{request_id}/a{attempt}")
+                completion = final.outputs[0]
+                distribution = self.distribution(completion)
+                if distribution is not None and not first:
+                    first.append((list(completion.token_ids), distribution))
+            else:
+                output_ids, read = first[0]
+                final = await self.continue_with(
+                    token_ids, output_ids, read, forced, attempt, f"{request_id}/a{attempt}/g{forced}"
+                )
+                completion, distribution = final.outputs[0], None
             return Generation(
                 text=self.text(completion),
                 finish_reason=completion.finish_reason,
                 output_tokens=len(completion.token_ids),
                 cached_prompt_tokens=final.num_cached_tokens or 0,
-                distribution=self.distribution(completion),
+                distribution=distribution,
             )
 
         outcome = await grade_prompt(
@@ -277,6 +379,8 @@ class VllmEngine:
             timeout_s=self._timeout_s,
             review_below=self._review_below,
             require_distribution=self._digits is not None,
+            tie_margin=self._tie_margin,
+            answer_reasons=screening.reasons if screening is not None else None,
         )
         if outcome.attempts > 1:
             self._retried += 1

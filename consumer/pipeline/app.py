@@ -30,11 +30,12 @@ from consumer.health import HealthReport
 from consumer.pipeline.admission import Admission
 from consumer.pipeline.backoff import Backoff
 from consumer.pipeline.dead_letters import DeadLetters
+from consumer.pipeline.decisions import DecisionLog
 from consumer.pipeline.fetch import SafeFetch
 from consumer.pipeline.inflight import InFlight, Work
 from consumer.pipeline.intake import Job, Rejection, RejectReason
 from consumer.pipeline.jobs import EngineUnavailable, JobRun
-from consumer.pipeline.jobstate import Plan
+from consumer.pipeline.jobstate import Action, Plan
 from consumer.pipeline.offsets import Committer, OffsetTracker
 from consumer.pipeline.rebalance import Rebalance
 from consumer.pipeline.redelivery import Redeliveries
@@ -58,12 +59,13 @@ logger = logging.getLogger(__name__)
 class ConsumerApp:
     def __init__(
         self, consumer: AIOKafkaConsumer, sinks: Sinks, engine: GradingEngine, metrics: Metrics, settings: Settings,
-        *, scheduler: Scheduler, ledger: Ledger, control: ControlReader,
+        *, scheduler: Scheduler, ledger: Ledger, control: ControlReader, decisions: DecisionLog | None = None,
     ) -> None:  # fmt: skip
         self._consumer, self._sinks, self._engine, self._metrics = consumer, sinks, engine, metrics
         self._settings = settings
         self._ledger = ledger  # job state: what a request gets; written before every offset commit
         self._control = control  # cancel commands
+        self._decisions = decisions  # grade records (contract 1.3); None: not written
         self.scheduler = scheduler  # between the job runs and the engine: decides what the engine runs next
         metrics.expect_dead_letter_reasons([*RejectReason, "too_large_to_fetch"])
         metrics.expect_model(engine.model_name)
@@ -171,7 +173,8 @@ class ConsumerApp:
             job, engine=self._engine, sinks=self._sinks, metrics=self._metrics, scheduler=self.scheduler,
             batch_size=settings.batch_size, flush_s=settings.progress_flush_ms / 1000,
             request_bytes=len(record.value or b""), resume=plan.state.progress if plan.state is not None else None,
-            carried=self._redelivery.carried(tp, record.offset),
+            carried=self._redelivery.carried(tp, record.offset), decisions=self._decisions,
+            read_back_since_ms=record.timestamp if plan.action is Action.RESUME else None,
         )  # fmt: skip
         logger.info("job accepted: job_id=%s items=%d offset=%d", job.job_id, len(job.items), record.offset)
         self._metrics.jobs_accepted.inc()

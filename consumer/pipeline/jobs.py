@@ -47,11 +47,13 @@ from consumer.contract import (
 )
 from consumer.engine.base import GradeOutcome, GradingEngine
 from consumer.metrics import Metrics, job_size_bucket
+from consumer.pipeline.decisions import DecisionLog
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobstate import Progress
 from consumer.pipeline.results import build_result, build_summary
 from consumer.pipeline.scheduler import Scheduler, Ticket
 from consumer.pipeline.sinks import Sinks
+from consumer.tenants import tenant_of
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +107,13 @@ class JobRun:
         request_bytes: int = 0,
         resume: Progress | None = None,
         carried: Mapping[int, GradeOutcome] | None = None,
+        decisions: DecisionLog | None = None,
+        read_back_since_ms: int | None = None,
     ) -> None:
+        """``decisions``: where grade records go (contract 1.3; None: none written).
+        ``read_back_since_ms``: a job taken over from another run: the records
+        written since then (the request's time) are read first, so an item
+        regraded here is not recorded twice (pipeline/decisions.py)."""
         self.job = job
         self.request_bytes = request_bytes  # admission bounds memory by this too
         self._engine = engine
@@ -135,6 +143,9 @@ class JobRun:
         self._started = time.monotonic()
         self.terminal: CompleteEvent | CancelledEvent | None = None  # the last event, once acknowledged
         self._cancel_requested = False
+        self._decisions = decisions
+        self._read_back_since_ms = read_back_since_ms
+        self._recorded: asyncio.Task[frozenset[int]] | None = None
 
     @property
     def job_id(self) -> str:
@@ -171,6 +182,9 @@ class JobRun:
                         len(self._carried))  # fmt: skip
         for index, outcome in self._carried.items():
             self._finished.put_nowait(_Finished(index, outcome, time.monotonic(), carried=True))
+        if self._decisions is not None and self._read_back_since_ms is not None:
+            # Read while the first items are graded; the first record waits for it.
+            self._recorded = asyncio.create_task(self._decisions.recorded(job.job_id, self._read_back_since_ms))
         try:
             eta_s = round(self._scheduler.estimate_s(ticket), 1)
             accepted = AcceptedData(
@@ -205,6 +219,8 @@ class JobRun:
             # Revoke, shutdown or failure: the job's waiting items leave the
             # scheduler and its engine work is aborted, at once.
             self._scheduler.release(ticket)
+            if self._recorded is not None and not self._recorded.done():
+                self._recorded.cancel()
         self._metrics.job_duration_seconds.labels(size=job_size_bucket(total)).observe(time.monotonic() - started)
         logger.info("job %s: job_id=%s items=%d resumed=%d s=%.2f", terminal.event.value, job.job_id, total,
                     self.resumed_items, time.monotonic() - started)  # fmt: skip
@@ -243,6 +259,9 @@ class JobRun:
                     raise EngineUnavailable(self._engine.health().detail)
                 if finished is not None:
                     ack = await self._sinks.result(self._result(finished))
+                    if (record_ack := await self._record(finished)) is not None:
+                        # Acknowledged together: a released grade always has its record.
+                        ack = asyncio.gather(ack, record_ack)
                     # Counted once sent: an abort during the send leaves it out of the figures.
                     received += 1
                     succeeded += finished.outcome.status is ItemStatus.OK
@@ -297,6 +316,16 @@ class JobRun:
 
         both.add_done_callback(acknowledged)
 
+    async def _record(self, finished: _Finished) -> Awaitable[object] | None:
+        """The grade's decision record (contract 1.3), unless an earlier run wrote it."""
+        outcome = finished.outcome
+        if self._decisions is None or outcome.status is not ItemStatus.OK:
+            return None
+        if self._recorded is not None and finished.index in await self._recorded:
+            return None
+        item = self.job.items[finished.index]
+        return await self._decisions.send(self.job.job_id, finished.index, item, outcome)
+
     def _result(self, finished: _Finished) -> EvaluationResult:
         return build_result(
             job_id=self.job.job_id,
@@ -344,6 +373,8 @@ class JobRun:
             sure = outcome.grade_confidence
             confidence, review = (sure.confidence, sure.needs_review) if sure else (None, None)
             self._metrics.observe_grade(self._engine.model_name, outcome.nota, confidence, review)
+            if outcome.review_reasons is not None:
+                self._metrics.observe_reasons(tenant_of(self.job_id), outcome.review_reasons)
         self._metrics.item_latency_seconds.observe(outcome.latency_ms / 1000.0)
         self._metrics.generated_tokens.inc(outcome.output_tokens)
         self._metrics.prompt_tokens.inc(outcome.prompt_tokens)

@@ -43,11 +43,16 @@ def build_summary(*, item_index: int, item: Item, outcome: GradeOutcome) -> Item
 
 
 def confidence_fields(outcome: GradeOutcome) -> dict[str, Any]:
-    """Contract 1.2's ``nota_probabilities``, ``confidence``, ``needs_review``; none without a distribution."""
+    """Contract 1.2's ``nota_probabilities``, ``confidence``, ``needs_review`` (none without a
+    distribution) and 1.3's ``review_reasons`` (none when nothing was read: no screening, no distribution)."""
+    fields: dict[str, Any] = {}
+    if outcome.review_reasons is not None:
+        fields["review_reasons"] = list(outcome.review_reasons)
     graded = outcome.grade_confidence
     if graded is None:
-        return {}
+        return fields
     return {
+        **fields,
         "nota_probabilities": list(graded.probabilities),
         "confidence": graded.confidence,
         "needs_review": graded.needs_review,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from consumer.decisions import DecisionsSetupError, hmac_key
 from consumer.engine.base import GradingEngine
 from consumer.engine.canary import CanaryFileError, CanaryItem, load_canary, run_canary
 from consumer.health import HealthReport
@@ -23,6 +24,7 @@ from consumer.kafka import KafkaSetupError, check_connection, client_kwargs, ens
 from consumer.metrics import Metrics
 from consumer.pipeline.app import ConsumerApp
 from consumer.pipeline.control import ControlReader
+from consumer.pipeline.decisions import DecisionLog
 from consumer.pipeline.jobstate import JobStateStore, Ledger
 from consumer.pipeline.scheduler import Scheduler
 from consumer.pipeline.sinks import Sinks
@@ -56,7 +58,11 @@ async def ensure_service_topics(settings: Settings) -> None:
     partitions = settings.kafka_topic_partitions
     topics = dict.fromkeys(settings.service_topics(), partitions)
     # Job state keeps one record per job: compaction keeps the newest.
-    configs = {settings.checkpoints_topic: {"cleanup.policy": "compact"}}
+    configs = {
+        settings.checkpoints_topic: {"cleanup.policy": "compact"},
+        # Decision records outlive the texts: an appeal's window (contract 1.3).
+        settings.decisions_topic: {"retention.ms": str(settings.decisions_retention_ms)},
+    }
     await ensure_topics(settings.kafka_bootstrap_servers, topics, configs=configs, **client_kwargs(settings))
 
 
@@ -106,7 +112,14 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         progress_topic=settings.progress_topic,
         dlt_topic=settings.dlt_topic,
         group_id=settings.kafka_group_id,
+        decisions_topic=settings.decisions_topic,
     )
+    decisions = None
+    if settings.decision_records:
+        decisions = DecisionLog(
+            sinks, engine, key=hmac_key(settings), topic=settings.decisions_topic, client=kafka,
+            max_message_bytes=settings.kafka_max_message_bytes,
+        )  # fmt: skip
     try:
         ledger, control = await job_state(settings, consumer, producer, metrics)
     except BaseException:
@@ -115,7 +128,7 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         raise
     app = ConsumerApp(
         consumer, sinks, engine, metrics, settings,
-        scheduler=scheduler_from(settings, engine, metrics), ledger=ledger, control=control,
+        scheduler=scheduler_from(settings, engine, metrics), ledger=ledger, control=control, decisions=decisions,
     )  # fmt: skip
     task = asyncio.create_task(app.run())
     try:
@@ -246,6 +259,13 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
         # A bad canary file fails before minutes of loading the model.
         canary = load_canary(settings.canary_file) if settings.canary_file is not None else None
     except CanaryFileError as exc:
+        logger.error("cannot start: %s", exc)
+        await http.stop()
+        return 2
+    try:
+        if settings.decision_records:
+            hmac_key(settings)  # refused without a key off loopback: before minutes of loading the model
+    except DecisionsSetupError as exc:
         logger.error("cannot start: %s", exc)
         await http.stop()
         return 2

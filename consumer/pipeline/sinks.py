@@ -1,6 +1,6 @@
 """Where graded work goes: results, progress events and dead letters.
 
-One producer serves all three topics (connections and batching are shared).
+One producer serves every output topic (connections and batching are shared).
 Every send returns the broker acknowledgement as a future instead of
 waiting for it: a job awaits all of its acknowledgements once, at the end,
 before its offset may be committed. Everything is keyed by ``job_id`` so a
@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from aiokafka.structs import ConsumerRecord
 
-    from consumer.contract import AcceptedEvent, BatchCompleteEvent, CancelledEvent, CompleteEvent, EvaluationResult
+    from consumer.contract import (
+        AcceptedEvent,
+        BatchCompleteEvent,
+        CancelledEvent,
+        CompleteEvent,
+        EvaluationResult,
+        GradeRecord,
+    )
 
 Ack = asyncio.Future[Any]
 
@@ -51,9 +58,17 @@ class DeadLetterForm(StrEnum):
 
 class Sinks:
     def __init__(
-        self, producer: AIOKafkaProducer, *, results_topic: str, progress_topic: str, dlt_topic: str, group_id: str
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        results_topic: str,
+        progress_topic: str,
+        dlt_topic: str,
+        group_id: str,
+        decisions_topic: str = "evaluation.decisions",
     ) -> None:
         self._producer = producer
+        self._decisions_topic = decisions_topic
         self._results_topic = results_topic
         self._progress_topic = progress_topic
         self._dlt_topic = dlt_topic
@@ -61,6 +76,10 @@ class Sinks:
 
     async def result(self, result: EvaluationResult) -> Ack:
         return await self._send(self._results_topic, result.job_id, result)
+
+    async def decision(self, record: GradeRecord) -> Ack:
+        """A decision record (contract 1.3), keyed by job_id like everything else of the job."""
+        return await self._send(self._decisions_topic, record.job_id, record)
 
     async def progress(self, event: AcceptedEvent | BatchCompleteEvent | CompleteEvent | CancelledEvent) -> Ack:
         return await self._send(self._progress_topic, event.job_id, event)
