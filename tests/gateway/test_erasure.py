@@ -243,3 +243,25 @@ def test_the_erase_route_names_its_sender_audits_it_and_refuses_the_erased_id(ca
         r.getMessage() for r in caplog.records if r.name == "consumer.gateway.audit" and "DELETE" in r.getMessage()
     ]
     assert len(lines) == 3 and all(line.endswith("erase=true") for line in lines), lines
+
+
+def test_the_erase_answer_says_the_decision_records_stay_and_the_teachers_loop_skips_the_job() -> None:
+    h = harness(**TWO_TENANTS)
+    answer = h.client.delete("/jobs/school-a/j", params={"erase": "true"}, headers=bearer(KEY_A)).json()
+    settings = h.gateway.settings
+    (kept,) = answer["records_kept"]
+    assert kept["place"] == settings.decisions_topic and kept["retention_s"] * 1000 == settings.decisions_retention_ms
+    assert "no text" in kept["holds"] and "no id_alumno" in kept["holds"]
+    assert "agreement" in answer["teachers_loop"] and "export-training" in answer["teachers_loop"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Gateway.produce_erase (consumer/gateway/service.py) must send through consumer.erasure.produce_erase, "
+    "which writes the erased decision record beside the command",
+)
+def test_the_erase_route_writes_the_erased_decision_record() -> None:
+    h = harness(**TWO_TENANTS)
+    assert h.client.delete("/jobs/school-a/j", params={"erase": "true"}, headers=bearer(KEY_A)).status_code == 202
+    (record,) = h.sent(h.gateway.settings.decisions_topic)
+    assert (record["record"], record["job_id"], record["tenant"]) == ("erased", "school-a/j", "school-a")
