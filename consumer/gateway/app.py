@@ -42,7 +42,10 @@ logger = logging.getLogger(__name__)
 audit_log = logging.getLogger("consumer.gateway.audit")
 
 # 1.2: confidence and needs_review (empty when absent); nota_probabilities in JSONL.
-RESULT_COLUMNS = ("job_id", "item_index", "id_alumno", "status", "nota", "feedback", "confidence", "needs_review")
+# 1.3: review_reasons, `;`-separated in the CSV (a list in JSONL).
+RESULT_COLUMNS = (
+    "job_id", "item_index", "id_alumno", "status", "nota", "feedback", "confidence", "needs_review", "review_reasons",
+)  # fmt: skip
 
 
 def _error(status: int, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -282,7 +285,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         if format == "jsonl":
             text = "".join(_json_line(row) for row in rows)
             return done(request, caller, job_id, Response(text, media_type="application/x-ndjson", headers=headers))
-        table = csv_text(RESULT_COLUMNS, rows)
+        flat = ({**row, "review_reasons": ";".join(row.get("review_reasons") or ())} for row in rows)  # type: ignore[arg-type]
+        table = csv_text(RESULT_COLUMNS, flat)
         return done(request, caller, job_id, Response(table, media_type="text/csv; charset=utf-8", headers=headers))
 
     @app.post("/jobs/{job_id:path}/stream_token", dependencies=by_key)

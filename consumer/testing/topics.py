@@ -35,6 +35,7 @@ class TopicNames:
     dlt: str
     control: str
     checkpoints: str
+    decisions: str  # 1.3: decision records
 
     @classmethod
     def unique(cls) -> TopicNames:
@@ -46,6 +47,7 @@ class TopicNames:
             dlt=f"{prefix}.evaluation.requests.DLT",
             control=f"{prefix}.evaluation.control",
             checkpoints=f"{prefix}.evaluation.checkpoints",
+            decisions=f"{prefix}.evaluation.decisions",
         )
 
     def __iter__(self) -> Iterator[str]:
@@ -66,6 +68,7 @@ def make_settings(bootstrap: str, topics: TopicNames, group_kwargs: dict[str, in
         "KAFKA_DLT_TOPIC": topics.dlt,
         "KAFKA_CONTROL_TOPIC": topics.control,
         "KAFKA_CHECKPOINTS_TOPIC": topics.checkpoints,
+        "KAFKA_DECISIONS_TOPIC": topics.decisions,
         "KAFKA_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
         "COMMIT_INTERVAL_MS": 100,
         "SHUTDOWN_GRACE_S": 10,

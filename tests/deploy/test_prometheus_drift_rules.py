@@ -32,6 +32,18 @@ CHANGES = [
         "          sum by (model) (increase(texteval_grades_total[1d])) >= 200\n",
         "          sum by (model) (increase(texteval_grades_total[1d])) >= 50\n",
     ),
+    # A lower volume floor: school-c's 30 grades in 6 hours fire.
+    (
+        "TextevalInjectionShareJumped",
+        "          sum by (tenant) (increase(texteval_tenant_grades_total[6h])) >= 50\n",
+        "          sum by (tenant) (increase(texteval_tenant_grades_total[6h])) >= 20\n",
+    ),
+    # A 2-point move: school-d's 1 % -> 4 % fires.
+    (
+        "TextevalInjectionShareJumped",
+        "          ) > 0.05\n",
+        "          ) > 0.02\n",
+    ),
     # A lower floor of corrections: 84 a week fire.
     (
         "TextevalTeacherAgreementFell",
