@@ -369,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_erase_command(sub)
 
+    from consumer.tools.explain import add_explain_command  # contract 1.3
+
+    add_explain_command(sub)
+
     from consumer.tools.loop_commands import add_loop_commands  # correct, agreement, export-training
 
     add_loop_commands(sub)
