@@ -92,8 +92,8 @@ class VllmEngine:
         self._timeout_s = timeout_s
         self._tie_margin = tie_margin
         # Contract 1.3: the answer is read before the model reads it (screening.py);
-        # None: no answer reasons (SCREEN_ANSWERS=false).
-        self._screener = screener
+        # None: no answer reasons (SCREEN_ANSWERS=false). Public: a benchmark compares both.
+        self.screener = screener
         self._prompt_format = prompt_format
         self._model_revision = model_revision
         # Contract 1.2: with review_below set, every ok grade carries the
@@ -261,7 +261,7 @@ class VllmEngine:
         return self._model_revision
 
     def screen(self, item: Item) -> Screening | None:
-        return self._screener.screen(item) if self._screener is not None else None
+        return self.screener.screen(item) if self.screener is not None else None
 
     def encode(self, item: Item) -> tuple[Prompt, list[int]]:
         """The prompt of exactly this item and the token ids the engine receives for it (no screening)."""

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class FaultRun:
     duplicates: int
     recovery_s: float
     detail: str = ""
+    # Contract 1.3: released grades without a decision record, and result ids
+    # with two records that differ (exact repeats are at-least-once delivery).
+    records_missing: int = 0
+    records_differing: int = 0
 
 
 def tally(fault: str, expected_ids: set[str], results: list[dict[str, Any]], recovery_s: float,
@@ -87,10 +91,23 @@ async def kill9_during_job(bootstrap: str, group_kwargs: dict[str, int], log_dir
         results = values(await read_until(bootstrap, topics.results, _unique_at_least(ids), timeout_s=120))
         recovery_s = time.monotonic() - restarted
         await read_until(bootstrap, topics.progress, count_events("complete", 1))
+        records = values(await read_until(bootstrap, topics.decisions, _unique_at_least(ids), timeout_s=60))
     finally:
         await first.close()
         await second.close()
-    return tally("kill -9 mid-job, restart", ids, results, recovery_s, f"killed after {kill_after} results")
+    run = tally("kill -9 mid-job, restart", ids, results, recovery_s, f"killed after {kill_after} results")
+    missing, differing = record_tally(results, records)
+    return replace(run, records_missing=missing, records_differing=differing)
+
+
+def record_tally(results: list[dict[str, Any]], records: list[dict[str, Any]]) -> tuple[int, int]:
+    """Decision records against the released grades (contract 1.3)."""
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_id.setdefault(record["result_id"], []).append(record)
+    released = {r["result_id"] for r in results if r["status"] == "ok"}
+    differing = sum(1 for recs in by_id.values() if any(rec != recs[0] for rec in recs))
+    return len(released - set(by_id)), differing
 
 
 async def sigterm_during_job(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, stop_after: int,

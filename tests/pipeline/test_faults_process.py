@@ -35,6 +35,8 @@ async def test_kill9_mid_job_then_restart_loses_nothing(
     # The target at this rate: under 100. Before job state: every
     # published item of the job (≈ kill_after, max 1984).
     assert run.duplicates < 100, run
+    # Every released grade has its decision record, and a regraded item none of another content.
+    assert run.records_missing == 0 and run.records_differing == 0, run
 
 
 async def test_sigterm_mid_job_drains_exits_0_and_a_restart_duplicates_nothing(
