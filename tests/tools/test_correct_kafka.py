@@ -137,3 +137,40 @@ async def test_correct_writes_a_decision_record_per_correction_and_dead_letters_
     assert values[0]["corrected_at"] == "2026-12-02T10:00:00Z" and values[0]["tenant"] == "school-1"
     assert all(v["applied_at"] for v in values)
     assert SECRET not in json.dumps(values)  # no feedback, no comment in a record
+
+
+async def test_the_correction_applied_last_is_the_one_export_and_agreement_use(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
+) -> None:
+    corrections_topic = f"t-{uuid.uuid4().hex[:8]}.evaluation.corrections"
+    settings = make_settings(
+        kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic,
+        KAFKA_DECISIONS_TOPIC=f"{corrections_topic}.decisions",
+    )  # fmt: skip
+    await create_topics(kafka_bootstrap, settings.service_topics())
+    job_id = "school-1/term-1/a"
+    for name, topic in (("results", settings.results_topic), ("requests", settings.requests_topic)):
+        lines = [line for line in (DATA / f"agreement_{name}.jsonl").read_bytes().splitlines()
+                 if json.loads(line)["job_id"] == job_id]  # fmt: skip
+        await produce(kafka_bootstrap, topic, [(job_id.encode(), line) for line in lines])
+    # The second line is applied last, though its teacher's clock says earlier: it stands (contract 1.3).
+    path = tmp_path / "corrections.jsonl"
+    path.write_text(
+        json.dumps({"job_id": job_id, "item_index": 0, "nota": 1, "feedback": "Primera lectura.",
+                    "corrected_at": "2026-12-02T10:00:00Z"}) + "\n"
+        + json.dumps({"job_id": job_id, "item_index": 0, "nota": 2, "feedback": "Segona lectura.",
+                      "corrected_at": "2026-12-02T09:00:00Z"}) + "\n"
+    )  # fmt: skip
+    env = service_env(settings)
+    code, out, err = await texteval(env, "correct", str(path))
+    assert code == 0, out + err
+    out_file = tmp_path / "train.jsonl"
+    code, out, err = await texteval(env, "export-training", "--out", str(out_file))
+    assert code == 0, err
+    (line,) = [json.loads(x) for x in out_file.read_text(encoding="utf-8").splitlines()]
+    assert json.loads(line["completion"]) == {"nota": 2, "feedback": "Segona lectura."}
+    code, out, err = await texteval(env, "agreement", "--json")
+    assert code == 0, err
+    (group,) = json.loads(out)["groups"]
+    teacher_column = [sum(row[grade] for row in group["confusion_matrix"]) for grade in range(6)]
+    assert group["n"] == 1 and teacher_column[2] == 1
