@@ -92,7 +92,11 @@ async def _corrections_that_count(
     if args.erased == NONE:
         print("erased jobs not checked (--erased none)", file=sys.stderr)
         return latest, ErasedSkipped(checked=False)
-    erased = _said("control", await load_erased_jobs(settings))
+    try:
+        erased = _said("control", await load_erased_jobs(settings))
+    except LookupError as exc:  # no decisions (or control) topic: erasures cannot be checked
+        raise LookupError(f"{exc}: erased jobs cannot be checked (create it with deploy/kafka/create-topics.sh, "
+                          "or pass --erased none to go on without the check)") from None  # fmt: skip
     kept, jobs, items = without_erased(latest, erased)
     return kept, ErasedSkipped(jobs=jobs, items=items)
 

@@ -170,3 +170,22 @@ def test_unreadable_sources_exit_2_with_the_reason(
     assert "cannot connect to 127.0.0.1:1" in capsys.readouterr().err
     assert main(["agreement"]) == 2
     assert "cannot connect to 127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_without_a_decisions_topic_the_command_stops_and_says_how_to_go_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import consumer.kafka
+    import consumer.tools.loop_sources
+
+    async def connected(*_: object, **__: object) -> None:
+        return None
+
+    async def no_topic(*_: object, **__: object) -> None:
+        raise LookupError("topic evaluation.decisions does not exist")
+
+    monkeypatch.setattr(consumer.kafka, "check_connection", connected)
+    monkeypatch.setattr(consumer.tools.loop_sources, "load_erased_jobs", no_topic)
+    assert main(["agreement", "--results", str(RESULTS), "--corrections", str(CORRECTIONS)]) == 2
+    err = capsys.readouterr().err
+    assert "topic evaluation.decisions does not exist: erased jobs cannot be checked" in err and "--erased none" in err
