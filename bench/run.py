@@ -94,7 +94,8 @@ def settings_description(kafka: KafkaTarget, engine: VllmEngine | None, settings
             f"Engine (B1, B2, B10): {engine.model_name}; MAX_TOKENS {settings.max_tokens} (FEEDBACK_MAX_CHARS"
             f" {settings.feedback_chars}, instead of 380/176), MAX_MODEL_LEN {settings.max_model_len},"
             f" MAX_NUM_SEQS {settings.max_num_seqs}, prefix caching {settings.enable_prefix_caching},"
-            f" COMPILATION_LEVEL {'default (eager on CPU)' if level is None else level}, {settings.dtype or 'default dtype'};"
+            f" COMPILATION_LEVEL {'default (eager on CPU)' if level is None else level},"
+            f" {settings.dtype or 'DTYPE default (float32 on CPU)'};"
             f" {cpu_env}"
         )
     return lines

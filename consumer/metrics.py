@@ -229,6 +229,8 @@ class Metrics:
             registry=r,
         )
         self._tenants: set[str] = set()
+        for counter in (self.tenant_grades, self.tenant_suspected_injection):
+            counter.labels(tenant="_none")  # exported from the start, as every other series here
 
     def tenant_label(self, tenant: str | None) -> str:
         """A tenant's label value: its name for the first TENANT_SERIES seen, else ``_other``."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from consumer.contract import ControlAction, ControlCommand
-from consumer.erasure import erase_command
+from consumer.erasure import erase_command, produce_erase
 from consumer.gateway.auth import ApiKeys, Caller, keys_from
 from consumer.gateway.erasure import ErasureFollower
 from consumer.gateway.jobs import JobStore
@@ -85,9 +85,8 @@ class Gateway:
         others forget it when they read the command (``ErasureFollower``)."""
         tenant, admin = _acting_for(caller, job_id)
         command = erase_command(job_id, tenant=tenant, admin=admin)
-        await self.producer.send_and_wait(
-            self.settings.control_topic, value=command.model_dump_json().encode(), key=job_id.encode()
-        )
+        # The command, then the job's `erased` decision record (contract 1.3): readers of corrections skip it.
+        await produce_erase(self.producer, self.settings, command)
         self.store.erase(job_id, time.time())
 
     async def wait_caught_up(self) -> bool:

@@ -41,8 +41,8 @@ CHANGES = [
     # A 2-point move: school-d's 1 % -> 4 % fires.
     (
         "TextevalInjectionShareJumped",
-        "          ) > 0.05\n",
-        "          ) > 0.02\n",
+        "          > 0.05\n",
+        "          > 0.02\n",
     ),
     # A lower floor of corrections: 84 a week fire.
     (

@@ -255,11 +255,6 @@ def test_the_erase_answer_says_the_decision_records_stay_and_the_teachers_loop_s
     assert "agreement" in answer["teachers_loop"] and "export-training" in answer["teachers_loop"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Gateway.produce_erase (consumer/gateway/service.py) must send through consumer.erasure.produce_erase, "
-    "which writes the erased decision record beside the command",
-)
 def test_the_erase_route_writes_the_erased_decision_record() -> None:
     h = harness(**TWO_TENANTS)
     assert h.client.delete("/jobs/school-a/j", params={"erase": "true"}, headers=bearer(KEY_A)).status_code == 202
