@@ -41,8 +41,8 @@ from consumer.gpu_budget import (
 )
 
 if TYPE_CHECKING:
+    from consumer.engine.base import GradingEngine
     from consumer.engine.gpu_memory import GpuMemory
-    from consumer.engine.vllm_engine import VllmEngine
     from consumer.settings import Settings
 
 # The seed's acceptance figures.
@@ -300,8 +300,11 @@ def doctor_settings(settings: Settings) -> Settings:
     )
 
 
-async def full_size_job(settings: Settings, engine: VllmEngine, texts: int) -> list[Figure]:
-    """One job of ``texts`` texts: POST to the gateway -> Kafka -> consumer -> engine -> results, streamed back."""
+async def full_size_job(settings: Settings, engine: GradingEngine, texts: int) -> list[Figure]:
+    """One job of ``texts`` texts: POST to the gateway -> Kafka -> consumer -> engine -> results, streamed back.
+
+    On fresh topics of its own (created here); the engine is the real one on a
+    GPU host (tests/tools/test_doctor.py runs it with the fake engine)."""
     import httpx
     from aiokafka import AIOKafkaConsumer
 
@@ -313,12 +316,10 @@ async def full_size_job(settings: Settings, engine: VllmEngine, texts: int) -> l
     job_settings = doctor_settings(settings)
     await ensure_service_topics(job_settings)
     job_id = f"doctor/{int(time.time())}"
-    produced_ms: dict[tuple[str, int | None], int] = {}
-    received_ms: dict[tuple[str, int | None], float] = {}
-
-    def key(event: dict[str, Any]) -> tuple[str, int | None]:
-        data = event.get("data") or {}
-        return str(event.get("event")), data.get("batch_number") if isinstance(data, dict) else None
+    # Progress events by Kafka offset: the SSE event's id is its record's offset
+    # (one job, so one partition of the fresh topic).
+    produced_ms: dict[int, int] = {}  # the record's timestamp: when the consumer's producer made it
+    received_ms: dict[int, float] = {}  # when the SSE client had read its data
 
     async def read_progress() -> None:
         reader = AIOKafkaConsumer(
@@ -327,8 +328,7 @@ async def full_size_job(settings: Settings, engine: VllmEngine, texts: int) -> l
         await reader.start()
         try:
             async for record in reader:
-                if record.value is not None:
-                    produced_ms[key(json.loads(record.value))] = record.timestamp
+                produced_ms[record.offset] = record.timestamp
         finally:
             await reader.stop()
 
@@ -342,14 +342,20 @@ async def full_size_job(settings: Settings, engine: VllmEngine, texts: int) -> l
         started = time.monotonic()
         posted = await client.post("/evaluate", json={"job_id": job_id, "items": synthetic_items(texts)})
         posted.raise_for_status()
+        job_id = str(posted.json()["job_id"])
         async with client.stream("GET", f"/stream/{job_id}") as stream:
+            event_id: int | None = None
+            terminal = False
             async for line in stream.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                event = json.loads(line[5:])
-                received_ms[key(event)] = time.time() * 1000
-                if event.get("event") in {"complete", "cancelled"}:
-                    break
+                if line.startswith("id:"):
+                    event_id = int(line[3:].strip())
+                elif line.startswith("data:") and event_id is not None:
+                    received_ms[event_id] = time.time() * 1000
+                    terminal = json.loads(line[5:]).get("event") in {"complete", "cancelled"}
+                elif not line:  # the end of one event
+                    event_id = None
+                    if terminal:
+                        break
         elapsed = time.monotonic() - started
         await asyncio.sleep(1.0)  # the reader's last records
         progress.cancel()

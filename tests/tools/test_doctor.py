@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,3 +155,18 @@ def test_the_command_is_registered_with_its_help() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert "doctor" in sub.choices and "--gpu" in sub.choices["doctor"].format_help()
+
+
+async def test_the_full_size_job_measures_the_figures_end_to_end(settings_for: Any) -> None:
+    # The GPU path's job, on a real broker with the fake engine (64 at a time, 20 ms each):
+    # POST /evaluate -> Kafka -> consumer -> results, the events streamed back over SSE.
+    from consumer.engine.fake import FakeEngine
+
+    engine = FakeEngine(delay_s=0.02, max_concurrency=64)
+    figures = {f.name: f for f in await doctor.full_size_job(settings_for(BATCH_SIZE=10), engine, 200)}
+    rate = figures["texts/s end to end"]
+    assert rate.value is not None and rate.value > 5 and rate.passed  # ~200 texts in a few seconds
+    sse = figures["SSE event latency (p99)"]
+    assert sse.value is not None and 0 <= sse.value < 1000  # 22 events (accepted, 20 batches, complete) matched
+    peak = figures["peak GPU memory, 200-text job"]
+    assert peak.value == 0 and peak.passed is False  # no GPU to sample: not a pass
