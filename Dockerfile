@@ -166,7 +166,7 @@ COPY deploy/docker/healthcheck.py /opt/texteval/healthcheck.py
 COPY scripts/start.sh /opt/texteval/start.sh
 
 WORKDIR /app
-# vLLM's switches, the same as consumer/engine/factory.py's GPU_RUNTIME_DEFAULTS
+# vLLM 0.32's switches, the same as consumer/engine/vllm_compat.py's GPU_RUNTIME_DEFAULTS
 # (tests/deploy/test_gpu_config.py compares them):
 # - VLLM_USE_FLASHINFER_SAMPLER=0: on CUDA vLLM defaults to FlashInfer's
 #   top-k/top-p sampler, whose kernels are compiled at run time with nvcc;

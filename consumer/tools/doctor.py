@@ -114,8 +114,8 @@ def resolve_gpu_config(settings: Settings, gpu: GpuMemory | None) -> Resolution:
 
 def static_checks(settings: Settings, gpu: GpuMemory | None, environ: dict[str, str] | None = None) -> Report:
     """Everything that can be checked without a GPU."""
-    from consumer.engine.factory import GPU_RUNTIME_DEFAULTS
     from consumer.engine.model_store import PRODUCTION_MODEL
+    from consumer.engine.vllm_compat import GPU_RUNTIME_DEFAULTS
 
     env = dict(os.environ) if environ is None else environ
     report = Report()

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from consumer.engine import factory, gpu_memory
-from consumer.engine.factory import GPU_RUNTIME_DEFAULTS, engine_args, resolve_model
+from consumer.engine import factory, gpu_memory, vllm_compat
+from consumer.engine.factory import engine_args, resolve_model
 from consumer.engine.model_store import PRODUCTION_MODEL
+from consumer.engine.vllm_compat import GPU_RUNTIME_DEFAULTS
 from consumer.gpu_budget import GB, L40_TOTAL_BYTES, SEED_LIMIT_GB, peak_bytes
 from consumer.settings import Settings
 from tests.conftest import REPO
@@ -102,7 +103,7 @@ def test_a_gpu_host_without_the_image_gets_the_same_switches(monkeypatch: pytest
         monkeypatch.setenv(name, "x")  # recorded, so the test's own setting is undone after it
         monkeypatch.delenv(name)
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")  # an operator trying V2
-    factory.configure_gpu_runtime()
+    vllm_compat.configure_gpu_runtime()
     import os
 
     assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
