@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 _CPU_DEFAULT_MEMORY_UTILIZATION = 0.3  # 0.92 fails on a 24 GiB host (see notes)
 
 
-
 @dataclass(frozen=True, slots=True)
 class ModelChoice:
     name: str  # recorded in every result
