@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # a 2,000-text job under the seed's 22 GB (docs/gpu.md). Ignored on CPU and when GPU_MEMORY_UTILIZATION
     # is set.
     gpu_memory_budget_gb: float = Field(default=DEFAULT_BUDGET_GB, gt=CUDA_CONTEXT_GB, alias="GPU_MEMORY_BUDGET_GB")
-    # "fp8" on Ada/Hopper GPUs: weights 10.2 GB instead of 18.5, which under the budget buys ~7x the KV
+    # "fp8" on Ada/Hopper GPUs: weights 10.2 GB instead of 18.5, which under the budget buys 6.6x the KV
     # cache (MAX_NUM_SEQS 112 instead of 16). It can move grades: re-validate (canary, `texteval agreement`).
     quantization: str | None = Field(default=None, alias="QUANTIZATION")
     # The model's Hugging Face revision (a commit id): the same weights and tokenizer on every host. Unset:
@@ -91,8 +91,9 @@ class Settings(BaseSettings):
     enable_prefix_caching: bool = Field(default=True, alias="ENABLE_PREFIX_CACHING")
     # vLLM KV-cache block size in tokens; unset: vLLM's default.
     block_size: int | None = Field(default=None, ge=1, alias="BLOCK_SIZE")
-    # Sequences vLLM decodes at once. Unset: on a GPU what the KV cache left by the default budget holds
-    # without preempting (16 in bf16, 112 with QUANTIZATION=fp8; docs/gpu.md), 256 on CPU.
+    # Sequences vLLM decodes at once. Unset on a GPU: 16 in bf16, 112 with QUANTIZATION=fp8, what the KV
+    # cache left by the default budget on an L40 holds without preempting (docs/gpu.md; with another budget,
+    # card or model, `texteval doctor` says what fits); 256 on CPU.
     max_num_seqs: int | None = Field(default=None, ge=1, alias="MAX_NUM_SEQS")
     # Unset: 3 (full vLLM compile) on GPU; 0 (eager) on CPU, where compiling
     # costs 2-4 minutes of start-up for a small gain.

@@ -147,11 +147,16 @@ def static_checks(settings: Settings, gpu: GpuMemory | None, environ: dict[str, 
         shape = GEMMA2_9B_FP8 if args.get("quantization") == "fp8" else GEMMA2_9B_BF16
         kv = kv_cache_bytes(fraction, resolved.total_bytes, shape)
         fits = texts_in_flight(kv, shape)
+        advice = ""
+        if seqs > max(fits, 1):
+            advice = ": more than fit, vLLM will preempt and recompute"
+        elif fits >= 2 * seqs and settings.max_num_seqs is None:
+            advice = f": room for ≈ {fits}, set MAX_NUM_SEQS (a multiple of 8) to use it"
         report.add(
             "KV cache",
-            Status.PASS if 1 <= seqs <= max(fits, 1) else Status.WARN,
+            Status.PASS if not advice else Status.WARN,
             f"≈ {kv / GB:.2f} GB (estimate; vLLM prints the real size at start) ≈ {fits} texts in flight;"
-            f" MAX_NUM_SEQS {seqs}" + ("" if seqs <= max(fits, 1) else ": more than fit, vLLM will preempt"),
+            f" MAX_NUM_SEQS {seqs}{advice}",
         )
     if args.get("quantization"):
         report.add(

@@ -83,6 +83,11 @@ def test_the_arguments_resolve_for_the_card_found(monkeypatch: pytest.MonkeyPatc
     resolved = resolve_gpu_config(settings(), gpu_memory.read_gpu_memory())
     assert resolved.engine_args["gpu_memory_utilization"] == 0.244 and resolved.card.startswith("NVIDIA L40, 85.90 GB")
     assert resolved.peak_bytes < 22e9
+    roomy = static_checks(settings(GPU_MEMORY_BUDGET_GB=30), None)  # a bigger budget, the default cap
+    kv = next(c for c in roomy.checks if c.name == "KV cache")
+    assert kv.status is Status.WARN and "set MAX_NUM_SEQS" in kv.detail
+    tight = static_checks(settings(MAX_NUM_SEQS=64), None)
+    assert "more than fit" in next(c for c in tight.checks if c.name == "KV cache").detail
     fp8 = static_checks(settings(QUANTIZATION="fp8"), None)
     assert any(c.name == "KV cache" and "MAX_NUM_SEQS 112" in c.detail for c in fp8.checks)
     warning = next(c for c in fp8.checks if c.name == "QUANTIZATION")
