@@ -210,10 +210,10 @@ def _revision_checks(report: Report, args: dict[str, Any], settings: Settings) -
         report.add("model revision", Status.WARN, f"unpinned (the hub's main branch); {on_disk}: {hint}")
 
 
-def no_gpu_figures() -> list[Figure]:
+def no_gpu_figures(texts: int = FULL_JOB_TEXTS) -> list[Figure]:
     return [
         Figure("texts/s end to end", f">= {TARGET_TEXTS_PER_S:g}", None, "texts/s", None),
-        Figure(f"peak GPU memory, {FULL_JOB_TEXTS:,}-text job", f"< {TARGET_PEAK_GB:g}", None, "GB", None),
+        Figure(f"peak GPU memory, {texts:,}-text job", f"< {TARGET_PEAK_GB:g}", None, "GB", None),
         Figure("SSE event latency (p99)", f"< {TARGET_SSE_MS:g}", None, "ms", None),
     ]
 
@@ -334,11 +334,12 @@ async def full_size_job(settings: Settings, engine: GradingEngine, texts: int) -
     from aiokafka import AIOKafkaConsumer
 
     from consumer.gateway.server import gateway_serving
-    from consumer.kafka import client_kwargs
+    from consumer.kafka import check_connection, client_kwargs
     from consumer.metrics import Metrics
     from consumer.pipeline.service import consumer_running, ensure_service_topics
 
     job_settings = doctor_settings(settings)
+    await check_connection(job_settings)  # KafkaSetupError names the setting to fix
     await ensure_service_topics(job_settings)
     job_id = f"doctor/{int(time.time())}"
     # Progress events by Kafka offset: the SSE event's id is its record's offset
@@ -413,8 +414,13 @@ async def measure_on_gpu(settings: Settings, report: Report, *, texts: int, chec
         report.checks.append(await asyncio.to_thread(run_engine_tests, checkout))
     else:
         report.add("engine tests", Status.SKIP, "--skip-tests")
+    report.figures = no_gpu_figures(texts)  # "not measured" until the job says otherwise
     started = time.monotonic()
-    engine = await build_engine(settings)
+    try:
+        engine = await build_engine(settings)
+    except Exception as exc:  # noqa: BLE001 - the engine not starting is the finding: report it, measure nothing
+        report.add("warm start", Status.FAIL, f"the engine did not start: {type(exc).__name__}: {exc}")
+        return
     loaded = read_gpu_memory()
     used = f"; GPU memory used {loaded.used_bytes / GB:.2f} GB" if loaded else ""
     report.add("warm start", Status.PASS, f"engine loaded and warmed up in {time.monotonic() - started:.0f} s{used}")
@@ -430,7 +436,10 @@ async def measure_on_gpu(settings: Settings, report: Report, *, texts: int, chec
             else:
                 detail = f"{verdict.items} items, {len(verdict.misses)} missed, {verdict.duration_s:.1f} s"
                 report.add("canary", Status.PASS if verdict.passed else Status.FAIL, detail)
-        report.figures = await full_size_job(settings, engine, texts)
+        try:
+            report.figures = await full_size_job(settings, engine, texts)
+        except Exception as exc:  # noqa: BLE001 - e.g. no broker: the figures stay "not measured", with the reason
+            report.add("full-size job", Status.FAIL, f"{type(exc).__name__}: {exc}")
     finally:
         await engine.close()
 

@@ -188,3 +188,40 @@ async def test_the_full_size_job_measures_the_figures_end_to_end(settings_for: A
     assert sse.value is not None and 0 <= sse.value < 1000  # 22 events (accepted, 20 batches, complete) matched
     peak = figures["peak GPU memory, 200-text job"]
     assert peak.value == 0 and peak.passed is False  # no GPU to sample: not a pass
+
+
+async def test_an_engine_that_does_not_start_or_a_job_that_cannot_run_is_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from consumer.engine import factory
+    from consumer.engine.fake import FakeEngine
+
+    async def broken(cfg: Settings) -> None:
+        raise RuntimeError("FlashInfer requires nvcc")
+
+    monkeypatch.setattr(factory, "build_engine", broken)
+    report = Report()
+    await doctor.measure_on_gpu(settings(), report, texts=2000, checkout=tmp_path, tests=True)
+    assert [(c.name, c.status) for c in report.checks] == [("engine tests", Status.SKIP), ("warm start", Status.FAIL)]
+    assert "nvcc" in report.checks[-1].detail and report.failed
+    assert [f.value for f in report.figures] == [None, None, None]  # not measured, said so
+
+    engine = FakeEngine()
+
+    async def started(cfg: Settings) -> FakeEngine:
+        return engine
+
+    async def no_broker(cfg: Settings, eng: object, texts: int) -> list[Figure]:
+        raise ConnectionError("no broker at localhost:9092")
+
+    monkeypatch.setattr(factory, "build_engine", started)
+    monkeypatch.setattr(doctor, "full_size_job", no_broker)
+    report = Report()
+    await doctor.measure_on_gpu(settings(), report, texts=500, checkout=tmp_path, tests=False)
+    assert [c.status for c in report.checks if c.name in {"warm start", "canary", "full-size job"}] == [
+        Status.PASS,
+        Status.SKIP,  # no CANARY_FILE
+        Status.FAIL,
+    ]
+    assert report.figures[1].name == "peak GPU memory, 500-text job" and report.figures[1].value is None
+    assert engine.health().detail.startswith("engine")  # closed after the run
