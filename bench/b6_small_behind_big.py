@@ -63,7 +63,7 @@ class FakeGpu:
     @property
     def depth(self) -> int:
         """The scheduler's engine depth, as the consumer derives it from ``MAX_NUM_SEQS``."""
-        depth = Settings(_env_file=None, MAX_NUM_SEQS=self.concurrency).engine_depth  # type: ignore[call-arg]
+        depth = Settings(_env_file=None, MAX_NUM_SEQS=self.concurrency).engine_depth_on("cpu")  # type: ignore[call-arg]
         assert depth is not None
         return depth
 

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumer.gpu_budget import CUDA_CONTEXT_GB, DEFAULT_BUDGET_GB, GPU_MAX_NUM_SEQS_BF16, GPU_MAX_NUM_SEQS_FP8
+
 # The output budget, by construction (consumer/engine/output.py builds the
 # grammar these numbers describe; tests/engine/test_output.py checks they match it):
 # - every token vLLM's grammar lets through is at least one byte of output, so
@@ -29,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 JSON_OVERHEAD_TOKENS = 28
 WORST_TOKENS_PER_FEEDBACK_CHAR = 2
 DEFAULT_FEEDBACK_MAX_CHARS = 176  # what the prototype's 200 tokens were meant to hold
+CPU_DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_REVIEW_CONFIDENCE = 0.5  # REVIEW_CONFIDENCE's default; why: beside the setting
 DEFAULT_TIE_MARGIN = 0.03  # TIE_MARGIN's default; why: beside the setting
 DECISIONS_RETENTION_DAYS = 183  # the EU AI Act's six months for a high-risk system's logs (Art. 19, 26(6))
@@ -66,15 +69,20 @@ class Settings(BaseSettings):
     prompt_format: PromptFormat = Field(default=PromptFormat.AUTO, alias="PROMPT_FORMAT")
     # Where the packaged small models are converted once (and kept).
     model_cache_dir: Path = Field(default=Path(".cache/models"), alias="MODEL_CACHE_DIR")
-    # Unset: 0.90 of the GPU; on CPU vLLM reads it as a share of host memory,
-    # and 0.92 fails there, so the CPU default is lower.
+    # Set: vLLM's share of the GPU as is, instead of GPU_MEMORY_BUDGET_GB (e.g. 0.90: most of the card,
+    # past the seed's budget). On CPU vLLM reads it as a share of host memory; unset there: 0.30 (0.92 fails).
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, alias="GPU_MEMORY_UTILIZATION")
-    # A budget in GiB instead of a fraction: the engine turns it into the
-    # right gpu_memory_utilization for the card it finds (22 on an L40, which
-    # CUDA reports as ~45 GiB -> 0.488). Wins over GPU_MEMORY_UTILIZATION; ignored on CPU.
-    gpu_memory_budget_gib: float | None = Field(default=None, gt=0, alias="GPU_MEMORY_BUDGET_GIB")
-    # "fp8" on Ada/Hopper GPUs: half the weight bytes per decode step.
+    # The service's whole GPU footprint in GB (10^9 bytes), what nvidia-smi shows: vLLM's share is derived
+    # from it and the card's size (read through NVML) after 0.5 GB for the engine's CUDA context. 21.5 keeps
+    # a 2,000-text job under the seed's 22 GB (docs/gpu.md). Ignored on CPU and when GPU_MEMORY_UTILIZATION
+    # is set.
+    gpu_memory_budget_gb: float = Field(default=DEFAULT_BUDGET_GB, gt=CUDA_CONTEXT_GB, alias="GPU_MEMORY_BUDGET_GB")
+    # "fp8" on Ada/Hopper GPUs: weights 10.2 GB instead of 18.5, which under the budget buys 6.6x the KV
+    # cache (MAX_NUM_SEQS 112 instead of 16). It can move grades: re-validate (canary, `texteval agreement`).
     quantization: str | None = Field(default=None, alias="QUANTIZATION")
+    # The model's Hugging Face revision (a commit id): the same weights and tokenizer on every host. Unset:
+    # the hub's main branch at the first download (`texteval doctor --gpu` prints the commit to pin).
+    model_revision: str | None = Field(default=None, alias="MODEL_REVISION")
     # Context in tokens; a prompt that does not fit with MAX_TOKENS is an input_too_long result.
     max_model_len: int = Field(default=2048, ge=128, alias="MAX_MODEL_LEN")
     # GPUs per engine (vLLM tensor parallelism).
@@ -88,8 +96,10 @@ class Settings(BaseSettings):
     enable_prefix_caching: bool = Field(default=True, alias="ENABLE_PREFIX_CACHING")
     # vLLM KV-cache block size in tokens; unset: vLLM's default.
     block_size: int | None = Field(default=None, ge=1, alias="BLOCK_SIZE")
-    # Sequences vLLM decodes at once.
-    max_num_seqs: int = Field(default=256, ge=1, alias="MAX_NUM_SEQS")
+    # Sequences vLLM decodes at once. Unset on a GPU: 16 in bf16, 112 with QUANTIZATION=fp8, what the KV
+    # cache left by the default budget on an L40 holds without preempting (docs/gpu.md; with another budget,
+    # card or model, `texteval doctor` says what fits); 256 on CPU.
+    max_num_seqs: int | None = Field(default=None, ge=1, alias="MAX_NUM_SEQS")
     # Unset: 3 (full vLLM compile) on GPU; 0 (eager) on CPU, where compiling
     # costs 2-4 minutes of start-up for a small gain.
     compilation_level: int | None = Field(default=None, ge=0, le=3, alias="COMPILATION_LEVEL")
@@ -226,11 +236,19 @@ class Settings(BaseSettings):
         _ = self.tenant_weights  # raises on a malformed value: refused at start-up, not at the first job
         return self
 
-    @property
-    def engine_depth(self) -> int | None:
-        """The scheduler's bound on items in the engine; None = no bound."""
+    def max_num_seqs_on(self, device: str) -> int:
+        """MAX_NUM_SEQS, or its default for this device (``cuda``, ``cpu``)."""
+        if self.max_num_seqs is not None:
+            return self.max_num_seqs
+        if device == "cpu":
+            return CPU_DEFAULT_MAX_NUM_SEQS
+        return GPU_MAX_NUM_SEQS_FP8 if (self.quantization or "").lower() == "fp8" else GPU_MAX_NUM_SEQS_BF16
+
+    def engine_depth_on(self, device: str) -> int | None:
+        """The scheduler's bound on items in an engine on this device; None = no bound."""
         if self.engine_queue_depth is None:
-            return self.max_num_seqs + max(8, self.max_num_seqs // 4)
+            seqs = self.max_num_seqs_on(device)
+            return seqs + max(8, seqs // 4)
         return self.engine_queue_depth or None
 
     # --- Kafka ---

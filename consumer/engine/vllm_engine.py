@@ -21,6 +21,7 @@ from consumer.contract import Item, Sampling
 from consumer.engine import vllm_compat
 from consumer.engine.base import EngineHealth, GradeOutcome
 from consumer.engine.confidence import GradeDigits, GradeDistribution, grade_distribution
+from consumer.engine.gpu_memory import read_gpu_memory
 from consumer.engine.grading import grade_prompt
 from consumer.engine.output import Generation, continuation_regex, output_regex
 from consumer.engine.prompt import Prompt, PromptBuilder, PromptTokenizer
@@ -391,7 +392,7 @@ class VllmEngine:
             return EngineHealth(loaded=False, detail="engine closed", device=self._device)
         if self._llm.errored:
             return EngineHealth(loaded=False, detail=f"engine dead: {self._llm.dead_error}", device=self._device)
-        return EngineHealth(loaded=True, detail="ready", device=self._device, gpu_memory=_gpu_memory_gib())
+        return EngineHealth(loaded=True, detail="ready", device=self._device, gpu_memory=_gpu_memory_gb(self._device))
 
     def _live(self) -> AsyncLLM:
         if self._llm is None:
@@ -405,11 +406,11 @@ class VllmEngine:
         await vllm_compat.shut_down(llm)
 
 
-def _gpu_memory_gib() -> dict[str, float]:
-    import torch
-
-    if not torch.cuda.is_available():
+def _gpu_memory_gb(device: str) -> dict[str, float]:
+    """The card's memory in GB (10^9 bytes, the unit of GPU_MEMORY_BUDGET_GB), through NVML: no CUDA context here."""
+    if device == "cpu":
         return {}
-    free, total = torch.cuda.mem_get_info()
-    gib = 1024**3
-    return {"gpu_memory_total_gib": total / gib, "gpu_memory_used_gib": (total - free) / gib}
+    memory = read_gpu_memory()
+    if memory is None:
+        return {}
+    return {"gpu_memory_total_gb": memory.total_bytes / 1e9, "gpu_memory_used_gb": memory.used_bytes / 1e9}

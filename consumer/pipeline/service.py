@@ -43,7 +43,7 @@ def scheduler_from(settings: Settings, engine: GradingEngine, metrics: Metrics) 
         engine,
         metrics,
         policy=settings.scheduling_policy,
-        depth=settings.engine_depth,
+        depth=settings.engine_depth_on(engine.health().device),  # MAX_NUM_SEQS defaults per device
         oldest_share=settings.scheduler_oldest_share,
         tenant_weights=settings.tenant_weights,
         by_tenant=settings.scheduler_by_tenant,

@@ -377,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loop_commands(sub)
 
+    from consumer.tools.doctor import add_doctor_command  # issue 29: the first GPU host
+
+    add_doctor_command(sub)
+
     docs = sub.add_parser("config-docs", help="write docs/configuration.md from the settings")
     docs.add_argument("--out", default="docs/configuration.md")
     docs.add_argument("--check", action="store_true", help="exit 1 if the file differs, write nothing")

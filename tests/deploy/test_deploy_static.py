@@ -590,6 +590,7 @@ def k8s() -> dict[str, dict[str, Any]]:
 
 def test_k8s_has_the_expected_kinds(k8s: dict[str, dict[str, Any]]) -> None:
     expected = {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "ScaledObject", "TriggerAuthentication"}
+    expected.add("PersistentVolumeClaim")  # the model volume (tests/deploy/test_gpu_config.py)
     assert set(k8s) == expected
     assert k8s["ScaledObject"]["apiVersion"].startswith("keda.sh/")
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from consumer.engine.factory import ModelChoice, engine_args, is_gemma_family, memory_utilization, resolve_model
+from consumer.engine.factory import (
+    ModelChoice,
+    engine_args,
+    is_gemma_family,
+    local_snapshot,
+    memory_utilization,
+    prefer_offline,
+    resolve_model,
+)
 from consumer.engine.model_store import GEMMA3_270M, PRODUCTION_MODEL, SMOLLM2_135M
+from consumer.gpu_budget import L40_TOTAL_BYTES
 from consumer.settings import PromptFormat, Settings
 
 
@@ -20,12 +30,14 @@ MODEL = ModelChoice(name=PRODUCTION_MODEL, path=PRODUCTION_MODEL, prompt_format=
 
 
 def test_gpu_defaults_compile_and_keep_chunked_prefill() -> None:
-    args = engine_args(settings(), MODEL, "cuda", gpu_total_gib=44.4)
+    args = engine_args(settings(), MODEL, "cuda", gpu_total_bytes=L40_TOTAL_BYTES)
     assert args["compilation_config"] == {"mode": 3} and args["enforce_eager"] is False
-    assert args["gpu_memory_utilization"] == 0.9 and args["enable_prefix_caching"] is True
+    assert args["gpu_memory_utilization"] == 0.434 and args["enable_prefix_caching"] is True  # the 21.5 GB budget
+    assert args["max_num_seqs"] == 16  # what the KV cache under that budget holds (tests/engine/test_gpu_budget.py)
     assert "enable_chunked_prefill" not in args and args["generation_config"] == "vllm"
     assert args["enable_log_requests"] is False  # request logs would print student texts
     assert args["logprobs_mode"] == "raw_logits"  # no vocabulary-wide log-softmax per step (confidence.py)
+    assert "revision" not in args  # MODEL_REVISION unset
 
 
 def test_cpu_defaults_are_eager_with_whole_prefills() -> None:
@@ -37,19 +49,86 @@ def test_cpu_defaults_are_eager_with_whole_prefills() -> None:
 
 
 def test_memory_budget_becomes_the_fraction_of_the_card_found() -> None:
-    budget = settings(GPU_MEMORY_BUDGET_GIB=22, GPU_MEMORY_UTILIZATION=0.95)
-    assert memory_utilization(budget, "cuda", 44.99) == 0.488  # an L40 reports ~45 GiB; rounded down
-    assert memory_utilization(budget, "cuda", 79.1) == 0.278  # the same budget on an 80 GB card
-    assert memory_utilization(budget, "cpu", None) == 0.95  # no budget on CPU: the explicit fraction
+    budget = settings(GPU_MEMORY_BUDGET_GB=22)
+    # (22 - 0.5 GB of CUDA context) / 48.31 GB, rounded down: vLLM treats the fraction as a ceiling.
+    assert memory_utilization(budget, "cuda", L40_TOTAL_BYTES) == 0.445
+    assert memory_utilization(budget, "cuda", 85_899_345_920) == 0.250  # the same budget on an 80 GiB card
+    assert memory_utilization(settings(), "cpu", None) == 0.3  # no budget on CPU
+    explicit = settings(GPU_MEMORY_UTILIZATION=0.9)  # the fraction, when set, wins on every device
+    assert memory_utilization(explicit, "cuda", L40_TOTAL_BYTES) == memory_utilization(explicit, "cpu", None) == 0.9
     with pytest.raises(ValueError, match="more than the GPU"):
-        memory_utilization(settings(GPU_MEMORY_BUDGET_GIB=50), "cuda", 44.99)
-    with pytest.raises(ValueError, match="memory size"):
+        memory_utilization(settings(GPU_MEMORY_BUDGET_GB=50), "cuda", L40_TOTAL_BYTES)
+    with pytest.raises(ValueError, match="NVML did not give"):
         memory_utilization(budget, "cuda", None)
+    with pytest.raises(ValueError, match="GPU_MEMORY_BUDGET_GB"):
+        settings(GPU_MEMORY_BUDGET_GB=0.4)  # not even the CUDA context
 
 
-def test_fp8_is_passed_to_vllm() -> None:
-    assert engine_args(settings(QUANTIZATION="fp8"), MODEL, "cuda", 44.9)["quantization"] == "fp8"
-    assert "quantization" not in engine_args(settings(), MODEL, "cuda", 44.9)
+def test_fp8_is_passed_to_vllm_and_widens_the_batch() -> None:
+    fp8 = engine_args(settings(QUANTIZATION="fp8"), MODEL, "cuda", L40_TOTAL_BYTES)
+    assert fp8["quantization"] == "fp8" and fp8["max_num_seqs"] == 112  # 8.3 GB of weights freed for KV
+    assert "quantization" not in engine_args(settings(), MODEL, "cuda", L40_TOTAL_BYTES)
+    assert engine_args(settings(MAX_NUM_SEQS=48), MODEL, "cuda", L40_TOTAL_BYTES)["max_num_seqs"] == 48
+    assert engine_args(settings(), MODEL, "cpu")["max_num_seqs"] == 256  # the CPU default is unchanged
+
+
+def test_the_scheduler_depth_follows_the_devices_batch_cap() -> None:
+    assert settings().engine_depth_on("cuda") == 16 + 8
+    assert settings().engine_depth_on("cpu") == 256 + 64
+    assert settings(QUANTIZATION="fp8").engine_depth_on("cuda") == 112 + 28
+    assert settings(ENGINE_QUEUE_DEPTH=0).engine_depth_on("cuda") is None
+
+
+def test_the_model_revision_is_pinned_for_hub_ids_only(tmp_path: Path) -> None:
+    pinned = settings(MODEL_REVISION="0123abcd")
+    model = resolve_model(pinned, "cuda")
+    assert model.revision == "0123abcd"
+    args = engine_args(pinned, model, "cuda", L40_TOTAL_BYTES)
+    assert args["revision"] == args["tokenizer_revision"] == "0123abcd"
+    folder = resolve_model(settings(MODEL_NAME=str(tmp_path), MODEL_REVISION="0123abcd"), "cuda")
+    assert folder.revision is None and "revision" not in engine_args(pinned, folder, "cuda", L40_TOTAL_BYTES)
+
+
+def fake_download(cache: Path, repo: str, commit: str, *, shards: int, missing: int = 0) -> Path:
+    """A Hugging Face cache entry as huggingface_hub lays it out (refs/main -> snapshots/<commit>)."""
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(commit)
+    snapshot = entry / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "tokenizer_config.json"):
+        (snapshot / name).write_text('{"model_type": "gemma2"}')
+    names = [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
+    index = {"weight_map": {f"layer{i}": name for i, name in enumerate(names)}}
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps(index))
+    for name in names[missing:]:
+        (snapshot / name).write_bytes(b"")
+    return snapshot
+
+
+COMMIT = "c0ffee" * 6 + "c0ff"  # a 40-hex commit id, as MODEL_REVISION pins it
+
+
+def test_a_downloaded_model_loads_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")  # recorded, so the test's own setting is undone after it
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub = ModelChoice(PRODUCTION_MODEL, PRODUCTION_MODEL, PromptFormat.GEMMA_FINETUNE, revision=COMMIT)
+    assert local_snapshot(hub) is None and prefer_offline(hub) == hub  # not downloaded yet: the hub
+    assert "HF_HUB_OFFLINE" not in os.environ
+    fake_download(tmp_path, PRODUCTION_MODEL, COMMIT, shards=4, missing=1)
+    assert local_snapshot(hub) is None  # an interrupted download is not used
+    (tmp_path / f"models--{PRODUCTION_MODEL.replace('/', '--')}").rename(tmp_path / "partial")
+    snapshot = fake_download(tmp_path, PRODUCTION_MODEL, COMMIT, shards=4)
+    offline = prefer_offline(hub)
+    assert offline == ModelChoice(PRODUCTION_MODEL, str(snapshot), PromptFormat.GEMMA_FINETUNE, revision=None)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # for vLLM's engine processes, which start after
+    other = ModelChoice(PRODUCTION_MODEL, PRODUCTION_MODEL, PromptFormat.GEMMA_FINETUNE, revision="beef" * 10)
+    assert local_snapshot(other) is None  # another pinned revision is not the one on disk
+    unpinned = ModelChoice(PRODUCTION_MODEL, PRODUCTION_MODEL, PromptFormat.GEMMA_FINETUNE)
+    assert local_snapshot(unpinned) == snapshot  # unpinned: what refs/main names
 
 
 def test_model_name_wins_and_picks_the_prompt_format() -> None:
