@@ -52,17 +52,25 @@ def _items(rows: list[dict[str, Any]], field: str = "respuesta") -> list[dict[st
     ]
 
 
+ENGINE_DEPTH = 64  # items in the engine at once, as the consumer's scheduler hands them (ENGINE_QUEUE_DEPTH)
+
+
 async def _grade_all(items: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Every item in flight at once, as the consumer hands them to the engine."""
+    """Many items in flight (a bounded depth, as the consumer's scheduler keeps: each item's
+    ENGINE_TIMEOUT_S runs from when it reaches the engine, not from when the job arrived)."""
     from consumer.contract import Item
     from consumer.engine.factory import build_engine
     from consumer.settings import Settings
 
     engine = await build_engine(Settings(_env_file=None))  # type: ignore[call-arg]
+    slots = asyncio.Semaphore(ENGINE_DEPTH)
+
+    async def one(i: int, item: dict[str, str]) -> Any:
+        async with slots:
+            return await engine.grade(Item.model_validate(item), f"g{i}")
+
     try:
-        outcomes = await asyncio.gather(
-            *(engine.grade(Item.model_validate(item), f"g{i}") for i, item in enumerate(items))
-        )
+        outcomes = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
     finally:
         await engine.close()
     out = []
@@ -76,6 +84,7 @@ async def _grade_all(items: list[dict[str, str]]) -> list[dict[str, Any]]:
                 "probabilities": list(sure.probabilities) if sure else None,
                 "reasons": [r.value for r in outcome.review_reasons or ()],
                 "attempts": outcome.attempts,
+                "error": outcome.error.code.value if outcome.error else None,
             }
         )
     return out
@@ -97,13 +106,17 @@ def _fresh_process(items: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
 def _compare(name: str, runs: list[dict[str, dict[str, Any]]], ids: list[str]) -> dict[str, Any]:
     ok = [g for run in runs for g in run.values() if g["status"] == "ok" and g["id"] in ids]
     argmax = sum(g["probabilities"][g["nota"]] == max(g["probabilities"]) for g in ok)
-    differ = [i for i in ids if len({run[i]["nota"] for run in runs}) > 1]
+    errors = Counter(g["error"] for run in runs for g in run.values() if g["status"] != "ok" and g["id"] in ids)
+    graded = [i for i in ids if all(run[i]["status"] == "ok" for run in runs)]
+    differ = [i for i in graded if len({run[i]["nota"] for run in runs}) > 1]
     flagged = [i for i in differ if all("near_tie" in run[i]["reasons"] for run in runs if run[i]["status"] == "ok")]
     near_ties = sum("near_tie" in runs[0][i]["reasons"] for i in ids)
     figures = {
         "set": name,
         "items": len(ids),
-        "identical": len(ids) - len(differ),
+        "graded_ok_in_every_run": len(graded),
+        "error_results": dict(errors),
+        "identical": len(graded) - len(differ),
         "argmax": f"{argmax}/{len(ok)}",
         "differences_flagged_near_tie": f"{len(flagged)}/{len(differ)}",
         "near_tie_in_first_run": near_ties,
@@ -119,8 +132,9 @@ def determinism(n_items: int, n_mix: int) -> None:
     ids = [i["id_alumno"] for i in clean]
     mixed = [x for pair in zip(reversed(clean), others, strict=False) for x in pair] + others[len(clean) :]
     started = time.perf_counter()
-    runs = [_fresh_process(clean), _fresh_process(mixed), _fresh_process(clean)]
-    _compare(f"held-out {len(ids)}, three arrangements in fresh processes", runs, ids)
+    if n_items:
+        runs = [_fresh_process(clean), _fresh_process(mixed), _fresh_process(clean)]
+        _compare(f"held-out {len(ids)}, three arrangements in fresh processes", runs, ids)
     mix = _items(_rows("mix.jsonl"))[:n_mix]
     mix_ids = [i["id_alumno"] for i in mix]
     runs = [_fresh_process(mix), _fresh_process(list(reversed(mix)))]

@@ -317,6 +317,7 @@ def doctor_settings(settings: Settings) -> Settings:
             "control_topic": f"texteval-{suffix}.control",
             "checkpoints_topic": f"texteval-{suffix}.checkpoints",
             "corrections_topic": f"texteval-{suffix}.corrections",
+            "decisions_topic": f"texteval-{suffix}.decisions",
             "kafka_group_id": f"texteval-{suffix}",
             "gateway_api_keys": SecretStr(""),
             "gateway_api_keys_file": None,

@@ -194,7 +194,7 @@ async def test_jobs_produced_straight_to_kafka_are_served(consumer_settings: Set
     assert csv_answer.headers["content-type"].startswith("text/csv")
     assert csv_answer.text.startswith("\ufeff")  # a byte-order mark: Excel reads UTF-8
     assert csv_answer.text.removeprefix("\ufeff").splitlines()[0] == (
-        "job_id,item_index,id_alumno,status,nota,feedback,confidence,needs_review"
+        "job_id,item_index,id_alumno,status,nota,feedback,confidence,needs_review,review_reasons"
     )
 
 
