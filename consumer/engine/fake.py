@@ -92,8 +92,10 @@ class FakeEngine:
         self._review_below = review_below
         self._tie_margin = tie_margin
         # Contract 1.3: the same screening as the real engine (the shared one unless given).
+        # Loaded here, not at the first item: its language model takes about a second to
+        # load, which inside a running consumer's event loop would miss group heartbeats.
         self._screen_answers = screen_answers
-        self._screener = screener
+        self._screener = screener if screener is not None or not screen_answers else shared_screener()
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls = 0  # generations started, retries included

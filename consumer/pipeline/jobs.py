@@ -258,6 +258,11 @@ class JobRun:
                 if finished is not None and finished.engine_gone:
                     raise EngineUnavailable(self._engine.health().detail)
                 if finished is not None:
+                    if self._recorded is not None:
+                        # Before any result goes out: a result sent while the read-back is
+                        # still running would wait unacknowledged, and a revoke in that
+                        # window would have it graded (and published) again.
+                        await self._recorded
                     ack = await self._sinks.result(self._result(finished))
                     if (record_ack := await self._record(finished)) is not None:
                         # Acknowledged together: a released grade always has its record.
