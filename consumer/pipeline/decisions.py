@@ -16,7 +16,7 @@ record of an item can be written twice:
 What is left: a crash within the first commit interval of a fresh job
 (``COMMIT_INTERVAL_MS``, before its job state is first written) makes the
 next owner see a fresh job, and an item graded in that interval may get a
-second, different record. docs/privacy.md says how a reader keeps one.
+second, different record; a reader keeps the last per result_id (docs/privacy.md).
 """
 
 from __future__ import annotations
