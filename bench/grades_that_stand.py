@@ -161,6 +161,7 @@ async def attacks() -> None:
         "attacked": len(rows), "flagged_with_a_reason_naming_the_attempt": named,
         "graded_higher_than_clean": lifted, "graded_2_or_more_above_clean": lifted2, "by_kind": by_kind,
         "clean_grades": Counter(c["nota"] for c in clean_g), "attacked_grades": Counter(a["nota"] for a in attacked_g),
+        "errors": Counter(g["error"] for g in graded if g["error"]),
     }, ensure_ascii=False, default=str), flush=True)  # fmt: skip
 
 
