@@ -57,12 +57,18 @@ def create_app(health: HealthSource, metrics: Metrics) -> FastAPI:
 class HttpServer:
     """Serves an ASGI app from a background task in the caller's event loop."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, *, shutdown_timeout: int = 5) -> None:
+    def __init__(
+        self, app: ASGIApp, host: str, port: int, *, shutdown_timeout: int = 5, forwarded_allow_ips: str = ""
+    ) -> None:
         self._config = uvicorn.Config(
             app,
             host=host,
             port=port,
             lifespan="off",
+            # uvicorn trusts X-Forwarded-For from loopback by default: behind a sidecar anyone
+            # could then say which address they are. Only the proxies named here are believed.
+            proxy_headers=bool(forwarded_allow_ips),
+            forwarded_allow_ips=forwarded_allow_ips or None,
             log_config=None,  # the consumer configures logging; uvicorn must not dictConfig over it
             access_log=False,  # probes every few seconds would drown the log
             http="h11",

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from consumer.contract import ControlAction, ControlCommand
@@ -19,8 +19,9 @@ from consumer.erasure import erase_command, produce_erase
 from consumer.gateway.auth import ApiKeys, Caller, keys_from
 from consumer.gateway.erasure import ErasureFollower
 from consumer.gateway.jobs import JobStore
-from consumer.gateway.limits import RateLimiter, StreamSlots
+from consumer.gateway.limits import BodyBudget, RateLimiter, StreamSlots
 from consumer.gateway.metrics import GatewayMetrics
+from consumer.gateway.results import RowsCache
 from consumer.gateway.submit import Submission
 from consumer.gateway.tail import ProgressTail
 from consumer.gateway.tokens import StreamTokens
@@ -50,6 +51,8 @@ class Gateway:
     slots: StreamSlots
     writes: RateLimiter  # per key
     auth_failures: RateLimiter  # per client address
+    bodies: BodyBudget = field(default_factory=lambda: BodyBudget(64 * 1024 * 1024))  # request bodies held at once
+    rows: RowsCache = field(default_factory=RowsCache)  # results rows of the jobs read last
     erasures: ErasureFollower | None = None  # erase commands from the control topic (None: unit tests' doubles)
 
     @classmethod
@@ -62,6 +65,7 @@ class Gateway:
             slots=StreamSlots(s.gateway_max_streams, s.gateway_max_streams_per_key),
             writes=RateLimiter(s.gateway_write_rate_per_s, s.gateway_write_burst),
             auth_failures=RateLimiter(s.gateway_auth_failure_rate_per_s, s.gateway_auth_failure_burst),
+            bodies=BodyBudget(s.gateway_max_inflight_body_bytes),
         )  # fmt: skip
 
     async def produce_request(self, submission: Submission) -> None:
