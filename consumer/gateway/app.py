@@ -37,6 +37,7 @@ from consumer.gateway.sse import (
 from consumer.gateway.submit import (
     NOT_JSON,
     BodyTooLarge,
+    BodyTooSlow,
     InvalidBody,
     Submission,
     is_json,
@@ -203,13 +204,16 @@ def create_app(gateway: Gateway) -> FastAPI:
         lease = gateway.bodies.lease()  # held until the request is produced: the parsed body is memory too
         try:
             body = await read_limited(
-                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes, lease
-            )
+                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes, lease,
+                settings.gateway_request_read_timeout_s,
+            )  # fmt: skip
             submission = parse_submission(body, max_items=settings.max_items_per_job, tenant=caller.tenant)
             del body
             return await submit(request, caller, submission)
         except BodyTooLarge as exc:
             return done(request, caller, None, _error(413, str(exc)))
+        except BodyTooSlow as exc:
+            return done(request, caller, None, _error(408, str(exc), {"Connection": "close"}))
         except InvalidBody as exc:
             return done(request, caller, None, _error(422, exc.errors))
         finally:
@@ -368,7 +372,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         ready, body = gateway.health()
         caller = gateway.keys.identify(authorization)
         if caller is None or not (caller.admin or caller.open):
-            body = {k: body[k] for k in ("status", "reasons")}
+            body = {k: body[k] for k in ("status", "reasons", "auth")}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")

@@ -57,7 +57,7 @@ from consumer.corrections import Correction, InvalidCorrection, correction_by, c
 from consumer.gateway.jobs import JobRecord, results_rows
 from consumer.gateway.metrics import Agreement
 from consumer.gateway.service import Gateway
-from consumer.gateway.submit import NOT_JSON, BodyTooLarge, is_json, read_limited
+from consumer.gateway.submit import NOT_JSON, BodyTooLarge, BodyTooSlow, is_json, read_limited
 
 logger = logging.getLogger(__name__)
 
@@ -218,10 +218,13 @@ def corrections_router(
         lease = gateway.bodies.lease()
         try:
             body = await read_limited(
-                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes, lease
-            )
+                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes, lease,
+                settings.gateway_request_read_timeout_s,
+            )  # fmt: skip
         except BodyTooLarge as exc:
             return done(request, who, job_id, _error(413, str(exc)))
+        except BodyTooSlow as exc:
+            return done(request, who, job_id, _error(408, str(exc)))
         finally:
             lease.release()  # a corrections list is small once parsed (at most the per-request cap)
         parsed = parse_corrections(body, job_id, max_items=settings.max_items_per_job, total_items=record.total_items,

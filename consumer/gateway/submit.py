@@ -10,6 +10,7 @@ and item index, never the submitted text.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import uuid
@@ -33,6 +34,11 @@ class BodyTooLarge(Exception):
         self.limit_bytes = limit_bytes
 
 
+class BodyTooSlow(Exception):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"request body not received within {timeout_s:g} s")
+
+
 class InvalidBody(Exception):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__("invalid request")
@@ -49,22 +55,32 @@ class Submission:
 
 
 async def read_limited(
-    chunks: AsyncIterator[bytes], declared_length: str | None, limit_bytes: int, lease: Lease | None = None
+    chunks: AsyncIterator[bytes],
+    declared_length: str | None,
+    limit_bytes: int,
+    lease: Lease | None = None,
+    timeout_s: float | None = None,
 ) -> bytes:
     """The body, refused past ``limit_bytes``; its bytes taken from ``lease`` (the gateway's
-    body budget) as they arrive, a declared length at once (Refused 503 past the budget)."""
+    body budget) as they arrive, a declared length at once (Refused 503 past the budget).
+    A body not all arrived within ``timeout_s`` raises BodyTooSlow (408): a half-sent body
+    must not hold its share of the budget, a task and a connection for ever."""
     declared = int(declared_length) if declared_length is not None and declared_length.isdigit() else None
     if declared is not None and declared > limit_bytes:
         raise BodyTooLarge(limit_bytes)
     if lease is not None and declared is not None:
         lease.take(declared)
     body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limit_bytes:
-            raise BodyTooLarge(limit_bytes)
-        if lease is not None and len(body) > lease.held:
-            lease.take(len(body) - lease.held)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > limit_bytes:
+                    raise BodyTooLarge(limit_bytes)
+                if lease is not None and len(body) > lease.held:
+                    lease.take(len(body) - lease.held)
+    except TimeoutError:
+        raise BodyTooSlow(timeout_s or 0.0) from None
     return bytes(body)
 
 

@@ -194,7 +194,7 @@ async def test_jobs_produced_straight_to_kafka_are_served(consumer_settings: Set
     assert csv_answer.headers["content-type"].startswith("text/csv")
     assert csv_answer.text.startswith("\ufeff")  # a byte-order mark: Excel reads UTF-8
     assert csv_answer.text.removeprefix("\ufeff").splitlines()[0] == (
-        "job_id,item_index,id_alumno,status,nota,feedback,confidence,needs_review"
+        "job_id,item_index,id_alumno,status,nota,feedback,confidence,needs_review,review_reasons"
     )
 
 
@@ -246,20 +246,21 @@ async def test_bad_input_gets_typed_errors_without_the_text(
     caplog.set_level(logging.DEBUG, logger="consumer")
     good = items(2, text=SECRET_TEXT)
     async with gateway_serving(consumer_settings, metrics=None) as (_, base), httpx.AsyncClient(base_url=base) as c:
-        malformed = await c.post("/evaluate", content=b'{"items": [' + SECRET_TEXT.encode())
+        as_json = {"Content-Type": "application/json"}  # what every client sends with a body (else 415)
+        malformed = await c.post("/evaluate", content=b'{"items": [' + SECRET_TEXT.encode(), headers=as_json)
         not_object = await c.post("/evaluate", json=[SECRET_TEXT])
         wrong_type = await c.post("/evaluate", json={"items": [{**good[0], "respuesta": 5}, good[1]]})
         blank = await c.post("/evaluate", json={"items": [good[0], {**good[1], "curso": "  "}]})
         too_long = await c.post("/evaluate", json={"items": [{**good[0], "respuesta": SECRET_TEXT * 2000}]})
         bad_id = await c.post("/evaluate", json={"job_id": "a b#" + SECRET_TEXT, "items": good})
         too_many = await c.post("/evaluate", json={"items": items(2001)})
-        huge = await c.post("/evaluate", content=b"x" * (17 * 1024 * 1024))
+        huge = await c.post("/evaluate", content=b"x" * (17 * 1024 * 1024), headers=as_json)
 
         async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
             for _ in range(20):
                 yield b" " * (1024 * 1024)
 
-        huge_chunked = await c.post("/evaluate", content=chunks())
+        huge_chunked = await c.post("/evaluate", content=chunks(), headers=as_json)
         unknown_stream = await sse_events(c, "/stream/no-such-job")
         unknown_job = await c.get("/jobs/no-such-job")
         unknown_results = await c.get("/jobs/no-such-job/results")

@@ -342,7 +342,7 @@ async def test_a_thousand_stream_attempts_with_one_key_get_the_cap_and_429(
             await wait_for(lambda: gateway.slots.total == per_key)
             open_at_cap = gateway.slots.total
             rss_growth_mib = rss_mib() - rss_before_mib
-            health = (await client.get("/health")).json()
+            health = (await client.get("/health", headers=bearer(KEY_ADMIN))).json()  # the counts: operators
         await asyncio.sleep(0)
         await gateway_wait_released(gateway)
         released = gateway.slots.total

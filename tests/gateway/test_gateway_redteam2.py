@@ -14,7 +14,8 @@ import pytest
 
 from consumer.gateway.jobs import JobState, JobStore
 from consumer.gateway.limits import BodyBudget, Refused
-from consumer.gateway.submit import read_limited
+from consumer.gateway.submit import BodyTooSlow, read_limited
+from consumer.http import HttpServer
 from consumer.spreadsheets import restore_cell, safe_cell
 from tests.gateway.gateway_double import (
     EVENT,
@@ -210,7 +211,7 @@ def test_health_shows_activity_to_operators_only() -> None:
     h = harness(**TWO_TENANTS)
     for headers in ({}, bearer(KEY_A), bearer("wrong-" + "w" * 40)):
         body = h.client.get("/health", headers=headers).json()
-        assert set(body) == {"status", "reasons"}, headers
+        assert set(body) == {"status", "reasons", "auth"}, headers
     assert {"jobs_kept", "open_streams"} <= set(h.client.get("/health", headers=bearer(KEY_ADMIN)).json())
     # Probes without a key are not failed logins.
     assert all(h.client.get("/health").status_code == 200 for _ in range(40))
@@ -230,3 +231,44 @@ def test_nul_characters_are_removed_from_cells() -> None:
     assert safe_cell("Bé\x00=1") == "Bé=1"
     assert safe_cell("\x00=1") == "'=1"
     assert safe_cell(JobState.COMPLETED.value) == "completed"
+
+
+async def test_a_half_sent_request_head_is_closed_after_the_deadline() -> None:
+    """A real uvicorn server (consumer/http.py): half a request head, or nothing, is cut off;
+    a complete request on a fresh connection is served."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    server = HttpServer(app, "127.0.0.1", 0, head_timeout_s=0.5)
+    await server.start()
+    try:
+        half = await asyncio.open_connection("127.0.0.1", server.port)
+        silent = await asyncio.open_connection("127.0.0.1", server.port)
+        half[1].write(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        for reader, _ in (half, silent):
+            assert await asyncio.wait_for(reader.read(), timeout=5) == b""  # closed by the server
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readline(), timeout=5)).startswith(b"HTTP/1.1 204")
+        for _, w in (half, silent, (reader, writer)):
+            w.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_half_sent_body_gets_408_and_gives_its_budget_back() -> None:
+    budget = BodyBudget(10_000)
+
+    async def trickle() -> Any:
+        yield b"x" * 100
+        await asyncio.sleep(30)
+        yield b"x"
+
+    lease = budget.lease()
+    with pytest.raises(BodyTooSlow):
+        await read_limited(trickle(), "5000", 10_000, lease, timeout_s=0.2)
+    lease.release()
+    assert budget.used == 0
