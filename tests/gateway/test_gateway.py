@@ -527,3 +527,51 @@ async def test_a_job_whose_events_were_just_produced_is_found_at_once(
         unknown = await client.get("/jobs/never-produced")
     assert [a.status_code for a in answers] == [200] * 5, "a job produced a moment ago was 'not found'"
     assert answers[0].json()["status"] == "processing" and unknown.status_code == 404
+
+
+async def test_a_gateway_that_met_a_job_part_way_never_calls_it_completed(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    """Issue 28, finding 2, against the real broker and gateway: the job's first half of the
+    progress topic is older than the replay window (JOB_TTL_SECONDS, here 3 s), as for a gateway
+    restarted mid-way through a job longer than an hour; the second half and the end are recent."""
+    from aiokafka import AIOKafkaProducer
+
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, JOB_TTL_SECONDS="3")
+    await make_topics(settings)
+    job_id, total = "long/term-1", 40
+
+    def event(kind: str, data: dict[str, Any]) -> bytes:
+        return json.dumps({"schema_version": 1, "event": kind, "job_id": job_id, "data": data}).encode()
+
+    def batch_of(first: int) -> bytes:
+        results = [{"id_alumno": f"A{i}", "item_index": i, "status": "ok", "nota": 3, "feedback": "Bé."}
+                   for i in range(first, first + 10)]  # fmt: skip
+        progress = {"completed": first + 10, "total": total, "percentage": 0.0, "elapsed_seconds": 1.0,
+                    "estimated_remaining_seconds": 1.0, "avg_time_per_item": 0.1}  # fmt: skip
+        return event("batch_complete", {"batch_number": first // 10 + 1, "results": results, "progress": progress})
+
+    first_half = [event("accepted", {"total_items": total, "estimated_time_seconds": 4}), batch_of(0), batch_of(10)]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for value in first_half:
+            await producer.send_and_wait(settings.progress_topic, value=value, key=job_id.encode())
+        await asyncio.sleep(4)  # the first half is now older than the replay window (3 s)
+        for value in (batch_of(20), batch_of(30)):
+            await producer.send_and_wait(settings.progress_topic, value=value, key=job_id.encode())
+        async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
+            running_status = (await client.get(f"/jobs/{job_id}")).json()
+            done = {"total_processed": total, "succeeded": total, "failed": 0, "total_time_seconds": 4.0}
+            await producer.send_and_wait(settings.progress_topic, value=event("complete", done), key=job_id.encode())
+            events = await sse_events(client, f"/stream/{job_id}")
+            status = (await client.get(f"/jobs/{job_id}")).json()
+            results = await client.get(f"/jobs/{job_id}/results")
+    finally:
+        await producer.stop()
+    assert running_status["status"] == "processing" and running_status["completed"] == 20
+    assert events[-1][1]["event"] == "complete"
+    assert (status["status"], status["completed"], status["missing_results"]) == ("incomplete", 20, 20)
+    assert results.headers["texteval-missing-results"] == "20"
+    assert "incomplete.csv" in results.headers["content-disposition"]
+    assert len(results.text.strip().splitlines()) == 1 + 20
