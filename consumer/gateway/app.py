@@ -227,6 +227,10 @@ def create_app(gateway: Gateway) -> FastAPI:
             if existing.request_sha256 != submission.request_sha256:
                 return done(request, caller, submission.job_id, _error(409, "job_id already used by another request"))
             return done(request, caller, submission.job_id, accepted(existing, caller))
+        if submission.named and gateway.known is not None and submission.job_id in gateway.known:
+            # This gateway forgot the job; the consumers did not: it would never be graded.
+            detail = "job_id already used by an earlier job the consumers still remember; send a new job_id"
+            return done(request, caller, submission.job_id, _error(409, detail))
         if caller.tenant is not None:
             check_quota(gateway, caller.tenant, submission.total_items)
         record = gateway.store.submitted(submission.job_id, submission.total_items, submission.request_sha256, _now_s())

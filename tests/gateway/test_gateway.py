@@ -575,3 +575,29 @@ async def test_a_gateway_that_met_a_job_part_way_never_calls_it_completed(
     assert results.headers["texteval-missing-results"] == "20"
     assert "incomplete.csv" in results.headers["content-disposition"]
     assert len(results.text.strip().splitlines()) == 1 + 20
+
+
+async def test_a_post_under_an_id_the_consumers_remember_but_the_gateway_forgot_is_refused(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    """Issue 28, finding 3, against the real broker, consumer and gateway: once a gateway has
+    forgotten a job (here evicted: GATEWAY_MAX_JOBS=1) that the consumer still remembers, a POST
+    under its id was `200 queued` and never graded. The gateway reads the job-state topic's keys."""
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, GATEWAY_MAX_JOBS="1")
+    await make_topics(settings)
+    s = settings
+    async with running(settings, FakeEngine(delay_s=0.01)):
+        await produce(s.kafka_bootstrap_servers, s.requests_topic, [(b"old/1", job("old/1", items(3)))])
+        await read_until(s.kafka_bootstrap_servers, s.progress_topic,
+                         lambda rs: any(v["event"] == "complete" for v in values(rs)))  # fmt: skip
+        async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
+            known = await client.get("/jobs/old/1")
+            fresh = await client.post("/evaluate", json={"job_id": "new/1", "items": items(2)})  # evicts old/1
+            forgotten = await client.get("/jobs/old/1")
+            other_items = await client.post("/evaluate", json={"job_id": "old/1", "items": items(2)})
+            same_items = await client.post("/evaluate", json={"job_id": "old/1", "items": items(3)})
+            again = await client.post("/evaluate", json={"job_id": "new/1", "items": items(2)})
+    assert known.status_code == 200 and fresh.status_code == 200 and forgotten.status_code == 404
+    assert other_items.status_code == same_items.status_code == 409
+    assert "send a new job_id" in other_items.json()["detail"]
+    assert again.status_code == 200  # its own job: idempotent as before
