@@ -533,11 +533,11 @@ async def test_a_gateway_that_met_a_job_part_way_never_calls_it_completed(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
 ) -> None:
     """Issue 28, finding 2, against the real broker and gateway: the job's first half of the
-    progress topic is older than the replay window (JOB_TTL_SECONDS, here 3 s), as for a gateway
+    progress topic is older than the replay window (JOB_TTL_SECONDS, here 5 s), as for a gateway
     restarted mid-way through a job longer than an hour; the second half and the end are recent."""
     from aiokafka import AIOKafkaProducer
 
-    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, JOB_TTL_SECONDS="3")
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, JOB_TTL_SECONDS="5")
     await make_topics(settings)
     job_id, total = "long/term-1", 40
 
@@ -557,7 +557,7 @@ async def test_a_gateway_that_met_a_job_part_way_never_calls_it_completed(
     try:
         for value in first_half:
             await producer.send_and_wait(settings.progress_topic, value=value, key=job_id.encode())
-        await asyncio.sleep(4)  # the first half is now older than the replay window (3 s)
+        await asyncio.sleep(6)  # the first half is now older than the replay window (5 s)
         for value in (batch_of(20), batch_of(30)):
             await producer.send_and_wait(settings.progress_topic, value=value, key=job_id.encode())
         async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
