@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 
 from consumer.health import HealthReport, HealthSource
 from consumer.metrics import Metrics
-from consumer.uvicorn_compat import GuestServer
+from consumer.uvicorn_compat import GuestServer, head_timeout_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +57,28 @@ def create_app(health: HealthSource, metrics: Metrics) -> FastAPI:
 class HttpServer:
     """Serves an ASGI app from a background task in the caller's event loop."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, *, shutdown_timeout: int = 5) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        *,
+        shutdown_timeout: int = 5,
+        forwarded_allow_ips: str = "",
+        head_timeout_s: float = 30.0,
+    ) -> None:
         self._config = uvicorn.Config(
             app,
             host=host,
             port=port,
             lifespan="off",
+            # uvicorn trusts X-Forwarded-For from loopback by default: behind a sidecar anyone
+            # could then say which address they are. Only the proxies named here are believed.
+            proxy_headers=bool(forwarded_allow_ips),
+            forwarded_allow_ips=forwarded_allow_ips or None,
             log_config=None,  # the consumer configures logging; uvicorn must not dictConfig over it
             access_log=False,  # probes every few seconds would drown the log
-            http="h11",
+            http=head_timeout_protocol(head_timeout_s),  # h11, with a deadline for each request's head
             ws="none",  # no websockets, and no import of the websockets package
             timeout_graceful_shutdown=shutdown_timeout,  # whole seconds, as uvicorn types it
         )

@@ -375,8 +375,9 @@ class Settings(BaseSettings):
     # How far back the progress topic is read at start, and how long a
     # finished job stays servable (the prototype's setting).
     job_ttl_seconds: float = Field(default=3600.0, gt=0, alias="JOB_TTL_SECONDS")
-    # The memory bound: past either cap the oldest finished jobs are dropped
-    # first (then the oldest running ones); a dropped job is "not found".
+    # The memory bound: past either cap the oldest finished jobs of the school
+    # holding the most are dropped first (then its oldest running ones), so one
+    # school's jobs never push out another's; a dropped job is "not found".
     gateway_max_jobs: int = Field(default=10_000, ge=1, alias="GATEWAY_MAX_JOBS")
     # Bytes of events the gateway keeps in memory (see GATEWAY_MAX_JOBS).
     gateway_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, alias="GATEWAY_MAX_BYTES")
@@ -405,17 +406,36 @@ class Settings(BaseSettings):
     gateway_tenant_max_waiting_items: int = Field(default=40_000, ge=1, alias="GATEWAY_TENANT_MAX_WAITING_ITEMS")
     # Open SSE streams on one gateway (429 past it).
     gateway_max_streams: int = Field(default=1000, ge=1, alias="GATEWAY_MAX_STREAMS")
-    # Open SSE streams per key (a stream token counts for the key it was issued to).
+    # Open SSE streams per school (all of a tenant's keys and stream tokens together; an operator's key on its own).
     gateway_max_streams_per_key: int = Field(default=100, ge=1, alias="GATEWAY_MAX_STREAMS_PER_KEY")
-    # Writes (POST, DELETE) per key: a token bucket of this many per second, bursts up to the burst.
+    # Writes (POST, DELETE) per school (all its keys together; an operator's key
+    # on its own): a token bucket of this many per second, bursts up to the burst.
     gateway_write_rate_per_s: float = Field(default=2.0, gt=0, alias="GATEWAY_WRITE_RATE_PER_S")
     # Writes a key may make at once before the rate applies.
     gateway_write_burst: int = Field(default=20, ge=1, alias="GATEWAY_WRITE_BURST")
     # Requests with a missing or wrong key, per client address: past the burst
-    # (refilled at the rate), every request from it gets 429 until it refills.
+    # (refilled at the rate), its wrong keys get 429 instead of 401 until it
+    # refills. A valid key is never refused for them.
     gateway_auth_failure_rate_per_s: float = Field(default=1.0, gt=0, alias="GATEWAY_AUTH_FAILURE_RATE_PER_S")
     # Requests with a wrong key an address may make before it is locked out.
     gateway_auth_failure_burst: int = Field(default=20, ge=1, alias="GATEWAY_AUTH_FAILURE_BURST")
+    # Proxies trusted to say who the client is (comma-separated addresses or
+    # networks, "*" for any): X-Forwarded-For / X-Forwarded-Proto are read
+    # only from these. Empty (the default): never; the client is the TCP peer.
+    # Set it to the ingress's address when the gateway sits behind one.
+    gateway_forwarded_allow_ips: str = Field(default="", alias="GATEWAY_FORWARDED_ALLOW_IPS")
+    # A request whose headers and body have not fully arrived this long after the
+    # connection (or the previous request) is answered 408 and closed.
+    gateway_request_read_timeout_s: float = Field(default=30.0, gt=0, alias="GATEWAY_REQUEST_READ_TIMEOUT_S")
+    # Bytes of request bodies being read at once, across all requests: past it a
+    # POST gets 503 + Retry-After (ten 16 MB bodies must not exhaust the pod's memory).
+    gateway_max_inflight_body_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, alias="GATEWAY_MAX_INFLIGHT_BODY_BYTES"
+    )
+    # Entries in one POST /jobs/{id}/corrections (each is two Kafka records); one per item.
+    gateway_max_corrections_per_request: int = Field(
+        default=200, ge=1, le=10_000, alias="GATEWAY_MAX_CORRECTIONS_PER_REQUEST"
+    )
     # Lifetime of the job-scoped stream token POST /evaluate returns (for browsers' URLs instead of the key).
     gateway_stream_token_ttl_s: float = Field(default=900.0, gt=0, alias="GATEWAY_STREAM_TOKEN_TTL_S")
 

@@ -9,7 +9,13 @@ and ``consumer.tools.files``), so there is one rule:
   model output and ``id_alumno`` is any text, so either could be
   ``=HYPERLINK(...)``. A cell that itself begins with a quote gets one more,
   so ``restore_cell`` undoes the rule exactly for programs that read the
-  file back.
+  file back. Spreadsheets skip leading blanks and invisible characters
+  before they look for a formula, and read fullwidth signs as ASCII ones
+  (LibreOffice, Excel's IME input), so a cell that begins with any
+  whitespace (space, line feed, no-break space), a format character (the
+  BOM, the right-to-left override and the other bidi controls, zero-width
+  ones) or a fullwidth ``＝＋－＠`` is quoted too. NUL characters are
+  removed (they end a cell in some readers and hide what follows).
 - **A UTF-8 byte-order mark** first: without it Excel on Windows reads the
   file as the local code page and every ``à``, ``ç``, ``l·l`` is garbled.
 - **Owner-only files** (0600) where a file is written to disk: the rows are
@@ -21,12 +27,27 @@ from __future__ import annotations
 import csv
 import io
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 BOM = "\ufeff"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Fullwidth = + - @ (a spreadsheet may read them as the ASCII signs).
+FULLWIDTH_FORMULA_STARTS = ("\uff1d", "\uff0b", "\uff0d", "\uff20")
 _QUOTE = "'"
+
+
+def needs_quote(text: str) -> bool:
+    """Would a spreadsheet possibly read ``text`` as a formula (or is it already quoted)?"""
+    if not text:
+        return False
+    first = text[0]
+    return (
+        text.startswith((*FORMULA_STARTS, *FULLWIDTH_FORMULA_STARTS, _QUOTE))
+        or first.isspace()
+        or unicodedata.category(first) in ("Cf", "Cc", "Zs", "Zl", "Zp")
+    )
 
 
 def safe_cell(value: object) -> object:
@@ -35,14 +56,15 @@ def safe_cell(value: object) -> object:
     file beside it says, not Python's ``True``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, _QUOTE)):
-        return _QUOTE + value
+    if isinstance(value, str):
+        value = value.replace("\x00", "")
+        return _QUOTE + value if needs_quote(value) else value
     return value
 
 
 def restore_cell(text: str) -> str:
-    """The inverse of ``safe_cell`` for a cell read back from such a file."""
-    if text.startswith(_QUOTE) and text[1:].startswith((*FORMULA_STARTS, _QUOTE)):
+    """The inverse of ``safe_cell`` for a cell read back from such a file (but for NULs, which are gone)."""
+    if text.startswith(_QUOTE) and needs_quote(text[1:]):
         return text[1:]
     return text
 

@@ -8,7 +8,6 @@ answers the prototype's ``data: {"error": "Job not found"}``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Annotated
@@ -20,12 +19,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consumer.erasure import erase_answer
-from consumer.gateway.auth import Caller, loggable_id
+from consumer.gateway.auth import Caller, is_loopback, loggable_id
 from consumer.gateway.corrections import corrections_router
-from consumer.gateway.jobs import JobRecord, JobState, results_rows, status_body
+from consumer.gateway.jobs import JobRecord, JobState, status_body
 from consumer.gateway.limits import Refused, tenant_load
 from consumer.gateway.metrics import GatewayMetrics
 from consumer.gateway.page import page_headers, page_html
+from consumer.gateway.results import FORMATS, results_file
 from consumer.gateway.service import Gateway
 from consumer.gateway.sse import (
     BadLastEventId,
@@ -34,18 +34,23 @@ from consumer.gateway.sse import (
     not_found_stream,
     parse_last_event_id,
 )
-from consumer.gateway.submit import BodyTooLarge, InvalidBody, parse_submission, read_limited
-from consumer.spreadsheets import csv_text
+from consumer.gateway.submit import (
+    NOT_JSON,
+    BodyTooLarge,
+    BodyTooSlow,
+    InvalidBody,
+    Submission,
+    is_json,
+    parse_submission,
+    read_limited,
+)
 
 logger = logging.getLogger(__name__)
 # The audit trail (one line per gateway action); route it apart with this logger's name.
 audit_log = logging.getLogger("consumer.gateway.audit")
 
-# 1.2: confidence and needs_review (empty when absent); nota_probabilities in JSONL.
-# 1.3: review_reasons, `;`-separated in the CSV (a list in JSONL).
-RESULT_COLUMNS = (
-    "job_id", "item_index", "id_alumno", "status", "nota", "feedback", "confidence", "needs_review", "review_reasons",
-)  # fmt: skip
+# On a results file of an `incomplete` job: how many of its results this gateway does not hold.
+MISSING_HEADER = "Texteval-Missing-Results"
 
 
 def _error(status: int, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -65,6 +70,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         )
     app.add_middleware(_RequestMetrics, metrics=gateway.metrics)
     app.add_middleware(_NoStore)
+    if not gateway.keys.required and not settings.gateway_allow_anonymous:
+        app.add_middleware(_LoopbackHostOnly)  # outermost: nothing else runs for another Host
 
     class Unauthorized(Exception):
         pass
@@ -77,21 +84,23 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused) -> JSONResponse:
         gateway.metrics.limited.labels(exc.limit).inc()
-        audit(None, request.scope.get("route"), request.path_params.get("job_id"), 429, f"limit={exc.limit}")
-        return _error(429, exc.detail, {"Retry-After": str(exc.retry_after_s)})
+        audit(None, request.scope.get("route"), request.path_params.get("job_id"), exc.status, f"limit={exc.limit}")
+        return _error(exc.status, exc.detail, {"Retry-After": str(exc.retry_after_s)})
 
     def peer(request: Request) -> str:
         return request.client.host if request.client is not None else "unknown"
 
-    def check_not_locked_out(request: Request) -> None:
-        # Before the key is looked at: while an address is locked out, a
-        # right guess gets the same 429 as a wrong one.
-        wait_s = gateway.auth_failures.wait_s(peer(request))
-        if wait_s > 0:
-            raise Refused("too many requests with a wrong key from this address; retry later", wait_s, "auth_failures")
+    def failed(request: Request) -> Exception:
+        """A missing or wrong key (or stream token): 401, or 429 once this address has sent too many.
 
-    def failed(request: Request) -> Unauthorized:
-        gateway.auth_failures.take(peer(request), "requests with a wrong key", "auth_failures")
+        Only failures are counted, and only after the key was checked: a valid key is never
+        refused for what others sent from its address (behind a NAT or an ingress every school
+        shares one). The address is the TCP peer's, or the proxy's ``X-Forwarded-For`` only when
+        ``GATEWAY_FORWARDED_ALLOW_IPS`` names that proxy (consumer/http.py)."""
+        try:
+            gateway.auth_failures.take(peer(request), "requests with a wrong key from this address", "auth_failures")
+        except Refused as exc:
+            return exc
         return Unauthorized()
 
     async def caller_of(
@@ -100,7 +109,6 @@ def create_app(gateway: Gateway) -> FastAPI:
         access_token: Annotated[str | None, Query()] = None,
     ) -> Caller:
         """Who is calling (401 for nobody): a tenant, an operator, or anyone on an open gateway."""
-        check_not_locked_out(request)
         caller = gateway.keys.identify(authorization, access_token)
         if caller is None:
             raise failed(request)
@@ -117,7 +125,6 @@ def create_app(gateway: Gateway) -> FastAPI:
         """As ``caller_of``, or a stream token for this very job (browsers' URLs)."""
         if token is None or not gateway.keys.required:
             return await caller_of(request, authorization, access_token)
-        check_not_locked_out(request)
         caller = gateway.tokens.verify(token, job_id, _now_s())
         if caller is None:
             raise failed(request)
@@ -174,7 +181,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     def limit_writes(caller: Caller) -> None:
         if not caller.open:
-            gateway.writes.take(caller.key_id, "writes for this key", "writes")
+            gateway.writes.take(caller.limit_key, "writes for this school", "writes")
 
     def accepted(record: JobRecord, caller: Caller) -> JSONResponse:
         body = _accepted(record, gateway)
@@ -192,15 +199,27 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def evaluate(request: Request) -> Response:
         caller = who(request)
         limit_writes(caller)
+        if not is_json(request.headers.get("content-type")):
+            return done(request, caller, None, _error(415, NOT_JSON))
+        lease = gateway.bodies.lease()  # held until the request is produced: the parsed body is memory too
         try:
             body = await read_limited(
-                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes
-            )
+                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes, lease,
+                settings.gateway_request_read_timeout_s,
+            )  # fmt: skip
             submission = parse_submission(body, max_items=settings.max_items_per_job, tenant=caller.tenant)
+            del body
+            return await submit(request, caller, submission)
         except BodyTooLarge as exc:
             return done(request, caller, None, _error(413, str(exc)))
+        except BodyTooSlow as exc:
+            return done(request, caller, None, _error(408, str(exc), {"Connection": "close"}))
         except InvalidBody as exc:
             return done(request, caller, None, _error(422, exc.errors))
+        finally:
+            lease.release()
+
+    async def submit(request: Request, caller: Caller, submission: Submission) -> Response:
         if gateway.store.is_erased(submission.job_id):  # the consumers would not grade it (CANCEL_TTL_S)
             return done(request, caller, submission.job_id, _error(409, "job_id was erased; send a new job_id"))
         existing = await find_for(caller, submission.job_id) if submission.named else None
@@ -208,6 +227,10 @@ def create_app(gateway: Gateway) -> FastAPI:
             if existing.request_sha256 != submission.request_sha256:
                 return done(request, caller, submission.job_id, _error(409, "job_id already used by another request"))
             return done(request, caller, submission.job_id, accepted(existing, caller))
+        if submission.named and gateway.known is not None and submission.job_id in gateway.known:
+            # This gateway forgot the job; the consumers did not: it would never be graded.
+            detail = "job_id already used by an earlier job the consumers still remember; send a new job_id"
+            return done(request, caller, submission.job_id, _error(409, detail))
         if caller.tenant is not None:
             check_quota(gateway, caller.tenant, submission.total_items)
         record = gateway.store.submitted(submission.job_id, submission.total_items, submission.request_sha256, _now_s())
@@ -238,7 +261,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             after = parse_last_event_id(last_event_id if last_event_id is not None else last_event_id_query)
         except BadLastEventId as exc:
             return done(request, caller, job_id, _error(400, str(exc)))
-        slot = gateway.slots.acquire(None if caller.open else caller.key_id)
+        slot = gateway.slots.acquire(None if caller.open else caller.limit_key)
         try:
             record = await find_for(caller, job_id)
         except BaseException:
@@ -273,21 +296,18 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.get("/jobs/{job_id:path}/results", dependencies=by_key_or_token)
     async def results(request: Request, job_id: str, format: str = "csv") -> Response:
         caller = who(request)
-        if format not in ("csv", "jsonl"):
+        if format not in FORMATS:
             problem = {"loc": ["query", "format"], "msg": "use csv or jsonl", "type": "enum"}
             return done(request, caller, job_id, _error(422, [problem]))
         record = await find_for(caller, job_id)
         if record is None:
             return done(request, caller, job_id, _error(404, "Job not found"))
-        rows = results_rows(record)
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)
-        headers = {"Content-Disposition": f'attachment; filename="{name}.{format}"'}
-        if format == "jsonl":
-            text = "".join(_json_line(row) for row in rows)
-            return done(request, caller, job_id, Response(text, media_type="application/x-ndjson", headers=headers))
-        flat = ({**row, "review_reasons": ";".join(row.get("review_reasons") or ())} for row in rows)  # type: ignore[arg-type]
-        table = csv_text(RESULT_COLUMNS, flat)
-        return done(request, caller, job_id, Response(table, media_type="text/csv; charset=utf-8", headers=headers))
+        missing = record.missing_results if record.state is JobState.INCOMPLETE else 0
+        file = results_file(job_id, gateway.rows.rows(record), format, missing=missing)
+        headers = {"Content-Disposition": f'attachment; filename="{file.filename}"'}
+        if missing:
+            headers[MISSING_HEADER] = str(missing)
+        return done(request, caller, job_id, Response(file.text, media_type=file.media_type, headers=headers))
 
     @app.post("/jobs/{job_id:path}/stream_token", dependencies=by_key)
     async def stream_token(request: Request, job_id: str) -> Response:
@@ -349,8 +369,14 @@ def create_app(gateway: Gateway) -> FastAPI:
         return erased(JSONResponse(erase_answer(settings, job_id, _now_s()), status_code=202))
 
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        """Cheap (no per-job work: counters only). The counts (jobs, bytes, streams: every school's
+        activity) only for an operator's key or on an open gateway; a probe without a key gets
+        the status and its reasons. A wrong key here is not counted as a failed login."""
         ready, body = gateway.health()
+        caller = gateway.keys.identify(authorization)
+        if caller is None or not (caller.admin or caller.open):
+            body = {k: body[k] for k in ("status", "reasons", "auth")}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")
@@ -384,10 +410,6 @@ def _accepted(record: JobRecord, gateway: Gateway) -> dict[str, object]:
         "status": JobState.QUEUED.value if record.state is JobState.QUEUED else record.state.value,
         "stream_url": f"/stream/{record.job_id}",
     }
-
-
-def _json_line(row: dict[str, object]) -> str:
-    return json.dumps(row, ensure_ascii=False) + "\n"
 
 
 def _now_s() -> float:
@@ -441,3 +463,29 @@ class _NoStore:
             await send(message)
 
         await self._app(scope, receive, with_headers)
+
+
+class _LoopbackHostOnly:
+    """An open gateway (no keys, loopback only) answers only requests addressed to a loopback
+    name: a web page on another site that rebinds its own DNS name to 127.0.0.1 (DNS
+    rebinding) sends ``Host: <its name>`` and gets 421, never a job or a result."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not is_loopback(_host_name(scope)):
+            body = b'{"detail":"this open gateway answers only requests to localhost"}'
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 421, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self._app(scope, receive, send)
+
+
+def _host_name(scope: Scope) -> str:
+    """The Host header's name without the port (``[::1]:8080`` → ``::1``); empty when absent."""
+    host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), "")
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else ""
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -54,6 +54,12 @@ class Caller:
     def open(self) -> bool:
         return self.tenant is None and not self.admin
 
+    @property
+    def limit_key(self) -> str:
+        """Whose share of the per-caller limits (writes, streams) a request takes: the school's
+        (every key of a tenant shares one), or an operator key's own."""
+        return f"tenant:{self.tenant}" if self.tenant is not None else f"key:{self.key_id}"
+
     def sees(self, job_id: str) -> bool:
         """May this caller know that ``job_id`` exists? A tenant: only its own
         jobs (an id without ``/`` belongs to no tenant); operators and an open

@@ -1,7 +1,9 @@
 """``POST /jobs/{job_id}/corrections``: teachers' corrections, from the job's tenant only (contract 1.2).
 
 Body: a JSON list of ``{item_index, nota, feedback?, comment?, corrected_at?}``
-(the job comes from the path; an entry naming another job is refused).
+(the job comes from the path; an entry naming another job is refused): at
+most ``GATEWAY_MAX_CORRECTIONS_PER_REQUEST`` entries, one per item, each
+naming an item of the job (below its ``total_items`` as the gateway knows it).
 Every entry is validated like a request (``consumer.corrections``); one bad
 entry refuses the whole list with 422 and every error's field path
 (``["body", 3, "nota"]``), never the submitted text, and nothing is
@@ -55,11 +57,12 @@ from consumer.corrections import Correction, InvalidCorrection, correction_by, c
 from consumer.gateway.jobs import JobRecord, results_rows
 from consumer.gateway.metrics import Agreement
 from consumer.gateway.service import Gateway
-from consumer.gateway.submit import BodyTooLarge, read_limited
+from consumer.gateway.submit import NOT_JSON, BodyTooLarge, BodyTooSlow, is_json, read_limited
 
 logger = logging.getLogger(__name__)
 
 MAX_ERRORS_SHOWN = 20  # as POST /evaluate's 422
+MAX_ENTRIES = 200  # GATEWAY_MAX_CORRECTIONS_PER_REQUEST's default
 
 
 class CorrectingCaller(Protocol):
@@ -85,35 +88,49 @@ def _invalid(loc: list[str | int], msg: str, kind: str) -> JSONResponse:
 
 
 def parse_corrections(
-    body: bytes, job_id: str, *, max_items: int, total_items: int
+    body: bytes, job_id: str, *, max_items: int, total_items: int, max_entries: int = MAX_ENTRIES
 ) -> list[Correction] | list[dict[str, Any]]:
     """The corrections, or the FastAPI-shaped errors (a list of dicts) when any entry is bad.
 
     ``total_items`` is the job's size as the gateway knows it (0: unknown);
-    an index past it names no result.
+    an index past it names no result. At most ``max_entries`` entries
+    (GATEWAY_MAX_CORRECTIONS_PER_REQUEST), each of another item.
     """
     try:
         entries = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         return [{"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}]
     if not isinstance(entries, list) or not entries:
         return [{"loc": ["body"], "msg": "a non-empty JSON list of corrections", "type": "list_type"}]
-    if len(entries) > max_items:
-        return [{"loc": ["body"], "msg": f"at most {max_items} corrections per request", "type": "too_long"}]
+    if len(entries) > max_entries:
+        return [{"loc": ["body"], "msg": f"at most {max_entries} corrections per request", "type": "too_long"}]
     corrections: list[Correction] = []
     errors: list[dict[str, Any]] = []
+    seen: set[int] = set()
     for index, entry in enumerate(entries):
         try:
             correction = parse_correction(entry, job_id=job_id, max_items=max_items, loc=("body", index))
         except InvalidCorrection as exc:
             errors.extend(exc.errors)
             continue
-        if total_items and correction.item_index >= total_items:
-            errors.append({"loc": ["body", index, "item_index"], "msg": f"the job has {total_items} items",
-                           "type": "less_than"})  # fmt: skip
+        problem = _item_problem(correction.item_index, total_items, seen)
+        if problem is not None:
+            errors.append({"loc": ["body", index, "item_index"], **problem})
             continue
+        seen.add(correction.item_index)
         corrections.append(correction)
     return errors[:MAX_ERRORS_SHOWN] if errors else corrections
+
+
+def _item_problem(item_index: int, total_items: int, seen: set[int]) -> dict[str, str] | None:
+    """Each correction names an item of the job (its size as the gateway knows it; unknown yet:
+    none does), and one item once per request (every entry is two Kafka records)."""
+    if item_index >= total_items:
+        return {"msg": f"the job has {total_items} items" if total_items else "the job's size is not known yet",
+                "type": "less_than"}  # fmt: skip
+    if item_index in seen:
+        return {"msg": "one correction per item per request", "type": "duplicate"}
+    return None
 
 
 def agreement_of(model_nota: int | None, nota: int) -> Agreement:
@@ -196,13 +213,22 @@ def corrections_router(
             return done(request, who, job_id, _error(404, "Job not found"))
         if who.admin:
             return done(request, who, job_id, _error(403, "corrections come from the job's tenant, not an operator"))
+        if not is_json(request.headers.get("content-type")):
+            return done(request, who, job_id, _error(415, NOT_JSON))
+        lease = gateway.bodies.lease()
         try:
             body = await read_limited(
-                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes
-            )
+                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes, lease,
+                settings.gateway_request_read_timeout_s,
+            )  # fmt: skip
         except BodyTooLarge as exc:
             return done(request, who, job_id, _error(413, str(exc)))
-        parsed = parse_corrections(body, job_id, max_items=settings.max_items_per_job, total_items=record.total_items)
+        except BodyTooSlow as exc:
+            return done(request, who, job_id, _error(408, str(exc)))
+        finally:
+            lease.release()  # a corrections list is small once parsed (at most the per-request cap)
+        parsed = parse_corrections(body, job_id, max_items=settings.max_items_per_job, total_items=record.total_items,
+                                   max_entries=settings.gateway_max_corrections_per_request)  # fmt: skip
         if not all(isinstance(c, Correction) for c in parsed):
             return done(request, who, job_id, _error(422, parsed))
         corrections = [c for c in parsed if isinstance(c, Correction)]

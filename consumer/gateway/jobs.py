@@ -17,9 +17,11 @@ nothing in it is new), and nothing after the first terminal event is kept.
 
 Memory bound: finished jobs are dropped ``JOB_TTL_SECONDS`` after their last
 event; past ``GATEWAY_MAX_JOBS`` jobs or ``GATEWAY_MAX_BYTES`` bytes of
-events, the oldest finished jobs are dropped first, then the least recently
-active running ones. A dropped job is "not found" afterwards (its
-results stay in the results topic).
+events, a job of the tenant holding the most (jobs, or bytes) is dropped:
+its oldest finished one first, then its least recently active running one.
+So a school that sends many jobs pushes out its own, never another
+school's (jobs without a tenant count as one more tenant). A dropped job is
+"not found" afterwards (its results stay in the results topic).
 
 Erased jobs (contract 1.2): ``erase`` drops the job (its streams end) and
 remembers its id for ``erased_ttl_s`` (CANCEL_TTL_S, as long as the consumer
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,6 +49,7 @@ from consumer.contract import (
     ItemSummary,
     ProgressEventType,
 )
+from consumer.tenants import tenant_of
 
 AnyProgressEvent = AcceptedEvent | BatchCompleteEvent | CompleteEvent | CancelledEvent
 
@@ -58,7 +61,11 @@ _EVENT_OVERHEAD_BYTES = 150
 class JobState(StrEnum):
     QUEUED = "queued"  # produced by this gateway, not yet accepted by a consumer
     PROCESSING = "processing"
-    COMPLETED = "completed"
+    COMPLETED = "completed"  # finished, and this gateway holds a result of every item
+    # Finished, but this gateway holds fewer results than the job's total: it met the job
+    # part-way (started or restarted after the job's first events left its replay window,
+    # JOB_TTL_SECONDS), or the consumer re-published a finished job's terminal event alone.
+    INCOMPLETE = "incomplete"
     CANCELLED = "cancelled"
 
 
@@ -92,12 +99,19 @@ class JobRecord:
     terminal_counts: dict[str, int] = field(default_factory=dict)
     size_bytes: int = _JOB_OVERHEAD_BYTES
     dropped: bool = False
+    # (events when parsed, rows): the parsed results of a job downloaded lately (results.RowsCache).
+    rows_cache: tuple[int, list[dict[str, object]]] | None = None
     # Replaced on every change; waiters hold the old one, which is set.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def finished(self) -> bool:
-        return self.state in (JobState.COMPLETED, JobState.CANCELLED)
+        return self.state in (JobState.COMPLETED, JobState.INCOMPLETE, JobState.CANCELLED)
+
+    @property
+    def missing_results(self) -> int:
+        """Items of the job whose result this gateway does not hold."""
+        return max(0, self.total_items - len(self.seen))
 
     def notify(self) -> None:
         old, self.changed = self.changed, asyncio.Event()
@@ -118,6 +132,9 @@ class JobStore:
         self._active: OrderedDict[str, JobRecord] = OrderedDict()
         self._finished: OrderedDict[str, JobRecord] = OrderedDict()
         self.bytes_kept = 0
+        # Per tenant (None: ids without one): jobs and bytes held, for the eviction's choice.
+        self._tenant_jobs: Counter[str | None] = Counter()
+        self._tenant_bytes: Counter[str | None] = Counter()
         self.closing = False
         self.open_streams = 0
         # Seconds per item seen in recent progress, for the POST's estimate.
@@ -140,7 +157,7 @@ class JobStore:
         """A job this instance is about to produce."""
         record = JobRecord(job_id, JobState.QUEUED, now_s, total_items=total_items, request_sha256=request_sha256)
         self._active[job_id] = record
-        self.bytes_kept += record.size_bytes
+        self._add(record)
         self._enforce_caps()
         return record
 
@@ -171,7 +188,7 @@ class JobStore:
         if record is None:
             record = JobRecord(event.job_id, JobState.PROCESSING, now_s)
             self._active[event.job_id] = record
-            self.bytes_kept += record.size_bytes
+            self._add(record)
         if record.finished:
             return None  # a reader keeps the first terminal event
         payload = raw
@@ -197,10 +214,11 @@ class JobStore:
             if event.data.progress.avg_time_per_item > 0:
                 self.seconds_per_item += 0.2 * (event.data.progress.avg_time_per_item - self.seconds_per_item)
         else:
-            record.state = JobState.COMPLETED if isinstance(event, CompleteEvent) else JobState.CANCELLED
             record.terminal_counts = {
                 k: v for k, v in event.data.model_dump().items() if isinstance(v, int) and not isinstance(v, bool)
             }
+            record.total_items = max(record.total_items, record.terminal_counts.get("total_processed", 0))
+            record.state = _terminal_state(record, event)
         stored = StoredEvent(offset, ProgressEventType(event.event), payload, timestamp_ms)
         record.events.append(stored)
         record.last_activity_s = now_s
@@ -232,27 +250,55 @@ class JobStore:
         else:
             self._active.move_to_end(record.job_id)
 
+    def _add(self, record: JobRecord) -> None:
+        tenant = tenant_of(record.job_id)
+        self._tenant_jobs[tenant] += 1
+        self._tenant_bytes[tenant] += record.size_bytes
+        self.bytes_kept += record.size_bytes
+
     def _grow(self, record: JobRecord, extra_bytes: int) -> None:
         record.size_bytes += extra_bytes
+        self._tenant_bytes[tenant_of(record.job_id)] += extra_bytes
         self.bytes_kept += extra_bytes
 
     def _enforce_caps(self) -> None:
         while len(self) > self._max_jobs:
-            self._evict_oldest(EvictReason.MAX_JOBS)
+            self._evict(EvictReason.MAX_JOBS, self._tenant_jobs)
         while self.bytes_kept > self._max_bytes and len(self) > 1:
-            self._evict_oldest(EvictReason.MAX_BYTES)
+            self._evict(EvictReason.MAX_BYTES, self._tenant_bytes)
 
-    def _evict_oldest(self, reason: EvictReason) -> None:
-        jobs = self._finished if self._finished else self._active
-        _, record = jobs.popitem(last=False)
-        self._drop(record, reason)
+    def _evict(self, reason: EvictReason, held: Counter[str | None]) -> None:
+        """Drop the oldest finished job (else the least recently active running one) of the
+        tenant that holds the most by ``held``."""
+        tenant = max(held, key=lambda t: held[t])
+        for jobs in (self._finished, self._active):
+            job_id = next((j for j in jobs if tenant_of(j) == tenant), None)
+            if job_id is not None:
+                self._drop(jobs.pop(job_id), reason)
+                return
+        jobs = self._finished if self._finished else self._active  # not reached while the counts hold
+        self._drop(jobs.popitem(last=False)[1], reason)
 
     def _drop(self, record: JobRecord, reason: EvictReason | None = None) -> None:
+        tenant = tenant_of(record.job_id)
+        self._tenant_jobs[tenant] -= 1
+        self._tenant_bytes[tenant] -= record.size_bytes
+        for counts in (self._tenant_jobs, self._tenant_bytes):
+            if counts[tenant] <= 0:
+                del counts[tenant]
         self.bytes_kept -= record.size_bytes
         record.dropped = True
+        record.rows_cache = None
         record.notify()
         if reason is not None and self._on_evict is not None:
             self._on_evict(reason)
+
+
+def _terminal_state(record: JobRecord, event: CompleteEvent | CancelledEvent) -> JobState:
+    """``completed`` only with a result of every item in hand: never a partial file called complete."""
+    if isinstance(event, CancelledEvent):
+        return JobState.CANCELLED
+    return JobState.COMPLETED if record.missing_results == 0 else JobState.INCOMPLETE
 
 
 def results_rows(record: JobRecord) -> list[dict[str, object]]:
@@ -278,6 +324,9 @@ def status_body(record: JobRecord) -> dict[str, object]:
         "failed": record.failed,
         "percentage": round(100.0 * completed / total, 1) if total else 0.0,
         "terminal": record.terminal_counts or None,
+        # Results of the job this gateway does not hold (0 for a job it followed from its start;
+        # with status "incomplete", the results file lacks them: see docs/http-api.md).
+        "missing_results": record.missing_results,
         "stream_url": f"/stream/{record.job_id}",
         "results_url": f"/jobs/{record.job_id}/results",
     }

@@ -7,6 +7,7 @@ key, one client address or one tenant may take of a gateway.
 - ``StreamSlots``: open SSE streams, capped in total and per key (each
   stream holds a task and socket buffers; the pod's memory limit would
   otherwise end every stream at once).
+- ``BodyBudget``: request body bytes held at once, across all requests.
 - ``tenant_load``: a tenant's open jobs and waiting items, from the job
   store, for the per-tenant quotas.
 
@@ -29,13 +30,52 @@ from consumer.tenants import tenant_of
 
 
 class Refused(Exception):
-    """A request over a limit: 429 with Retry-After."""
+    """A request over a limit: 429 (or ``status``, 503 for the gateway's own capacity) with Retry-After."""
 
-    def __init__(self, detail: str, retry_after_s: float, limit: str) -> None:
+    def __init__(self, detail: str, retry_after_s: float, limit: str, status: int = 429) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after_s = max(1, math.ceil(retry_after_s))
         self.limit = limit  # a label of texteval_gateway_limited
+        self.status = status
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, across every request (``GATEWAY_MAX_INFLIGHT_BODY_BYTES``).
+
+    A body is parsed into a few times its size (the models, the message produced), so the
+    memory a gateway needs grows with the bodies it holds at once, whoever sends them: ten
+    16 MB bodies took a gateway past its 512 MiB. Each body's bytes are taken as they arrive
+    (all of a declared ``Content-Length`` at once) and given back when its request ends; past
+    the budget the request gets 503 + Retry-After and what it took is given back.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def lease(self) -> Lease:
+        return Lease(self)
+
+
+class Lease:
+    """One request's share of a ``BodyBudget``; ``release`` gives it all back (once)."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def take(self, n_bytes: int) -> None:
+        if self._budget.used + n_bytes > self._budget.max_bytes:
+            self.release()
+            raise Refused("the gateway is reading too many request bodies at once; retry later", 5,
+                          "inflight_body_bytes", status=503)  # fmt: skip
+        self._budget.used += n_bytes
+        self.held += n_bytes
+
+    def release(self) -> None:
+        self._budget.used -= self.held
+        self.held = 0
 
 
 @dataclass
@@ -94,7 +134,7 @@ class StreamSlots:
             raise Refused("too many open streams on this gateway; retry later", 5, "streams")
         if key_id is not None and self._per_key.get(key_id, 0) >= self._max_per_key:
             self.refused += 1
-            raise Refused("too many open streams for this key; close some first", 5, "streams")
+            raise Refused("too many open streams for this school; close some first", 5, "streams")
         self.total += 1
         if key_id is not None:
             self._per_key[key_id] = self._per_key.get(key_id, 0) + 1

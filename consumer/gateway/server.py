@@ -31,7 +31,10 @@ async def gateway_serving(
     """A started gateway and its HTTP server: (gateway, base URL). On exit the
     open streams end first, so the server stops without waiting on them."""
     async with gateway_running(settings, metrics) as gateway:
-        http = HttpServer(create_app(gateway), host, port)
+        http = HttpServer(
+            create_app(gateway), host, port, forwarded_allow_ips=settings.gateway_forwarded_allow_ips,
+            head_timeout_s=settings.gateway_request_read_timeout_s,
+        )  # fmt: skip
         await http.start()
         try:
             yield gateway, f"http://{host}:{http.port}"

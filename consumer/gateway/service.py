@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from consumer.contract import ControlAction, ControlCommand
@@ -19,8 +19,10 @@ from consumer.erasure import erase_command, produce_erase
 from consumer.gateway.auth import ApiKeys, Caller, keys_from
 from consumer.gateway.erasure import ErasureFollower
 from consumer.gateway.jobs import JobStore
-from consumer.gateway.limits import RateLimiter, StreamSlots
+from consumer.gateway.known import KnownJobIds
+from consumer.gateway.limits import BodyBudget, RateLimiter, StreamSlots
 from consumer.gateway.metrics import GatewayMetrics
+from consumer.gateway.results import RowsCache
 from consumer.gateway.submit import Submission
 from consumer.gateway.tail import ProgressTail
 from consumer.gateway.tokens import StreamTokens
@@ -50,18 +52,23 @@ class Gateway:
     slots: StreamSlots
     writes: RateLimiter  # per key
     auth_failures: RateLimiter  # per client address
+    bodies: BodyBudget = field(default_factory=lambda: BodyBudget(64 * 1024 * 1024))  # request bodies held at once
+    rows: RowsCache = field(default_factory=RowsCache)  # results rows of the jobs read last
     erasures: ErasureFollower | None = None  # erase commands from the control topic (None: unit tests' doubles)
+    known: KnownJobIds | None = None  # the job ids the consumers remember (None: unit tests' doubles)
 
     @classmethod
     def build(cls, settings: Settings, store: JobStore, tail: ProgressTail, producer: AIOKafkaProducer,
-              metrics: GatewayMetrics, keys: ApiKeys, erasures: ErasureFollower | None = None) -> Gateway:  # fmt: skip
+              metrics: GatewayMetrics, keys: ApiKeys, erasures: ErasureFollower | None = None,
+              known: KnownJobIds | None = None) -> Gateway:  # fmt: skip
         s = settings
         return cls(
-            s, store, tail, producer, metrics, keys, erasures=erasures,
+            s, store, tail, producer, metrics, keys, erasures=erasures, known=known,
             tokens=StreamTokens(keys.key_digests(), s.gateway_stream_token_ttl_s),
             slots=StreamSlots(s.gateway_max_streams, s.gateway_max_streams_per_key),
             writes=RateLimiter(s.gateway_write_rate_per_s, s.gateway_write_burst),
             auth_failures=RateLimiter(s.gateway_auth_failure_rate_per_s, s.gateway_auth_failure_burst),
+            bodies=BodyBudget(s.gateway_max_inflight_body_bytes),
         )  # fmt: skip
 
     async def produce_request(self, submission: Submission) -> None:
@@ -103,6 +110,8 @@ class Gateway:
             reasons.append("progress tail stopped")
         if self.erasures is not None and not self.erasures.running:
             reasons.append("control topic reader stopped")
+        elif self.known is not None and not self.known.running:
+            reasons.append("job-state topic reader stopped")
         elif not self.tail.caught_up.is_set():
             reasons.append("reading the progress topic")
         if self.store.closing:
@@ -147,16 +156,19 @@ async def gateway_running(settings: Settings, metrics: GatewayMetrics | None = N
     await producer.start()
     tail = ProgressTail(settings, store, metrics)
     erasures = ErasureFollower(settings, store)
+    known = KnownJobIds(settings)
     try:
         # Erased jobs first: the tail's replay must not learn them again.
         await erasures.start()
+        await known.start()  # before serving: a POST under an id the consumers remember is refused
         await tail.start()
-        yield Gateway.build(settings, store, tail, producer, metrics, keys, erasures)
+        yield Gateway.build(settings, store, tail, producer, metrics, keys, erasures, known)
     finally:
         store.close()
         await asyncio.sleep(0)  # let the streams see it and end
         try:
             await tail.stop()
+            await known.stop()
             await erasures.stop()
         finally:
             async with asyncio.timeout(settings.kafka_close_timeout_s):

@@ -74,6 +74,8 @@ async def job_stream(record: JobRecord, store: JobStore, metrics: GatewayMetrics
                     return
             if record.dropped or store.closing:
                 return  # the client reconnects; another instance (or this one, later) serves it
+            if record.finished:
+                return  # resumed past the terminal event (Last-Event-ID): nothing more will come
             await changed.wait()
     finally:
         metrics.open_streams.dec()

@@ -69,7 +69,8 @@ def harness(**overrides: Any) -> Harness:
     store = JobStore(ttl_s=3600, max_jobs=10_000, max_bytes=10**8)
     producer = ProducerDouble()
     gateway = Gateway.build(settings, store, TailDouble(), producer, GatewayMetrics(), keys_from(settings))  # type: ignore[arg-type]
-    return Harness(gateway, TestClient(create_app(gateway)), producer)
+    # A loopback Host: an open gateway answers no other (DNS rebinding).
+    return Harness(gateway, TestClient(create_app(gateway), base_url="http://localhost"), producer)
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -104,7 +104,11 @@ async def test_accepted_corrections_leave_records_with_the_grade_before_and_who(
                          "type": "value_error"}  # fmt: skip
         first = [{"item_index": 0, "nota": (model[0] + 1) % 6, "feedback": SECRET, "comment": SECRET},
                  {"item_index": 0, "nota": (model[0] + 2) % 6, "corrected_at": "2026-12-02T10:00:00Z"}]  # fmt: skip
-        assert (await client.post(url, json=first)).status_code == 202
+        # One correction per item per request (issue 28): the same item twice is refused whole.
+        twice = await client.post(url, json=first)
+        assert twice.status_code == 422 and twice.json()["detail"][0]["loc"] == ["body", 1, "item_index"]
+        for entry in first:
+            assert (await client.post(url, json=[entry])).status_code == 202
         second = [{"item_index": 0, "nota": (model[0] + 3) % 6}, {"item_index": 2, "nota": (model[2] + 1) % 6}]
         assert (await client.post(url, json=second)).status_code == 202
 

@@ -246,20 +246,21 @@ async def test_bad_input_gets_typed_errors_without_the_text(
     caplog.set_level(logging.DEBUG, logger="consumer")
     good = items(2, text=SECRET_TEXT)
     async with gateway_serving(consumer_settings, metrics=None) as (_, base), httpx.AsyncClient(base_url=base) as c:
-        malformed = await c.post("/evaluate", content=b'{"items": [' + SECRET_TEXT.encode())
+        as_json = {"Content-Type": "application/json"}  # what every client sends with a body (else 415)
+        malformed = await c.post("/evaluate", content=b'{"items": [' + SECRET_TEXT.encode(), headers=as_json)
         not_object = await c.post("/evaluate", json=[SECRET_TEXT])
         wrong_type = await c.post("/evaluate", json={"items": [{**good[0], "respuesta": 5}, good[1]]})
         blank = await c.post("/evaluate", json={"items": [good[0], {**good[1], "curso": "  "}]})
         too_long = await c.post("/evaluate", json={"items": [{**good[0], "respuesta": SECRET_TEXT * 2000}]})
         bad_id = await c.post("/evaluate", json={"job_id": "a b#" + SECRET_TEXT, "items": good})
         too_many = await c.post("/evaluate", json={"items": items(2001)})
-        huge = await c.post("/evaluate", content=b"x" * (17 * 1024 * 1024))
+        huge = await c.post("/evaluate", content=b"x" * (17 * 1024 * 1024), headers=as_json)
 
         async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
             for _ in range(20):
                 yield b" " * (1024 * 1024)
 
-        huge_chunked = await c.post("/evaluate", content=chunks())
+        huge_chunked = await c.post("/evaluate", content=chunks(), headers=as_json)
         unknown_stream = await sse_events(c, "/stream/no-such-job")
         unknown_job = await c.get("/jobs/no-such-job")
         unknown_results = await c.get("/jobs/no-such-job/results")
@@ -526,3 +527,77 @@ async def test_a_job_whose_events_were_just_produced_is_found_at_once(
         unknown = await client.get("/jobs/never-produced")
     assert [a.status_code for a in answers] == [200] * 5, "a job produced a moment ago was 'not found'"
     assert answers[0].json()["status"] == "processing" and unknown.status_code == 404
+
+
+async def test_a_gateway_that_met_a_job_part_way_never_calls_it_completed(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    """Issue 28, finding 2, against the real broker and gateway: the job's first half of the
+    progress topic is older than the replay window (JOB_TTL_SECONDS, here 5 s), as for a gateway
+    restarted mid-way through a job longer than an hour; the second half and the end are recent."""
+    from aiokafka import AIOKafkaProducer
+
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, JOB_TTL_SECONDS="5")
+    await make_topics(settings)
+    job_id, total = "long/term-1", 40
+
+    def event(kind: str, data: dict[str, Any]) -> bytes:
+        return json.dumps({"schema_version": 1, "event": kind, "job_id": job_id, "data": data}).encode()
+
+    def batch_of(first: int) -> bytes:
+        results = [{"id_alumno": f"A{i}", "item_index": i, "status": "ok", "nota": 3, "feedback": "Bé."}
+                   for i in range(first, first + 10)]  # fmt: skip
+        progress = {"completed": first + 10, "total": total, "percentage": 0.0, "elapsed_seconds": 1.0,
+                    "estimated_remaining_seconds": 1.0, "avg_time_per_item": 0.1}  # fmt: skip
+        return event("batch_complete", {"batch_number": first // 10 + 1, "results": results, "progress": progress})
+
+    first_half = [event("accepted", {"total_items": total, "estimated_time_seconds": 4}), batch_of(0), batch_of(10)]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for value in first_half:
+            await producer.send_and_wait(settings.progress_topic, value=value, key=job_id.encode())
+        await asyncio.sleep(6)  # the first half is now older than the replay window (5 s)
+        for value in (batch_of(20), batch_of(30)):
+            await producer.send_and_wait(settings.progress_topic, value=value, key=job_id.encode())
+        async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
+            running_status = (await client.get(f"/jobs/{job_id}")).json()
+            done = {"total_processed": total, "succeeded": total, "failed": 0, "total_time_seconds": 4.0}
+            await producer.send_and_wait(settings.progress_topic, value=event("complete", done), key=job_id.encode())
+            events = await sse_events(client, f"/stream/{job_id}")
+            status = (await client.get(f"/jobs/{job_id}")).json()
+            results = await client.get(f"/jobs/{job_id}/results")
+    finally:
+        await producer.stop()
+    assert running_status["status"] == "processing" and running_status["completed"] == 20
+    assert events[-1][1]["event"] == "complete"
+    assert (status["status"], status["completed"], status["missing_results"]) == ("incomplete", 20, 20)
+    assert results.headers["texteval-missing-results"] == "20"
+    assert "incomplete.csv" in results.headers["content-disposition"]
+    assert len(results.text.strip().splitlines()) == 1 + 20
+
+
+async def test_a_post_under_an_id_the_consumers_remember_but_the_gateway_forgot_is_refused(
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+) -> None:
+    """Issue 28, finding 3, against the real broker, consumer and gateway: once a gateway has
+    forgotten a job (here evicted: GATEWAY_MAX_JOBS=1) that the consumer still remembers, a POST
+    under its id was `200 queued` and never graded. The gateway reads the job-state topic's keys."""
+    settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs, GATEWAY_MAX_JOBS="1")
+    await make_topics(settings)
+    s = settings
+    async with running(settings, FakeEngine(delay_s=0.01)):
+        await produce(s.kafka_bootstrap_servers, s.requests_topic, [(b"old/1", job("old/1", items(3)))])
+        await read_until(s.kafka_bootstrap_servers, s.progress_topic,
+                         lambda rs: any(v["event"] == "complete" for v in values(rs)))  # fmt: skip
+        async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
+            known = await client.get("/jobs/old/1")
+            fresh = await client.post("/evaluate", json={"job_id": "new/1", "items": items(2)})  # evicts old/1
+            forgotten = await client.get("/jobs/old/1")
+            other_items = await client.post("/evaluate", json={"job_id": "old/1", "items": items(2)})
+            same_items = await client.post("/evaluate", json={"job_id": "old/1", "items": items(3)})
+            again = await client.post("/evaluate", json={"job_id": "new/1", "items": items(2)})
+    assert known.status_code == 200 and fresh.status_code == 200 and forgotten.status_code == 404
+    assert other_items.status_code == same_items.status_code == 409
+    assert "send a new job_id" in other_items.json()["detail"]
+    assert again.status_code == 200  # its own job: idempotent as before

@@ -1,0 +1,72 @@
+"""A job's results as rows and as a file (``GET /jobs/{id}/results``).
+
+The rows are read from the job's stored events (kept once, as sent). Parsing
+2,000 results is milliseconds of the event loop, so 64 concurrent downloads
+of one job would starve every other request (``/health`` among them): the
+rows of the last few jobs asked for are kept, keyed by how many events the
+job had, and rebuilt only when a new event arrived.
+
+``results_file`` is the one place a results file is built from rows.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from consumer.gateway.jobs import JobRecord, results_rows
+from consumer.spreadsheets import csv_text
+
+# 1.2: confidence and needs_review (empty when absent); nota_probabilities in JSONL.
+# 1.3: review_reasons, `;`-separated in the CSV (a list in JSONL).
+RESULT_COLUMNS = (
+    "job_id", "item_index", "id_alumno", "status", "nota", "feedback", "confidence", "needs_review", "review_reasons",
+)  # fmt: skip
+FORMATS = ("csv", "jsonl")
+Row = dict[str, object]
+
+
+class RowsCache:
+    """The rows of the ``max_jobs`` jobs asked for last, kept on their records (read only, shared):
+    a job dropped from the store (TTL, memory, erase) drops its rows with it (``JobStore._drop``)."""
+
+    def __init__(self, max_jobs: int = 8) -> None:
+        self._max_jobs = max_jobs
+        # Weak: a record dropped from the store is not kept alive here.
+        self._recent: OrderedDict[int, weakref.ref[JobRecord]] = OrderedDict()
+
+    def rows(self, record: JobRecord) -> list[Row]:
+        cached = record.rows_cache
+        if cached is None or cached[0] != len(record.events):
+            cached = record.rows_cache = (len(record.events), results_rows(record))
+        self._recent[id(record)] = weakref.ref(record)
+        self._recent.move_to_end(id(record))
+        while len(self._recent) > self._max_jobs:
+            _, ref = self._recent.popitem(last=False)
+            old = ref()
+            if old is not None:
+                old.rows_cache = None
+        return cached[1]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsFile:
+    text: str
+    media_type: str
+    filename: str
+
+
+def results_file(job_id: str, rows: Sequence[Row], fmt: str, *, missing: int = 0) -> ResultsFile:
+    """The job's results file. ``missing`` > 0 (a finished job of which this gateway holds only
+    part): the file name says ``incomplete`` so a teacher sees it before opening it."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)
+    if missing:
+        name += ".incomplete"
+    if fmt == "jsonl":
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        return ResultsFile(text, "application/x-ndjson", f"{name}.jsonl")
+    flat = ({**row, "review_reasons": ";".join(row.get("review_reasons") or ())} for row in rows)  # type: ignore[arg-type]
+    return ResultsFile(csv_text(RESULT_COLUMNS, flat), "text/csv; charset=utf-8", f"{name}.csv")
