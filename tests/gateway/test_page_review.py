@@ -171,7 +171,18 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
             seen["jobs"] = await page.evaluate("Array.from(document.querySelectorAll('#jobs li')).map(li => li.dataset.job)")
             seen["local_storage"] = await page.evaluate("localStorage.length")
             seen["merged_after_reload"] = await page.evaluate("window.texteval.mergedCsv()")
+            await page.evaluate("window.scrollTo(0, 0)")
             await page.screenshot(path=str(SHOTS / "page-reopened-1280.png"))
+            # The same file chosen again: the answers, questions and courses come back, nothing is sent.
+            await page.fill("#csv", class_csv())
+            seen["rechosen"] = await page.evaluate(
+                "({note: document.getElementById('preview-note').textContent,"
+                " disabled: document.getElementById('submit').disabled,"
+                " answer: document.querySelector('#answer-0').textContent,"
+                " unknown: !document.getElementById('unknown-note').hidden, total: window.texteval.total,"
+                " size: window.texteval.results.size, known: window.texteval.itemsKnown, job: window.texteval.jobId,"
+                " items: window.texteval.preview.items.length, pr: window.texteval.preview.problems.length})"
+            )
 
             # Spanish from the switch: the lang attribute and every word follow.
             await page.select_option("#lang", "es")
@@ -251,6 +262,9 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
     assert seen["unknown_note"] and "consigna desconeguda" in reloaded[0]["text"]
     assert seen["jobs"] == [job_id]
     assert ";5;Molt ben explicat; falta la clorofil·la.;parlat a classe;5;" in seen["merged_after_reload"].replace('"', "")
+    assert seen["rechosen"]["note"].startswith("Aquest fitxer és el de la feina oberta"), seen["rechosen"]
+    assert seen["rechosen"]["disabled"] and seen["rechosen"]["answer"] == LONG and not seen["rechosen"]["unknown"]
+    assert len([u for u in urls if u.endswith("/evaluate")]) == 2  # the class's job and the one cancelled
     # Spanish.
     assert seen["lang_es"] == "es" and seen["sort_es"] in ("Ordenar: menos seguras primero", "Ordenar por fila")
     assert "Abierto" in seen["status_es"] or "Terminado" in seen["status_es"] or "Trabajo" in seen["status_es"]
