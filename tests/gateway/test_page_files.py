@@ -17,7 +17,7 @@ import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,6 +26,9 @@ from consumer.gateway.server import gateway_serving
 from consumer.testing.topics import create_topics, running
 from tests.conftest import SettingsFactory
 from tests.kafka_harness import TopicNames
+
+if TYPE_CHECKING:
+    from playwright.async_api import FilePayload
 
 CHROMIUM = Path(os.environ.get("TEXTEVAL_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -127,6 +130,18 @@ def cases() -> list[Case]:
             0,
             reason="la columna «resposta» és buida",
         ),
+        Case(
+            "google-forms.csv",
+            (
+                "Marca de temps,Adreça electrònica,Nom i cognoms,Grup,"
+                "Explica què és la fotosíntesi.,Per què les fulles són verdes?\r\n"
+                "2026/12/01 10:00,a@escola.cat,Anna Puig,3r ESO B,Amb la llum.,Per la clorofil·la.\r\n"
+                '2026/12/01 10:02,b@escola.cat,Biel Soler,3r ESO B,"Fa glucosa, i oxigen.",Perquè sí.\r\n'
+                "2026/12/01 10:05,c@escola.cat,Carla Vidal,3r ESO B,No ho sé,Verd.\r\n"
+            ).encode(),
+            6,
+            check="Fa glucosa, i oxigen.",
+        ),
         Case("notes.xlsx", b"PK\x03\x04" + bytes(200), 0, reason="desa'l com a «CSV UTF-8"),
         Case(
             "unquoted-comma.csv",
@@ -137,6 +152,10 @@ def cases() -> list[Case]:
             reason="té 5 cel·les i la capçalera 4",
         ),
     ]
+
+
+def payload(case: Case) -> FilePayload:
+    return {"name": case.name, "mimeType": "text/csv", "buffer": case.data}
 
 
 PREVIEW_JS = (
@@ -176,9 +195,7 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
             await page.goto(base + "/")
             lang = await page.evaluate("document.documentElement.lang")
             for case in cases():
-                await page.set_input_files(
-                    "#file", files=[{"name": case.name, "mimeType": "text/csv", "buffer": case.data}]
-                )
+                await page.set_input_files("#file", files=[payload(case)])
                 await page.wait_for_function("() => window.texteval.preview !== null")
                 seen[case.name] = await page.evaluate(PREVIEW_JS)
                 if case.name == "latin1-excel.csv":
@@ -189,9 +206,7 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
             before_submit = list(posts)
             # The formula file, confirmed: a double click sends one job, and every student gets a grade.
             formula = next(c for c in cases() if c.name == "formula-cells.csv")
-            await page.set_input_files(
-                "#file", files=[{"name": formula.name, "mimeType": "text/csv", "buffer": formula.data}]
-            )
+            await page.set_input_files("#file", files=[payload(formula)])
             await page.dblclick("#submit")
             await page.wait_for_function("() => window.texteval.done", timeout=60_000)
             graded = await page.evaluate("Array.from(window.texteval.results.values()).map(r => r.id_alumno)")
@@ -207,7 +222,7 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
         if case.students:
             assert (got["items"], got["problems"], got["fatal"]) == (case.students, 0, 0), (case.name, got)
             assert got["submit"] and got["label"] == f"Envia {case.students} respostes a avaluar", case.name
-            assert got["summary"].startswith(f"Alumnes llegits: {case.students}."), case.name
+            assert got["summary"].startswith(f"Respostes llegides: {case.students}, de "), case.name
             if case.check:
                 assert case.check in got["answers"], (case.name, got["answers"])
         else:
