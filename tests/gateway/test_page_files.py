@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from playwright.async_api import FilePayload
 
 CHROMIUM = Path(os.environ.get("TEXTEVAL_CHROMIUM", "/usr/bin/chromium"))
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# Screenshots go to docs/screenshots/ when asked (TEXTEVAL_SCREENSHOTS=1), else to the test's temporary folder.
+DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    return DOCS_SHOTS if os.environ.get("TEXTEVAL_SCREENSHOTS") else tmp_path
+
 
 pytestmark = [
     pytest.mark.kafka,
@@ -171,9 +177,11 @@ PREVIEW_JS = (
 
 
 async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves_before_submit(
-    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames, tmp_path: Path
 ) -> None:
     from playwright.async_api import async_playwright
+
+    shots = shots_dir(tmp_path)
 
     settings = settings_for(KAFKA_CONTROL_TOPIC=topic_names.requests.replace(".requests", ".control"), BATCH_SIZE=2)
     await create_topics(kafka_bootstrap, settings.service_topics())
@@ -199,9 +207,9 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
                 await page.wait_for_function("() => window.texteval.preview !== null")
                 seen[case.name] = await page.evaluate(PREVIEW_JS)
                 if case.name == "latin1-excel.csv":
-                    await page.screenshot(path=str(SHOTS / "page-preview-latin1-1280.png"))
+                    await page.screenshot(path=str(shots / "page-preview-latin1-1280.png"))
                 if case.name == "quote-swallows-three.csv":
-                    await page.screenshot(path=str(SHOTS / "page-preview-refused-1280.png"))
+                    await page.screenshot(path=str(shots / "page-preview-refused-1280.png"))
                 await page.evaluate("window.texteval.preview = null")
             before_submit = list(posts)
             # The formula file, confirmed: a double click sends one job, and every student gets a grade.

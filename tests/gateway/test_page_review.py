@@ -29,7 +29,13 @@ from consumer.testing.topics import at_least, create_topics, make_settings, read
 from tests.kafka_harness import TopicNames
 
 CHROMIUM = Path(os.environ.get("TEXTEVAL_CHROMIUM", "/usr/bin/chromium"))
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# Screenshots go to docs/screenshots/ when asked (TEXTEVAL_SCREENSHOTS=1), else to the test's temporary folder.
+DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    return DOCS_SHOTS if os.environ.get("TEXTEVAL_SCREENSHOTS") else tmp_path
+
 
 pytestmark = [
     pytest.mark.kafka,
@@ -73,9 +79,11 @@ FOCUS_JS = (
 
 
 async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
-    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
+    kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
 ) -> None:
     from playwright.async_api import async_playwright
+
+    shots = shots_dir(tmp_path)
 
     key = "page-review-key-" + "q" * 32
     settings = make_settings(
@@ -85,7 +93,6 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
         GATEWAY_API_KEYS=f"school-8={key}", BATCH_SIZE=2,
     )  # fmt: skip
     await create_topics(kafka_bootstrap, settings.service_topics())
-    SHOTS.mkdir(parents=True, exist_ok=True)
     n = N_STUDENTS * len(QUESTIONS)
     seen: dict[str, Any] = {}
     async with (
@@ -118,7 +125,7 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
             # Grouped by question: one header row per question, each followed by its answers.
             await page.click("#group")
             seen["grouped"] = await page.evaluate(ROWS_JS)
-            await page.screenshot(path=str(SHOTS / "page-review-grouped-1280.png"))
+            await page.screenshot(path=str(shots / "page-review-grouped-1280.png"))
             # Two corrections from the keyboard: Ctrl+Enter saves and opens the next row; Save keeps the focus.
             first = seen["grouped"][1]["index"]
             await page.click(f'#results tr[data-index="{first}"] button.correct')
@@ -144,7 +151,7 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
             )
             seen["focus_saved"] = await page.evaluate(FOCUS_JS)
             seen["after"] = await page.evaluate(ROWS_JS)
-            await page.screenshot(path=str(SHOTS / "page-review-corrected-1280.png"))
+            await page.screenshot(path=str(shots / "page-review-corrected-1280.png"))
             # The teacher's word in the page's own download (the real button, the real file).
             async with page.expect_download() as info:
                 await page.click("#download-merged")
@@ -160,9 +167,11 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
             )
             box = await page.locator(f'#results tr[data-index="{first}"] button.correct').bounding_box()
             seen["button_right"] = box["x"] + box["width"] if box else 9999
-            await page.screenshot(path=str(SHOTS / "page-review-390.png"))
+            await page.screenshot(path=str(shots / "page-review-390.png"))
+            await page.evaluate("window.scrollTo(0, 0)")
+            await page.screenshot(path=str(shots / "page-top-390.png"))
             await page.locator(f'#results tr[data-index="{first}"]').scroll_into_view_if_needed()
-            await page.screenshot(path=str(SHOTS / "page-review-card-390.png"))
+            await page.screenshot(path=str(shots / "page-review-card-390.png"))
             await page.set_viewport_size({"width": 1280, "height": 1000})
 
             # Come back later: a reload keeps the key (this tab only), reopens the job with its corrections.
@@ -179,7 +188,7 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
             seen["local_storage"] = await page.evaluate("localStorage.length")
             seen["merged_after_reload"] = await page.evaluate("window.texteval.mergedCsv()")
             await page.evaluate("window.scrollTo(0, 0)")
-            await page.screenshot(path=str(SHOTS / "page-reopened-1280.png"))
+            await page.screenshot(path=str(shots / "page-reopened-1280.png"))
             # The same file chosen again: the answers, questions and courses come back, nothing is sent.
             await page.fill("#csv", class_csv())
             seen["rechosen"] = await page.evaluate(
