@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ async def test_the_page_speaks_the_teachers_language_and_words_the_gateways_refu
     settings = settings_for(KAFKA_CONTROL_TOPIC=topic_names.requests.replace(".requests", ".control"),
                              GATEWAY_API_KEYS=f"school-2={key}", MAX_ITEMS_PER_JOB=3)  # fmt: skip
     await create_topics(kafka_bootstrap, settings.service_topics())
-    seen: dict[str, object] = {}
+    seen: dict[str, Any] = {}
     async with (
         running(settings, FakeEngine(delay_s=0.01)),
         gateway_serving(settings) as (_, base),
