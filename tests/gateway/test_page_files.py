@@ -13,6 +13,7 @@ tests/gateway/test_gateway_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import os
 from dataclasses import dataclass
@@ -211,6 +212,16 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
                 if case.name == "quote-swallows-three.csv":
                     await page.screenshot(path=str(shots / "page-preview-refused-1280.png"))
                 await page.evaluate("window.texteval.preview = null")
+            # The template, downloaded and chosen back as it is: read whole.
+            async with page.expect_download() as info:
+                await page.click("#template")
+            template = await info.value
+            template_name = template.suggested_filename
+            template_bytes = await asyncio.to_thread(Path(await template.path()).read_bytes)
+            await page.set_input_files(
+                "#file", files=[{"name": template_name, "mimeType": "text/csv", "buffer": template_bytes}]
+            )
+            template_read = await page.evaluate(PREVIEW_JS)
             before_submit = list(posts)
             # The formula file, confirmed: a double click sends one job, and every student gets a grade.
             formula = next(c for c in cases() if c.name == "formula-cells.csv")
@@ -223,6 +234,10 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
         finally:
             await browser.close()
     assert lang == "ca" and not problems, problems
+    assert template_name == "plantilla-texteval.csv" and template_bytes.startswith(
+        b"\xef\xbb\xbfid_alumno;curs;consigna;resposta\r\n"
+    )
+    assert template_read["items"] == 2 and template_read["submit"]
     assert before_submit == [], "a request left the page before the preview was confirmed"
     assert len(posts) == 1, posts  # the double click sent one job
     for case in cases():
