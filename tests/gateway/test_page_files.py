@@ -218,9 +218,7 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
             template = await info.value
             template_name = template.suggested_filename
             template_bytes = await asyncio.to_thread(Path(await template.path()).read_bytes)
-            await page.set_input_files(
-                "#file", files=[{"name": template_name, "mimeType": "text/csv", "buffer": template_bytes}]
-            )
+            await page.set_input_files("#file", files=[payload(Case(template_name, template_bytes, 2))])
             template_read = await page.evaluate(PREVIEW_JS)
             before_submit = list(posts)
             # The formula file, confirmed: a double click sends one job, and every student gets a grade.
