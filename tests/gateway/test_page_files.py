@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from playwright.async_api import async_playwright
 
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.server import gateway_serving
@@ -180,8 +181,6 @@ PREVIEW_JS = (
 async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves_before_submit(
     kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
-
     shots = shots_dir(tmp_path)
 
     settings = settings_for(KAFKA_CONTROL_TOPIC=topic_names.requests.replace(".requests", ".control"), BATCH_SIZE=2)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import async_playwright
 
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.server import gateway_serving
@@ -35,8 +36,6 @@ FIVE = "alumne;curs;consigna;resposta\n" + "".join(f"A{i};3r ESO;Explica la foto
 async def test_the_page_speaks_the_teachers_language_and_words_the_gateways_refusals(
     kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
-    from playwright.async_api import async_playwright
-
     key = "page-language-key-" + "l" * 32
     settings = settings_for(KAFKA_CONTROL_TOPIC=topic_names.requests.replace(".requests", ".control"),
                              GATEWAY_API_KEYS=f"school-2={key}", MAX_ITEMS_PER_JOB=3)  # fmt: skip

@@ -18,10 +18,14 @@ import asyncio
 import csv
 import io
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
+from playwright.async_api import async_playwright
 
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.server import gateway_serving
@@ -66,6 +70,27 @@ def slow_csv(n: int) -> str:
     return "id_alumno;curs;consigna;resposta\n" + "".join(lines)
 
 
+def xlsx_rows(data: bytes) -> list[list[str]]:
+    """The first sheet's rows as text, read from its XML; the zip's CRCs checked; no formula anywhere."""
+    ns = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert z.testzip() is None
+        assert {"[Content_Types].xml", "xl/workbook.xml", "xl/worksheets/sheet1.xml"} <= set(z.namelist())
+        sheet = ElementTree.fromstring(z.read("xl/worksheets/sheet1.xml"))
+    assert not list(sheet.iter(ns + "f"))
+    rows = []
+    for row in sheet.iter(ns + "row"):
+        cells: dict[int, str] = {}
+        for c in row.iter(ns + "c"):
+            col = sum((ord(ch) - 64) * 26**i for i, ch in enumerate(reversed(re.sub(r"\d", "", c.get("r", "")))))
+            text = (
+                "".join(t.text or "" for t in c.iter(ns + "t")) if c.get("t") == "inlineStr" else c.findtext(ns + "v")
+            )
+            cells[col - 1] = text or ""
+        rows.append([cells.get(i, "") for i in range(max(cells) + 1)])
+    return rows
+
+
 ROWS_JS = (
     "Array.from(document.querySelectorAll('#results tr')).map(tr => ({group: tr.classList.contains('group'),"
     " index: tr.dataset.index === undefined ? null : Number(tr.dataset.index), text: tr.textContent,"
@@ -81,8 +106,6 @@ FOCUS_JS = (
 async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
-
     shots = shots_dir(tmp_path)
 
     key = "page-review-key-" + "q" * 32
@@ -158,6 +181,11 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
             download = await info.value
             seen["download_name"] = download.suggested_filename
             seen["download"] = await asyncio.to_thread(Path(await download.path()).read_text, encoding="utf-8")
+            async with page.expect_download() as info:
+                await page.click("#download-merged-xlsx")
+            xlsx = await info.value
+            seen["xlsx_name"] = xlsx.suggested_filename
+            seen["xlsx"] = await asyncio.to_thread(Path(await xlsx.path()).read_bytes)
             # 390 px: cards, no horizontal scroll, the correct button on screen.
             await page.set_viewport_size({"width": 390, "height": 844})
             seen["scroll_width"] = await page.evaluate("document.documentElement.scrollWidth")
@@ -271,6 +299,13 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
     assert by_row[second]["retorn del docent"] == "'=No has respost la pregunta."  # formula-safe
     untouched = by_row[3]
     assert untouched["nota del docent"] == "" and untouched["nota final"] == untouched["nota del model"] != ""
+    # The same in an .xlsx built by the page: a valid zip, every text an inline string, numbers as numbers.
+    assert seen["xlsx_name"] == job_id.split("/")[-1] + "-resultats.xlsx"
+    sheet = xlsx_rows(seen["xlsx"])
+    assert sheet[0][:4] == ["id_alumno", "curs", "consigna", "nota del model"] and len(sheet) == n + 1
+    xrow = next(r for r in sheet[1:] if r[-1] == str(first))
+    assert xrow[7:11] == ["5", FEEDBACK, "parlat a classe", "5"]
+    assert next(r for r in sheet[1:] if r[-1] == str(second))[8] == "=No has respost la pregunta."  # a string cell
     # 390 px.
     assert seen["scroll_width"] <= 390 and seen["button_right"] <= 390, seen["wide"]
     # After the reload: the key from this tab's sessionStorage, never localStorage or a URL; the corrections kept.
