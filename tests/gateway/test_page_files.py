@@ -150,6 +150,12 @@ def cases() -> list[Case]:
             6,
             check="Fa glucosa, i oxigen.",
         ),
+        Case(
+            "too-many.csv",
+            rows(";", CA, ids=[f"A{i}" for i in range(2001)], answers=["Text"] * 2001).encode(),
+            0,
+            reason="Massa respostes: 2001 (com a molt 2000 per feina)",
+        ),
         Case("notes.xlsx", b"PK\x03\x04" + bytes(200), 0, reason="desa'l com a «CSV UTF-8"),
         Case(
             "unquoted-comma.csv",
