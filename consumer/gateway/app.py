@@ -20,12 +20,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consumer.erasure import erase_answer
 from consumer.gateway.auth import Caller, is_loopback, loggable_id
-from consumer.gateway.corrections import corrections_router
+from consumer.gateway.corrections import AppliedGrades, corrections_router
+from consumer.gateway.exports import export
 from consumer.gateway.jobs import JobRecord, JobState, status_body
 from consumer.gateway.limits import Refused, tenant_load
 from consumer.gateway.metrics import GatewayMetrics
 from consumer.gateway.page import page_headers, page_html
-from consumer.gateway.results import FORMATS, results_file
+from consumer.gateway.results import ResultsFile, results_file, results_problem
 from consumer.gateway.service import Gateway
 from consumer.gateway.sse import (
     BadLastEventId,
@@ -60,6 +61,7 @@ def _error(status: int, detail: object, headers: dict[str, str] | None = None) -
 def create_app(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="texteval gateway", docs_url=None, redoc_url=None, openapi_url=None)
     settings = gateway.settings
+    applied = AppliedGrades()  # the corrections applied through this gateway: the route writes, the files read
     origins = [o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
@@ -294,16 +296,26 @@ def create_app(gateway: Gateway) -> FastAPI:
         return done(request, caller, None, JSONResponse(body))
 
     @app.get("/jobs/{job_id:path}/results", dependencies=by_key_or_token)
-    async def results(request: Request, job_id: str, format: str = "csv") -> Response:
+    async def results(
+        request: Request, job_id: str, format: str = "csv", lang: str = "ca", layout: str = "machine"
+    ) -> Response:
+        """``format=xlsx`` or ``layout=gradebook``: the teachers' file (the model's grade and
+        feedback, the teacher's correction, the final grade; in ``lang``); otherwise the
+        prototype's machine-readable columns."""
         caller = who(request)
-        if format not in FORMATS:
-            problem = {"loc": ["query", "format"], "msg": "use csv or jsonl", "type": "enum"}
+        problem = results_problem(format, lang, layout)
+        if problem is not None:
             return done(request, caller, job_id, _error(422, [problem]))
         record = await find_for(caller, job_id)
         if record is None:
             return done(request, caller, job_id, _error(404, "Job not found"))
         missing = record.missing_results if record.state is JobState.INCOMPLETE else 0
-        file = results_file(job_id, gateway.rows.rows(record), format, missing=missing)
+        rows = gateway.rows.rows(record)
+        if format == "xlsx" or layout == "gradebook":
+            body, media, name = export(job_id, rows, applied.of(record), format, lang=lang)
+            file = ResultsFile(body, media, name.replace("-", ".incomplete-", 1) if missing else name)
+        else:
+            file = results_file(job_id, rows, format, missing=missing)
         headers = {"Content-Disposition": f'attachment; filename="{file.filename}"'}
         if missing:
             headers[MISSING_HEADER] = str(missing)
@@ -383,7 +395,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(corrections_router(gateway, caller_of, find_for, limit_writes, done))  # contract 1.2
+    app.include_router(corrections_router(gateway, caller_of, find_for, limit_writes, done, applied))  # contract 1.2
     return app
 
 

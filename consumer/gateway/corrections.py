@@ -159,14 +159,15 @@ def by_of(caller: CorrectingCaller) -> str:
 
 
 class AppliedGrades:
-    """item_index -> the grade the last correction applied through this gateway set, per job,
-    for as long as the gateway holds the job: an entry lives as long as its ``JobRecord``
-    (dropped by TTL, memory pressure or an erase, it is collected and the entry goes with it)."""
+    """item_index -> the last correction applied through this gateway, per job (its grade, the
+    teacher's feedback and comment: what the results files carry), for as long as the gateway
+    holds the job: an entry lives as long as its ``JobRecord`` (dropped by TTL, memory pressure
+    or an erase, it is collected and the entry goes with it)."""
 
     def __init__(self) -> None:
-        self._grades: weakref.WeakKeyDictionary[JobRecord, dict[int, int]] = weakref.WeakKeyDictionary()
+        self._grades: weakref.WeakKeyDictionary[JobRecord, dict[int, Correction]] = weakref.WeakKeyDictionary()
 
-    def of(self, record: JobRecord) -> dict[int, int]:
+    def of(self, record: JobRecord) -> dict[int, Correction]:
         return self._grades.setdefault(record, {})
 
     def __len__(self) -> int:
@@ -176,7 +177,7 @@ class AppliedGrades:
 def decision_records(
     corrections: Sequence[Correction],
     model: dict[int, int | None],
-    applied: dict[int, int],
+    applied: dict[int, Correction],
     by: str,
 ) -> list[CorrectionRecord]:
     """The records of corrections applied in this order; ``applied`` is updated as they go
@@ -185,9 +186,9 @@ def decision_records(
     records = []
     for correction in corrections:
         index = correction.item_index
-        previous = applied.get(index, model.get(index))
+        previous = applied[index].nota if index in applied else model.get(index)
         records.append(correction_record(correction, previous_nota=previous, by=by, applied_at=now))
-        applied[index] = correction.nota
+        applied[index] = correction
     return records
 
 
@@ -197,13 +198,13 @@ def corrections_router(
     find_for: Callable[[C, str], Awaitable[JobRecord | None]],
     before_write: Callable[[C], None],
     done: Callable[[Request, C, str | None, Response], Response],
+    applied_grades: AppliedGrades,
 ) -> APIRouter:
     """``caller``: the app's dependency naming who calls (it answers 401 itself);
     ``find_for``: the job as that caller may see it (None: unknown to them);
     ``before_write``: the per-key write limit; ``done``: the audit line of an answer."""
     settings = gateway.settings
     router = APIRouter()
-    applied_grades = AppliedGrades()
 
     @router.post("/jobs/{job_id:path}/corrections")
     async def post_corrections(request: Request, job_id: str, who: Annotated[C, Depends(caller)]) -> Response:

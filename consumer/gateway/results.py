@@ -25,7 +25,8 @@ from consumer.spreadsheets import csv_text
 RESULT_COLUMNS = (
     "job_id", "item_index", "id_alumno", "status", "nota", "feedback", "confidence", "needs_review", "review_reasons",
 )  # fmt: skip
-FORMATS = ("csv", "jsonl")
+FORMATS = ("csv", "jsonl", "xlsx")  # xlsx: the teachers' file only (consumer/gateway/exports.py)
+LAYOUTS = ("machine", "gradebook")  # the prototype's columns, or the teachers' file
 Row = dict[str, object]
 
 
@@ -54,9 +55,19 @@ class RowsCache:
 
 @dataclass(frozen=True, slots=True)
 class ResultsFile:
-    text: str
+    text: str | bytes
     media_type: str
     filename: str
+
+
+def results_problem(fmt: str, lang: str, layout: str) -> dict[str, object] | None:
+    """The 422 problem of a results request's query, or None."""
+    from consumer.gateway.exports import LANGS
+
+    for name, value, allowed in (("format", fmt, FORMATS), ("lang", lang, LANGS), ("layout", layout, LAYOUTS)):
+        if value not in allowed:
+            return {"loc": ["query", name], "msg": f"use {' or '.join(allowed)}", "type": "enum"}
+    return None
 
 
 def results_file(job_id: str, rows: Sequence[Row], fmt: str, *, missing: int = 0) -> ResultsFile:

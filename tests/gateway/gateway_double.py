@@ -46,6 +46,13 @@ class ProducerDouble:
     async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
         self.sent.append((topic, key, value))
 
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
+        """aiokafka's send: the record taken, its acknowledgement a future (here: at once)."""
+        self.sent.append((topic, key, value))
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acknowledged.set_result(None)
+        return acknowledged
+
 
 @dataclass
 class Harness:

@@ -50,12 +50,12 @@ def test_each_record_names_the_grade_before_it_in_the_order_applied() -> None:
     def c(index: int, nota: int) -> Correction:
         return Correction(job_id="s/j", item_index=index, nota=nota, corrected_at=NOW)
 
-    applied: dict[int, int] = {}
+    applied: dict[int, Correction] = {}
     records = decision_records([c(0, 1), c(0, 2), c(1, 5), c(2, 0)], {0: 4, 1: None}, applied, "s:0123456789")
     # Item 0: the model's 4, then the first correction's 1; item 1 was an error result; item 2 unknown.
     assert [(r.item_index, r.previous_nota, r.nota) for r in records] == [(0, 4, 1), (0, 1, 2), (1, None, 5),
                                                                           (2, None, 0)]  # fmt: skip
-    assert applied == {0: 2, 1: 5, 2: 0} and {r.by for r in records} == {"s:0123456789"}
+    assert {i: c.nota for i, c in applied.items()} == {0: 2, 1: 5, 2: 0} and {r.by for r in records} == {"s:0123456789"}
     # The next list starts from what was applied.
     (after,) = decision_records([c(0, 3)], {0: 4}, applied, "s:0123456789")
     assert after.previous_nota == 2
@@ -64,8 +64,9 @@ def test_each_record_names_the_grade_before_it_in_the_order_applied() -> None:
 def test_applied_grades_live_as_long_as_the_gateway_holds_the_job() -> None:
     grades = AppliedGrades()
     record = JobRecord("s/j", JobState.COMPLETED, 0.0)
-    grades.of(record)[0] = 3
-    assert grades.of(record) == {0: 3} and len(grades) == 1
+    correction = Correction(job_id="s/j", item_index=0, nota=3, corrected_at=NOW)
+    grades.of(record)[0] = correction
+    assert grades.of(record) == {0: correction} and len(grades) == 1
     # The same id met again (a new record: the job was dropped and re-learnt) starts empty.
     assert grades.of(JobRecord("s/j", JobState.COMPLETED, 0.0)) == {}
     del record

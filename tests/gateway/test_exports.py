@@ -162,3 +162,34 @@ def test_file_names_and_the_routes_one_call() -> None:
     assert body[:2] == b"PK" and "spreadsheetml" in media and name.endswith("-results.xlsx")
     with pytest.raises(ValueError):
         export(JOB, RESULTS, {}, "pdf")
+
+
+def test_the_downloaded_results_hold_both_corrections_and_the_teachers_feedback() -> None:
+    """Issue 30's target, through the gateway's own route: two corrections posted, then the
+    teachers' file (CSV in the gradebook layout, and .xlsx) carries both, with the feedback."""
+    from tests.gateway.gateway_double import KEY_A, TWO_TENANTS, accepted, batch, bearer, harness, ok_result
+
+    h = harness(**TWO_TENANTS)
+    job = "school-a/class"
+    h.feed(accepted(job, 3))
+    h.feed(batch(job, [ok_result(0, "Model 0."), ok_result(1, "Model 1."), ok_result(2, "Model 2.")], 3))
+    h.feed({"event": "complete", "job_id": job,
+            "data": {"total_processed": 3, "succeeded": 3, "failed": 0, "total_time_seconds": 1.0}})  # fmt: skip
+    corrections = [
+        {"item_index": 0, "nota": 5, "feedback": "Molt ben explicat, amb exemples.", "comment": "revisat"},
+        {"item_index": 2, "nota": 1, "feedback": "Cal explicar el procés."},
+    ]
+    answer = h.client.post(f"/jobs/{job}/corrections", json=corrections, headers=bearer(KEY_A))
+    assert answer.status_code == 202, answer.text
+    csv_answer = h.client.get(f"/jobs/{job}/results", params={"layout": "gradebook"}, headers=bearer(KEY_A))
+    assert csv_answer.status_code == 200
+    text = csv_answer.text
+    assert "Molt ben explicat, amb exemples." in text and "Cal explicar el procés." in text and "revisat" in text
+    lines = text.removeprefix("\ufeff").splitlines()
+    assert len(lines) == 4 and ";" in lines[0]
+    assert "resultats" in csv_answer.headers["content-disposition"]
+    xlsx = h.client.get(f"/jobs/{job}/results", params={"format": "xlsx"}, headers=bearer(KEY_A))
+    assert xlsx.status_code == 200 and xlsx.content[:2] == b"PK"
+    assert xlsx.headers["content-type"].startswith("application/vnd.openxmlformats")
+    bad = h.client.get(f"/jobs/{job}/results", params={"lang": "fr"}, headers=bearer(KEY_A))
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "lang"]
