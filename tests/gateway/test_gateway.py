@@ -264,7 +264,7 @@ async def test_bad_input_gets_typed_errors_without_the_text(
         unknown_stream = await sse_events(c, "/stream/no-such-job")
         unknown_job = await c.get("/jobs/no-such-job")
         unknown_results = await c.get("/jobs/no-such-job/results")
-        bad_format = await c.get("/jobs/no-such-job/results", params={"format": "xlsx"})
+        bad_format = await c.get("/jobs/no-such-job/results", params={"format": "pdf"})
         ok = await c.post("/evaluate", json={"job_id": "fine-1", "items": good})
         bad_ids = [await c.get("/stream/fine-1", headers={"Last-Event-ID": v}) for v in ("abc", "-1", "1e3", "9" * 30)]
         after_bad = await sse_events(c, "/stream/fine-1")
