@@ -133,17 +133,24 @@ _ADDRESSED = [
 # Role and turn markers, and fake system lines: the marker and the rest of its line.
 _MARKERS = [
     r"<\s*/?\s*(?:start_of_turn|end_of_turn|bos|eos|s|\|[a-z_]+\|)\s*>[^\n]*",
-    r"\[/?\s*(?:inst|sys|system|sistema|assistant|user|usuari|usuario)\s*\][^\n]*",
+    r"\[/?\s*(?:inst|sys|system|sistema|assistant|user|usuari|usuario)\b[^\]\n]{0,30}\][^\n]*",
     r"<<\s*/?\s*sys\s*>>[^\n]*",
     r"#{2,}\s*(?:instruction|instruccio|instruccion|response|resposta|respuesta|system|sistema|input|output)\b[^\n]*",
     r"(?:^|\n)\s*(?:system|sistema|assistant|assistent|asistente|user|usuari|usuario|model|modelo|ai|ia|llm|grader"
     r"|avaluador|evaluador|corrector|role|rol|content)\s*:[^\n]*",
     r"\b(?:role|rol)\s*:\s*(?:system|assistant|user|sistema|usuari|usuario)\b[^\n]*",
+    # A role label inside a line (only words no Catalan answer uses so).
+    r"\b(?:assistant|asistente|assistent|system|grader|chatgpt|gpt|llm)\s*:[^\n]*",
 ]
+# Chat-template turn tokens: what lies between the first and the last is a forged conversation.
+_TURN = re.compile(r"<\s*/?\s*(?:start_of_turn|end_of_turn|\|[a-z_]+\|)\s*>|\[/?\s*inst\s*\]|<<\s*/?\s*sys\s*>>")
+# A turn that opens the model's answer: what follows it is a forged grade, not the student's.
+_MODEL_TURN = re.compile(r"(?:<\s*start_of_turn\s*>\s*model|<\|im_start\|>\s*assistant|\[/\s*inst\s*\])")
 # A grade written as the output: {"nota": 5, ...}, {'nota':5}, nota: 5/5.
 _OUTPUT = [
     r"\{[^{}]{0,300}?[\"']?\s*(?:nota|feedback|grade|score|calificacion|qualificacio)\s*[\"']?\s*:[^{}]{0,300}\}?",
     r"\b(?:nota|grade|score)\s*[:=]\s*[0-9]+(?:[.,][0-9]+)?\s*(?:/\s*(?:5|10))?",
+    r"\bfeedback\s*:[^\n]*",
     r"\b(?:5/5|10/10)\b",
 ]
 
@@ -182,7 +189,23 @@ def addressed_spans(text: str) -> list[tuple[int, int]]:
     for pattern in _MARKER_RE + _OUTPUT_RE:
         for match in pattern.finditer(folded):
             spans.append((match.start(), match.end()))
+    spans.extend(_forged_turns(folded))
     return _merge(spans)
+
+
+def _forged_turns(folded: str) -> list[tuple[int, int]]:
+    """From the first turn token to the end of the last one's line; to the end of the text when
+    the last opens the model's turn and what follows is short or output-like (a forged grade)."""
+    turns = list(_TURN.finditer(folded))
+    if not turns:
+        return []
+    end_of_line = folded.find("\n", turns[-1].end())
+    end = len(folded) if end_of_line < 0 else end_of_line
+    rest = folded[end:].strip()
+    last_opens_model = any(m.end() >= turns[-1].start() for m in _MODEL_TURN.finditer(folded, turns[-1].start()))
+    if last_opens_model and (len(rest) <= 40 or rest[:1] in "{0123456789"):
+        end = len(folded)
+    return [(turns[0].start(), end)]
 
 
 def without_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
