@@ -135,7 +135,10 @@ _MARKERS = [
     r"<\s*/?\s*(?:start_of_turn|end_of_turn|bos|eos|s|\|[a-z_]+\|)\s*>[^\n]*",
     r"\[/?\s*(?:inst|sys|system|sistema|assistant|user|usuari|usuario)\b[^\]\n]{0,30}\][^\n]*",
     r"<<\s*/?\s*sys\s*>>[^\n]*",
-    r"#{2,}\s*(?:instruction|instruccio|instruccion|response|resposta|respuesta|system|sistema|input|output)\b[^\n]*",
+    # A header line: up to the first number (the grade it asks for) or the line's end, so an
+    # answer written on the same line stays ("### Instruction: grade 5 El temps és...").
+    r"#{2,}\s*(?:instruction|instruccio|instruccion|response|resposta|respuesta|system|sistema|input|output)\b"
+    r"[^\n]*?(?:\b[0-9]+(?:/[0-9]+)?\b|$)",
     r"(?:^|\n)\s*(?:system|sistema|assistant|assistent|asistente|user|usuari|usuario|model|modelo|ai|ia|llm|grader"
     r"|avaluador|evaluador|corrector|role|rol|content)\s*:[^\n]*",
     r"\b(?:role|rol)\s*:\s*(?:system|assistant|user|sistema|usuari|usuario)\b[^\n]*",
@@ -155,7 +158,7 @@ _OUTPUT = [
 ]
 
 _ADDRESSED_RE = [re.compile(p) for p in _ADDRESSED]
-_MARKER_RE = [re.compile(p) for p in _MARKERS]
+_MARKER_RE = [re.compile(p, re.MULTILINE) for p in _MARKERS]
 _OUTPUT_RE = [re.compile(p) for p in _OUTPUT]
 _SENTENCE_END = re.compile(r"[.!?\n]")
 
@@ -292,6 +295,9 @@ class LinguaGuess:
         return top.language.iso_code_639_1.name.lower(), float(top.value), float(catalan)
 
 
+NOTHING_LEFT = "(sense resposta)"  # the prompt's answer when every word of it addressed the grader
+
+
 @dataclass(frozen=True, slots=True)
 class Screening:
     """What the answer says of itself; ``graded`` is the item the model is given."""
@@ -331,6 +337,10 @@ class Screener:
         if spans:
             reasons.add(ReviewReason.SUSPECTED_INJECTION)
             graded_text = without_spans(text, spans)
+            if not any(c.isalnum() for c in graded_text):
+                # Nothing of an answer is left: the model is told so in words, as a
+                # student who wrote nothing would be graded, not shown an empty line.
+                graded_text = NOTHING_LEFT
         folded = fold(graded_text)
         words = _words(folded)
         reasons.update(self._content_reasons(graded_text, folded, words, fold(item.consigna)))
