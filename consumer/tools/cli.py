@@ -260,7 +260,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     # torch) go to the log file, errors excepted (LibraryLog).
     log = Path(args.log)
     with LibraryLog(log) as quiet:
-        console = Console(file=quiet.terminal)
+        console = Console(file=quiet.terminal, soft_wrap=True)  # the terminal wraps: whole lines in a file
         try:
             return asyncio.run(run_demo(settings, Path(args.file), Path(args.out), engine, console=console, log=log))
         except KeyboardInterrupt:

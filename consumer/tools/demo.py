@@ -61,10 +61,11 @@ async def run_demo(
         await ensure_service_topics(settings)
         console.print(f"[bold]broker[/] Tansu on {broker.bootstrap_servers} (in memory)")
         engine_started = time.monotonic()
+        loaded = engine is None
         engine = engine or await _load_engine(settings, console)
         console.print(
-            f"[bold]engine[/] {engine.model_name} ready in {time.monotonic() - engine_started:.1f} s "
-            "(weights loaded, output grammar compiled, one warm-up text graded)"
+            f"[bold]engine[/] {engine.model_name} ready in {time.monotonic() - engine_started:.1f} s"
+            + (" (weights loaded, output grammar compiled, one warm-up text graded)" if loaded else "")
         )
         metrics = Metrics()
         try:
