@@ -101,11 +101,7 @@ async def _load_engine(settings: Settings, console: Console) -> GradingEngine:
     from consumer.engine.factory import build_engine
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        bar.add_task(
-            "[bold]engine[/] loading the model into vLLM and compiling its output grammar "
-            "(the CPU stand-in: about a minute here)",
-            total=None,
-        )
+        bar.add_task("[bold]engine[/] loading (about a minute on CPU)", total=None)
         return await build_engine(settings)
 
 
