@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TextIO
+from typing import IO, TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -60,7 +60,7 @@ class LibraryLog:
         self.path = path
         self._mode = "a" if append else "w"
         self._saved: tuple[int, int] | None = None
-        self._log: TextIO | None = None
+        self._log: IO[str] | None = None
         self._handler: logging.Handler | None = None
         self.terminal: TextIO = sys.stderr
 
@@ -68,11 +68,11 @@ class LibraryLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sys.stdout.flush()
         sys.stderr.flush()
-        self._log = open(self.path, self._mode, encoding="utf-8")
+        log = self._log = self.path.open(self._mode, encoding="utf-8")
         self._saved = (os.dup(1), os.dup(2))
         self.terminal = os.fdopen(os.dup(self._saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
-        os.dup2(self._log.fileno(), 1)
-        os.dup2(self._log.fileno(), 2)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
         self._handler = _TerminalErrors(self.terminal, self.path)
         logging.getLogger().addHandler(self._handler)
         return self
