@@ -23,6 +23,7 @@ from consumer.contract import (
     BatchCompleteEvent,
     CancelledEvent,
     CompleteEvent,
+    EvaluationRequest,
     EvaluationResult,
     ProgressEvent,
 )
@@ -48,6 +49,7 @@ async def run_demo(
 ) -> int:
     console = console or Console(stderr=True)
     started = time.monotonic()
+    jobs = read_jobs(jobs_file, settings.max_items_per_job)  # a bad file is said now, not after the engine's minute
     with EmbeddedBroker() as broker:
         settings = settings.model_copy(
             update={
@@ -74,7 +76,7 @@ async def run_demo(
                 await http.start()
                 console.print(f"[bold]http[/] health and metrics on http://127.0.0.1:{http.port}/health, /metrics")
                 try:
-                    results, grading_s = await _submit(settings, jobs_file, console)
+                    results, grading_s = await _submit(settings, jobs, jobs_file, console)
                 finally:
                     await http.stop()
             console.print("[bold]consumer[/] drained, offsets committed, left the group")
@@ -119,8 +121,9 @@ def summarize(results: list[EvaluationResult]) -> str:
     return line
 
 
-async def _submit(settings: Settings, jobs_file: Path, console: Console) -> tuple[list[EvaluationResult], float]:
-    jobs = read_jobs(jobs_file, settings.max_items_per_job)
+async def _submit(
+    settings: Settings, jobs: list[EvaluationRequest], jobs_file: Path, console: Console
+) -> tuple[list[EvaluationResult], float]:
     total = sum(len(job.items) for job in jobs)
     console.print(f"[bold]submit[/] {len(jobs)} jobs, {total} texts from {jobs_file}")
     with progress_bar(console) as bar:

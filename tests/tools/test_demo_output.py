@@ -97,3 +97,15 @@ def test_texteval_demo_shows_only_product_lines_with_feedback(tmp_path: Path) ->
     # The libraries' lines are in the log (aiokafka joins a group, at least).
     assert "aiokafka" in log.read_text(encoding="utf-8")
     assert out.is_file()
+
+
+def test_a_demo_that_fails_says_so_in_one_line_and_keeps_the_traceback_in_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "demo.log"
+    run = subprocess.run(
+        [sys.executable, "-m", "consumer.tools.cli", "demo", "--engine", "fake", "--file", str(tmp_path / "none.jsonl"),
+         "--out", str(tmp_path / "results.csv"), "--log", str(log)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.startswith("demo failed: FileNotFoundError") and f"the full traceback is in {log}" in run.stderr
+    assert "Traceback" not in run.stderr and "Traceback" in log.read_text(encoding="utf-8")
