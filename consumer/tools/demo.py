@@ -5,7 +5,7 @@ the sample jobs submitted and followed live -> results written -> drain,
 leave the group, stop the broker.
 
 The terminal shows the product's own lines only (``console``: the caller
-gives the terminal, cli.py's ``_demo`` sends everything else to a log file
+gives the terminal, cli.py's ``cmd_demo`` sends everything else to a log file
 through ``consumer.tools.console.LibraryLog``).
 """
 
