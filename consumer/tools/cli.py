@@ -269,7 +269,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             return 130
         except Exception as exc:  # noqa: BLE001 (the traceback goes to the log, one line to the user)
             traceback.print_exc()  # to stderr: the log file
-            console.print(f"[red]demo failed:[/] {type(exc).__name__}: {escape(str(exc))}\n  the full traceback is in {log}")
+            console.print(f"[red]demo failed:[/] {type(exc).__name__}: {escape(str(exc))}")
+            console.print(f"  the full traceback is in {log}")
             return 1
 
 
