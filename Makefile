@@ -7,16 +7,18 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup model demo grade run test test-fast lint schemas docs bench gpu-check clean
 
+# Quiet: pip's and transformers' output goes to .cache/setup.log (shown when a step fails).
 setup:
 	@scripts/setup-venv.sh
-	@$(PY) -m consumer.tools.cli prepare-model >/dev/null
+	@$(PY) -m consumer.tools.cli prepare-model --log .cache/setup.log >/dev/null
 
 model: setup
 
 # The whole service on this machine: embedded broker, consumer with the real
 # engine (Gemma 3 270M on CPU), the 3 sample jobs streamed live, clean stop.
+# The terminal shows the product's lines; the libraries' go to .cache/demo.log.
 demo: setup
-	$(VENV)/bin/texteval demo --file data/sample_requests.jsonl --out results.csv
+	@$(VENV)/bin/texteval demo --file data/sample_requests.jsonl --out results.csv --log .cache/demo.log
 
 # Offline: grade the 20 sample items without Kafka.
 grade: setup

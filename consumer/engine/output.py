@@ -24,18 +24,24 @@ from consumer.engine.confidence import GradeDistribution
 # character of JSON) and without DEL, C1 controls and the no-break space.
 # A regex character class, as JSON Schema's `pattern` takes it.
 FEEDBACK_CHARS = " !#-\\[\\]-~\u00a1-\u07ff"
-_FIRST_CHAR = FEEDBACK_CHARS[1:]  # not a space: feedback starts with text
+# The first character is a letter (Latin, with every Catalan and Spanish
+# one, or the Spanish opening ¡ ¿): feedback starts with a word. The
+# instruction's example is `"feedback": "..."`, and a weak model (the CPU
+# stand-in) copies it; with a letter first, "..." (or any feedback of
+# punctuation alone) is not an output the grammar lets through. Every
+# character here is in FEEDBACK_CHARS, so the output budget is unchanged.
+FEEDBACK_FIRST_CHARS = "A-Za-z\u00a1\u00bf\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff"
 _PATTERN_RE = re.compile(r"\{0,(\d+)\}")
 
 
 def feedback_pattern(max_chars: int) -> str:
-    """One visible character, then at most ``max_chars - 1`` allowed ones.
+    """A letter (``FEEDBACK_FIRST_CHARS``), then at most ``max_chars - 1`` allowed characters.
 
     The length lives in the pattern, not in ``maxLength``: xgrammar (vLLM's
     default backend) cannot combine the two and vLLM would silently switch
     backends.
     """
-    return f"^[{_FIRST_CHAR}][{FEEDBACK_CHARS}]{{0,{max_chars - 1}}}$"
+    return f"^[{FEEDBACK_FIRST_CHARS}][{FEEDBACK_CHARS}]{{0,{max_chars - 1}}}$"
 
 
 def pattern_max_chars(grammar: str) -> int:

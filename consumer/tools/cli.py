@@ -103,9 +103,17 @@ def cmd_config_docs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.engine.model_store import prepare_small_model
+    from consumer.engine.model_store import is_prepared, prepare_small_model
+    from consumer.tools.console import LibraryLog
 
-    print(prepare_small_model(settings.model_cache_dir))
+    if args.log is None or is_prepared(settings.model_cache_dir):
+        print(prepare_small_model(settings.model_cache_dir))
+        return 0
+    # `make setup`: one line on the terminal, transformers' warnings and bars in the log.
+    with LibraryLog(Path(args.log), append=True) as quiet:
+        quiet.terminal.write(f"setup: converting the packaged model once (about a minute; log: {args.log})\n")
+        path = prepare_small_model(settings.model_cache_dir)
+    print(path)
     return 0
 
 
@@ -234,14 +242,36 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _demo(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import traceback
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from consumer.tools.console import LibraryLog
     from consumer.tools.demo import run_demo
 
-    # The demo narrates on the terminal itself; service logs would interleave.
-    for name in ("consumer", "uvicorn.error"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    engine = None
+    if args.engine == "fake":  # tests: the demo's terminal and log without a model
+        from consumer.engine.fake import FakeEngine
 
-    return await run_demo(settings, Path(args.file), Path(args.out))
+        engine = FakeEngine(delay_s=0.02, review_below=settings.review_confidence)
+    # The demo narrates on the terminal itself; the service's own logs and
+    # every library's (vLLM and its engine processes, aiokafka, transformers,
+    # torch) go to the log file, errors excepted (LibraryLog).
+    log = Path(args.log)
+    with LibraryLog(log) as quiet:
+        console = Console(file=quiet.terminal, soft_wrap=True)  # the terminal wraps: whole lines in a file
+        try:
+            return asyncio.run(run_demo(settings, Path(args.file), Path(args.out), engine, console=console, log=log))
+        except KeyboardInterrupt:
+            console.print(f"[red]demo interrupted[/] (log: {log})")
+            return 130
+        except Exception as exc:  # noqa: BLE001 (the traceback goes to the log, one line to the user)
+            traceback.print_exc()  # to stderr: the log file
+            console.print(f"[red]demo failed:[/] {type(exc).__name__}: {escape(str(exc))}")
+            console.print(f"  the full traceback is in {log}")
+            return 1
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -332,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="broker + consumer + the sample jobs, streamed, then a clean stop")
     demo.add_argument("--file", default="data/sample_requests.jsonl")
     demo.add_argument("--out", default="results.csv")
-    demo.set_defaults(run=lambda a, s: asyncio.run(_demo(a, s)))
+    demo.add_argument("--log", default=".cache/demo.log", help="where the libraries' messages go (overwritten)")
+    demo.add_argument("--engine", choices=["vllm", "fake"], default="vllm", help="fake: no model (tests)")
+    demo.set_defaults(run=cmd_demo)
 
     grade = sub.add_parser("grade", help="grade a JSON/JSONL/CSV file of items offline")
     grade.add_argument("file")
@@ -387,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     docs.set_defaults(run=cmd_config_docs)
 
     prepare = sub.add_parser("prepare-model", help="convert the packaged small model once")
+    prepare.add_argument("--log", default=None, help="libraries' messages to this file (appended), not the terminal")
     prepare.set_defaults(run=cmd_prepare_model)
     return parser
 

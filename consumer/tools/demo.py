@@ -3,20 +3,27 @@
 embedded broker -> consumer with the real engine (+ /health, /metrics) ->
 the sample jobs submitted and followed live -> results written -> drain,
 leave the group, stop the broker.
+
+The terminal shows the product's own lines only (``console``: the caller
+gives the terminal, cli.py's ``cmd_demo`` sends everything else to a log file
+through ``consumer.tools.console.LibraryLog``).
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from consumer.contract import (
     AcceptedEvent,
     BatchCompleteEvent,
     CancelledEvent,
     CompleteEvent,
+    EvaluationRequest,
     EvaluationResult,
     ProgressEvent,
 )
@@ -31,11 +38,18 @@ from consumer.tools.console import progress_bar
 from consumer.tools.files import write_results
 
 
-async def run_demo(settings: Settings, jobs_file: Path, out: Path, engine: GradingEngine | None = None) -> int:
-    from consumer.engine.factory import build_engine
-
-    console = Console(stderr=True)
+async def run_demo(
+    settings: Settings,
+    jobs_file: Path,
+    out: Path,
+    engine: GradingEngine | None = None,
+    *,
+    console: Console | None = None,
+    log: Path | None = None,
+) -> int:
+    console = console or Console(stderr=True)
     started = time.monotonic()
+    jobs = read_jobs(jobs_file, settings.max_items_per_job)  # a bad file is said now, not after the engine's minute
     with EmbeddedBroker() as broker:
         settings = settings.model_copy(
             update={
@@ -48,10 +62,13 @@ async def run_demo(settings: Settings, jobs_file: Path, out: Path, engine: Gradi
         )
         await ensure_service_topics(settings)
         console.print(f"[bold]broker[/] Tansu on {broker.bootstrap_servers} (in memory)")
-        console.print("[bold]engine[/] loading …")
         engine_started = time.monotonic()
-        engine = engine or await build_engine(settings)
-        console.print(f"[bold]engine[/] {engine.model_name} ready in {time.monotonic() - engine_started:.1f} s")
+        loaded = engine is None
+        engine = engine or await _load_engine(settings, console)
+        console.print(
+            f"[bold]engine[/] {engine.model_name} ready in {time.monotonic() - engine_started:.1f} s"
+            + (" (weights loaded, output grammar compiled, one warm-up text graded)" if loaded else "")
+        )
         metrics = Metrics()
         try:
             async with consumer_running(settings, engine, metrics) as app:
@@ -59,7 +76,7 @@ async def run_demo(settings: Settings, jobs_file: Path, out: Path, engine: Gradi
                 await http.start()
                 console.print(f"[bold]http[/] health and metrics on http://127.0.0.1:{http.port}/health, /metrics")
                 try:
-                    results, grading_s = await _submit(settings, jobs_file, console)
+                    results, grading_s = await _submit(settings, jobs, jobs_file, console)
                 finally:
                     await http.stop()
             console.print("[bold]consumer[/] drained, offsets committed, left the group")
@@ -70,13 +87,43 @@ async def run_demo(settings: Settings, jobs_file: Path, out: Path, engine: Gradi
     console.print(
         f"[bold green]done[/] {len(results)} results ({ok} ok, {len(results) - ok} typed errors) in "
         f"{grading_s:.1f} s = {len(results) / grading_s:.2f} texts/s end to end; "
-        f"demo total {time.monotonic() - started:.1f} s; results in {out}"
+        f"demo total {time.monotonic() - started:.1f} s"
     )
+    console.print(f"[bold]summary[/] {summarize(results)}")
+    console.print(f"[bold]results[/] {out}")
+    if log is not None:
+        console.print(f"[bold]log[/] {log} (vLLM, Kafka client and other libraries' messages)")
     return 0
 
 
-async def _submit(settings: Settings, jobs_file: Path, console: Console) -> tuple[list[EvaluationResult], float]:
-    jobs = read_jobs(jobs_file, settings.max_items_per_job)
+async def _load_engine(settings: Settings, console: Console) -> GradingEngine:
+    """The real engine, with a line that says it is loading and for how long so far."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from consumer.engine.factory import build_engine
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        bar.add_task("[bold]engine[/] loading (about a minute on CPU)", total=None)
+        return await build_engine(settings)
+
+
+def summarize(results: list[EvaluationResult]) -> str:
+    """Grades given, typed errors, and how many a teacher should look at (no texts)."""
+    grades = collections.Counter(r.nota for r in results if r.error is None and r.nota is not None)
+    given = ", ".join(f"{count}× {nota}" for nota, count in sorted(grades.items())) or "none"
+    errors = collections.Counter(r.error.code.value for r in results if r.error is not None)
+    line = f"grades {given}"
+    if errors:
+        line += "; errors " + ", ".join(f"{count}× {code}" for code, count in sorted(errors.items()))
+    flagged = [r for r in results if r.needs_review]
+    if any(r.needs_review is not None for r in results):
+        line += f"; {len(flagged)} of {len(results)} to review"
+    return line
+
+
+async def _submit(
+    settings: Settings, jobs: list[EvaluationRequest], jobs_file: Path, console: Console
+) -> tuple[list[EvaluationResult], float]:
     total = sum(len(job.items) for job in jobs)
     console.print(f"[bold]submit[/] {len(jobs)} jobs, {total} texts from {jobs_file}")
     with progress_bar(console) as bar:
@@ -84,9 +131,7 @@ async def _submit(settings: Settings, jobs_file: Path, console: Console) -> tupl
 
         def on_result(result: EvaluationResult) -> None:
             bar.advance(task)
-            verdict = f"nota {result.nota}" if result.error is None else f"[red]{result.error.code.value}[/]"
-            feedback = (result.feedback or "").replace("\n", " ")[:70]
-            bar.console.print(f"  {result.job_id} #{result.item_index:<3} {result.id_alumno:<6} {verdict}  {feedback}")
+            bar.console.print(describe_result(result))
 
         def on_event(event: ProgressEvent) -> None:
             bar.console.print(f"  [cyan]{event.job_id}[/] {_describe(event)}")
@@ -95,6 +140,16 @@ async def _submit(settings: Settings, jobs_file: Path, console: Console) -> tupl
         followed = await submit_and_follow(settings, jobs, on_result=on_result, on_event=on_event)
         grading_s = time.monotonic() - started
     return [r for job in followed.values() for r in job.results.values()], grading_s
+
+
+def describe_result(result: EvaluationResult) -> str:
+    """One result's line: who, the grade, and the feedback in full (rich markup; the feedback escaped)."""
+    who = f"  {escape(result.job_id)} #{result.item_index:<3} {escape(result.id_alumno):<6}"
+    if result.error is not None:
+        return f"{who} [red]{result.error.code.value}[/]"
+    review = " [yellow](to review)[/]" if result.needs_review else ""
+    feedback = escape((result.feedback or "").replace("\n", " "))
+    return f"{who} [bold]nota {result.nota}[/]{review}  {feedback}"
 
 
 def _describe(event: ProgressEvent) -> str:

@@ -10,9 +10,11 @@ import pytest
 from consumer.contract import ErrorCode
 from consumer.engine.output import (
     FEEDBACK_CHARS,
+    FEEDBACK_FIRST_CHARS,
     Generation,
     OutputError,
     ParsedGrade,
+    continuation_regex,
     feedback_pattern,
     output_regex,
     output_schema,
@@ -89,7 +91,15 @@ def test_schema_bounds_the_feedback_and_fixes_key_order() -> None:
         ("l’alumne", False),  # typographic apostrophe: 3 bytes
         (" comença amb espai", False),
         ("x", True),
-        ("Ω ж ß ñ", True),
+        ("Ω ж ß ñ", False),  # a feedback starts with a Latin letter (the first-letter rule)
+        ("ß ñ Ω ж", True),
+        ("...", False),  # the instruction's placeholder, which the CPU stand-in copied
+        (". . .", False),
+        ("-", False),
+        ("1r: bé", False),
+        ("¿Per què no hi ha conclusió?", True),
+        ("Èxit parcial", True),
+        ("àmbit correcte", True),
     ],
 )
 def test_feedback_pattern_allows_only_unescaped_two_byte_characters(feedback: str, allowed: bool) -> None:
@@ -107,6 +117,24 @@ def test_every_allowed_character_costs_at_most_the_budgeted_tokens() -> None:
     assert not any(allowed.fullmatch(c) for c in '"\\\x7f\x85\xa0') and not any(
         allowed.fullmatch(chr(c)) for c in range(32)
     )
+
+
+def test_first_letter_rule_keeps_the_budget() -> None:
+    # Every first character is also a feedback character (at most 2 bytes,
+    # no escape): the first-letter rule narrows the output, never lengthens it.
+    first = re.compile(f"[{FEEDBACK_FIRST_CHARS}]")
+    allowed = re.compile(f"[{FEEDBACK_CHARS}]")
+    firsts = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and first.fullmatch(chr(cp))]
+    assert all(allowed.fullmatch(c) for c in firsts)
+    assert {"A", "z", "à", "ç", "É", "ñ", "¿", "¡"} <= set(firsts)
+    assert not {".", " ", "1", "×", "÷", '"'} & set(firsts)
+
+
+def test_the_continuation_is_the_rest_of_the_output_grammar() -> None:
+    # A forced grade's continuation (VllmEngine.continue_with) writes exactly
+    # what the first generation would have after its grade digit.
+    for chars in (20, 176):
+        assert output_regex(chars) == '\\{"nota": [0-5]' + continuation_regex(chars)
 
 
 def _vllm_grammar(feedback_chars: int) -> object:
@@ -138,8 +166,21 @@ def test_the_longest_output_the_grammar_accepts_closes_inside_max_tokens(feedbac
         '{"nota": 5, "feedback": "ok"} ',
         '{"nota": 6, "feedback": "ok"}',
         '{"feedback": "ok", "nota": 5}',
+        '{"nota": 5, "feedback": "..."}',  # the instruction's placeholder
+        '{"nota": 5, "feedback": ". Bé"}',
     ):
         assert not _is_grammar_accept_string(grammar, longer), longer
+
+
+def test_the_placeholder_is_not_an_output_of_either_grammar() -> None:
+    import xgrammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    rest = xgrammar.Grammar.from_regex(continuation_regex(176))
+    assert _is_grammar_accept_string(rest, ', "feedback": "Bon treball."}')
+    assert not _is_grammar_accept_string(rest, ', "feedback": "..."}')
+    assert _is_grammar_accept_string(_vllm_grammar(176), '{"nota": 1, "feedback": "Bon treball."}')
+    assert not _is_grammar_accept_string(_vllm_grammar(176), '{"nota": 1, "feedback": "..."}')
 
 
 def test_settings_budget_matches_the_grammar() -> None:
