@@ -140,6 +140,12 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
             job_id: str = await page.evaluate("window.texteval.jobId")
             seen["status"] = await page.text_content("#status")
             seen["first_row"] = await page.text_content('#results tr[data-index="1"]')
+            # Contract 1.3: each row's review reasons, in the teacher's words, on the rows to review.
+            seen["reasons"] = await page.evaluate(
+                """() => Array.from(document.querySelectorAll('#results li[data-reason]')).map(li => ({
+                    reason: li.dataset.reason, text: li.textContent,
+                    review: li.closest('tr').classList.contains('review')}))"""
+            )
             # The full answer on demand.
             seen["clipped"] = await page.evaluate("document.querySelector('#answer-0').clientHeight")
             await page.click('#results tr[data-index="0"] button.more')
@@ -269,6 +275,11 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
     # The row says who, which course and which question; the grade is worded as the model's certainty.
     assert "A001" in seen["first_row"] and "3r ESO B" in seen["first_row"] and QUESTIONS[0] in seen["first_row"]
     assert "certesa del model:" in seen["first_row"] and "%" in seen["first_row"]
+    reasons = seen["reasons"]
+    assert reasons and all(r["review"] for r in reasons)  # a row with a reason is a row to review
+    words = {r["reason"]: r["text"] for r in reasons}
+    assert words.get("low_confidence") == "el model no n'està segur d'aquesta nota"
+    assert all(r["text"] != r["reason"] for r in reasons)  # words, never the code
     assert seen["full"] > seen["clipped"]
     groups = [r for r in seen["grouped"] if r["group"]]
     assert [g["text"].startswith(q) for g, q in zip(groups, QUESTIONS, strict=True)] == [True, True]
