@@ -311,7 +311,8 @@ class Screener:
     """Reads one item's answer; pure but for the language model it holds (thread-safe, no I/O)."""
 
     # Thresholds, each with what it guards against (tests/engine/test_screening.py has the cases).
-    MIN_WORDS_FOR_LANGUAGE = 6  # shorter: a language guess is noise ("la celula" is "Portuguese")
+    MIN_WORDS_FOR_LANGUAGE = 4  # shorter: a language guess is noise ("la celula" is "Portuguese"); 4 flags
+    # "Porque la Tierra gira." and none of the 640 clean answers (tests/data/review)
     OTHER_LANGUAGE_TOP = 0.5  # the other language must be clear ...
     OTHER_LANGUAGE_MAX_CATALAN = 0.25  # ... and Catalan not close (Catalan with Spanish spellings stays Catalan)
     COPY_COVERAGE = 0.8  # share of the answer's words found in the consigna

@@ -201,3 +201,15 @@ def test_when_every_word_addressed_the_grader_the_model_is_told_there_is_no_answ
     screening = screener.screen(item)
     assert ReviewReason.SUSPECTED_INJECTION in screening.reasons
     assert screening.graded.respuesta == "(sense resposta)"
+
+
+@pytest.mark.parametrize(
+    ("text", "other"),
+    [("Porque la Tierra gira.", True), ("Plants make food with light.", True),
+     ("És una cèl·lula petita.", False), ("Son animals amb ossos.", False), ("la celula", False)],
+)  # fmt: skip
+def test_a_short_answer_in_another_language_is_said_and_a_short_catalan_one_is_not(
+    screener: Screener, text: str, other: bool
+) -> None:
+    item = Item(id_alumno="x", curso="1r ESO", consigna="Explica-ho.", respuesta=text)
+    assert (ReviewReason.OTHER_LANGUAGE in screener.screen(item).reasons) is other
