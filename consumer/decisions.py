@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 from collections.abc import Iterable
 from datetime import datetime
@@ -31,6 +30,7 @@ from consumer.contract import (
     GradeRecord,
     utc_now,
 )
+from consumer.kafka import loopback_brokers
 from consumer.settings import Settings
 from consumer.tenants import tenant_of
 
@@ -48,22 +48,6 @@ class DecisionsSetupError(ValueError):
     """A setting the service refuses to start with (the message names it, never its value)."""
 
 
-def _loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def development_brokers(settings: Settings) -> bool:
-    """Every bootstrap server on loopback: a developer's own broker."""
-    servers = [s.strip() for s in settings.kafka_bootstrap_servers.split(",") if s.strip()]
-    return bool(servers) and all(_loopback(s) for s in servers)
-
-
 def hmac_key(settings: Settings) -> bytes:
     """DECISIONS_HMAC_KEY, or the development key when every broker is on loopback; refused otherwise."""
     key = settings.decisions_hmac_key.get_secret_value()
@@ -71,7 +55,7 @@ def hmac_key(settings: Settings) -> bytes:
         if len(key) < MIN_KEY_CHARS:
             raise DecisionsSetupError(f"DECISIONS_HMAC_KEY must be at least {MIN_KEY_CHARS} characters")
         return key.encode("utf-8")
-    if development_brokers(settings):
+    if loopback_brokers(settings.kafka_bootstrap_servers):
         logger.warning("DECISIONS_HMAC_KEY unset: decision records use the development key (brokers on loopback)")
         return DEVELOPMENT_HMAC_KEY
     raise DecisionsSetupError(

@@ -14,6 +14,9 @@ the model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,11 +32,14 @@ if TYPE_CHECKING:
 
     Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "SASL_MECHANISMS",
     "SECURITY_PROTOCOLS",
     "KafkaSetupError",
     "Start",
+    "TopicFollower",
     "TopicReader",
     "check_connection",
     "client_kwargs",
@@ -113,6 +119,22 @@ def _validate(settings: Settings, protocol: str, mechanism: str | None) -> None:
             fail(f"KAFKA_SSL_CAFILE is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS")
         if not settings.kafka_ssl_cafile.is_file():
             fail(f"KAFKA_SSL_CAFILE={settings.kafka_ssl_cafile}: no such file")
+
+
+def is_loopback(host: str) -> bool:
+    """A host name or address of this machine only (the gateway's exposure check, development brokers)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_brokers(bootstrap: str) -> bool:
+    """Every bootstrap server on loopback: a developer's own broker."""
+    hosts = [host for host, _ in _hosts(bootstrap) if host]
+    return bool(hosts) and all(is_loopback(host) for host in hosts)
 
 
 def _hosts(bootstrap: str) -> list[tuple[str, int]]:
@@ -412,3 +434,63 @@ class TopicReader:
             for record in await self.poll(timeout_ms=200, partitions=pending):
                 on_record(record)
             pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+
+
+class TopicFollower:
+    """A topic read to its end, then followed in the background: every record to ``apply``.
+
+    For state kept from a whole topic (the gateway's erase marks, the job ids the
+    consumers remember): ``start`` returns once everything the topic held is
+    applied, so a caller can serve only with the whole picture. A fetch error is
+    logged and retried (aiokafka reconnects by itself); ``apply`` must not raise.
+    """
+
+    def __init__(
+        self, client: Mapping[str, Any], topic: str, apply: Callable[[Record], None], *,
+        name: str, max_message_bytes: int, close_timeout_s: float,
+    ) -> None:  # fmt: skip
+        self._client, self._topic, self._apply = dict(client), topic, apply
+        self._name = name
+        self._max_message_bytes = max_message_bytes
+        self._close_timeout_s = close_timeout_s
+        self._reader: TopicReader | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        reader = TopicReader(
+            self._client, [self._topic], start=Start.BEGINNING, max_message_bytes=self._max_message_bytes
+        )
+        await reader.__aenter__()
+        try:
+            await reader.to_end(self._apply)
+        except BaseException:
+            await reader.__aexit__(None, None, None)
+            raise
+        self._reader = reader
+        self._task = asyncio.create_task(self._follow(reader), name=self._name)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _follow(self, reader: TopicReader) -> None:
+        while True:
+            try:
+                records = await reader.poll(timeout_ms=500)
+            except Exception:  # aiokafka reconnects by itself: reported and retried
+                logger.exception("%s: fetch of %s failed; retrying", self._name, self._topic)
+                await asyncio.sleep(1.0)
+                continue
+            for record in records:
+                self._apply(record)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            async with asyncio.timeout(self._close_timeout_s):
+                await reader.__aexit__(None, None, None)

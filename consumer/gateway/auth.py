@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consumer.contract import JOB_ID_PATTERN, TENANT_PATTERN
+from consumer.kafka import is_loopback as is_loopback  # re-exported: the gateway's routes use it
 from consumer.settings import Settings
 from consumer.tenants import tenant_of
 
@@ -153,15 +153,6 @@ def loggable_id(job_id: str) -> str:
     """A job id for a log line: as is when it is a valid id, else a marker
     (a path may carry newlines or anything else an attacker likes)."""
     return job_id if _JOB_ID.fullmatch(job_id) else f"<invalid id, {len(job_id)} chars>"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, keys: ApiKeys, allow_anonymous: bool) -> None:

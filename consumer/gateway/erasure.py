@@ -20,8 +20,6 @@ erase of another tenant's job, produced straight to the topic, drops nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -30,7 +28,7 @@ from pydantic import ValidationError
 
 from consumer.contract import ControlAction, ControlCommand
 from consumer.erasure import honoured
-from consumer.kafka import Start, TopicReader, client_kwargs
+from consumer.kafka import TopicFollower, client_kwargs
 
 if TYPE_CHECKING:
     from consumer.gateway.jobs import JobStore
@@ -43,37 +41,21 @@ class ErasureFollower:
     def __init__(self, settings: Settings, store: JobStore) -> None:
         self._settings = settings
         self._store = store
-        self._reader: TopicReader | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._topic = TopicFollower(
+            client_kwargs(settings), settings.control_topic, self._apply, name="erasure-follower",
+            max_message_bytes=settings.kafka_max_message_bytes, close_timeout_s=settings.kafka_close_timeout_s,
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Read every erase command the control topic holds, then follow it in the background."""
-        s = self._settings
-        reader = TopicReader(client_kwargs(s), [s.control_topic], start=Start.BEGINNING,
-                             max_message_bytes=s.kafka_max_message_bytes)  # fmt: skip
-        await reader.__aenter__()
-        try:
-            await reader.to_end(self._apply)
-        except BaseException:
-            await reader.__aexit__(None, None, None)
-            raise
-        self._reader = reader
-        self._task = asyncio.create_task(self._follow(reader), name="erasure-follower")
+        await self._topic.start()
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._topic.running
 
-    async def _follow(self, reader: TopicReader) -> None:
-        while True:
-            try:
-                records = await reader.poll(timeout_ms=500)
-            except Exception:  # aiokafka reconnects by itself: reported and retried
-                logger.exception("control topic fetch failed; retrying")
-                await asyncio.sleep(1.0)
-                continue
-            for record in records:
-                self._apply(record)
+    async def stop(self) -> None:
+        await self._topic.stop()
 
     def _apply(self, record: Any) -> None:
         try:
@@ -87,14 +69,3 @@ class ErasureFollower:
             return
         if self._store.erase(command.job_id, at_s):
             logger.info("job erased from memory: job_id=%s", command.job_id)
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            async with asyncio.timeout(self._settings.kafka_close_timeout_s):
-                await reader.__aexit__(None, None, None)

@@ -20,12 +20,10 @@ their format is the pipeline's, which the gateway does not import).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from consumer.kafka import Start, TopicReader, client_kwargs
+from consumer.kafka import TopicFollower, client_kwargs
 
 if TYPE_CHECKING:
     from consumer.settings import Settings
@@ -35,10 +33,11 @@ logger = logging.getLogger(__name__)
 
 class KnownJobIds:
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
         self._ids: set[str] = set()
-        self._reader: TopicReader | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._topic = TopicFollower(
+            client_kwargs(settings), settings.checkpoints_topic, self.apply, name="known-job-ids",
+            max_message_bytes=settings.kafka_max_message_bytes, close_timeout_s=settings.kafka_close_timeout_s,
+        )  # fmt: skip
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._ids
@@ -48,33 +47,12 @@ class KnownJobIds:
 
     async def start(self) -> None:
         """Read the job-state topic up to its end, then follow it in the background."""
-        s = self._settings
-        reader = TopicReader(client_kwargs(s), [s.checkpoints_topic], start=Start.BEGINNING,
-                             max_message_bytes=s.kafka_max_message_bytes)  # fmt: skip
-        await reader.__aenter__()
-        try:
-            await reader.to_end(self.apply)
-        except BaseException:
-            await reader.__aexit__(None, None, None)
-            raise
-        self._reader = reader
-        self._task = asyncio.create_task(self._follow(reader), name="known-job-ids")
+        await self._topic.start()
         logger.info("the consumers remember %d job ids", len(self._ids))
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def _follow(self, reader: TopicReader) -> None:
-        while True:
-            try:
-                records = await reader.poll(timeout_ms=500)
-            except Exception:  # aiokafka reconnects by itself: reported and retried
-                logger.exception("job-state topic fetch failed; retrying")
-                await asyncio.sleep(1.0)
-                continue
-            for record in records:
-                self.apply(record)
+        return self._topic.running
 
     def apply(self, record: Any) -> None:
         if not record.key:
@@ -86,12 +64,4 @@ class KnownJobIds:
             self._ids.add(job_id)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            async with asyncio.timeout(self._settings.kafka_close_timeout_s):
-                await reader.__aexit__(None, None, None)
+        await self._topic.stop()
