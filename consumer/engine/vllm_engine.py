@@ -109,18 +109,15 @@ class VllmEngine:
             digit_logprobs = {"logprob_token_ids": self._digits.token_ids, "flat_logprobs": True}
         self._warm_up_s: float | None = None
         self._generations = self._errored = self._retried = 0
-        # The fine-tune's JSON layout with every byte fixed but the feedback,
-        # which always closes inside max_tokens (consumer/engine/output.py).
-        schema = StructuredOutputsParams(regex=output_regex(feedback_max_chars))
-        # One parameter set per attempt: attempt n samples with seed + n, so
-        # a retry can differ while every run stays reproducible.
-        self._params: list[SamplingParams] = [
-            SamplingParams(
+
+        def params(attempt: int, grammar: str, **extra: Any) -> SamplingParams:
+            # Attempt n samples with seed + n, so a retry can differ while every run stays reproducible.
+            return SamplingParams(
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed + attempt,
-                structured_outputs=schema,
+                structured_outputs=StructuredOutputsParams(regex=grammar),
                 output_kind=RequestOutputKind.FINAL_ONLY,  # no per-token streaming
                 # Only the final text is read, so it is decoded once, at the
                 # end (``text``), not step by step in vLLM's output loop for
@@ -128,27 +125,18 @@ class VllmEngine:
                 # with it (the distribution's cost: 0.13-0.28 s of a 9 s
                 # batch on the CPU stand-in, on the event loop's core).
                 detokenize=False,
-                **digit_logprobs,
+                **extra,
             )
-            for attempt in range(attempts)
-        ]
+
+        # The fine-tune's JSON layout with every byte fixed but the feedback,
+        # which always closes inside max_tokens (consumer/engine/output.py).
+        whole, rest = output_regex(feedback_max_chars), continuation_regex(feedback_max_chars)
+        self._params: list[SamplingParams] = [params(a, whole, **digit_logprobs) for a in range(attempts)]
         # Contract 1.3, a forced grade: the attempt's output continued from its grade
         # position with the most probable grade written there. Only the feedback is
         # left to write (its own grammar: the rest of the same layout), with the
         # attempt's seed; no distribution is read (the grade is given).
-        rest = StructuredOutputsParams(regex=continuation_regex(feedback_max_chars))
-        self._forced_params: list[SamplingParams] = [
-            SamplingParams(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                seed=sampling.seed + attempt,
-                structured_outputs=rest,
-                output_kind=RequestOutputKind.FINAL_ONLY,
-                detokenize=False,
-            )
-            for attempt in range(attempts)
-        ]
+        self._forced_params: list[SamplingParams] = [params(a, rest) for a in range(attempts)]
 
     @classmethod
     async def start(
