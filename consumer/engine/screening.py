@@ -44,14 +44,19 @@ if TYPE_CHECKING:
     from lingua import LanguageDetector
 
 
+@functools.cache
+def _fold_char(ch: str) -> str:
+    base = unicodedata.normalize("NFD", ch)[:1] or ch
+    low = base.lower()
+    return low if len(low) == 1 else base
+
+
 def fold(text: str) -> str:
-    """Lower case without accents, one character for one character (spans found in it apply to ``text``)."""
-    out = []
-    for ch in text:
-        base = unicodedata.normalize("NFD", ch)[:1] or ch
-        low = base.lower()
-        out.append(low if len(low) == 1 else base)
-    return "".join(out)
+    """Lower case without accents, one character for one character (spans found in it apply to ``text``).
+
+    Per item on the consumer's path: each character's fold is computed once per process.
+    """
+    return "".join(map(_fold_char, text))
 
 
 # --- addressed to the grader (patterns run on fold(text): lower case, no accents) ---
@@ -251,6 +256,12 @@ def _words(folded: str) -> list[str]:
     return _WORD.findall(folded)
 
 
+@functools.lru_cache(maxsize=256)
+def _consigna_words(consigna: str) -> tuple[str, ...]:
+    """A job's items share their consigna: its words are read once, not per item."""
+    return tuple(_words(fold(consigna)))
+
+
 def _implausible(word: str) -> bool:
     """A token that is no word of any language a student writes here."""
     if word.isdigit() or len(word) <= 2:
@@ -344,18 +355,20 @@ class Screener:
                 graded_text = NOTHING_LEFT
         folded = fold(graded_text)
         words = _words(folded)
-        reasons.update(self._content_reasons(graded_text, folded, words, fold(item.consigna)))
+        reasons.update(self._content_reasons(graded_text, folded, words, _consigna_words(item.consigna)))
         graded = item if graded_text == text else item.model_copy(update={"respuesta": graded_text})
         removed = len(text) - len(graded_text) if spans else 0
         return Screening(reasons=tuple(ordered_reasons(reasons)), graded=graded, removed_chars=removed)
 
-    def _content_reasons(self, text: str, folded: str, words: list[str], consigna: str) -> set[ReviewReason]:
+    def _content_reasons(
+        self, text: str, folded: str, words: list[str], consigna: tuple[str, ...]
+    ) -> set[ReviewReason]:
         if self._no_answer(folded, words):
             return {ReviewReason.NO_ANSWER}
         found: set[ReviewReason] = set()
         if self._gibberish(folded, words):
             found.add(ReviewReason.GIBBERISH)
-        if self._copies(words, _words(consigna)):
+        if self._copies(words, consigna):
             found.add(ReviewReason.COPIES_PROMPT)
         if self._repetition(folded, words):
             found.add(ReviewReason.REPETITION)
@@ -389,7 +402,7 @@ class Screener:
         odd = sum(_implausible(w) for w in words)
         return odd / len(words) >= 0.5
 
-    def _copies(self, words: list[str], consigna: list[str]) -> bool:
+    def _copies(self, words: list[str], consigna: tuple[str, ...]) -> bool:
         if len(words) < 3 or not consigna:
             return False
         asked = set(consigna)
