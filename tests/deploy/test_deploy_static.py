@@ -47,7 +47,7 @@ from consumer.testing.topics import (
     running,
     wait_for,
 )
-from consumer.tools.cli import build_parser
+from consumer.tools.cli import parse
 from consumer.tools.client import read_jobs
 from tests.conftest import REPO
 from tests.kafka_harness import TopicNames
@@ -70,7 +70,7 @@ def settings_from(env: dict[str, str]) -> Settings:
 def texteval_command(argv: list[str]) -> str:
     """The subcommand a `texteval ...` command line runs, parsed by the real CLI."""
     assert argv[0] == "texteval", argv
-    return str(build_parser().parse_args(argv[1:]).command)
+    return str(parse(argv[1:]).command)
 
 
 # --- Dockerfile ----------------------------------------------------------------
@@ -725,7 +725,7 @@ def test_runpod_gateway_template_serves_the_gateway_with_keys(runpod: dict[str, 
     assert gateway["imageName"] == runpod["imageName"], "one image for both"
     argv = gateway["dockerStartCmd"]
     assert texteval_command(argv) == "gateway"
-    args = build_parser().parse_args(argv[1:])
+    args = parse(argv[1:])
     assert gateway["ports"] == [f"{args.port}/http"] and args.host == "0.0.0.0"
     env = gateway["env"]
     assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
