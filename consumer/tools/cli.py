@@ -24,7 +24,7 @@ from typing import TypeVar
 import click
 
 from consumer.settings import Settings
-from consumer.tools.commandline import CONTEXT, HelpArgument, Invocation, Texteval
+from consumer.tools.commandline import HelpArgument, Invocation, Texteval
 from consumer.tools.console import configure_logging, progress_bar
 from consumer.tools.doctor import FULL_JOB_TEXTS
 from consumer.tools.loop_commands import ERASED_HELP, NONE, SOURCE_HELP, TOPIC
@@ -59,7 +59,7 @@ or a .env file; see .env.example and docs/configuration.md. `texteval COMMAND --
 shows a command's options."""
 
 
-texteval = Texteval(name="texteval", help=DESCRIPTION, epilog=EPILOG, context_settings=CONTEXT)
+texteval = Texteval("texteval", help=DESCRIPTION, epilog=EPILOG)
 command = texteval.command_of
 F = TypeVar("F", bound=Callable[..., object])
 ENGINES = click.Choice(["vllm", "fake"])

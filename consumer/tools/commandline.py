@@ -96,11 +96,16 @@ def _option_usage(option: click.Option) -> str:
 class TextevalCommand(click.Command):
     """One ``texteval`` command; its ``--help`` in argparse's layout."""
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         arguments = [p for p in self.params if isinstance(p, click.Argument)]
         options = [p for p in self.params if isinstance(p, click.Option)]
         pieces = ["[-h]", *(_option_usage(o) for o in options), *(a.name or "" for a in arguments)]
         _write_usage(formatter, ctx.command_path, pieces)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        arguments = [p for p in self.params if isinstance(p, click.Argument)]
+        options = [p for p in self.params if isinstance(p, click.Option)]
+        self.format_usage(ctx, formatter)
         if self.help:
             formatter.write_paragraph()
             formatter.write_text(self.help)
@@ -122,11 +127,17 @@ class Texteval(click.Group):
 
     command_class = TextevalCommand
 
+    def __init__(self, name: str, help: str, epilog: str | None = None) -> None:
+        super().__init__(name=name, help=help, epilog=epilog, context_settings=CONTEXT)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _write_usage(formatter, ctx.command_path, ["[-h]", "COMMAND", "..."])
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.format_usage(ctx, formatter)
         if self.help:
             formatter.write(f"\n{self.help}\n")  # as written: the examples' columns stay
         with formatter.section("options"):
