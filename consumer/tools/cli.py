@@ -315,11 +315,10 @@ async def gateway(settings: Settings, host: str | None, port: int | None) -> int
 async def cancel(settings: Settings, job_id: str) -> int:
     from pydantic import ValidationError
 
-    from consumer.commands import produce_command
+    from consumer.commands import control_producer, produce_command
     from consumer.contract import ControlAction, ControlCommand
     from consumer.kafka import check_connection
     from consumer.tenants import tenant_of
-    from consumer.tools.erase import control_producer
 
     try:
         # Acts for the job's own tenant (1.2: a command for another tenant's job is ignored).

@@ -4,12 +4,13 @@
 ``Texteval`` group; this module holds what they share, so that a command is
 only its options and its work:
 
-- a command is parsed into an ``Invocation`` and run by ``Invocation.run``,
-  the one place that builds nothing but calls the command with the settings,
-  runs a coroutine command on a new event loop (``asyncio.run``), and turns a
-  ``KafkaSetupError`` into one line, ``COMMAND: cannot use Kafka: ...``, exit 2
-  (the pre-flight is ``consumer.kafka.check_connection``: a command awaits it
-  where it needs the broker, and the error comes here);
+- a command line is parsed into an ``Invocation`` (nothing runs while
+  parsing), and ``Invocation.run`` is the one async adapter: it calls the
+  command with the settings, runs a coroutine command on a new event loop
+  (``asyncio.run``), and turns a ``KafkaSetupError`` into one line,
+  ``COMMAND: cannot use Kafka: ...``, exit 2 (the pre-flight is
+  ``consumer.kafka.check_connection``: a command awaits it where it needs the
+  broker, and the error comes here);
 - ``--help`` keeps the layout people knew from argparse: ``usage:`` with every
   option, ``positional arguments:``, ``options:``, the ``commands:`` list, and
   the top-level description and examples as written (not re-wrapped).
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from consumer.kafka import KafkaSetupError
 
 if TYPE_CHECKING:
     from consumer.settings import Settings
@@ -51,8 +54,6 @@ class Invocation:
 
     def run(self, settings: Settings) -> int:
         """The async adapter: every command runs here, a coroutine on its own event loop."""
-        from consumer.kafka import KafkaSetupError
-
         try:
             result = self.fn(settings, **self.params)
             code = asyncio.run(result) if isinstance(result, Coroutine) else result

@@ -17,35 +17,17 @@ produced as a command every reader would ignore.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from consumer.commands import control_producer
 from consumer.erasure import erase_answer, erase_command, honoured, produce_erase
 from consumer.tenants import tenant_of
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaProducer
-
     from consumer.settings import Settings
-
-
-@contextlib.asynccontextmanager
-async def control_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    """A producer for a command or two (``cancel``, ``erase``): every replica acknowledges, stopped after."""
-    from aiokafka import AIOKafkaProducer
-
-    from consumer.kafka import client_kwargs
-
-    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
-    await producer.start()
-    try:
-        yield producer
-    finally:
-        await producer.stop()
 
 
 async def erase_job(settings: Settings, job_id: str, *, tenant: str | None, admin: bool) -> int:
