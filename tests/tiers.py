@@ -47,6 +47,8 @@ _TESTS = Path(__file__).parent
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in TIERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
+    if not config.pluginmanager.hasplugin("xdist"):  # `-p no:xdist`: the groups are still marked
+        config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker with its group")
 
 
 # Per item as it is collected, so every plugin's pytest_collection_modifyitems
