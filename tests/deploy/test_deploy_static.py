@@ -49,7 +49,7 @@ from consumer.testing.topics import (
 )
 from consumer.tools.cli import parse
 from consumer.tools.client import read_jobs
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.kafka_harness import TopicNames
 
 SETTINGS_ENV = {f.alias for f in Settings.model_fields.values() if f.alias}
@@ -543,7 +543,6 @@ def check_names(expr: str, exported: Exposition, where: str) -> None:
     assert parsed.grouping_labels <= available, f"{where}: no such labels {parsed.grouping_labels - available}"
 
 
-@pytest.mark.kafka
 def test_dashboard_names_only_exported_metrics(dashboard: dict[str, Any], exported: Exposition) -> None:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
@@ -553,13 +552,11 @@ def test_dashboard_names_only_exported_metrics(dashboard: dict[str, Any], export
         assert metric in exported.labels and label == "instance"
 
 
-@pytest.mark.kafka
 def test_alert_rules_name_only_exported_metrics(alert_rules: list[dict[str, Any]], exported: Exposition) -> None:
     for rule in alert_rules:
         check_names(rule["expr"], exported, f"alert {rule['alert']}")
 
 
-@pytest.mark.kafka
 def test_the_metric_check_can_fail(exported: Exposition) -> None:
     # A metric from a later issue, and a misspelt one, are both caught.
     for expr in ("rate(texteval_prefix_cache_hit_total[5m])", "texteval_jobs_activ > 0", "rate(texteval_jobs[1m])"):

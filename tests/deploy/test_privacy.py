@@ -24,7 +24,7 @@ from consumer.metrics import Metrics
 from consumer.pipeline.jobstate.ledger import Ledger
 from consumer.settings import Settings
 from consumer.tools.cli import help_text, parse
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SCRIPT = REPO / "deploy" / "kafka" / "create-topics.sh"
 PRIVACY = REPO / "docs" / "privacy.md"

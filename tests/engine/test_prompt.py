@@ -20,7 +20,7 @@ from consumer.engine.model_store import GEMMA3_270M, PRODUCTION_MODEL, SMOLLM2_1
 from consumer.engine.prompt import GEMMA_SUFFIX, INSTRUCTION, PromptBuilder, PromptTokenizer
 from consumer.settings import PromptFormat, Settings
 from consumer.tools.cli import parse
-from tests.conftest import DATA, REPO
+from tests.helpers import DATA, REPO
 
 GOLDEN_ITEM = DATA / "golden_item_A001.json"
 GOLDEN_PROMPT = DATA / "golden_prompt_A001.txt"

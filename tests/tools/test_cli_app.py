@@ -12,7 +12,7 @@ from consumer.kafka import KafkaSetupError
 from consumer.settings import Settings
 from consumer.tools.cli import main
 from consumer.tools.commandline import Texteval
-from tests.conftest import DATA, REPO
+from tests.helpers import DATA, REPO
 
 AGREEMENT = REPO / "tests" / "data"
 

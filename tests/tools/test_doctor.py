@@ -15,7 +15,7 @@ from consumer.settings import Settings
 from consumer.tools import doctor
 from consumer.tools.cli import help_text, main, parse, texteval
 from consumer.tools.doctor import EXIT_NO_GPU, Figure, Report, Status, resolve_gpu_config, static_checks
-from tests.fake_nvml import FakeNvml
+from tests.doubles import FakeNvml
 
 
 def settings(**values: object) -> Settings:

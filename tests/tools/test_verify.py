@@ -13,7 +13,7 @@ from consumer.engine.fake import FakeEngine
 from consumer.testing.topics import count_events, items, job, make_settings, produce, read_until, running
 from consumer.tools import verify
 from consumer.tools.verify import ManifestError, check, read_manifest, render
-from tests.conftest import SettingsFactory
+from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 
