@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from consumer.gateway.jobs import JobState, JobStore
+from consumer.gateway.jobs import GatewayJobStatus, JobStore
 from consumer.gateway.limits import BodyBudget, Refused
 from consumer.gateway.submit import BodyTooSlow, read_limited
 from consumer.http import HttpServer
@@ -230,7 +230,7 @@ def test_the_formula_guard_sees_through_blanks_invisibles_and_fullwidth_signs(te
 def test_nul_characters_are_removed_from_cells() -> None:
     assert safe_cell("Bé\x00=1") == "Bé=1"
     assert safe_cell("\x00=1") == "'=1"
-    assert safe_cell(JobState.COMPLETED.value) == "completed"
+    assert safe_cell(GatewayJobStatus.COMPLETED.value) == "completed"
 
 
 async def test_a_half_sent_request_head_is_closed_after_the_deadline() -> None:
