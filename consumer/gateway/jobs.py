@@ -87,6 +87,15 @@ class StoredEvent:
     timestamp_ms: int  # the record's Kafka timestamp
 
 
+@dataclass(slots=True)
+class ParsedResults:
+    """A job's results as parsed for downloads, valid while the job has ``events`` events."""
+
+    events: int
+    rows: list[dict[str, object]]
+    files: dict[tuple[str, int], object] = field(default_factory=dict)  # (format, missing) -> results.ResultsFile
+
+
 @dataclass(eq=False)
 class JobRecord:
     job_id: str
@@ -103,8 +112,8 @@ class JobRecord:
     terminal_counts: dict[str, int] = field(default_factory=dict)
     size_bytes: int = _JOB_OVERHEAD_BYTES
     dropped: bool = False
-    # (events when parsed, rows): the parsed results of a job downloaded lately (results.RowsCache).
-    rows_cache: tuple[int, list[dict[str, object]]] | None = None
+    # The parsed results (and files) of a job downloaded lately (results.RowsCache).
+    rows_cache: ParsedResults | None = None
     # Replaced on every change; waiters hold the old one, which is set.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 

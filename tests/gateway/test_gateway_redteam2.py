@@ -149,6 +149,22 @@ def test_results_rows_are_parsed_once_per_new_event_and_dropped_with_the_job() -
     assert record.rows_cache is None
 
 
+def test_a_results_file_is_built_once_per_new_event_not_once_per_download() -> None:
+    h = harness(**TWO_TENANTS)
+    h.feed(accepted("school-a/f", 3))
+    h.feed(batch("school-a/f", [ok_result(0), ok_result(1)], 3))
+    record = h.gateway.store.get("school-a/f")
+    assert record is not None
+    first = h.gateway.rows.file(record, "csv")
+    assert h.gateway.rows.file(record, "csv") is first  # 64 downloads write the CSV once
+    assert h.gateway.rows.file(record, "jsonl") is not first
+    downloaded = h.client.get("/jobs/school-a/f/results", headers=bearer(KEY_A))
+    assert downloaded.text == first.text and h.gateway.rows.file(record, "csv") is first
+    h.feed(batch("school-a/f", [ok_result(2)], 3))
+    fresh = h.gateway.rows.file(record, "csv")
+    assert fresh is not first and fresh.text.count("\n") == 4  # the header and three rows
+
+
 # --- Finding 9: the low ones --------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from consumer.gateway.deps import GatewayDep, ReadableJobDep, ReaderDep
 from consumer.gateway.errors import InvalidInput
 from consumer.gateway.exports import export
 from consumer.gateway.jobs import GatewayJobStatus
-from consumer.gateway.results import ResultsFile, results_file, results_problem
+from consumer.gateway.results import ResultsFile, results_problem
 
 router = APIRouter()
 
@@ -52,12 +52,12 @@ async def results(
     gateway: GatewayDep,
 ) -> Response:
     missing = record.missing_results if record.state is GatewayJobStatus.INCOMPLETE else 0
-    rows = gateway.rows.rows(record)
-    if query.format == "xlsx" or query.layout == "gradebook":
+    if query.format == "xlsx" or query.layout == "gradebook":  # with the corrections: built each time
+        rows = gateway.rows.rows(record)
         body, media, name = export(job_id, rows, gateway.applied.of(record), query.format, lang=query.lang)
         file = ResultsFile(body, media, name.replace("-", ".incomplete-", 1) if missing else name)
     else:
-        file = results_file(job_id, rows, query.format, missing=missing)
+        file = gateway.rows.file(record, query.format, missing=missing)
     headers = {"Content-Disposition": f'attachment; filename="{file.filename}"'}
     if missing:
         headers[MISSING_HEADER] = str(missing)
