@@ -89,7 +89,10 @@ async def _download(client: httpx.AsyncClient, job_id: str, until: float, rows: 
     """Download the job's results CSV until ``until`` (monotonic); returns how many times."""
     count = 0
     while time.monotonic() < until:
-        response = await client.get(f"/jobs/{job_id}/results")
+        try:
+            response = await client.get(f"/jobs/{job_id}/results")
+        except httpx.RemoteProtocolError:
+            continue  # a kept-alive connection the server had just closed (idle past its keep-alive): again
         response.raise_for_status()
         if not rows:
             rows.append(response.text.count("\n") - 1)  # less the header
@@ -109,7 +112,8 @@ async def _probe(base: str, seconds: float) -> list[float]:
 
 def probe_main(base: str, seconds: float) -> None:
     """The prober: a fresh connection per probe (the standard library's client: next to no
-    client-side work), every ``PROBE_EVERY_S``; prints the latencies (ms), a failure as 10 s."""
+    client-side work), every ``PROBE_EVERY_S``; prints the latencies (ms), a failure (no 200
+    within 10 s) as 10 s."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
     latencies, until = [], time.monotonic() + seconds
     while time.monotonic() < until:
@@ -120,6 +124,8 @@ def probe_main(base: str, seconds: float) -> None:
             response = connection.getresponse()
             response.read()
             ok = response.status == 200
+        except OSError:  # a timeout among them: a failed probe
+            ok = False
         finally:
             connection.close()
         latencies.append((time.perf_counter() - started) * 1000.0 if ok else 10_000.0)
