@@ -5,10 +5,18 @@ routes), dependencies that FastAPI can read from their annotations."""
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+import pytest
+from aiokafka.errors import KafkaConnectionError
 from fastapi.routing import APIRoute
 
+from consumer.gateway.server import gateway_serving
+from consumer.settings import Settings
+from consumer.testing.topics import create_topics
+from consumer.tools.broker import free_port
 from tests.gateway.gateway_double import TWO_TENANTS, harness
 
 GATEWAY = Path(__file__).resolve().parents[2] / "consumer" / "gateway"
@@ -55,3 +63,27 @@ def test_a_route_takes_its_caller_from_a_dependency_never_from_the_query() -> No
             for dependant in route.dependant.dependencies:
                 query |= {p.name for p in dependant.query_params}
             assert not query & {"caller", "gateway", "record", "request"}, (route.path, query)
+
+
+async def test_the_lifespan_runs_the_gateway_and_closes_it_after_the_last_request(
+    settings_for: Callable[..., Settings],
+) -> None:
+    settings = settings_for()
+    await create_topics(settings.kafka_bootstrap_servers, settings.service_topics())
+    async with gateway_serving(settings) as (gateway, base):
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/jobs")).status_code == 200
+        assert gateway.tail.running and gateway.erasures is not None and gateway.erasures.running
+    assert not gateway.tail.running and not gateway.erasures.running  # the lifespan's end closed them
+
+
+async def test_a_start_that_fails_raises_its_own_error_and_serves_nothing() -> None:
+    """uvicorn only logs a failed lifespan and exits; ``gateway_serving`` raises what failed."""
+    port = free_port()
+    settings = Settings(_env_file=None, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")  # type: ignore[call-arg]
+    with pytest.raises(KafkaConnectionError):
+        async with gateway_serving(settings, port=port):
+            pytest.fail("served without Kafka")
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{port}/health")
