@@ -7,12 +7,13 @@ opened at the first record newer than ``JOB_TTL_SECONDS`` (the whole history
 of every job still servable; the embedded broker cannot tell times apart and
 is read from its start).
 
-The tail reads in passes: each pass reads up to the topic's end as it was
-when the pass began (``TopicReader.to_end``), then waits up to half a second
-for anything new. The first pass is the start-up replay: until it ends,
-``caught_up`` is not set and a job not met yet is not "not found", only not
-read yet. ``read_to_now`` waits for the next whole pass (read-your-writes for
-a job whose first event was produced a moment ago).
+The tail reads what arrives (waiting at most ``_WAIT_FOR_NEW_MS`` at a
+time, so it answers a request for a pass quickly) and, on request, reads a
+pass: up to the topic's end as it is when the pass begins
+(``TopicReader.to_end``). The first pass is the start-up replay: until it
+ends, ``caught_up`` is not set and a job not met yet is not "not found",
+only not read yet. ``read_to_now`` asks for a pass and waits for it
+(read-your-writes for a job whose first event was produced a moment ago).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 _EVENT = TypeAdapter[AnyProgressEvent](ProgressEvent)
 _EXPIRE_EVERY_S = 5.0
-_WAIT_FOR_NEW_MS = 500
+_WAIT_FOR_NEW_MS = 50  # no request of its own (aiokafka fetches in the background): only wake-ups
+_LAG_EVERY_S = 1.0
 
 
 class ProgressTail:
@@ -50,6 +52,7 @@ class ProgressTail:
         self._task: asyncio.Task[None] | None = None
         self._passes_begun = 0
         self._passes_done = 0
+        self._pass_wanted = False
         self._pass_done = asyncio.Event()  # replaced after every pass
 
     async def start(self) -> None:
@@ -69,13 +72,16 @@ class ProgressTail:
         return self._task is not None and not self._task.done()
 
     async def _run(self, reader: TopicReader) -> None:
-        next_expiry = time.monotonic() + _EXPIRE_EVERY_S
+        next_expiry = next_lag = time.monotonic()
         while True:
+            lag: dict[int, int] = {}
             try:
-                await self._pass(reader)
+                if self._pass_wanted or not self.caught_up.is_set():
+                    await self._pass(reader)
                 for record in await reader.poll(timeout_ms=_WAIT_FOR_NEW_MS):
                     self._apply(record)
-                lag = await reader.lag()
+                if time.monotonic() >= next_lag:
+                    next_lag, lag = time.monotonic() + _LAG_EVERY_S, await reader.lag()
             except Exception:
                 # aiokafka reconnects by itself; a fetch error is reported and retried.
                 logger.exception("progress tail fetch failed; retrying")
@@ -86,13 +92,14 @@ class ProgressTail:
             for partition, behind in lag.items():
                 self._metrics.tail_lag.labels(str(partition)).set(behind)
             if time.monotonic() >= next_expiry:
-                self._store.expire(time.time())
                 next_expiry = time.monotonic() + _EXPIRE_EVERY_S
+                self._store.expire(time.time())
             self._metrics.jobs_kept.set(len(self._store))
             self._metrics.bytes_kept.set(self._store.bytes_kept)
 
     async def _pass(self, reader: TopicReader) -> None:
         """Read up to the end the topic has now; then say so (the first time: caught up)."""
+        self._pass_wanted = False
         self._passes_begun += 1
         await reader.to_end(self._apply)
         self._passes_done = self._passes_begun
@@ -109,6 +116,7 @@ class ProgressTail:
         if self._reader is None:
             return False
         needed = self._passes_begun + 1
+        self._pass_wanted = True
         try:
             async with asyncio.timeout(timeout_s):
                 while self._passes_done < needed:
