@@ -45,7 +45,7 @@ async def list_jobs(
 
 @router.post("/jobs/{job_id:path}/stream_token")
 async def stream_token(job_id: str, caller: CallerDep, gateway: GatewayDep, record: JobDep) -> JSONResponse:
-    """A fresh stream token (the page's, when the one it had expired)."""
+    """A fresh stream token (the page's, when the one it had expired); ``record``: 404 unless the caller's."""
     if caller.open:
         return JSONResponse({"stream_token": None})
     return JSONResponse({"stream_token": gateway.tokens.issue(job_id, caller, time.time()),
