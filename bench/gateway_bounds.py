@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from aiokafka import AIOKafkaProducer
 
 from bench.b8_gateway import _accepted, _batch, _complete, _Gateway
@@ -149,9 +150,11 @@ async def health_under_load(kafka: KafkaTarget, args: argparse.Namespace, log_di
         try:
             rows: list[int] = []
             until = time.monotonic() + args.seconds
+            cpu_before = _cpu_s(gateway)
             probe = asyncio.create_task(_probe(gateway.base, args.seconds))
             counts = await asyncio.gather(*(_download(client, finished, until, rows) for _ in range(args.downloads)))
             loaded = await probe
+            cpu_share = (_cpu_s(gateway) - cpu_before) / args.seconds
             rss = gateway.rss_mb()
         finally:
             for task in streams:
@@ -161,7 +164,14 @@ async def health_under_load(kafka: KafkaTarget, args: argparse.Namespace, log_di
             "downloads": sum(counts), "downloads_per_s": sum(counts) / args.seconds, "health_probes": len(loaded),
             "health_quiet_p50_ms": percentile(quiet, 50), "health_quiet_p99_ms": percentile(quiet, 99),
             "health_p50_ms": percentile(loaded, 50), "health_p99_ms": percentile(loaded, 99),
-            "health_max_ms": max(loaded), "gateway_rss_mb": rss}  # fmt: skip
+            "health_max_ms": max(loaded), "gateway_rss_mb": rss, "gateway_cpu_share": cpu_share}  # fmt: skip
+
+
+def _cpu_s(gateway: _Gateway) -> float:
+    """CPU seconds the gateway process has used (user + system)."""
+    assert gateway.proc is not None
+    times = psutil.Process(gateway.proc.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 async def _wait_until_known(client: httpx.AsyncClient, job_ids: list[str]) -> None:
@@ -223,7 +233,8 @@ def report(health: dict[str, Any], rss: dict[str, Any]) -> str:
         f"/health at the cap + downloads ({health['health_probes']} probes): p50 {health['health_p50_ms']:.1f} ms, "
         f"p99 {health['health_p99_ms']:.1f} ms, max {health['health_max_ms']:.1f} ms "
         f"(target p99 < {HEALTH_TARGET_MS:.0f} ms: {'met' if met_health else 'NOT met'})",
-        f"gateway RSS with the streams open: {health['gateway_rss_mb']:.0f} MB",
+        f"gateway RSS with the streams open: {health['gateway_rss_mb']:.0f} MB; its CPU while loaded: "
+        f"{health['gateway_cpu_share']:.0%} of one core",
         f"{rss['bodies']} concurrent bodies of {rss['body_bytes'] / 1e6:.1f} MB: answers {rss['body_answers']}; RSS "
         f"{rss['rss_start_mib']:.0f} MiB at start, peak {rss['rss_peak_mib']:.0f} MiB, {rss['rss_after_mib']:.0f} MiB "
         f"after (target < {RSS_TARGET_MIB:.0f} MiB: {'met' if met_rss else 'NOT met'})",

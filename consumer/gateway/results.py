@@ -50,7 +50,9 @@ class RowsCache:
         files = self._parsed(record).files
         file = files.get((fmt, missing))
         if not isinstance(file, ResultsFile):
-            file = files[(fmt, missing)] = results_file(record.job_id, self.rows(record), fmt, missing=missing)
+            built = results_file(record.job_id, self.rows(record), fmt, missing=missing)
+            text = built.text.encode("utf-8") if isinstance(built.text, str) else built.text  # encoded once, too
+            file = files[(fmt, missing)] = ResultsFile(text, built.media_type, built.filename)
         return file
 
     def _parsed(self, record: JobRecord) -> ParsedResults:
