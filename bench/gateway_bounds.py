@@ -160,7 +160,7 @@ async def health_under_load(kafka: KafkaTarget, args: argparse.Namespace, log_di
             for task in streams:
                 task.cancel()
             await asyncio.gather(*streams, return_exceptions=True)
-    return {"streams_attempted": attempts, "stream_answers": statuses, "result_rows": rows[0],
+    return {"streams_attempted": attempts, "stream_answers": statuses, "result_rows": rows[0] if rows else 0,
             "downloads": sum(counts), "downloads_per_s": sum(counts) / args.seconds, "health_probes": len(loaded),
             "health_quiet_p50_ms": percentile(quiet, 50), "health_quiet_p99_ms": percentile(quiet, 99),
             "health_p50_ms": percentile(loaded, 50), "health_p99_ms": percentile(loaded, 99),
