@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from consumer.commands import produce_command
 from consumer.contract import ControlAction, ControlCommand
 from consumer.erasure import erase_command, produce_erase
 from consumer.gateway.auth import ApiKeys, Caller, keys_from
@@ -85,9 +86,7 @@ class Gateway:
         tenant's cancel only for that tenant's job."""
         tenant, admin = _acting_for(caller, job_id)
         command = ControlCommand(action=ControlAction.CANCEL, job_id=job_id, tenant=tenant, admin=admin)
-        await self.producer.send_and_wait(
-            self.settings.control_topic, value=command.model_dump_json().encode(), key=job_id.encode()
-        )
+        await produce_command(self.producer, self.settings.control_topic, command)
         self.metrics.cancels.inc()
 
     async def produce_erase(self, job_id: str, caller: Caller) -> None:
