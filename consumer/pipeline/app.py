@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from consumer.health import HealthReport
 from consumer.pipeline.admission import Admission
 from consumer.pipeline.backoff import Backoff
+from consumer.pipeline.checkpoint import Checkpoint
 from consumer.pipeline.dead_letters import DeadLetters
 from consumer.pipeline.decisions import DecisionLog
 from consumer.pipeline.fetch import SafeFetch
@@ -36,7 +37,7 @@ from consumer.pipeline.inflight import InFlight, Work
 from consumer.pipeline.intake import Job, Rejection, RejectReason
 from consumer.pipeline.jobs import EngineUnavailable, JobRun
 from consumer.pipeline.jobstate import Action, Plan
-from consumer.pipeline.offsets import Committer, OffsetTracker
+from consumer.pipeline.offsets import OffsetTracker
 from consumer.pipeline.rebalance import Rebalance
 from consumer.pipeline.redelivery import Redeliveries
 from consumer.pipeline.sinks import DeliveryFailed
@@ -70,8 +71,8 @@ class ConsumerApp:
         metrics.expect_dead_letter_reasons([*RejectReason, "too_large_to_fetch"])
         metrics.expect_model(engine.model_name)
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._committer = Committer(
-            consumer, self._tracker, metrics, interval_s=settings.commit_interval_ms / 1000, before_commit=ledger.save
+        self._checkpoint = Checkpoint(
+            consumer, sinks, ledger, self._tracker, metrics, interval_s=settings.commit_interval_ms / 1000
         )
         self._fetch = SafeFetch(consumer, metrics)
         self._dead_letters = DeadLetters(sinks, metrics)
@@ -88,8 +89,8 @@ class ConsumerApp:
             outputs_ok=lambda: self._watchdog.outputs_ok,
         )  # fmt: skip
         self._rebalance = Rebalance(
-            inflight=self._inflight, admission=self._admission, redelivery=self._redelivery, sinks=sinks,
-            committer=self._committer, ledger=ledger, timeout_s=settings.revoke_timeout_s,
+            inflight=self._inflight, admission=self._admission, redelivery=self._redelivery,
+            checkpoint=self._checkpoint, ledger=ledger, timeout_s=settings.revoke_timeout_s,
         )  # fmt: skip
         self.engine_failed = False  # the engine died: stop, and let the process be restarted
         self._stopping = asyncio.Event()
@@ -101,11 +102,11 @@ class ConsumerApp:
         """Consume until ``stop()``; then drain within the grace period."""
         self._consumer.subscribe([self._settings.requests_topic], listener=self._rebalance)
         await self._watchdog.check()  # know whether the output topics exist before grading anything
-        timers = [asyncio.create_task(self._control.run(self._ledger.cancel, self._ledger.erase))]
+        timers = [asyncio.create_task(self._control.run())]
         # Cancels of the last CANCEL_TTL_S first: a cancelled job's request must not start.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._control.ready.wait(), self._settings.revoke_timeout_s)
-        timers += [asyncio.create_task(self._committer.run()), asyncio.create_task(self._watchdog.run())]
+        timers += [asyncio.create_task(self._checkpoint.run()), asyncio.create_task(self._watchdog.run())]
         try:
             while not self._stopping.is_set():
                 self._admission.retry(self._redelivery.due())  # first: they probe the outputs
@@ -139,8 +140,7 @@ class ConsumerApp:
         if late := await self._inflight.wait(self._settings.shutdown_grace_s):
             logger.warning("grace period over: aborting %d jobs", len(late))
             await self._inflight.cancel(late, self._settings.revoke_timeout_s)
-        await self._sinks.flush()
-        await self._committer.commit()
+        await self._checkpoint.commit()
 
     @property
     def active_jobs(self) -> int:

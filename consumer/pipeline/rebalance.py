@@ -12,7 +12,6 @@ read before any of their records starts. Every step is bounded by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +20,10 @@ from aiokafka.errors import KafkaError
 
 if TYPE_CHECKING:
     from consumer.pipeline.admission import Admission
+    from consumer.pipeline.checkpoint import Checkpoint
     from consumer.pipeline.inflight import InFlight
     from consumer.pipeline.jobstate import Ledger
-    from consumer.pipeline.offsets import Committer
     from consumer.pipeline.redelivery import Redeliveries
-    from consumer.pipeline.sinks import Sinks
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +35,14 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         inflight: InFlight,
         admission: Admission,
         redelivery: Redeliveries,
-        sinks: Sinks,
-        committer: Committer,
+        checkpoint: Checkpoint,
         ledger: Ledger,
         timeout_s: float,
     ) -> None:
         self._inflight = inflight
         self._admission = admission
         self._redelivery = redelivery
-        self._sinks = sinks
-        self._committer = committer
+        self._checkpoint = checkpoint
         self._ledger = ledger
         self._timeout_s = timeout_s
         self.member = False  # in the group, with an assignment (maybe empty)
@@ -64,15 +60,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._inflight.cancel(lost, self._timeout_s)
         self._admission.drop(revoked)
         self._redelivery.forget(revoked)
-        # What the aborted jobs already sent gets its acknowledgements first,
-        # so the job state counts it: the next owner regrades only what was
-        # still in the engine, not what was published a moment ago.
-        with contextlib.suppress(KafkaError, TimeoutError):
-            async with asyncio.timeout(self._timeout_s):
-                await self._sinks.flush()
-        # The commit writes the aborted jobs' acknowledged items to the job state first.
-        await self._committer.release(revoked, self._timeout_s)
-        self._ledger.forget(tp.partition for tp in revoked)
+        await self._checkpoint.release(revoked, self._timeout_s)
         self._loaded -= revoked
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -80,7 +68,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             async with asyncio.timeout(self._timeout_s * 3):
                 await self._ledger.load(tp.partition for tp in assigned)
-        except (KafkaError, TimeoutError) as exc:
+        except (KafkaError, TimeoutError, LookupError) as exc:
             # Jobs are then graded from their first item: at-least-once, as before job state.
             logger.error("job state could not be loaded (%s): resumes will regrade", type(exc).__name__)
         self._loaded |= assigned
