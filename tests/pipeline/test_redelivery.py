@@ -10,6 +10,7 @@ from aiokafka import TopicPartition
 from consumer.engine.base import GradeOutcome
 from consumer.pipeline.backoff import Backoff
 from consumer.pipeline.redelivery import Redeliveries
+from tests.pipeline.doubles import Clock
 
 A, B = TopicPartition("requests", 0), TopicPartition("requests", 1)
 
@@ -17,14 +18,6 @@ A, B = TopicPartition("requests", 0), TopicPartition("requests", 1)
 @dataclass(frozen=True)
 class _Record:
     offset: int
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_back_off_doubles_from_the_first_wait_up_to_its_cap() -> None:
@@ -37,7 +30,7 @@ def test_the_back_off_doubles_from_the_first_wait_up_to_its_cap() -> None:
 
 
 def test_each_record_backs_off_on_its_own_and_is_handed_out_once_per_failure() -> None:
-    clock = _Clock()
+    clock = Clock()
     redelivery = Redeliveries(Backoff(1.0, 60.0), clock=clock)
     for _ in range(3):  # the record at A:7 failed three times in a row: 4 s
         delay_s = redelivery.failed(A, _Record(7), {})
@@ -56,7 +49,7 @@ def test_each_record_backs_off_on_its_own_and_is_handed_out_once_per_failure() -
 
 
 def test_a_delivered_record_is_forgotten_and_its_next_failure_starts_the_back_off_again() -> None:
-    clock = _Clock()
+    clock = Clock()
     redelivery = Redeliveries(Backoff(1.0, 60.0), clock=clock)
     redelivery.failed(A, _Record(1), {})
     assert redelivery.failed(A, _Record(1), {}) == 2.0
@@ -66,7 +59,7 @@ def test_a_delivered_record_is_forgotten_and_its_next_failure_starts_the_back_of
 
 
 def test_carried_grades_are_the_last_failed_runs_and_a_revoke_drops_the_partitions_records() -> None:
-    clock = _Clock()
+    clock = Clock()
     redelivery = Redeliveries(Backoff(1.0, 60.0), clock=clock)
     first = {0: GradeOutcome.ok(3, "b", prompt_sha256="x", latency_ms=1.0)}
     second = {**first, 1: GradeOutcome.ok(4, "c", prompt_sha256="y", latency_ms=1.0)}
