@@ -40,20 +40,12 @@ logger = logging.getLogger(__name__)
 
 class Checkpoint:
     def __init__(
-        self,
-        consumer: AIOKafkaConsumer,
-        sinks: Sinks,
-        ledger: Ledger,
-        tracker: OffsetTracker[TopicPartition],
-        metrics: Metrics,
-        *,
-        interval_s: float,
-    ) -> None:
-        self._consumer = consumer
-        self._sinks = sinks
-        self._ledger = ledger
+        self, consumer: AIOKafkaConsumer, sinks: Sinks, ledger: Ledger, tracker: OffsetTracker[TopicPartition],
+        metrics: Metrics, *, interval_s: float,
+    ) -> None:  # fmt: skip
+        """``tracker``: the offsets of the records that are done (``work.Work`` keeps it)."""
+        self._consumer, self._sinks, self._ledger, self._metrics = consumer, sinks, ledger, metrics
         self._tracker = tracker
-        self._metrics = metrics
         self._interval_s = interval_s
 
     async def run(self) -> None:

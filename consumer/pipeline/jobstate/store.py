@@ -90,7 +90,7 @@ class JobStateStore:
             return 0
         reader = TopicReader(
             self._client, [self.topic], start=Start.BEGINNING, partitions=wanted,
-            max_message_bytes=self._max_message_bytes, metadata_timeout_s=self._load_timeout_s,
+            max_message_bytes=self._max_message_bytes, metadata_timeout_s=self._load_timeout_s, by_name=True,
         )  # fmt: skip
         async with reader:
             async with asyncio.timeout(self._load_timeout_s):
