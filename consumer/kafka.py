@@ -226,14 +226,18 @@ async def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     raise KafkaSetupError(failures[0].reason, "; ".join(str(f) for f in failures))
 
 
-async def topic_partitions(consumer: Any, topic: str, *, timeout_s: float = 10.0) -> list[Any]:
+async def topic_partitions(consumer: Any, topic: str, *, timeout_s: float = 10.0, by_name: bool = False) -> list[Any]:
     """The topic's partitions as TopicPartitions, refreshing metadata while it is unknown.
 
     A client's metadata can predate a topic created a moment ago; raises
     LookupError when the topic still does not exist after ``timeout_s``.
+    ``by_name``: ask for this topic by name, as assigning it would (a broker
+    that creates topics on first use, like the embedded one, then creates it).
     """
     from aiokafka import TopicPartition
 
+    if by_name:
+        consumer._client.add_topic(topic)  # the next metadata request names it
     deadline = time.monotonic() + timeout_s
     while not (found := consumer.partitions_for_topic(topic)):
         if time.monotonic() >= deadline:
@@ -311,9 +315,10 @@ def partition_for_key(key: bytes, partitions: Sequence[TopicPartition]) -> Topic
 
 
 class TopicReader:
-    """Reads topics from a position until a condition: the one reader of
-    every tool that watches the output topics (submit --follow, verify, the
-    tests' and the benchmarks' readers).
+    """Reads topics from a position until a condition: the one group-less
+    reader of every tool that watches the output topics (submit --follow,
+    verify, the tests' and the benchmarks' readers) and of the consumer's job
+    state and control commands (``consumer.pipeline``).
 
     No consumer group: it commits nothing and disturbs no consumer. The
     start positions are resolved when the reader opens, so a record produced
@@ -332,10 +337,15 @@ class TopicReader:
         metadata_timeout_s: float = 10.0,
         key: bytes | None = None,
         since_ms: int | None = None,
+        partitions: Sequence[int] | None = None,
+        by_name: bool = False,
     ) -> None:
         """``key``: read only the partition that key is written to (a job's records);
         ``since_ms``: with ``Start.BEGINNING``, start at the first record at or after
-        this time (unix ms) instead, as far as the broker can tell (never later)."""
+        this time (unix ms) instead, as far as the broker can tell (never later);
+        ``partitions``: read only these partition numbers of each topic (the job
+        state of the requests partitions a consumer was assigned); ``by_name``: see
+        `topic_partitions`."""
         self._client = dict(client)
         self._topics = list(topics)
         self._start = start
@@ -346,6 +356,8 @@ class TopicReader:
         self._metadata_timeout_s = metadata_timeout_s
         self._key = key
         self._since_ms = since_ms
+        self._only = None if partitions is None else frozenset(partitions)
+        self._by_name = by_name
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
 
@@ -363,7 +375,11 @@ class TopicReader:
         await consumer.start()
         try:
             for topic in self._topics:
-                found = await topic_partitions(consumer, topic, timeout_s=self._metadata_timeout_s)
+                found = await topic_partitions(
+                    consumer, topic, timeout_s=self._metadata_timeout_s, by_name=self._by_name
+                )
+                if self._only is not None:
+                    found = [tp for tp in found if tp.partition in self._only]
                 self._partitions += [partition_for_key(self._key, found)] if self._key is not None else found
             consumer.assign(self._partitions)
             if self._start is Start.END:

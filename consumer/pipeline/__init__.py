@@ -1,5 +1,5 @@
-"""The consumer's data path, in the order a record takes it.
-
-fetch -> intake -> jobstate (ledger: what the request gets) -> admission -> jobs
--> scheduler -> results -> sinks (dead_letters, redelivery) -> offsets -> app -> service.
+"""The consumer's data path: the loop (``app``), one owner per polled record
+(``work``), the job state (``jobstate``), the job run and the engine queue
+(``jobs``, ``scheduler``), the outputs (``sinks``), one checkpoint
+(``checkpoint``). The path in order is given once, in docs/architecture.md.
 """

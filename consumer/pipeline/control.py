@@ -11,7 +11,7 @@ A malformed command is logged (coordinates only) and counted, never fatal.
 for one school cannot cancel, pre-cancel or erase another school's job. A
 foreign command is a no-op, counted (``result="foreign"``) and logged by ids.
 An erase is a cancel (the same path, the same TTL: a later request under the
-id is never graded) plus ``on_erase``, which deletes the job's state.
+id is never graded) plus the job's ``erase``, which deletes its state.
 """
 
 from __future__ import annotations
@@ -19,21 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from consumer.contract import ControlAction, ControlCommand
 from consumer.erasure import honoured
-from consumer.kafka import topic_partitions
+from consumer.kafka import Start, TopicReader
 from consumer.pipeline.backoff import Backoff
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer
-
     from consumer.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -42,20 +39,36 @@ logger = logging.getLogger(__name__)
 CONTROL_BACKOFF = Backoff(first_s=2.0, max_s=10.0)
 
 
+class Commanded(Protocol):
+    """What a command acts on (``jobstate.Ledger``)."""
+
+    def cancel(self, job_id: str) -> None: ...
+
+    def erase(self, job_id: str, until_s: float) -> None: ...
+
+
 class ControlReader:
     def __init__(
         self,
-        make_reader: Callable[[], AIOKafkaConsumer],
+        client: Mapping[str, Any],
         metrics: Metrics,
+        jobs: Commanded,
         *,
         topic: str,
         ttl_s: float,
+        max_message_bytes: int = 16 * 1024 * 1024,
         backoff: Backoff = CONTROL_BACKOFF,
     ) -> None:
-        self._make_reader = make_reader
+        """``client``: consumer.kafka.client_kwargs (the topic is read with no consumer group);
+        ``jobs``: told ``cancel(job_id)`` on each job's first cancel (or erase), and
+        ``erase(job_id, until_s)`` after it on each job's first erase (``until_s``: the unix
+        time its TTL ends)."""
+        self._client = client
         self._metrics = metrics
+        self._jobs = jobs
         self._topic = topic
         self._ttl_s = ttl_s
+        self._max_message_bytes = max_message_bytes
         self._backoff = backoff
         self._cancelled: dict[str, float] = {}  # job_id -> unix time of the command (cancel or erase)
         self._erased: dict[str, float] = {}  # job_id -> unix time of its erase
@@ -65,51 +78,36 @@ class ControlReader:
         at = self._cancelled.get(job_id)
         return at is not None and time.time() - at <= self._ttl_s
 
-    async def run(self, on_cancel: Callable[[str], None], on_erase: Callable[[str, float], None] | None = None) -> None:
-        """Follow the topic until cancelled; ``on_cancel(job_id)`` on each job's first cancel (or erase),
-        ``on_erase(job_id, until_s)`` after it on each job's first erase (``until_s``: the unix time
-        its TTL ends)."""
-        reader = self._make_reader()
-        await reader.start()
+    async def run(self) -> None:
+        """Read the commands of the last ``ttl_s``, then follow the topic until cancelled."""
+        reader = await self._open()
         try:
-            partitions = await self._partitions(reader)
-            reader.assign(partitions)
-            since_ms = int((time.time() - self._ttl_s) * 1000)
-            starts = await reader.offsets_for_times(dict.fromkeys(partitions, since_ms))
-            for tp in partitions:
-                if (found := starts.get(tp)) is not None:
-                    reader.seek(tp, found.offset)
-                else:
-                    await reader.seek_to_end(tp)
-            ends = await reader.end_offsets(partitions)
+            await reader.to_end(self._handle)
+            self.ready.set()
             while True:
-                batches = await reader.getmany(timeout_ms=200)
-                for records in batches.values():
-                    for record in records:
-                        self._handle(record, on_cancel, on_erase)
-                if not self.ready.is_set():
-                    positions = [await reader.position(tp) for tp in partitions]
-                    if all(pos >= ends[tp] for pos, tp in zip(positions, partitions, strict=True)):
-                        self.ready.set()
+                for record in await reader.poll(timeout_ms=200):
+                    self._handle(record)
                 self._expire()
         finally:
             self.ready.set()
-            await reader.stop()
+            await reader.__aexit__(None, None, None)
 
-    async def _partitions(self, reader: AIOKafkaConsumer) -> list[TopicPartition]:
+    async def _open(self) -> TopicReader:
         failures = 0
         while True:
+            since_ms = int((time.time() - self._ttl_s) * 1000)
+            reader = TopicReader(
+                self._client, [self._topic], start=Start.BEGINNING, since_ms=since_ms,
+                max_message_bytes=self._max_message_bytes, metadata_timeout_s=5.0,
+            )  # fmt: skip
             try:
-                found: list[TopicPartition] = await topic_partitions(reader, self._topic, timeout_s=5.0)
-                return found
+                return await reader.__aenter__()
             except (LookupError, KafkaError) as exc:
                 logger.warning("control topic %s not readable (%s); retrying", self._topic, type(exc).__name__)
             failures += 1
             await asyncio.sleep(self._backoff.delay_s(failures))
 
-    def _handle(
-        self, record: object, on_cancel: Callable[[str], None], on_erase: Callable[[str, float], None] | None
-    ) -> None:
+    def _handle(self, record: object) -> None:
         value = getattr(record, "value", None)
         where = f"{getattr(record, 'partition', '?')}:{getattr(record, 'offset', '?')}"
         try:
@@ -140,12 +138,11 @@ class ControlReader:
         ).inc()
         if first:
             logger.info("%s received: job_id=%s", command.action.value, command.job_id)
-            on_cancel(command.job_id)
+            self._jobs.cancel(command.job_id)
         if first_erase:
             if not first:
                 logger.info("erase received: job_id=%s", command.job_id)
-            if on_erase is not None:
-                on_erase(command.job_id, at + self._ttl_s)
+            self._jobs.erase(command.job_id, at + self._ttl_s)
 
     def _expire(self) -> None:
         horizon = time.time() - self._ttl_s

@@ -11,32 +11,19 @@ done record of that prefix.
 Offsets within a partition can have gaps (compaction, transaction markers),
 so only offsets actually received count; the tracker never assumes `n + 1`
 follows `n`. `OffsetTracker` is a pure data structure, no asyncio: the
-consumer calls it from one event loop. `Committer` is the other half: it
-commits what the tracker allows, on a timer and on revoke, so a failed commit
-is simply retried with the next `committable()`.
+consumer calls it from one event loop. ``checkpoint.Checkpoint`` commits what
+it allows, on a timer, on revoke and on the drain, so a failed commit is
+simply retried with the next `committable()`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from aiokafka.errors import KafkaError
-
-from consumer.metrics import Metrics
-
-if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-__all__ = ["Committer", "OffsetTracker"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["OffsetTracker"]
 
 TP = TypeVar("TP", bound=Hashable)
 
@@ -140,71 +127,3 @@ class OffsetTracker(Generic[TP]):
     def partitions(self) -> set[TP]:
         """Partitions currently tracked."""
         return set(self._partitions)
-
-
-class Committer:
-    """Commits the tracker's safe offsets through the consumer; keeps the lag gauge.
-
-    Never a bare ``commit()`` (that would commit the fetch position, past
-    jobs still in flight): always the explicit offsets the tracker allows.
-    """
-
-    def __init__(
-        self,
-        consumer: AIOKafkaConsumer,
-        tracker: OffsetTracker[TopicPartition],
-        metrics: Metrics,
-        *,
-        interval_s: float,
-        before_commit: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        """``before_commit``: state that must be durable before offsets move past it (job state)."""
-        self._before_commit = before_commit
-        self._consumer = consumer
-        self._tracker = tracker
-        self._metrics = metrics
-        self._interval_s = interval_s
-
-    async def run(self) -> None:
-        """Commit on a short timer (cancel to stop)."""
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.commit()
-            except KafkaError as exc:  # e.g. a rebalance in progress: the next turn retries
-                logger.warning("commit failed: %r", exc)
-            self._update_lag()
-
-    async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        offsets = self._tracker.committable()
-        if only is not None:
-            offsets = {tp: offset for tp, offset in offsets.items() if tp in only}
-        if self._before_commit is not None:
-            await self._before_commit()
-        if not offsets:
-            return
-        started = time.perf_counter()
-        await self._consumer.commit(offsets)
-        self._metrics.commit_latency_seconds.observe(time.perf_counter() - started)
-        self._tracker.mark_committed(offsets)
-
-    async def release(self, revoked: set[TopicPartition], timeout_s: float) -> None:
-        """On revoke: commit what is done in those partitions (bounded), then forget them."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.commit(only=revoked)
-        except (KafkaError, TimeoutError) as exc:
-            logger.warning("commit on revoke failed: %r", exc)
-        self._tracker.drop(revoked)
-        for tp in revoked:
-            with contextlib.suppress(KeyError):
-                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-
-    def _update_lag(self) -> None:
-        for tp in self._consumer.assignment():
-            end = self._consumer.highwater(tp)
-            if end is None:
-                continue
-            committed = self._tracker.committed(tp)
-            behind = end - committed if committed is not None else self._tracker.pending(tp)
-            self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, behind))

@@ -28,7 +28,7 @@ in the tenant's dispatch count: D dispatches so far, W of the tenant's
 items already waiting, N items in J. FIFO would dispatch J's last item at
 D + W + N (the backlog ahead of a new job is the same for every
 work-conserving order), so the deadline is ``1 / oldest_share`` times
-FIFO's wait (1.5x at the default 0.67). Each dispatch goes to the shortest
+FIFO's wait (1.43x at the default 0.7, ``SCHEDULER_OLDEST_SHARE``). Each dispatch goes to the shortest
 job unless that would make some job miss its deadline: with the jobs in
 deadline order, a job's *slack* is its deadline minus the dispatches it
 would need if served earliest-deadline-first from now on; serving a job
@@ -64,9 +64,13 @@ import bisect
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Generic, Protocol, TypeVar
 
-from consumer.settings import SchedulingPolicy
+from consumer.settings import SchedulingPolicy, Settings
 
-__all__ = ["JobPicker", "Picker", "SchedulingPolicy", "TenantShares"]
+__all__ = ["OLDEST_SHARE", "JobPicker", "Picker", "SchedulingPolicy", "TenantShares"]
+
+# The one default of the ageing bound is the setting's (SCHEDULER_OLDEST_SHARE); the
+# service hands the configured value down, and a picker built without one uses the same.
+OLDEST_SHARE: float = Settings.model_fields["scheduler_oldest_share"].default
 
 Tenant = str | None  # None: the pseudo-tenant of every tenant-less job
 _EPS = 1e-9
@@ -215,7 +219,7 @@ class Picker(Generic[W]):
     def __init__(
         self,
         policy: SchedulingPolicy,
-        oldest_share: float = 0.67,
+        oldest_share: float = OLDEST_SHARE,
         *,
         tenant_weights: Mapping[str, float] | None = None,
         by_tenant: bool = True,

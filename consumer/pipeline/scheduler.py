@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from consumer.contract import ErrorCode, Item
 from consumer.engine.base import GradeOutcome, GradingEngine
 from consumer.metrics import Metrics
-from consumer.pipeline.policy import Picker, SchedulingPolicy
+from consumer.pipeline.policy import OLDEST_SHARE, Picker, SchedulingPolicy
 from consumer.tenants import tenant_of
 
 # Called once per item that comes back from the engine (never after a release).
@@ -124,7 +124,7 @@ class Scheduler:
         *,
         policy: SchedulingPolicy = SchedulingPolicy.FAIR,
         depth: int | None = 320,
-        oldest_share: float = 0.67,
+        oldest_share: float = OLDEST_SHARE,
         meter: EngineMeter | None = None,
         tenant_weights: Mapping[str, float] | None = None,
         by_tenant: bool = True,

@@ -166,18 +166,8 @@ async def job_state(
     p, so it must have at least as many partitions: refuse to start otherwise
     (a missing topic is reported by the watchdog instead, like the outputs).
     """
-    from aiokafka import AIOKafkaConsumer
-
-    def reader() -> AIOKafkaConsumer:
-        # No group, no commits: state and commands are read whole by whoever needs them.
-        return AIOKafkaConsumer(
-            **client_kwargs(settings),
-            enable_auto_commit=False,
-            isolation_level=settings.kafka_isolation_level,
-            max_partition_fetch_bytes=settings.kafka_max_message_bytes,
-            fetch_max_bytes=settings.kafka_max_message_bytes,
-        )
-
+    # No group, no commits: state and commands are read whole by whoever needs them.
+    client = {**client_kwargs(settings), "isolation_level": settings.kafka_isolation_level}
     with contextlib.suppress(LookupError):
         requests = await topic_partitions(consumer, settings.requests_topic, timeout_s=5.0)
         checkpoints = await topic_partitions(consumer, settings.checkpoints_topic, timeout_s=5.0)
@@ -187,11 +177,16 @@ async def job_state(
                 f"{settings.checkpoints_topic} has {len(checkpoints)} partitions, fewer than the "
                 f"{len(requests)} of {settings.requests_topic}: create it with as many (KAFKA_CHECKPOINTS_TOPIC)",
             )
+    size = settings.kafka_max_message_bytes
     store = JobStateStore(
-        producer, reader, metrics, topic=settings.checkpoints_topic, retention_s=settings.job_id_retention_s
+        producer, client, metrics, topic=settings.checkpoints_topic, retention_s=settings.job_id_retention_s,
+        max_message_bytes=size,
+    )  # fmt: skip
+    ledger = Ledger(store, metrics)
+    control = ControlReader(
+        client, metrics, ledger, topic=settings.control_topic, ttl_s=settings.cancel_ttl_s, max_message_bytes=size
     )
-    control = ControlReader(reader, metrics, topic=settings.control_topic, ttl_s=settings.cancel_ttl_s)
-    return Ledger(store, metrics), control
+    return ledger, control
 
 
 async def _bounded(step: Awaitable[None], what: str, timeout_s: float) -> None:

@@ -7,7 +7,7 @@ same answer says whether the output topics still exist. A topic that was
 deleted or never created is reported on ``/health`` and stops admission:
 grading work whose results cannot be written wastes the engine (and the
 embedded broker even acknowledges writes to a deleted topic). The engine is
-asked too: a dead engine stops the consumer even when no job runs.
+asked too: a dead engine (``engine_dead``) stops the consumer even when no job runs.
 
 ``report`` is ``/health``: ready, or the reasons it is not, with the figures
 an operator looks at first.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from aiokafka.errors import KafkaError
 
@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class Membership(Protocol):
+    @property
+    def member(self) -> bool: ...  # in the consumer group, with an assignment
+
+
 class Watchdog:
     def __init__(
         self,
@@ -44,16 +49,16 @@ class Watchdog:
         *,
         output_topics: Sequence[str],
         interval_s: float,
-        on_engine_died: Callable[[str], None],
-        is_member: Callable[[], bool],
+        group: Membership,
     ) -> None:
+        """``group``: whether this consumer is in its group (``work.Work``, the rebalance listener)."""
         self._consumer = consumer
         self._engine = engine
         self._metrics = metrics
         self._output_topics = tuple(output_topics)
         self._interval_s = interval_s
-        self._on_engine_died = on_engine_died
-        self._is_member = is_member
+        self._group = group
+        self.engine_dead: str | None = None  # why the engine is gone, once a check saw it: the consumer stops
         self.kafka_down_since: float | None = None  # monotonic time of the first failed check
         self.missing_topics: tuple[str, ...] = ()  # output topics the broker does not know
 
@@ -93,17 +98,17 @@ class Watchdog:
         # Set here, not only when /health is asked: a scrape must not read
         # what the last probe left (0 when nothing probes).
         self._metrics.engine_up.set(1 if engine.loaded else 0)
-        self._metrics.kafka_up.set(1 if self._is_member() and self.kafka_down_since is None else 0)
+        self._metrics.kafka_up.set(1 if self._group.member and self.kafka_down_since is None else 0)
         self._metrics.output_topics_up.set(1 if self.outputs_ok else 0)
-        if not engine.loaded:
-            self._on_engine_died(engine.detail)
+        if not engine.loaded and self.engine_dead is None:
+            self.engine_dead = engine.detail
 
     def report(
         self, *, fetch: SafeFetch, undelivered: int, active_jobs: int, engine_in_flight: int, backlog_records: int,
         draining: bool,
     ) -> HealthReport:  # fmt: skip
         """``undelivered``: records whose output could not be sent, waiting to be sent again."""
-        engine, member = self._engine.health(), self._is_member()
+        engine, member = self._engine.health(), self._group.member
         reasons = []
         if not engine.loaded:
             reasons.append(f"engine not ready: {engine.detail}")

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from aiokafka import TopicPartition
 
 from consumer.metrics import Metrics
-from consumer.pipeline.admission import Admission
-from consumer.pipeline.backoff import Backoff
-from consumer.pipeline.inflight import InFlight, Work
 from consumer.pipeline.intake import Job, Rejection
-from consumer.pipeline.redelivery import Redeliveries
+from consumer.pipeline.work import Record
 from consumer.settings import Settings
 from consumer.testing.topics import items
+from tests.pipeline import doubles
+from tests.pipeline.doubles import Admission, Clock, Consumer, InFlight, Redeliveries
 
 A, B = TopicPartition("requests", 0), TopicPartition("requests", 1)
 
@@ -32,24 +31,6 @@ def _request(n: int) -> bytes:
     return json.dumps({"items": items(n)}).encode()
 
 
-class _Consumer:
-    def __init__(self) -> None:
-        self.assigned = {A, B}
-        self.paused_: set[TopicPartition] = set()
-
-    def assignment(self) -> set[TopicPartition]:
-        return self.assigned
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused_ |= set(tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused_ -= set(tps)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self.paused_)
-
-
 @dataclass
 class _Run:
     remaining: int
@@ -58,19 +39,18 @@ class _Run:
 
 class _Fixture:
     def __init__(self, outputs_ok: bool = True) -> None:
-        self.consumer, self.metrics, self.inflight = _Consumer(), Metrics(), InFlight()
-        self.redelivery = Redeliveries(Backoff(0.0, 0.0))
+        self.consumer, self.metrics, clock = Consumer(A, B), Metrics(), Clock()
+        settings = Settings(MAX_INFLIGHT_ITEMS=10, MAX_CONCURRENT_JOBS=2, DELIVERY_RETRY_BACKOFF_S=0,  # type: ignore[call-arg]
+                            DELIVERY_RETRY_BACKOFF_MAX_S=0)  # fmt: skip
+        work = doubles.work(self.consumer, settings, self.metrics, clock)
+        self.inflight, self.redelivery = InFlight(work), Redeliveries(work, clock)
         self.outputs_ok = outputs_ok
-        settings = Settings(MAX_INFLIGHT_ITEMS=10, MAX_CONCURRENT_JOBS=2)  # type: ignore[call-arg]
-        self.admission = Admission(
-            self.consumer, self.metrics, settings, inflight=self.inflight, redelivery=self.redelivery,  # type: ignore[arg-type]
-            outputs_ok=lambda: self.outputs_ok,
-        )  # fmt: skip
+        self.admission = Admission(work, outputs_ok=lambda: self.outputs_ok)
         self.loop = asyncio.new_event_loop()
 
     def running(self, remaining: int) -> None:
         task = self.loop.create_future()
-        self.inflight.add(task, Work(A, _Record(0, 0, b""), run=_Run(remaining)))  # type: ignore[arg-type]
+        self.inflight.add(task, Record(A, _Record(0, 0, b""), run=_Run(remaining)))  # type: ignore[arg-type]
 
     def gauge(self, name: str) -> float | None:
         return self.metrics.registry.get_sample_value(name)

@@ -6,63 +6,33 @@ died before the tombstone) is deleted again."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from consumer.contract import CancelledEvent, CompleteEvent, Item
+from consumer.contract import CancelledEvent, Item
 from consumer.kafka import ensure_topics
 from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobstate import Action, JobState, JobStateStore, Ledger, Progress, fingerprint
 from consumer.testing.topics import items, produce, read_all
+from tests.pipeline import doubles
+from tests.pipeline.doubles import Clock, Producer, Run
 
 JOB = Job("school/erase-me", tuple(Item.model_validate(i) for i in items(10)))
 REQUEST = b"the request's bytes"
 TTL_S = 86_400.0
 
 
-class _Producer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None]] = []
-
-    async def send(self, topic: str, *, key: bytes, value: bytes | None, partition: int) -> Any:
-        self.sent.append((key.decode(), value))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
-
-
-class _Run:
-    def __init__(self) -> None:
-        self.progress = Progress()
-        self.terminal: CompleteEvent | CancelledEvent | None = None
-        self.cancel_requested = False
-
-    def request_cancel(self) -> None:
-        self.cancel_requested = True
-
-
-class _Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _ledger() -> tuple[Ledger, JobStateStore, _Producer, _Clock]:
-    producer, clock, metrics = _Producer(), _Clock(1_000_000.0), Metrics()
-    store = JobStateStore(producer, lambda: None, metrics, topic="s", retention_s=7 * TTL_S, clock=clock)  # type: ignore[arg-type, return-value]
-    return Ledger(store, metrics, expire_every_s=60.0, clock=clock), store, producer, clock
+def _ledger() -> tuple[Ledger, JobStateStore, Producer, Clock]:
+    ledger, store, producer, clock, _ = doubles.ledger(retention_s=7 * TTL_S)
+    return ledger, store, producer, clock
 
 
 async def test_an_erased_running_job_is_cancelled_its_state_tombstoned_and_never_written_back() -> None:
     ledger, store, producer, clock = _ledger()
     assert ledger.plan(JOB, REQUEST, 2, 7, cancelled=False).action is Action.GRADE
-    run = _Run()
+    run = Run()
     lease = ledger.started(JOB.job_id, run)
     run.progress = Progress(frozenset({0, 1}), 2, 0, 0.5)
     await ledger.save()
@@ -104,7 +74,7 @@ async def test_a_record_read_back_by_a_later_load_is_deleted_again(kafka_bootstr
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
-        store = JobStateStore(producer, lambda: AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap), Metrics(),
+        store = JobStateStore(producer, {"bootstrap_servers": kafka_bootstrap}, Metrics(),
                               topic=topic, retention_s=7 * TTL_S)  # fmt: skip
         store.erase(JOB.job_id, time.time() + TTL_S)  # read before this consumer owned the partition
         await store.load([0])

@@ -217,8 +217,7 @@ async def test_the_store_writes_and_a_new_owner_reads_only_its_partitions(kafka_
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
 
-    def reader() -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    reader = {"bootstrap_servers": kafka_bootstrap}
 
     try:
         metrics = Metrics()
@@ -252,6 +251,19 @@ async def test_the_store_writes_and_a_new_owner_reads_only_its_partitions(kafka_
         await producer.stop()
 
 
+class _Commanded:
+    """Records the cancels a control reader hands on."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def cancel(self, job_id: str) -> None:
+        self.seen.append(job_id)
+
+    def erase(self, job_id: str, until_s: float) -> None:
+        pass
+
+
 async def test_control_commands_are_read_from_the_past_and_followed(kafka_bootstrap: str) -> None:
     topic = f"control-{time.time_ns()}"
     await ensure_topics(kafka_bootstrap, {topic: 2})
@@ -262,9 +274,9 @@ async def test_control_commands_are_read_from_the_past_and_followed(kafka_bootst
         await producer.send_and_wait(topic, key=b"x", value=b"not json")
         seen: list[str] = []
         metrics = Metrics()
-        control = ControlReader(lambda: AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap), metrics, topic=topic,
+        control = ControlReader({"bootstrap_servers": kafka_bootstrap}, metrics, _Commanded(seen), topic=topic,
                                 ttl_s=3600)  # fmt: skip
-        task = asyncio.create_task(control.run(seen.append))
+        task = asyncio.create_task(control.run())
         await asyncio.wait_for(control.ready.wait(), 20)
         assert seen == ["a"] and control.is_cancelled("a") and not control.is_cancelled("b")
         for _ in range(2):  # the second is a repeat: no second callback

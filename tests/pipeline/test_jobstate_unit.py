@@ -3,7 +3,6 @@ leases and timers (a real store whose producer only records; fake clocks)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -23,6 +22,8 @@ from consumer.pipeline.jobstate import (
     plan,
 )
 from consumer.testing.topics import items
+from tests.pipeline import doubles
+from tests.pipeline.doubles import Clock, Producer, Run
 
 # A record as the hand-written encoder before the pydantic record wrote it: still read, written alike.
 V1_RECORD = (
@@ -109,47 +110,14 @@ def test_a_cancelled_job_id_is_never_graded_and_its_state_is_finished() -> None:
     assert plan(finished, JOB, fingerprint(REQUEST), 2, 9, cancelled=True).action is Action.REPUBLISH
 
 
-class _Producer:
-    """Acknowledges every send at once and remembers it."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None]] = []
-
-    async def send(self, topic: str, *, key: bytes, value: bytes | None, partition: int) -> Any:
-        self.sent.append((key.decode(), value))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
-
-
-class _Run:
-    def __init__(self) -> None:
-        self.progress = Progress()
-        self.terminal: CompleteEvent | CancelledEvent | None = None
-        self.cancel_requested = False
-
-    def request_cancel(self) -> None:
-        self.cancel_requested = True
-
-
-class _Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _ledger(retention_s: float = 3600.0) -> tuple[Ledger, JobStateStore, _Producer, _Clock, Metrics]:
-    producer, clock, metrics = _Producer(), _Clock(1_000_000.0), Metrics()
-    store = JobStateStore(producer, lambda: None, metrics, topic="s", retention_s=retention_s, clock=clock)  # type: ignore[arg-type, return-value]
-    return Ledger(store, metrics, expire_every_s=60.0, clock=clock), store, producer, clock, metrics
+def _ledger(retention_s: float = 3600.0) -> tuple[Ledger, JobStateStore, Producer, Clock, Metrics]:
+    return doubles.ledger(retention_s)
 
 
 async def test_a_later_plan_of_the_same_job_ends_the_old_runs_right_to_write_its_state() -> None:
     ledger, store, producer, _, metrics = _ledger()
     assert ledger.plan(JOB, REQUEST, 2, 7, cancelled=False).action is Action.GRADE
-    old_run = _Run()
+    old_run = Run()
     old = ledger.started(JOB.job_id, old_run)
     old_run.progress = Progress(frozenset({0, 1, 2}), 3, 0, 1.0)
     ledger.ended(old)  # aborted (a failed delivery): still tracked, its sends may be acknowledged later
@@ -157,7 +125,7 @@ async def test_a_later_plan_of_the_same_job_ends_the_old_runs_right_to_write_its
     # The same record read again (its retry): a new lease; the old run's late acknowledgements no longer count.
     assert ledger.plan(JOB, REQUEST, 2, 7, cancelled=False).action is Action.RESUME
     assert metrics.registry.get_sample_value("texteval_items_resumed_total") == 3
-    new_run = _Run()
+    new_run = Run()
     new = ledger.started(JOB.job_id, new_run)
     old_run.progress = Progress(frozenset(range(20)), 20, 0, 2.0)
     new_run.progress = Progress(frozenset(range(5)), 5, 0, 1.5)
@@ -173,7 +141,7 @@ async def test_a_later_plan_of_the_same_job_ends_the_old_runs_right_to_write_its
 def test_a_cancel_reaches_only_a_run_that_is_still_grading() -> None:
     ledger, *_, metrics = _ledger()
     ledger.plan(JOB, REQUEST, 2, 7, cancelled=False)
-    run = _Run()
+    run = Run()
     lease = ledger.started(JOB.job_id, run)
     ledger.cancel("another job")
     assert not run.cancel_requested
@@ -187,7 +155,7 @@ def test_a_cancel_reaches_only_a_run_that_is_still_grading() -> None:
 async def test_a_run_that_hit_a_bug_leaves_no_state_so_a_resend_is_graded_afresh() -> None:
     ledger, store, producer, *_ = _ledger()
     ledger.plan(JOB, REQUEST, 2, 7, cancelled=False)
-    run = _Run()
+    run = Run()
     run.progress = Progress(frozenset({0}), 1, 0, 0.1)
     lease = ledger.started(JOB.job_id, run)
     ledger.ended(lease)

@@ -8,8 +8,11 @@ import pytest
 from aiokafka import TopicPartition
 
 from consumer.engine.base import GradeOutcome
+from consumer.metrics import Metrics
 from consumer.pipeline.backoff import Backoff
-from consumer.pipeline.redelivery import Redeliveries
+from consumer.settings import Settings
+from tests.pipeline import doubles
+from tests.pipeline.doubles import Clock, Consumer
 
 A, B = TopicPartition("requests", 0), TopicPartition("requests", 1)
 
@@ -19,12 +22,10 @@ class _Record:
     offset: int
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+def _redeliveries(clock: Clock) -> doubles.Redeliveries:
+    """The retry half of the record owner, with a 1 s first wait and a 60 s cap."""
+    settings = Settings(DELIVERY_RETRY_BACKOFF_S=1.0, DELIVERY_RETRY_BACKOFF_MAX_S=60.0)  # type: ignore[call-arg]
+    return doubles.Redeliveries(doubles.work(Consumer(A, B), settings, Metrics(), clock), clock)
 
 
 def test_the_back_off_doubles_from_the_first_wait_up_to_its_cap() -> None:
@@ -37,8 +38,8 @@ def test_the_back_off_doubles_from_the_first_wait_up_to_its_cap() -> None:
 
 
 def test_each_record_backs_off_on_its_own_and_is_handed_out_once_per_failure() -> None:
-    clock = _Clock()
-    redelivery = Redeliveries(Backoff(1.0, 60.0), clock=clock)
+    clock = Clock()
+    redelivery = _redeliveries(clock)
     for _ in range(3):  # the record at A:7 failed three times in a row: 4 s
         delay_s = redelivery.failed(A, _Record(7), {})
         assert redelivery.due() == []  # not before its wait is over
@@ -56,8 +57,8 @@ def test_each_record_backs_off_on_its_own_and_is_handed_out_once_per_failure() -
 
 
 def test_a_delivered_record_is_forgotten_and_its_next_failure_starts_the_back_off_again() -> None:
-    clock = _Clock()
-    redelivery = Redeliveries(Backoff(1.0, 60.0), clock=clock)
+    clock = Clock()
+    redelivery = _redeliveries(clock)
     redelivery.failed(A, _Record(1), {})
     assert redelivery.failed(A, _Record(1), {}) == 2.0
     redelivery.delivered(A, 1)
@@ -66,8 +67,8 @@ def test_a_delivered_record_is_forgotten_and_its_next_failure_starts_the_back_of
 
 
 def test_carried_grades_are_the_last_failed_runs_and_a_revoke_drops_the_partitions_records() -> None:
-    clock = _Clock()
-    redelivery = Redeliveries(Backoff(1.0, 60.0), clock=clock)
+    clock = Clock()
+    redelivery = _redeliveries(clock)
     first = {0: GradeOutcome.ok(3, "b", prompt_sha256="x", latency_ms=1.0)}
     second = {**first, 1: GradeOutcome.ok(4, "c", prompt_sha256="y", latency_ms=1.0)}
     redelivery.failed(A, _Record(5), first)

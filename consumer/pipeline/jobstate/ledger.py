@@ -2,7 +2,7 @@
 
 ``plan`` decides (``plan.plan``, pure) and then does what the decision
 needs: writes the state, counts it. ``save`` copies every tracked run's
-progress into its state and writes them; the committer calls it before every
+progress into its state and writes them; the checkpoint calls it before every
 offset commit, so an offset is never committed ahead of the state that
 explains it.
 

@@ -18,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import TopicPartition
-
+from consumer.kafka import Start, TopicReader
 from consumer.pipeline.jobstate.record import JobState, UnknownSchemaVersion
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaProducer
 
+    from consumer.kafka import Record
     from consumer.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -37,16 +37,18 @@ class JobStateStore:
     def __init__(
         self,
         producer: AIOKafkaProducer,
-        make_reader: Callable[[], AIOKafkaConsumer],
+        client: Mapping[str, Any],
         metrics: Metrics,
         *,
         topic: str,
         retention_s: float,
+        max_message_bytes: int = 16 * 1024 * 1024,
         load_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._producer = producer
-        self._make_reader = make_reader
+        self._client = client  # consumer.kafka.client_kwargs: the topic is read with no consumer group
+        self._max_message_bytes = max_message_bytes
         self._metrics = metrics
         self.topic = topic
         self._retention_s = retention_s
@@ -83,29 +85,18 @@ class JobStateStore:
 
     async def load(self, partitions: Iterable[int]) -> int:
         """Read these partitions of the topic from the beginning; returns the states kept."""
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        if not tps:
+        wanted = sorted(set(partitions))
+        if not wanted:
             return 0
-        reader = self._make_reader()
-        await reader.start()
-        try:
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)
-            left = {tp for tp in tps if ends[tp] > 0}
+        reader = TopicReader(
+            self._client, [self.topic], start=Start.BEGINNING, partitions=wanted,
+            max_message_bytes=self._max_message_bytes, metadata_timeout_s=self._load_timeout_s, by_name=True,
+        )  # fmt: skip
+        async with reader:
             async with asyncio.timeout(self._load_timeout_s):
-                while left:
-                    batches = await reader.getmany(*left, timeout_ms=200)
-                    for records in batches.values():
-                        for record in records:
-                            self._apply(record.key, record.value)
-                    # The embedded broker reports the start of the last batch
-                    # + 1 as the end: reaching it means that batch was read whole.
-                    left = {tp for tp in left if await reader.position(tp) < ends[tp]}
-        finally:
-            await reader.stop()
+                await reader.to_end(self._apply)
         self.expire()
-        loaded = {tp.partition for tp in tps}
+        loaded = set(wanted)
         return sum(1 for state in self._states.values() if state.partition in loaded)
 
     def expire(self) -> int:
@@ -120,7 +111,8 @@ class JobStateStore:
             self.delete(job_id)
         return len(old)
 
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+    def _apply(self, record: Record) -> None:
+        key, value = record.key, record.value
         if key is None:
             return
         job_id = key.decode("utf-8", "replace")
