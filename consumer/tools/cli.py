@@ -409,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loop_commands(sub)
 
+    from consumer.tools.release_commands import add_release_commands  # issue 32: release-check, calibrate
+
+    add_release_commands(sub)
+
     from consumer.tools.doctor import add_doctor_command  # issue 29: the first GPU host
 
     add_doctor_command(sub)
