@@ -39,6 +39,7 @@ from consumer.pipeline.jobstate import Action, Plan
 from consumer.pipeline.offsets import Committer, OffsetTracker
 from consumer.pipeline.rebalance import Rebalance
 from consumer.pipeline.redelivery import Redeliveries
+from consumer.pipeline.shadow import unsampled
 from consumer.pipeline.sinks import DeliveryFailed
 from consumer.pipeline.watchdog import Watchdog
 
@@ -169,10 +170,13 @@ class ConsumerApp:
 
     def _grade(self, tp: TopicPartition, record: Any, job: Job, plan: Plan) -> None:
         settings = self._settings
+        resume = plan.state.progress if plan.state is not None else None
+        if settings.shadow:  # a candidate grades only its sample (pipeline/shadow.py)
+            resume = unsampled(job, resume, settings.shadow_sample_rate, self._metrics, self._engine.model_name)
         run = JobRun(
             job, engine=self._engine, sinks=self._sinks, metrics=self._metrics, scheduler=self.scheduler,
             batch_size=settings.batch_size, flush_s=settings.progress_flush_ms / 1000,
-            request_bytes=len(record.value or b""), resume=plan.state.progress if plan.state is not None else None,
+            request_bytes=len(record.value or b""), resume=resume,
             carried=self._redelivery.carried(tp, record.offset), decisions=self._decisions,
             read_back_since_ms=record.timestamp if plan.action is Action.RESUME else None,
         )  # fmt: skip
