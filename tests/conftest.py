@@ -100,6 +100,7 @@ MODEL_TESTS = (
     "tests/pipeline/test_end_to_end.py::",
     "tests/pipeline/test_scheduler_engine.py::",
     "tests/pipeline/test_privacy_and_engine_death.py::",
+    "tests/pipeline/test_shadow_engine.py::",
 )
 
 
