@@ -119,4 +119,11 @@ class CalibrationTable:
 
     @classmethod
     def load(cls, path: Path) -> CalibrationTable:
-        return cls.loads(path.read_text(encoding="utf-8"))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CalibrationFileError(f"calibration file {path}: cannot read it ({type(exc).__name__})") from None
+        try:
+            return cls.loads(text)
+        except CalibrationFileError as exc:
+            raise CalibrationFileError(f"calibration file {path}: {exc}") from None

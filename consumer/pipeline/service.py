@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from consumer.decisions import DecisionsSetupError, hmac_key
 from consumer.engine.base import GradingEngine
+from consumer.engine.calibration import CalibrationFileError, CalibrationTable
 from consumer.engine.canary import CanaryFileError, CanaryItem, load_canary, run_canary
 from consumer.health import HealthReport
 from consumer.http import HttpServer, create_app
@@ -260,7 +261,9 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
     try:
         # A bad canary file fails before minutes of loading the model.
         canary = load_canary(settings.canary_file) if settings.canary_file is not None else None
-    except CanaryFileError as exc:
+        if settings.calibration_file is not None:  # so does a bad calibration file
+            CalibrationTable.load(settings.calibration_file)
+    except (CanaryFileError, CalibrationFileError) as exc:
         logger.error("cannot start: %s", exc)
         await http.stop()
         return 2

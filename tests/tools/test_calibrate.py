@@ -177,3 +177,14 @@ def test_factory_lookup_warns_on_an_unknown_key(tmp_path: Path, caplog: pytest.L
     assert found is not None and found.temperature == 1.7
     assert calibration_for(settings, "other", "gemma_finetune") is None
     assert "no calibration for model=other" in caplog.text
+
+
+async def test_a_consumer_with_a_bad_calibration_file_stops_before_loading_the_model(tmp_path: Path) -> None:
+    from consumer.pipeline.service import serve
+
+    bad = tmp_path / "cal.json"
+    bad.write_text('{"version": 1, "calibrations": [{"model": "m"}]}')
+    settings = Settings(_env_file=None, CALIBRATION_FILE=bad, PORT=0)  # type: ignore[call-arg]
+    assert await serve(settings, engine=FakeEngine()) == 2
+    missing = Settings(_env_file=None, CALIBRATION_FILE=tmp_path / "none.json", PORT=0)  # type: ignore[call-arg]
+    assert await serve(missing, engine=FakeEngine()) == 2
