@@ -19,6 +19,7 @@ import pytest
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
 from consumer.pipeline.shadow import SHADOW_HEADER, sampled
+from consumer.settings import Settings
 from consumer.testing.topics import at_least, count_events, items, job, produce, read_until, running, values
 from consumer.tools.release import Thresholds
 from consumer.tools.release_commands import release_check_command
@@ -44,6 +45,16 @@ def test_the_sample_is_a_stable_share() -> None:
     assert chosen == [sampled("job-1", f"A{i:04d}", 0.1) for i in range(5000)]
     assert all(sampled("j", "x", 1.0) for _ in range(3))
     assert not any(sampled("job-1", f"A{i:04d}", 0.0) for i in range(100))
+
+
+def test_a_shadow_needs_its_own_group_and_writes_to_its_own_topics() -> None:
+    with pytest.raises(ValueError, match="its own KAFKA_GROUP_ID"):
+        Settings(_env_file=None, SHADOW=True)  # type: ignore[call-arg]
+    shadow = Settings(_env_file=None, SHADOW=True, KAFKA_GROUP_ID="texteval-candidate").as_shadow()  # type: ignore[call-arg]
+    assert shadow.results_topic == "evaluation.results.shadow"
+    assert shadow.checkpoints_topic == "evaluation.checkpoints.shadow"
+    assert shadow.decision_records is False
+    assert shadow.progress_topic == "evaluation.progress"  # read for nothing: a shadow writes no event
 
 
 async def test_a_shadow_grades_its_sample_beside_the_live_group_and_writes_only_its_results(
