@@ -149,8 +149,9 @@ async def calibrate_command(
 def add_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = sub.add_parser("release-check", help="may a candidate model replace the live one? QWK and SMD vs teachers")
     check.add_argument(
-        "--live", default=TOPIC, help="live results: a .jsonl/.csv file, or 'topic' (KAFKA_RESULTS_TOPIC)"
-    )
+        "--live", default=TOPIC,
+        help="live results: a .jsonl/.csv file, 'topic' (KAFKA_RESULTS_TOPIC), or 'none' to judge the candidate alone",
+    )  # fmt: skip
     check.add_argument(
         "--candidate", default=None,
         help="candidate results: 'shadow' (KAFKA_SHADOW_RESULTS_TOPIC) or a file of texteval grade --out",

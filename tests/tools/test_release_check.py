@@ -131,6 +131,11 @@ def test_cli_exit_codes_and_json(files: dict[str, Path], capsys: pytest.CaptureF
     assert data["passed"] is True and data["thresholds"]["max_subgroup_smd"] == 0.5
     assert main([*base, "--min-n", "1000"]) == 1
     assert NOT_ENOUGH in capsys.readouterr().out
+    # The candidate alone (no live model to compare with): the same verdicts, no change line.
+    alone = ["release-check", "--live", "none", *base[3:]]
+    assert main([*alone, "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [m["role"] for m in data["models"]] == ["candidate"] and data["models"][0]["change_from_live"] is None
 
 
 def test_render_names_every_criterion() -> None:
