@@ -79,7 +79,8 @@ async def test_stand_in_live_and_smollm2_shadow_compared_by_release_check(
     )  # fmt: skip
     out = capsys.readouterr().out  # vLLM's own log lines go to stdout too: the report is the last thing printed
     report = json.loads(out[out.rindex('{\n  "passed"') :])
-    print(json.dumps(report, indent=1))  # the figures, for the notes (pytest -s)
+    with capsys.disabled():  # the figures, for the notes (pytest -s)
+        print("release-check:", json.dumps(report))
     ok_both = sum(
         1
         for r in live
