@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run [--smoke] [--only B1,B3] [--out docs/benchmarks.md]
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` if set, else its own embedded broker. The
-fake-engine benchmarks (B3-B7, B11) run first; then the real engine is loaded
+fake-engine benchmarks (B3-B7, B11, B12) run first; then the real engine is loaded
 once (project CPU defaults, FEEDBACK_MAX_CHARS=40) for B1 and B2. B8 (the HTTP
 gateway) needs no engine and runs with the fake-engine ones. A benchmark that
 fails to run is reported as failed and the others still run.
@@ -37,6 +37,7 @@ from bench import (
     b8_gateway,
     b10_scheduler_cost,
     b11_tenants,
+    b12_shadow,
 )
 from bench.broker_io import KafkaTarget, kafka_target
 from bench.common import FULL, REPO, SMOKE, BenchResult, Scale, machine_description, render_section, write_report
@@ -56,6 +57,7 @@ MODULES: dict[str, ModuleType] = {
     "B8": b8_gateway,
     "B10": b10_scheduler_cost,
     "B11": b11_tenants,
+    "B12": b12_shadow,
 }
 ALL = tuple(MODULES)
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
@@ -133,6 +135,8 @@ async def run_all(selected: list[str], scale: Scale) -> tuple[list[BenchResult],
             results["B7"] = await _guarded("B7", lambda: b7_end_of_term.run(kafka, scale))
         if "B11" in selected:
             results["B11"] = await _guarded("B11", lambda: b11_tenants.run(kafka, scale))
+        if "B12" in selected:
+            results["B12"] = await _guarded("B12", lambda: b12_shadow.run(kafka, scale, log_dir))
         if "B8" in selected:
             results["B8"] = await _guarded("B8", lambda: b8_gateway.run(kafka, scale, log_dir))
         if {"B1", "B2", "B10"} & set(selected):

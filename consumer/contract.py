@@ -428,10 +428,14 @@ class GradeRecord(BaseModel):
     prompt_sha256: str
     sampling: Sampling
     nota: Annotated[int, Field(ge=0, le=5)]
-    nota_probabilities: GradeProbabilities | None
-    confidence: Probability | None
+    nota_probabilities: GradeProbabilities | None  # the model's own distribution, before any calibration
+    confidence: Probability | None  # of ``nota`` in that distribution
     review_reasons: list[ReviewReason]
     graded_at: datetime
+    # Additive to 1.3 (absent when no calibration applied): the temperature of CALIBRATION_FILE
+    # applied, and the calibrated confidence the result published and review was decided on.
+    calibration_temperature: Annotated[float, Field(gt=0)] | None = Field(default=None, exclude_if=lambda v: v is None)
+    calibrated_confidence: Probability | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class CorrectionRecord(BaseModel):

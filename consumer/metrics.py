@@ -228,6 +228,20 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+        # Shadow grading (SHADOW=true, pipeline/shadow.py): what the candidate costs. `model`
+        # is the shadow's one model name, `sampled` true/false: at most 3 series per process.
+        self.shadow_items = Counter(
+            "texteval_shadow_items",
+            "Items a shadow consumer read, by model and whether SHADOW_SAMPLE_RATE took them",
+            ["model", "sampled"],
+            registry=r,
+        )
+        self.shadow_engine_seconds = Counter(
+            "texteval_shadow_engine_seconds",
+            "Engine time of the items a shadow graded, by model",
+            ["model"],
+            registry=r,
+        )
         self._tenants: set[str] = set()
         for counter in (self.tenant_grades, self.tenant_suspected_injection):
             counter.labels(tenant="_none")  # exported from the start, as every other series here

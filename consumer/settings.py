@@ -156,6 +156,30 @@ class Settings(BaseSettings):
     # repetition, keyword_stuffing, no_answer, copies_prompt, other_language,
     # gibberish; consumer/engine/screening.py). false: only the grade's own reasons.
     screen_answers: bool = Field(default=True, alias="SCREEN_ANSWERS")
+    # Temperatures fitted on teachers' corrections by `texteval calibrate`, keyed by model
+    # name and prompt format: confidence, needs_review and the published nota_probabilities
+    # use the calibrated distribution (the grade never changes; the decision record keeps
+    # the raw one). Unset, or no entry for the model loaded: the raw distribution (a warning).
+    calibration_file: Path | None = Field(default=None, alias="CALIBRATION_FILE")
+
+    # --- shadow grading (docs/models.md, "Releasing a new model") ---
+    # This process is a shadow: a candidate model graded beside the live consumers, in
+    # its own KAFKA_GROUP_ID, on the same requests. Its results go to
+    # KAFKA_SHADOW_RESULTS_TOPIC with the header texteval.shadow=1; it writes no progress
+    # events, no decision records and no dead letters, and keeps its job state on
+    # KAFKA_SHADOW_CHECKPOINTS_TOPIC (never the live consumers' own).
+    shadow: bool = Field(default=False, alias="SHADOW")
+    # The share of items the shadow grades, chosen by a hash of job_id and id_alumno,
+    # so every shadow (and every run of one) takes the same items.
+    shadow_sample_rate: float = Field(default=1.0, ge=0, le=1, alias="SHADOW_SAMPLE_RATE")
+    # Where a shadow's results go (same contract as KAFKA_RESULTS_TOPIC, header texteval.shadow=1);
+    # read by `texteval release-check --candidate shadow`, never by the gateway.
+    shadow_results_topic: str = Field(default="evaluation.results.shadow", alias="KAFKA_SHADOW_RESULTS_TOPIC")
+    # A shadow's job state (compacted, partitioned like the requests topic): apart from the
+    # live consumers', whose finished jobs would otherwise look finished to the shadow too.
+    shadow_checkpoints_topic: str = Field(
+        default="evaluation.checkpoints.shadow", alias="KAFKA_SHADOW_CHECKPOINTS_TOPIC"
+    )
 
     _feedback_chars: int = PrivateAttr(default=DEFAULT_FEEDBACK_MAX_CHARS)
 
@@ -439,11 +463,30 @@ class Settings(BaseSettings):
     # Lifetime of the job-scoped stream token POST /evaluate returns (for browsers' URLs instead of the key).
     gateway_stream_token_ttl_s: float = Field(default=900.0, gt=0, alias="GATEWAY_STREAM_TOKEN_TTL_S")
 
+    @model_validator(mode="after")
+    def _shadow_apart(self) -> Settings:
+        # Sharing the live group would split the requests between live and shadow: each
+        # item graded by one of them only, and half the live results missing.
+        if self.shadow and self.kafka_group_id == "texteval":
+            raise ValueError("SHADOW=true needs its own KAFKA_GROUP_ID (not the live consumers' 'texteval')")
+        return self
+
+    def as_shadow(self) -> Settings:
+        """A shadow's settings (SHADOW=true): its results and job state on the shadow topics, no decision records."""
+        return self.model_copy(
+            update={
+                "results_topic": self.shadow_results_topic,
+                "checkpoints_topic": self.shadow_checkpoints_topic,
+                "decision_records": False,
+            }
+        )
+
     def service_topics(self) -> list[str]:
         """Every topic the consumer and the gateway use (created at start with KAFKA_CREATE_TOPICS)."""
+        shadow = [self.shadow_results_topic, self.shadow_checkpoints_topic] if self.shadow else []
         return [
             self.requests_topic, self.results_topic, self.progress_topic, self.dlt_topic, self.control_topic,
-            self.checkpoints_topic, self.corrections_topic, self.corrections_dlt_topic, self.decisions_topic,
+            self.checkpoints_topic, self.corrections_topic, self.corrections_dlt_topic, self.decisions_topic, *shadow,
         ]  # fmt: skip
 
     @property

@@ -42,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from consumer.engine.calibration import scaled
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -65,15 +67,38 @@ class GradeDistribution:
 class GradeConfidence:
     """The 1.2 fields of one ok result (``needs_review``: 1.3, any review reason at all)."""
 
-    probabilities: tuple[float, ...]
+    probabilities: tuple[float, ...]  # calibrated when a calibration applies (engine/calibration.py)
     confidence: float
     needs_review: bool
+    # The model's own distribution when ``probabilities`` is calibrated (the decision
+    # record keeps it), and the temperature applied; None: not calibrated.
+    raw_probabilities: tuple[float, ...] | None = None
+    temperature: float | None = None
 
     @classmethod
-    def of(cls, nota: int, probabilities: Sequence[float], review_below: float) -> GradeConfidence:
-        rounded = tuple(round(p, PROBABILITY_DECIMALS) for p in probabilities)
+    def of(
+        cls, nota: int, probabilities: Sequence[float], review_below: float, *, temperature: float | None = None
+    ) -> GradeConfidence:
+        """``temperature``: the distribution is shown calibrated by it (``raw_probabilities`` the given one)."""
+        raw = tuple(round(p, PROBABILITY_DECIMALS) for p in probabilities)
+        rounded = (
+            raw
+            if temperature is None
+            else tuple(round(p, PROBABILITY_DECIMALS) for p in scaled(probabilities, temperature))
+        )
         confidence = rounded[nota]
-        return cls(probabilities=rounded, confidence=confidence, needs_review=confidence < review_below)
+        return cls(
+            probabilities=rounded,
+            confidence=confidence,
+            needs_review=confidence < review_below,
+            raw_probabilities=None if temperature is None else raw,
+            temperature=temperature,
+        )
+
+    def with_review(self, needs_review: bool) -> GradeConfidence:
+        return GradeConfidence(
+            self.probabilities, self.confidence, needs_review, self.raw_probabilities, self.temperature
+        )
 
 
 def most_probable(probabilities: Sequence[float], prefer: int | None = None) -> int:

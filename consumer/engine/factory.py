@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from consumer.contract import Sampling
 from consumer.engine import vllm_compat
+from consumer.engine.calibration import Calibration, CalibrationTable
 from consumer.engine.gpu_memory import read_gpu_memory
 from consumer.engine.model_store import DEFAULT_CPU_MODEL, PRODUCTION_MODEL, packaged_model, prepare_small_model
 from consumer.engine.prompt import PromptBuilder, PromptTokenizer
@@ -288,4 +289,18 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
         prompt_format=model.prompt_format,
         model_revision=resolve_model(settings, device).revision,  # the pinned one, also when loaded offline
         warm_up=warm_up,
+        calibration=calibration_for(settings, model.name, model.prompt_format),
     )
+
+
+def calibration_for(settings: Settings, model: str, prompt_format: str) -> Calibration | None:
+    """CALIBRATION_FILE's temperature for this model and prompt format; none: the raw distribution, said once."""
+    if settings.calibration_file is None:
+        return None
+    found = CalibrationTable.load(settings.calibration_file).find(model, prompt_format)
+    if found is None:
+        logger.warning("CALIBRATION_FILE has no calibration for model=%s format=%s: raw confidence", model,
+                       prompt_format)  # fmt: skip
+    else:
+        logger.info("calibration: model=%s format=%s temperature=%.3f", model, prompt_format, found.temperature)
+    return found

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from consumer.contract import Item, Sampling
 from consumer.engine.base import EngineHealth, GradeOutcome
+from consumer.engine.calibration import Calibration
 from consumer.engine.confidence import GradeDistribution, fake_distribution
 from consumer.engine.grading import grade_prompt
 from consumer.engine.output import Generation
@@ -68,6 +69,7 @@ class FakeEngine:
         tie_margin: float = DEFAULT_TIE_MARGIN,
         screen_answers: bool = True,
         screener: Screener | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self._script = script
         self._delay_s = delay_s
@@ -91,6 +93,7 @@ class FakeEngine:
         # generation without one still grades: tests script outputs by hand.
         self._review_below = review_below
         self._tie_margin = tie_margin
+        self._calibration = calibration
         # Contract 1.3: the same screening as the real engine (the shared one unless given).
         # Loaded here, not at the first item: its language model takes about a second to
         # load, which inside a running consumer's event loop would miss group heartbeats.
@@ -154,6 +157,7 @@ class FakeEngine:
                 review_below=self._review_below,
                 tie_margin=self._tie_margin,
                 answer_reasons=screening.reasons if screening is not None else None,
+                calibration=self._calibration,
             )
         finally:
             self.in_flight -= 1

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from consumer.contract import ErrorCode, ReviewReason, ordered_reasons
 from consumer.engine.base import GradeOutcome
+from consumer.engine.calibration import Calibration
 from consumer.engine.confidence import GradeConfidence, GradeDistribution, most_probable, top_two_gap
 from consumer.engine.output import Generation, OutputError, ParsedGrade, parse_generation
 from consumer.engine.prompt import Prompt
@@ -42,6 +43,7 @@ async def grade_prompt(
     require_distribution: bool = False,
     tie_margin: float = 0.0,
     answer_reasons: Sequence[ReviewReason] | None = None,
+    calibration: Calibration | None = None,
 ) -> GradeOutcome:
     """Grade one prompt; every failure becomes a typed outcome (cancellation still propagates).
 
@@ -53,6 +55,8 @@ async def grade_prompt(
     generation without one is not a grade. ``answer_reasons``: what the
     screening read in the answer (None: not screened); the outcome's review
     reasons add ``low_confidence`` and ``near_tie`` (within ``tie_margin``).
+    ``calibration``: the temperature fitted for this model and prompt format
+    (CALIBRATION_FILE); the outcome's distribution is the calibrated one.
     """
     started = time.perf_counter()
 
@@ -125,12 +129,18 @@ async def grade_prompt(
         confidence: GradeConfidence | None = None
         if review_below is not None and distribution is not None:
             reasons = reasons or set()
-            confidence = GradeConfidence.of(verdict.nota, distribution.probabilities, review_below)
+            # Calibrated (temperature keeps the order, so ``nota`` stays the argmax): the
+            # confidence, its threshold and the tie margin all read the calibrated values.
+            temperature = calibration.temperature if calibration is not None else None
+            confidence = GradeConfidence.of(
+                verdict.nota, distribution.probabilities, review_below, temperature=temperature
+            )
             if confidence.confidence < review_below:
                 reasons.add(ReviewReason.LOW_CONFIDENCE)
-            if top_two_gap(distribution.probabilities) <= tie_margin:
+            shown = distribution.probabilities if calibration is None else calibration.apply(distribution.probabilities)
+            if top_two_gap(shown) <= tie_margin:
                 reasons.add(ReviewReason.NEAR_TIE)
-            confidence = GradeConfidence(confidence.probabilities, confidence.confidence, bool(reasons))
+            confidence = confidence.with_review(bool(reasons))
         ordered = None if reasons is None else tuple(ordered_reasons(reasons))
         return GradeOutcome.ok(
             verdict.nota, verdict.feedback, grade_confidence=confidence, review_reasons=ordered, **common

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from consumer.contract import Item, Sampling
 from consumer.engine import vllm_compat
 from consumer.engine.base import EngineHealth, GradeOutcome
+from consumer.engine.calibration import Calibration
 from consumer.engine.confidence import GradeDigits, GradeDistribution, grade_distribution
 from consumer.engine.gpu_memory import read_gpu_memory
 from consumer.engine.grading import grade_prompt
@@ -77,6 +78,7 @@ class VllmEngine:
         screener: Screener | None = None,
         prompt_format: str = "",
         model_revision: str | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -101,6 +103,7 @@ class VllmEngine:
         # model's distribution over 0..5, read from the log-probabilities of
         # the digit tokens (consumer/engine/confidence.py says what vLLM gives).
         self._review_below = review_below
+        self._calibration = calibration  # CALIBRATION_FILE's entry for this model and format (calibration.py)
         self._digits = GradeDigits.from_tokenizer(tokenizer) if review_below is not None else None
         digit_logprobs: dict[str, Any] = {}
         if self._digits is not None:
@@ -157,6 +160,7 @@ class VllmEngine:
         prompt_format: str = "",
         model_revision: str | None = None,
         warm_up: bool = True,
+        calibration: Calibration | None = None,
     ) -> VllmEngine:
         """Load the model (tens of seconds) without blocking the event loop, then warm it up."""
         from vllm import AsyncEngineArgs
@@ -182,6 +186,7 @@ class VllmEngine:
             screener=screener,
             prompt_format=prompt_format,
             model_revision=model_revision,
+            calibration=calibration,
         )
         if warm_up:
             try:
@@ -370,6 +375,7 @@ class VllmEngine:
             require_distribution=self._digits is not None,
             tie_margin=self._tie_margin,
             answer_reasons=screening.reasons if screening is not None else None,
+            calibration=self._calibration,
         )
         if outcome.attempts > 1:
             self._retried += 1

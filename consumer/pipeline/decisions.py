@@ -29,6 +29,7 @@ from typing import Any
 from consumer.contract import GradeRecord, Item, ItemStatus
 from consumer.decisions import answer_hmac, parse_record
 from consumer.engine.base import GradeOutcome, GradingEngine
+from consumer.engine.confidence import GradeConfidence
 from consumer.kafka import Start, TopicReader
 from consumer.pipeline.sinks import Ack, Sinks
 from consumer.tenants import tenant_of
@@ -55,11 +56,20 @@ def build_grade_record(
         prompt_sha256=outcome.prompt_sha256,
         sampling=engine.sampling,
         nota=outcome.nota,
-        nota_probabilities=list(sure.probabilities) if sure is not None else None,
-        confidence=sure.confidence if sure is not None else None,
+        nota_probabilities=list(raw) if (raw := _raw(sure)) is not None else None,
+        confidence=raw[outcome.nota] if raw is not None else None,
         review_reasons=list(outcome.review_reasons or ()),
         graded_at=outcome.graded_at,
+        calibration_temperature=sure.temperature if sure is not None else None,
+        calibrated_confidence=sure.confidence if sure is not None and sure.temperature is not None else None,
     )
+
+
+def _raw(sure: GradeConfidence | None) -> tuple[float, ...] | None:
+    """The model's own distribution: the record keeps it when the result shows it calibrated."""
+    if sure is None:
+        return None
+    return sure.raw_probabilities if sure.raw_probabilities is not None else sure.probabilities
 
 
 class DecisionLog:

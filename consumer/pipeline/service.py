@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from consumer.decisions import DecisionsSetupError, hmac_key
 from consumer.engine.base import GradingEngine
+from consumer.engine.calibration import CalibrationFileError, CalibrationTable
 from consumer.engine.canary import CanaryFileError, CanaryItem, load_canary, run_canary
 from consumer.health import HealthReport
 from consumer.http import HttpServer, create_app
@@ -27,6 +28,7 @@ from consumer.pipeline.control import ControlReader
 from consumer.pipeline.decisions import DecisionLog
 from consumer.pipeline.jobstate import JobStateStore, Ledger
 from consumer.pipeline.scheduler import Scheduler
+from consumer.pipeline.shadow import ShadowSinks
 from consumer.pipeline.sinks import Sinks
 from consumer.settings import Settings
 
@@ -55,6 +57,7 @@ async def ensure_service_topics(settings: Settings) -> None:
     (development and demo; production topics are created by operations, see
     docker-compose.yml)."""
 
+    settings = settings.as_shadow() if settings.shadow else settings  # the shadow's own topics
     partitions = settings.kafka_topic_partitions
     topics = dict.fromkeys(settings.service_topics(), partitions)
     # Job state keeps one record per job: compaction keeps the newest.
@@ -71,6 +74,8 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
     """A started ConsumerApp; on exit it drains, commits and leaves the group."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    # A shadow (pipeline/shadow.py): its results and job state on the shadow topics, no records.
+    settings = settings.as_shadow() if settings.shadow else settings
     kafka = client_kwargs(settings)
     producer = AIOKafkaProducer(
         **kafka,
@@ -106,14 +111,12 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
     except BaseException:
         await producer.stop()
         raise
-    sinks = Sinks(
-        producer,
-        results_topic=settings.results_topic,
-        progress_topic=settings.progress_topic,
-        dlt_topic=settings.dlt_topic,
-        group_id=settings.kafka_group_id,
-        decisions_topic=settings.decisions_topic,
-    )
+    topics = {
+        "results_topic": settings.results_topic, "progress_topic": settings.progress_topic,
+        "dlt_topic": settings.dlt_topic, "group_id": settings.kafka_group_id,
+        "decisions_topic": settings.decisions_topic,
+    }  # fmt: skip
+    sinks = ShadowSinks(producer, metrics=metrics, **topics) if settings.shadow else Sinks(producer, **topics)
     decisions = None
     if settings.decision_records:
         decisions = DecisionLog(
@@ -253,12 +256,14 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
     try:
         # A bad canary file fails before minutes of loading the model.
         canary = load_canary(settings.canary_file) if settings.canary_file is not None else None
-    except CanaryFileError as exc:
+        if settings.calibration_file is not None:  # so does a bad calibration file
+            CalibrationTable.load(settings.calibration_file)
+    except (CanaryFileError, CalibrationFileError) as exc:
         logger.error("cannot start: %s", exc)
         await http.stop()
         return 2
     try:
-        if settings.decision_records:
+        if settings.decision_records and not settings.shadow:  # a shadow writes none
             hmac_key(settings)  # refused without a key off loopback: before minutes of loading the model
     except DecisionsSetupError as exc:
         logger.error("cannot start: %s", exc)

@@ -61,6 +61,7 @@ from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
 from consumer.pipeline.jobs import EngineUnavailable, JobRun
 from consumer.pipeline.jobstate import Action, Lease
 from consumer.pipeline.offsets import OffsetTracker
+from consumer.pipeline.shadow import unsampled
 from consumer.pipeline.sinks import DeliveryFailed
 
 if TYPE_CHECKING:
@@ -266,10 +267,13 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _grade(self, rec: Record, job: Job, plan: Plan) -> None:
         settings, record = self._settings, rec.record
+        resume = plan.state.progress if plan.state is not None else None
+        if settings.shadow:  # a candidate grades only its sample (pipeline/shadow.py)
+            resume = unsampled(job, resume, settings.shadow_sample_rate, self._metrics, self._engine.model_name)
         rec.run = JobRun(
             job, engine=self._engine, sinks=self._sinks, metrics=self._metrics, scheduler=self._scheduler,
             batch_size=settings.batch_size, flush_s=settings.progress_flush_ms / 1000,
-            request_bytes=len(record.value or b""), resume=plan.state.progress if plan.state is not None else None,
+            request_bytes=len(record.value or b""), resume=resume,
             carried=rec.carried if rec in self._undelivered else None, decisions=self._decisions,
             read_back_since_ms=record.timestamp if plan.action is Action.RESUME else None,
         )  # fmt: skip

@@ -28,6 +28,7 @@ from consumer.tools.commandline import HelpArgument, Invocation, Texteval
 from consumer.tools.console import configure_logging, progress_bar
 from consumer.tools.doctor import FULL_JOB_TEXTS
 from consumer.tools.loop_commands import ERASED_HELP, NONE, SOURCE_HELP, TOPIC
+from consumer.tools.release import Thresholds
 
 DESCRIPTION = """\
 Grade Catalan student answers with an LLM. The service reads evaluation
@@ -63,6 +64,9 @@ texteval = Texteval("texteval", help=DESCRIPTION, epilog=EPILOG)
 command = texteval.command_of
 F = TypeVar("F", bound=Callable[..., object])
 ENGINES = click.Choice(["vllm", "fake"])
+
+
+RELEASE_DEFAULTS = Thresholds()  # release-check's defaults: the automated-scoring thresholds
 
 
 @command("run", help="the consumer and its side HTTP server, until SIGTERM/SIGINT")
@@ -402,6 +406,66 @@ async def export_training(
     from consumer.tools.loop_commands import Sources, export_training_command
 
     return await export_training_command(settings, Sources(results, corrections, requests, erased), Path(out))
+
+
+@command("release-check", help="may a candidate model replace the live one? QWK and SMD vs teachers")
+@click.option(
+    "--live", default=TOPIC,
+    help="live results: a .jsonl/.csv file, 'topic' (KAFKA_RESULTS_TOPIC), or 'none' to judge the candidate alone",
+)  # fmt: skip
+@click.option(
+    "--candidate", default=None,
+    help="candidate results: 'shadow' (KAFKA_SHADOW_RESULTS_TOPIC) or a file of texteval grade --out",
+)  # fmt: skip
+@click.option("--corrections", default=TOPIC, help="a .jsonl/.csv file, or 'topic' (KAFKA_CORRECTIONS_TOPIC)")
+@click.option("--subgroups", type=click.Path(path_type=Path), default=None,
+              help="CSV id_alumno,group (stays on this machine)")  # fmt: skip
+@click.option("--erased", type=click.Choice([TOPIC, NONE]), default=TOPIC, help="skip erased jobs (as agreement)")
+@click.option("--min-qwk", type=float, default=RELEASE_DEFAULTS.min_qwk)
+@click.option("--human-qwk", type=float, default=None, help="the teachers' QWK with each other, if measured")
+@click.option("--max-qwk-below-human", type=float, default=RELEASE_DEFAULTS.max_qwk_below_human)
+@click.option("--max-smd", type=float, default=RELEASE_DEFAULTS.max_smd)
+@click.option("--max-subgroup-smd", type=float, default=RELEASE_DEFAULTS.max_subgroup_smd)
+@click.option("--min-subgroup-n", type=int, default=RELEASE_DEFAULTS.min_subgroup_n)
+@click.option("--min-n", type=int, default=RELEASE_DEFAULTS.min_n, help="fewer: 'not enough corrections', fail")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+async def release_check(
+    settings: Settings, live: str, candidate: str | None, corrections: str, subgroups: Path | None, erased: str,
+    min_qwk: float, human_qwk: float | None, max_qwk_below_human: float, max_smd: float, max_subgroup_smd: float,
+    min_subgroup_n: int, min_n: int, as_json: bool,
+) -> int:  # fmt: skip
+    from consumer.tools.release import Thresholds
+    from consumer.tools.release_commands import release_check_command
+
+    limits = Thresholds(
+        min_qwk=min_qwk, human_qwk=human_qwk, max_qwk_below_human=max_qwk_below_human, max_smd=max_smd,
+        max_subgroup_smd=max_subgroup_smd, min_subgroup_n=min_subgroup_n, min_n=min_n,
+    )  # fmt: skip
+    return await release_check_command(
+        settings, live=None if live == NONE else live, candidate=candidate, corrections=corrections,
+        subgroups=subgroups, thresholds=limits, erased=erased, as_json=as_json,
+    )  # fmt: skip
+
+
+@command("calibrate", help="fit the confidence's temperature on teachers' corrections (CALIBRATION_FILE)")
+@click.option("--results", default=TOPIC, help="a .jsonl file, 'topic' or 'shadow'")
+@click.option("--corrections", default=TOPIC, help="a .jsonl/.csv file, or 'topic'")
+@click.option("--prompt-format", required=True, type=click.Choice(["gemma_finetune", "chat_template"]),
+              help="the format the results were graded in (the file's key, with the model name)")  # fmt: skip
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the calibration file to write")
+@click.option("--holdout", type=float, default=0.3, help="share of corrections held out for the ECE")
+@click.option("--review-share", type=float, default=None, help="choose REVIEW_CONFIDENCE for this share")
+@click.option("--erased", type=click.Choice([TOPIC, NONE]), default=TOPIC, help="skip erased jobs (as agreement)")
+async def calibrate(
+    settings: Settings, results: str, corrections: str, prompt_format: str, out: Path, holdout: float,
+    review_share: float | None, erased: str,
+) -> int:  # fmt: skip
+    from consumer.tools.release_commands import calibrate_command
+
+    return await calibrate_command(
+        settings, results=results, corrections=corrections, prompt_format=prompt_format, out=out,
+        holdout=holdout, review_share=review_share, erased=erased,
+    )  # fmt: skip
 
 
 @command("doctor", help="check the GPU configuration; --gpu: measure the seed's three figures on this GPU host")

@@ -65,6 +65,9 @@ class GradedItem:
     model: str
     prompt_sha256: str
     confidence: float | None  # contract 1.2; None on results written before it
+    # Read for the release check (subgroups by student) and calibration (the distribution):
+    id_alumno: str = ""
+    probabilities: tuple[float, ...] | None = None  # contract 1.2 nota_probabilities; None when absent
 
     @property
     def result_id(self) -> str:
@@ -105,6 +108,8 @@ def graded_item(data: dict[str, Any]) -> GradedItem:
         model=result.model,
         prompt_sha256=result.prompt_sha256,
         confidence=_confidence(data.get("confidence")),
+        id_alumno=result.id_alumno,
+        probabilities=None if result.nota_probabilities is None else tuple(result.nota_probabilities),
     )
 
 
@@ -122,6 +127,7 @@ def _graded_from_csv_row(row: dict[str, str]) -> GradedItem:
         model=row.get("model", ""),
         prompt_sha256=row.get("prompt_sha256", ""),
         confidence=_confidence(row.get("confidence")),
+        id_alumno=row.get("id_alumno", ""),
     )
 
 

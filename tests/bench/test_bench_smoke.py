@@ -21,6 +21,7 @@ from bench import (
     b7_end_of_term,
     b10_scheduler_cost,
     b11_tenants,
+    b12_shadow,
 )
 from bench.broker_io import KafkaTarget
 from bench.common import SMOKE, BenchResult, render_section, write_report
@@ -54,6 +55,7 @@ async def test_fake_engine_benchmarks_run(
         await b6_small_behind_big.run(kafka, SMOKE),
         await b7_end_of_term.run(kafka, SMOKE),
         await b11_tenants.run(kafka, SMOKE),
+        await b12_shadow.run(kafka, SMOKE, tmp_path),
     ]
     positive = {
         "B3": ["p50_ms", "p99_ms", "all_p50_ms", "all_p99_ms"],
@@ -61,6 +63,7 @@ async def test_fake_engine_benchmarks_run(
         "B5": ["rss_start_mb", "rss_end_mb", "rss_max_mb"],
         "B6": ["fair_small_s", "fifo_small_s", "fair_throughput_share", "fifo_throughput_share"],
         "B7": ["fair_mean_s", "fifo_mean_s", "fair_p95_s", "fifo_p95_s", "worst_big_slowdown", "calm_fair_mean_s"],
+        "B12": ["alone_items_per_s", "with_shadow_items_per_s", "ratio"],
         "B11": ["b_alone_s", "b_by_tenant_s", "b_one_pool_s", "throughput_share", "class_fair_s", "big_slowdown"],
     }
     check_report(results, positive, tmp_path)

@@ -56,6 +56,8 @@ GRAFANA_VARIABLES = {"$instance": ".*", "$__rate_interval": "1m"}
 # the gateway's, if its target line below is removed).
 OPTIONAL_PREFIXES = {
     "texteval_gateway_": "the gateway (texteval gateway) is not among the scrape targets",
+    # Its metrics are checked by tests/pipeline/test_shadow.py.
+    "texteval_shadow_": "no shadow consumer (SHADOW=true) is among the scrape targets",
 }
 # Week-over-week comparisons (the drift alerts, "a week before" lines) look at data
 # a week old, which this run has not: their data is required without the offset
