@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -149,12 +150,11 @@ class VllmEngine:
         *,
         engine_args: dict[str, Any],
         model_name: str,
-        builder: PromptBuilder,
+        prompt_parts: Callable[[], tuple[PreTrainedTokenizerBase, PromptBuilder]],
         sampling: Sampling,
         feedback_max_chars: int,
         attempts: int,
         device: str,
-        tokenizer: PreTrainedTokenizerBase,
         timeout_s: float | None = None,
         review_below: float | None = None,
         tie_margin: float = 0.0,
@@ -163,14 +163,29 @@ class VllmEngine:
         model_revision: str | None = None,
         warm_up: bool = True,
     ) -> VllmEngine:
-        """Load the model (tens of seconds) without blocking the event loop, then warm it up."""
+        """Load the model (tens of seconds) without blocking the event loop, then warm it up.
+
+        ``prompt_parts`` loads the tokenizer and builds the prompt format (it
+        raises for one that cannot work): it runs while vLLM starts its
+        engine processes, not before (seconds for Gemma's 262k pieces, on
+        the path of every start).
+        """
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(**engine_args)
         # Built in a worker thread so /health keeps answering while it loads;
         # AsyncLLM starts its output loop lazily, on the caller's event loop.
-        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        built, parts = await asyncio.gather(
+            asyncio.to_thread(AsyncLLM.from_engine_args, args), asyncio.to_thread(prompt_parts), return_exceptions=True
+        )
+        if isinstance(parts, BaseException):
+            if not isinstance(built, BaseException):
+                await vllm_compat.shut_down(built)
+            raise parts
+        if isinstance(built, BaseException):
+            raise built
+        llm, (tokenizer, builder) = built, parts
         engine = cls(
             llm,
             tokenizer,
