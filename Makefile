@@ -44,7 +44,7 @@ test: setup lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 # Unit + broker tests: no service processes, no model, no benchmark harness
-# (tiers: pyproject.toml's markers; tests/conftest.py assigns them).
+# (tiers: tests/tiers.py registers and assigns them).
 test-fast: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not process and not engine and not bench"
 

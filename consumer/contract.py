@@ -338,31 +338,32 @@ class CancelledData(BaseModel):
     status: Literal[JobStatus.CANCELLED] = JobStatus.CANCELLED
 
 
-class AcceptedEvent(BaseModel):
+class _ProgressEnvelope(BaseModel):
+    """The envelope every progress event shares, written once; each event narrows ``event`` and ``data``."""
+
     schema_version: Literal[1] = SCHEMA_VERSION
-    event: Literal[ProgressEventType.ACCEPTED] = ProgressEventType.ACCEPTED
+    event: ProgressEventType
     job_id: str
+    data: BaseModel
+
+
+class AcceptedEvent(_ProgressEnvelope):
+    event: Literal[ProgressEventType.ACCEPTED] = ProgressEventType.ACCEPTED
     data: AcceptedData
 
 
-class BatchCompleteEvent(BaseModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+class BatchCompleteEvent(_ProgressEnvelope):
     event: Literal[ProgressEventType.BATCH_COMPLETE] = ProgressEventType.BATCH_COMPLETE
-    job_id: str
     data: BatchCompleteData
 
 
-class CompleteEvent(BaseModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+class CompleteEvent(_ProgressEnvelope):
     event: Literal[ProgressEventType.COMPLETE] = ProgressEventType.COMPLETE
-    job_id: str
     data: CompleteData
 
 
-class CancelledEvent(BaseModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+class CancelledEvent(_ProgressEnvelope):
     event: Literal[ProgressEventType.CANCELLED] = ProgressEventType.CANCELLED
-    job_id: str
     data: CancelledData
 
 

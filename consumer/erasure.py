@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from consumer.commands import produce_command
 from consumer.contract import ControlAction, ControlCommand
 from consumer.decisions import erased_record
 from consumer.settings import Settings
@@ -160,10 +161,11 @@ async def produce_erase(producer: AIOKafkaProducer, settings: Settings, command:
     corrections skips it; if it fails after the command went out, the caller's retry
     sends both again (a second command and record change nothing).
     """
-    key = command.job_id.encode()
-    await producer.send_and_wait(settings.control_topic, value=command.model_dump_json().encode(), key=key)
+    await produce_command(producer, settings.control_topic, command)
     record = erased_record(command.job_id)
-    await producer.send_and_wait(settings.decisions_topic, value=record.model_dump_json().encode(), key=key)
+    await producer.send_and_wait(
+        settings.decisions_topic, value=record.model_dump_json().encode(), key=command.job_id.encode()
+    )
 
 
 def erase_command(job_id: str, *, tenant: str | None, admin: bool) -> ControlCommand:

@@ -71,7 +71,7 @@ class HttpServer:
             app,
             host=host,
             port=port,
-            lifespan="off",
+            lifespan="on",  # the app's lifespan owns its clients (the gateway's Kafka producer and readers)
             # uvicorn trusts X-Forwarded-For from loopback by default: behind a sidecar anyone
             # could then say which address they are. Only the proxies named here are believed.
             proxy_headers=bool(forwarded_allow_ips),

@@ -435,6 +435,17 @@ class TopicReader:
                 on_record(record)
             pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
 
+    async def lag(self) -> dict[int, int]:
+        """Records behind each partition's end (by partition number), as of the last fetch:
+        no request to the broker (a followed topic's lag gauge)."""
+        consumer = self._live()
+        lag = {}
+        for tp in self._partitions:
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                lag[tp.partition] = max(0, highwater - await consumer.position(tp))
+        return lag
+
 
 class TopicFollower:
     """A topic read to its end, then followed in the background: every record to ``apply``.

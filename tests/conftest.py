@@ -1,31 +1,23 @@
-"""Shared fixtures. The real engine loads once per session (~40 s on CPU)."""
+"""Shared fixtures. The real engine loads once per session (~40 s on CPU).
+
+Test modules import plain helpers from tests/helpers.py and doubles from
+tests/doubles.py, never from here."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from consumer.contract import EvaluationResult, Item
+from consumer.contract import EvaluationResult
 from consumer.settings import Settings
-from consumer.testing.topics import make_settings
-from tests.kafka_harness import *  # noqa: F403 - broker fixtures for every test module
-from tests.kafka_harness import TopicNames
+from consumer.testing.topics import TopicNames, make_settings
+from tests.helpers import SYSTEM_PACKAGES, SettingsFactory, sample_items
 
-SettingsFactory = Callable[..., Settings]
-
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "data"
-
-
-def sample_items() -> list[Item]:
-    items: list[Item] = []
-    for line in (DATA / "sample_requests.jsonl").read_text(encoding="utf-8").splitlines():
-        items.extend(Item.model_validate(raw) for raw in json.loads(line)["items"])
-    return items
+# The broker's fixtures (kafka_bootstrap, topic_names, ...) and every test's
+# tier with the two workers' split, for every test module.
+pytest_plugins = ["tests.kafka_harness", "tests.tiers"]
 
 
 @pytest.fixture(scope="session")
@@ -56,70 +48,6 @@ async def graded_samples(real_engine: object) -> list[EvaluationResult]:
     return await grade_items(real_engine, "samples", sample_items())
 
 
-# -- tiers ---------------------------------------------------------------------
-# Every test gets its tier from what it uses, so a new test cannot forget it:
-# the real engine's fixtures → engine, the broker's → kafka, tests/bench/ →
-# bench; `process` is declared by the modules that start processes. A test
-# with none of them is a unit test. `make test-fast` = unit + kafka.
-_ENGINE_FIXTURES = {"real_engine", "engine_settings", "graded_samples"}
-_KAFKA_FIXTURES = {"kafka_bootstrap", "kafka_target", "kafka_group_kwargs"}
-_TIERS = ("kafka", "process", "engine", "bench")
-
-
-_TESTS = Path(__file__).parent
-
-
-# Per item as it is collected, so every plugin's pytest_collection_modifyitems
-# (the -m filter's included) sees the tiers.
-def pytest_itemcollected(item: pytest.Item) -> None:
-    names = set(getattr(item, "fixturenames", ()))
-    if names & _ENGINE_FIXTURES:
-        item.add_marker(pytest.mark.engine)
-    if names & _KAFKA_FIXTURES:
-        item.add_marker(pytest.mark.kafka)
-    if _TESTS / "bench" in Path(str(item.path)).parents:
-        item.add_marker(pytest.mark.bench)
-    if not any(item.get_closest_marker(tier) for tier in _TIERS):
-        item.add_marker(pytest.mark.unit)
-    if item.get_closest_marker("engine") and not in_model_group(item.nodeid):
-        raise pytest.UsageError(f"{item.nodeid} loads the engine: add it to MODEL_TESTS in tests/conftest.py")
-
-
-# -- two workers ---------------------------------------------------------------
-# `make test` runs the suite on two pytest-xdist workers. The tests that load
-# the model or its tokenizers are one unit of work, so one worker owns the
-# session's engine (loaded once, not once per worker) and the model cache,
-# while the other runs the broker and process tests beside it: most of their
-# time is spent waiting, the engine's computing. xdist's own `loadgroup` cannot
-# do this today: it tags node ids through an attribute pytest 9.2 no longer
-# reads, so the unit is chosen here, by node id, on the controller (which
-# collects nothing); the check above keeps MODEL_TESTS complete.
-MODEL_TESTS = (
-    "tests/engine/",
-    "tests/bench/test_bench_smoke.py::test_real_engine",
-    "tests/pipeline/test_end_to_end.py::",
-    "tests/pipeline/test_scheduler_engine.py::",
-    "tests/pipeline/test_privacy_and_engine_death.py::",
-)
-
-
-def in_model_group(nodeid: str) -> bool:
-    return nodeid.startswith(MODEL_TESTS)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    if config.getvalue("dist") != "loadgroup":
-        return None  # another --dist asked for: xdist's own
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ModelTestsTogether(LoadScopeScheduling):  # type: ignore[misc]
-        def _split_scope(self, nodeid: str) -> str:
-            return "model" if in_model_group(nodeid) else nodeid
-
-    return ModelTestsTogether(config, log)
-
-
 @pytest.fixture
 def settings_for(kafka_bootstrap: str, topic_names: TopicNames, kafka_group_kwargs: dict[str, int]) -> SettingsFactory:
     """Settings for a consumer on this test's fresh topics: ``settings_for(BATCH_SIZE=5)``."""
@@ -133,9 +61,6 @@ def settings_for(kafka_bootstrap: str, topic_names: TopicNames, kafka_group_kwar
 # -- what did not run ----------------------------------------------------------
 # A skip is easy to miss in a dotted line: the run ends by saying how many
 # tests did not run, why, and the one command that installs what they need.
-_SYSTEM_PACKAGES = {"chromium": "chromium", "prometheus": "prometheus", "promtool": "prometheus"}
-
-
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     skipped = terminalreporter.stats.get("skipped", [])
     if not skipped:
@@ -145,7 +70,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
         reasons[reason] = reasons.get(reason, 0) + 1
-    packages = sorted({pkg for reason in reasons for word, pkg in _SYSTEM_PACKAGES.items() if word in reason.lower()})
+    packages = sorted({pkg for reason in reasons for word, pkg in SYSTEM_PACKAGES.items() if word in reason.lower()})
     write = terminalreporter.write_line
     write("")
     write(f"texteval: {len(skipped)} tests did not run:", yellow=True, bold=True)

@@ -1,7 +1,8 @@
-"""Pytest fixtures for tests that need a real Kafka-compatible broker.
+"""Pytest plugin: fixtures for tests that need a real Kafka-compatible broker.
 
-Use from a conftest with `from tests.kafka_harness import *`, or
-`pytest_plugins = ["tests.kafka_harness"]`.
+Registered for the whole suite by `pytest_plugins` in tests/conftest.py; a
+test names the fixtures it needs (its `kafka` tier follows from them,
+tests/tiers.py).
 
 `kafka_bootstrap` (from `kafka_target`) picks, in order:
 1. `KAFKA_BOOTSTRAP_SERVERS` from the environment (an external broker);
@@ -13,8 +14,9 @@ Every test gets its own topic names (`topic_names`), so tests share one
 broker per session without seeing each other's messages.
 
 PYTEST_DONT_REWRITE: this module has no asserts; the marker lets it be both
-imported and named in `pytest_plugins` without pytest's "already imported"
-warning (an error under `filterwarnings = error`).
+imported (test modules take `TopicNames` from here) and named in
+`pytest_plugins` without pytest's "already imported" warning (an error under
+`filterwarnings = error`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,12 @@ from typing import Literal
 
 import pytest
 
-from consumer.testing.topics import TopicNames, create_topics
+from consumer.testing.topics import TopicNames
 from consumer.tools.broker import EmbeddedBroker
 
 __all__ = [
     "KafkaTarget",
     "TopicNames",
-    "create_topics",
     "docker_available",
     "kafka_bootstrap",
     "kafka_group_kwargs",

@@ -29,7 +29,7 @@ def test_uvicorn_is_the_release_the_workarounds_were_written_for() -> None:
 
 
 def test_the_pins_and_the_compat_modules_name_the_same_releases() -> None:
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     for constraints in ("constraints-cpu.txt", "constraints-gpu.txt"):
         pins = (REPO / "requirements" / constraints).read_text(encoding="utf-8").splitlines()

@@ -37,7 +37,7 @@ from pydantic import SecretStr
 from consumer.kafka import KafkaSetupError, check_connection, client_kwargs
 from consumer.settings import Settings
 from consumer.tools.broker import EmbeddedBroker, free_port
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FAST_S = 15.0  # "fails fast": well under aiokafka's 40 s request timeout
 
@@ -163,7 +163,6 @@ async def refused(target: Settings, timeout_s: float = 10.0) -> tuple[KafkaSetup
     return info.value, time.monotonic() - started
 
 
-@pytest.mark.kafka
 async def test_check_passes_on_a_reachable_broker(kafka_bootstrap: str) -> None:
     await check_connection(settings(kafka_bootstrap))  # also: metadata was answered
 
@@ -202,7 +201,6 @@ async def test_a_plaintext_client_on_an_authenticating_broker_is_told_why(auth_b
     assert "KAFKA_SECURITY_PROTOCOL" in str(error)
 
 
-@pytest.mark.kafka
 async def test_a_tls_client_on_a_plaintext_listener_gives_up_at_the_timeout(kafka_target: Any, ca_file: Path) -> None:
     if kafka_target.kind != "embedded":
         pytest.skip("needs to know the listener is plaintext")

@@ -13,8 +13,6 @@ from tests.kafka_harness import TopicNames
 if TYPE_CHECKING:
     from consumer.kafka import Record
 
-pytestmark = pytest.mark.kafka
-
 
 def _messages(n: int, tag: str) -> list[tuple[bytes | None, bytes | None]]:
     return [(f"k{i}".encode(), f"{tag}-{i}".encode()) for i in range(n)]

@@ -34,30 +34,21 @@ else the model's grade it holds, else null. A correction applied through
 another replica, or before this gateway restarted, is not known here; the
 records on the topic, in order, are the full history (``texteval explain``).
 
-The router is built from the app's own parts (who is calling, the
-tenant-scoped lookup, the write limit, the audit line) so it follows the
-same rules as the other routes without a copy of them.
+The route is ``consumer/gateway/routes/corrections.py``; the rules are here.
 """
 
-# No `from __future__ import annotations` here: FastAPI reads the route's
-# annotations at definition, and `Depends(caller)` names a closure variable
-# that a string annotation could not resolve (the parameter would become a
-# query parameter).
+from __future__ import annotations
+
 import json
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any, Protocol, TypeVar
-
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from consumer.contract import CorrectionRecord, utc_now
 from consumer.corrections import Correction, InvalidCorrection, correction_by, correction_record, parse_correction
 from consumer.gateway.jobs import JobRecord, results_rows
 from consumer.gateway.metrics import Agreement
-from consumer.gateway.service import Gateway
-from consumer.gateway.submit import NOT_JSON, BodyTooLarge, BodyTooSlow, is_json, read_limited
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +65,6 @@ class CorrectingCaller(Protocol):
 
     @property
     def admin(self) -> bool: ...
-
-
-C = TypeVar("C", bound=CorrectingCaller)
-
-
-def _error(status: int, detail: object) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
-
-
-def _invalid(loc: list[str | int], msg: str, kind: str) -> JSONResponse:
-    return _error(422, [{"loc": loc, "msg": msg, "type": kind}])
 
 
 def parse_corrections(
@@ -190,75 +170,3 @@ def decision_records(
         records.append(correction_record(correction, previous_nota=previous, by=by, applied_at=now))
         applied[index] = correction
     return records
-
-
-def corrections_router(
-    gateway: Gateway,
-    caller: Callable[..., Awaitable[C]],
-    find_for: Callable[[C, str], Awaitable[JobRecord | None]],
-    before_write: Callable[[C], None],
-    done: Callable[[Request, C, str | None, Response], Response],
-    applied_grades: AppliedGrades,
-) -> APIRouter:
-    """``caller``: the app's dependency naming who calls (it answers 401 itself);
-    ``find_for``: the job as that caller may see it (None: unknown to them);
-    ``before_write``: the per-key write limit; ``done``: the audit line of an answer."""
-    settings = gateway.settings
-    router = APIRouter()
-
-    @router.post("/jobs/{job_id:path}/corrections")
-    async def post_corrections(request: Request, job_id: str, who: Annotated[C, Depends(caller)]) -> Response:
-        before_write(who)
-        record = await find_for(who, job_id)
-        if record is None:
-            return done(request, who, job_id, _error(404, "Job not found"))
-        if who.admin:
-            return done(request, who, job_id, _error(403, "corrections come from the job's tenant, not an operator"))
-        if not is_json(request.headers.get("content-type")):
-            return done(request, who, job_id, _error(415, NOT_JSON))
-        lease = gateway.bodies.lease()
-        try:
-            body = await read_limited(
-                request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes, lease,
-                settings.gateway_request_read_timeout_s,
-            )  # fmt: skip
-        except BodyTooLarge as exc:
-            return done(request, who, job_id, _error(413, str(exc)))
-        except BodyTooSlow as exc:
-            return done(request, who, job_id, _error(408, str(exc)))
-        finally:
-            lease.release()  # a corrections list is small once parsed (at most the per-request cap)
-        parsed = parse_corrections(body, job_id, max_items=settings.max_items_per_job, total_items=record.total_items,
-                                   max_entries=settings.gateway_max_corrections_per_request)  # fmt: skip
-        if not all(isinstance(c, Correction) for c in parsed):
-            return done(request, who, job_id, _error(422, parsed))
-        corrections = [c for c in parsed if isinstance(c, Correction)]
-        # Read before the awaits below: the record may be dropped from memory meanwhile.
-        known = model_grades(record)
-        applied = applied_grades.of(record)
-        before = dict(applied)
-        records = decision_records(corrections, known, applied, by_of(who))
-        key = job_id.encode()
-        try:
-            acks = []
-            for correction, decision in zip(corrections, records, strict=True):
-                value = correction.model_dump_json().encode()
-                acks.append(await gateway.producer.send(settings.corrections_topic, value=value, key=key))
-                value = decision.model_dump_json().encode()
-                acks.append(await gateway.producer.send(settings.decisions_topic, value=value, key=key))
-            for ack in acks:
-                await ack
-        except Exception as exc:  # noqa: BLE001 - any produce failure: the client sends the list again
-            # Some may be written: sending them again applies them again (the last applied counts).
-            applied.clear()
-            applied.update(before)
-            logger.warning("could not produce corrections of job %s: %s", job_id, type(exc).__name__)
-            return done(request, who, job_id, _error(503, "Kafka unavailable; send the corrections again later"))
-        logger.info("job %s: %d corrections produced, with their decision records", job_id, len(corrections))
-        for correction in corrections:
-            agreement = agreement_of(known.get(correction.item_index), correction.nota)
-            gateway.metrics.corrections.labels(agreement.value).inc()
-        answer = JSONResponse({"job_id": job_id, "accepted": len(corrections)}, status_code=202)
-        return done(request, who, job_id, answer)
-
-    return router

@@ -58,7 +58,11 @@ _JOB_OVERHEAD_BYTES = 1024
 _EVENT_OVERHEAD_BYTES = 150
 
 
-class JobState(StrEnum):
+class GatewayJobStatus(StrEnum):
+    """A job's ``status`` in the HTTP API. Not the contract's ``JobStatus`` (the ``status`` of a
+    terminal progress event, what a consumer says of the job): this one is what the gateway
+    can say from what it holds, so it has two more: ``queued`` and ``incomplete``."""
+
     QUEUED = "queued"  # produced by this gateway, not yet accepted by a consumer
     PROCESSING = "processing"
     COMPLETED = "completed"  # finished, and this gateway holds a result of every item
@@ -83,10 +87,19 @@ class StoredEvent:
     timestamp_ms: int  # the record's Kafka timestamp
 
 
+@dataclass(slots=True)
+class ParsedResults:
+    """A job's results as parsed for downloads, valid while the job has ``events`` events."""
+
+    events: int
+    rows: list[dict[str, object]]
+    files: dict[tuple[str, int], object] = field(default_factory=dict)  # (format, missing) -> results.ResultsFile
+
+
 @dataclass(eq=False)
 class JobRecord:
     job_id: str
-    state: JobState
+    state: GatewayJobStatus
     last_activity_s: float
     total_items: int = 0
     request_sha256: str | None = None  # set only on the instance that produced it
@@ -99,14 +112,14 @@ class JobRecord:
     terminal_counts: dict[str, int] = field(default_factory=dict)
     size_bytes: int = _JOB_OVERHEAD_BYTES
     dropped: bool = False
-    # (events when parsed, rows): the parsed results of a job downloaded lately (results.RowsCache).
-    rows_cache: tuple[int, list[dict[str, object]]] | None = None
+    # The parsed results (and files) of a job downloaded lately (results.RowsCache).
+    rows_cache: ParsedResults | None = None
     # Replaced on every change; waiters hold the old one, which is set.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def finished(self) -> bool:
-        return self.state in (JobState.COMPLETED, JobState.INCOMPLETE, JobState.CANCELLED)
+        return self.state in (GatewayJobStatus.COMPLETED, GatewayJobStatus.INCOMPLETE, GatewayJobStatus.CANCELLED)
 
     @property
     def missing_results(self) -> int:
@@ -155,7 +168,9 @@ class JobStore:
 
     def submitted(self, job_id: str, total_items: int, request_sha256: str, now_s: float) -> JobRecord:
         """A job this instance is about to produce."""
-        record = JobRecord(job_id, JobState.QUEUED, now_s, total_items=total_items, request_sha256=request_sha256)
+        record = JobRecord(
+            job_id, GatewayJobStatus.QUEUED, now_s, total_items=total_items, request_sha256=request_sha256
+        )
         self._active[job_id] = record
         self._add(record)
         self._enforce_caps()
@@ -186,7 +201,7 @@ class JobStore:
         now_s = timestamp_ms / 1000.0
         record = self.get(event.job_id)
         if record is None:
-            record = JobRecord(event.job_id, JobState.PROCESSING, now_s)
+            record = JobRecord(event.job_id, GatewayJobStatus.PROCESSING, now_s)
             self._active[event.job_id] = record
             self._add(record)
         if record.finished:
@@ -194,7 +209,7 @@ class JobStore:
         payload = raw
         if isinstance(event, AcceptedEvent):
             record.total_items = event.data.total_items
-            record.state = JobState.PROCESSING
+            record.state = GatewayJobStatus.PROCESSING
         elif isinstance(event, BatchCompleteEvent):
             fresh = [r for r in event.data.results if r.item_index not in record.seen]
             if not fresh and event.data.results:
@@ -210,7 +225,7 @@ class JobStore:
                     record.failed += 1
             self._grow(record, 64 * len(fresh))  # the set entries
             record.total_items = max(record.total_items, event.data.progress.total)
-            record.state = JobState.PROCESSING
+            record.state = GatewayJobStatus.PROCESSING
             if event.data.progress.avg_time_per_item > 0:
                 self.seconds_per_item += 0.2 * (event.data.progress.avg_time_per_item - self.seconds_per_item)
         else:
@@ -294,11 +309,11 @@ class JobStore:
             self._on_evict(reason)
 
 
-def _terminal_state(record: JobRecord, event: CompleteEvent | CancelledEvent) -> JobState:
+def _terminal_state(record: JobRecord, event: CompleteEvent | CancelledEvent) -> GatewayJobStatus:
     """``completed`` only with a result of every item in hand: never a partial file called complete."""
     if isinstance(event, CancelledEvent):
-        return JobState.CANCELLED
-    return JobState.COMPLETED if record.missing_results == 0 else JobState.INCOMPLETE
+        return GatewayJobStatus.CANCELLED
+    return GatewayJobStatus.COMPLETED if record.missing_results == 0 else GatewayJobStatus.INCOMPLETE
 
 
 def results_rows(record: JobRecord) -> list[dict[str, object]]:

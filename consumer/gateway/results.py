@@ -1,10 +1,11 @@
 """A job's results as rows and as a file (``GET /jobs/{id}/results``).
 
 The rows are read from the job's stored events (kept once, as sent). Parsing
-2,000 results is milliseconds of the event loop, so 64 concurrent downloads
-of one job would starve every other request (``/health`` among them): the
-rows of the last few jobs asked for are kept, keyed by how many events the
-job had, and rebuilt only when a new event arrived.
+2,000 results, or writing them as a CSV, is tens of milliseconds of the event
+loop, so 64 concurrent downloads of one job would starve every other request
+(``/health`` among them): the rows of the last few jobs asked for, and their
+machine-readable files, are kept, keyed by how many events the job had, and
+rebuilt only when a new event arrived.
 
 ``results_file`` is the one place a results file is built from rows.
 """
@@ -17,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from consumer.gateway.jobs import JobRecord, results_rows
+from consumer.gateway.jobs import JobRecord, ParsedResults, results_rows
 from consumer.spreadsheets import csv_text
 
 # 1.2: confidence and needs_review (empty when absent); nota_probabilities in JSONL.
@@ -31,8 +32,10 @@ Row = dict[str, object]
 
 
 class RowsCache:
-    """The rows of the ``max_jobs`` jobs asked for last, kept on their records (read only, shared):
-    a job dropped from the store (TTL, memory, erase) drops its rows with it (``JobStore._drop``)."""
+    """The rows of the ``max_jobs`` jobs asked for last, kept on their records (read only, shared),
+    and their machine-readable files as served: a file is built once per new event, not once per
+    download (a 2,000-row CSV is tens of milliseconds of the event loop). A job dropped from the
+    store (TTL, memory, erase) drops its rows and files with it (``JobStore._drop``)."""
 
     def __init__(self, max_jobs: int = 8) -> None:
         self._max_jobs = max_jobs
@@ -40,9 +43,22 @@ class RowsCache:
         self._recent: OrderedDict[int, weakref.ref[JobRecord]] = OrderedDict()
 
     def rows(self, record: JobRecord) -> list[Row]:
-        cached = record.rows_cache
-        if cached is None or cached[0] != len(record.events):
-            cached = record.rows_cache = (len(record.events), results_rows(record))
+        return self._parsed(record).rows
+
+    def file(self, record: JobRecord, fmt: str, *, missing: int = 0) -> ResultsFile:
+        """``results_file`` of the job's rows, built once while no new event arrives."""
+        files = self._parsed(record).files
+        file = files.get((fmt, missing))
+        if not isinstance(file, ResultsFile):
+            built = results_file(record.job_id, self.rows(record), fmt, missing=missing)
+            text = built.text.encode("utf-8") if isinstance(built.text, str) else built.text  # encoded once, too
+            file = files[(fmt, missing)] = ResultsFile(text, built.media_type, built.filename)
+        return file
+
+    def _parsed(self, record: JobRecord) -> ParsedResults:
+        parsed = record.rows_cache
+        if parsed is None or parsed.events != len(record.events):
+            parsed = record.rows_cache = ParsedResults(len(record.events), results_rows(record))
         self._recent[id(record)] = weakref.ref(record)
         self._recent.move_to_end(id(record))
         while len(self._recent) > self._max_jobs:
@@ -50,7 +66,7 @@ class RowsCache:
             old = ref()
             if old is not None:
                 old.rows_cache = None
-        return cached[1]
+        return parsed
 
 
 @dataclass(frozen=True, slots=True)

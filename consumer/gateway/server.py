@@ -1,7 +1,8 @@
-"""Serving the gateway: its HTTP server around a running ``Gateway``.
+"""Serving the gateway: its app (``app.py``) on a uvicorn server, which runs
+the app's lifespan (the gateway's Kafka clients and readers) around serving.
 
-Apart from ``service.py`` because the routes (``app.py``) need the
-``Gateway`` type and serving needs the routes: one direction each.
+Apart from ``service.py`` because the routes need the ``Gateway`` type and
+serving needs the routes: one direction each.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from consumer.gateway.app import create_app
+from consumer.gateway.app import GatewayLifespan, create_app
 from consumer.gateway.auth import GatewaySetupError, check_exposure, keys_from
 from consumer.gateway.metrics import GatewayMetrics
-from consumer.gateway.service import Gateway, gateway_running
+from consumer.gateway.service import Gateway
 from consumer.http import HttpServer
 from consumer.kafka import KafkaSetupError, check_connection
 from consumer.settings import Settings
@@ -28,19 +29,35 @@ logger = logging.getLogger(__name__)
 async def gateway_serving(
     settings: Settings, host: str = "127.0.0.1", port: int = 0, metrics: GatewayMetrics | None = None
 ) -> AsyncIterator[tuple[Gateway, str]]:
-    """A started gateway and its HTTP server: (gateway, base URL). On exit the
-    open streams end first, so the server stops without waiting on them."""
-    async with gateway_running(settings, metrics) as gateway:
-        http = HttpServer(
-            create_app(gateway), host, port, forwarded_allow_ips=settings.gateway_forwarded_allow_ips,
-            head_timeout_s=settings.gateway_request_read_timeout_s,
-        )  # fmt: skip
+    """A started gateway and its HTTP server: (gateway, base URL). The server runs the app's
+    lifespan, which starts the gateway before the socket listens (a start that fails raises
+    here, as it was raised) and stops it after the last request. On exit the open streams
+    end first, so the server stops without waiting on them."""
+    app = create_app(settings, metrics)
+    lifespan: GatewayLifespan = app.state.lifespan
+    http = HttpServer(
+        app, host, port, forwarded_allow_ips=settings.gateway_forwarded_allow_ips,
+        head_timeout_s=settings.gateway_request_read_timeout_s,
+    )  # fmt: skip
+    try:
         await http.start()
+    except RuntimeError:
+        if lifespan.error is not None:
+            raise lifespan.error from None
+        raise
+    gateway: Gateway = app.state.gateway
+    try:
+        yield gateway, f"http://{host}:{http.port}"
+    finally:
+        gateway.store.close()
+        await http.stop()
+        # HttpServer.stop may return before the lifespan has closed the Kafka clients (its
+        # backstop ends the server's task, not the lifespan's): the caller gets them closed.
         try:
-            yield gateway, f"http://{host}:{http.port}"
-        finally:
-            gateway.store.close()
-            await http.stop()
+            async with asyncio.timeout(4 * settings.kafka_close_timeout_s):
+                await lifespan.stopped.wait()
+        except TimeoutError:
+            logger.warning("the gateway's Kafka clients did not close in time")
 
 
 async def serve_gateway(settings: Settings, host: str, port: int) -> int:

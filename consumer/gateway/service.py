@@ -14,11 +14,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from consumer.commands import produce_command
 from consumer.contract import ControlAction, ControlCommand
 from consumer.erasure import erase_command, produce_erase
 from consumer.gateway.auth import ApiKeys, Caller, keys_from
+from consumer.gateway.corrections import AppliedGrades
 from consumer.gateway.erasure import ErasureFollower
-from consumer.gateway.jobs import JobStore
+from consumer.gateway.jobs import JobRecord, JobStore
 from consumer.gateway.known import KnownJobIds
 from consumer.gateway.limits import BodyBudget, RateLimiter, StreamSlots
 from consumer.gateway.metrics import GatewayMetrics
@@ -54,6 +56,8 @@ class Gateway:
     auth_failures: RateLimiter  # per client address
     bodies: BodyBudget = field(default_factory=lambda: BodyBudget(64 * 1024 * 1024))  # request bodies held at once
     rows: RowsCache = field(default_factory=RowsCache)  # results rows of the jobs read last
+    # The corrections applied through this gateway: the corrections route writes, the results files read.
+    applied: AppliedGrades = field(default_factory=AppliedGrades)
     erasures: ErasureFollower | None = None  # erase commands from the control topic (None: unit tests' doubles)
     known: KnownJobIds | None = None  # the job ids the consumers remember (None: unit tests' doubles)
 
@@ -82,9 +86,7 @@ class Gateway:
         tenant's cancel only for that tenant's job."""
         tenant, admin = _acting_for(caller, job_id)
         command = ControlCommand(action=ControlAction.CANCEL, job_id=job_id, tenant=tenant, admin=admin)
-        await self.producer.send_and_wait(
-            self.settings.control_topic, value=command.model_dump_json().encode(), key=job_id.encode()
-        )
+        await produce_command(self.producer, self.settings.control_topic, command)
         self.metrics.cancels.inc()
 
     async def produce_erase(self, job_id: str, caller: Caller) -> None:
@@ -95,6 +97,26 @@ class Gateway:
         # The command, then the job's `erased` decision record (contract 1.3): readers of corrections skip it.
         await produce_erase(self.producer, self.settings, command)
         self.store.erase(job_id, time.time())
+
+    async def find(self, job_id: str) -> JobRecord | None:
+        """A job not met yet may be in what the tail has not read: at start-up
+        (the replay), or produced a moment ago (by a consumer, another
+        gateway's client, or straight to Kafka). Read up to now, then decide."""
+        record = self.store.get(job_id)
+        if record is None and not self.tail.caught_up.is_set():
+            await self.wait_caught_up()
+            record = self.store.get(job_id)
+        if record is None and self.tail.caught_up.is_set() and await self.tail.read_to_now():
+            record = self.store.get(job_id)
+        return record
+
+    async def find_for(self, caller: Caller, job_id: str) -> JobRecord | None:
+        """Another tenant's job is an unknown one (404, never 403): decided
+        from the id alone, before any lookup, so not even the time taken
+        tells whether it exists."""
+        if not caller.sees(job_id):
+            return None
+        return await self.find(job_id)
 
     async def wait_caught_up(self) -> bool:
         try:
@@ -128,13 +150,16 @@ class Gateway:
 
 
 @asynccontextmanager
-async def gateway_running(settings: Settings, metrics: GatewayMetrics | None = None) -> AsyncIterator[Gateway]:
+async def gateway_running(
+    settings: Settings, metrics: GatewayMetrics | None = None, keys: ApiKeys | None = None
+) -> AsyncIterator[Gateway]:
     """A started gateway (producer up, tail started; the replay continues in
-    the background). On exit, open streams end and the clients are closed."""
+    the background). On exit, open streams end and the clients are closed.
+    The app's lifespan runs it (``consumer.gateway.app``)."""
     from aiokafka import AIOKafkaProducer
 
     metrics = metrics or GatewayMetrics()
-    keys = keys_from(settings)  # before anything starts: refused settings fail fast
+    keys = keys if keys is not None else keys_from(settings)  # before anything starts: refused settings fail fast
     if settings.kafka_create_topics:
         topics = dict.fromkeys(settings.service_topics(), settings.kafka_topic_partitions)
         await ensure_topics(settings.kafka_bootstrap_servers, topics, **client_kwargs(settings))

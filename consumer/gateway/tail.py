@@ -2,10 +2,18 @@
 
 No consumer group: every gateway instance reads every partition, so any
 instance can serve any job, including jobs produced straight to Kafka by
-other systems. At start it seeks each partition to the first record newer
-than ``JOB_TTL_SECONDS`` (the whole history of every job still servable)
-and reads up to the end before it reports ``caught_up``; until then a job
-it has not met yet is not "not found", only not read yet.
+other systems. The reader is the one topic reader (``consumer.kafka.TopicReader``),
+opened at the first record newer than ``JOB_TTL_SECONDS`` (the whole history
+of every job still servable; the embedded broker cannot tell times apart and
+is read from its start).
+
+The tail reads what arrives (waiting at most ``_WAIT_FOR_NEW_MS`` at a
+time, so it answers a request for a pass quickly) and, on request, reads a
+pass: up to the topic's end as it is when the pass begins
+(``TopicReader.to_end``). The first pass is the start-up replay: until it
+ends, ``caught_up`` is not set and a job not met yet is not "not found",
+only not read yet. ``read_to_now`` asks for a pass and waits for it
+(read-your-writes for a job whose first event was produced a moment ago).
 """
 
 from __future__ import annotations
@@ -21,17 +29,17 @@ from pydantic import TypeAdapter, ValidationError
 from consumer.contract import ProgressEvent
 from consumer.gateway.jobs import AnyProgressEvent, JobStore
 from consumer.gateway.metrics import GatewayMetrics
-from consumer.kafka import client_kwargs, topic_partitions
+from consumer.kafka import Start, TopicReader, client_kwargs
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer
-
     from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _EVENT = TypeAdapter[AnyProgressEvent](ProgressEvent)
 _EXPIRE_EVERY_S = 5.0
+_WAIT_FOR_NEW_MS = 50  # no request of its own (aiokafka fetches in the background): only wake-ups
+_LAG_EVERY_S = 1.0
 
 
 class ProgressTail:
@@ -40,73 +48,40 @@ class ProgressTail:
         self._store = store
         self._metrics = metrics
         self.caught_up = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: TopicReader | None = None
         self._task: asyncio.Task[None] | None = None
-        self._start_ends: dict[Any, int] = {}
-        self._partitions: list[Any] = []
-        self._read_up_to: dict[Any, int] = {}  # next offset to read, per partition
-        self._advanced = asyncio.Event()  # replaced after every fetch
+        self._passes_begun = 0
+        self._passes_done = 0
+        self._pass_wanted = False
+        self._pass_done = asyncio.Event()  # replaced after every pass
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer
-
+        """Open the reader at the window's start; the replay runs in the background."""
         s = self._settings
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(s),
-            client_id="texteval-gateway",
-            group_id=None,
-            enable_auto_commit=False,
+        reader = TopicReader(
+            {**client_kwargs(s), "client_id": "texteval-gateway"}, [s.progress_topic], start=Start.BEGINNING,
+            since_ms=int((time.time() - s.job_ttl_seconds) * 1000), max_message_bytes=s.kafka_max_message_bytes,
             fetch_max_wait_ms=s.gateway_fetch_max_wait_ms,
-            max_partition_fetch_bytes=s.kafka_max_message_bytes,
-            fetch_max_bytes=s.kafka_max_message_bytes,
-        )
-        await consumer.start()
-        try:
-            self._partitions = await topic_partitions(consumer, s.progress_topic)
-            consumer.assign(self._partitions)
-            await self._seek_to_window(consumer)
-            self._start_ends = await consumer.end_offsets(self._partitions)
-        except BaseException:
-            await consumer.stop()
-            raise
-        self._consumer = consumer
-        await self._check_caught_up(consumer)
-        self._task = asyncio.create_task(self._run(consumer), name="progress-tail")
-
-    async def _seek_to_window(self, consumer: AIOKafkaConsumer) -> None:
-        since_ms = int((time.time() - self._settings.job_ttl_seconds) * 1000)
-        try:
-            found = await consumer.offsets_for_times(dict.fromkeys(self._partitions, since_ms))
-        except Exception:  # noqa: BLE001 - a broker without timestamp lookups: read it all
-            logger.warning("the broker cannot look offsets up by time; reading the progress topic from its start")
-            await consumer.seek_to_beginning(*self._partitions)
-            return
-        for tp in self._partitions:
-            position = found.get(tp)
-            if position is None:  # nothing that recent: start at the end
-                await consumer.seek_to_end(tp)
-            else:
-                consumer.seek(tp, position.offset)
+        )  # fmt: skip
+        await reader.__aenter__()
+        self._reader = reader
+        self._task = asyncio.create_task(self._run(reader), name="progress-tail")
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
-        if self.caught_up.is_set():
-            return
-        for tp in self._partitions:
-            if await consumer.position(tp) < self._start_ends.get(tp, 0):
-                return
-        self.caught_up.set()
-        self._metrics.tail_caught_up.set(1)
-        logger.info("progress topic read up to its end: %d jobs kept", len(self._store))
-
-    async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        next_expiry = time.monotonic() + _EXPIRE_EVERY_S
+    async def _run(self, reader: TopicReader) -> None:
+        next_expiry = next_lag = time.monotonic()
         while True:
+            lag: dict[int, int] = {}
             try:
-                batches = await consumer.getmany(timeout_ms=500)
+                if self._pass_wanted or not self.caught_up.is_set():
+                    await self._pass(reader)
+                for record in await reader.poll(timeout_ms=_WAIT_FOR_NEW_MS):
+                    self._apply(record)
+                if time.monotonic() >= next_lag:
+                    next_lag, lag = time.monotonic() + _LAG_EVERY_S, await reader.lag()
             except Exception:
                 # aiokafka reconnects by itself; a fetch error is reported and retried.
                 logger.exception("progress tail fetch failed; retrying")
@@ -114,34 +89,38 @@ class ProgressTail:
                 await asyncio.sleep(1.0)
                 continue
             self._metrics.kafka_up.set(1)
-            for records in batches.values():
-                for record in records:
-                    self._apply(record)
-            await self._check_caught_up(consumer)
-            for tp in self._partitions:
-                position = self._read_up_to[tp] = await consumer.position(tp)
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    self._metrics.tail_lag.labels(str(tp.partition)).set(max(0, highwater - position))
-            advanced, self._advanced = self._advanced, asyncio.Event()
-            advanced.set()
+            for partition, behind in lag.items():
+                self._metrics.tail_lag.labels(str(partition)).set(behind)
             if time.monotonic() >= next_expiry:
-                self._store.expire(time.time())
                 next_expiry = time.monotonic() + _EXPIRE_EVERY_S
+                self._store.expire(time.time())
             self._metrics.jobs_kept.set(len(self._store))
             self._metrics.bytes_kept.set(self._store.bytes_kept)
 
+    async def _pass(self, reader: TopicReader) -> None:
+        """Read up to the end the topic has now; then say so (the first time: caught up)."""
+        self._pass_wanted = False
+        self._passes_begun += 1
+        await reader.to_end(self._apply)
+        self._passes_done = self._passes_begun
+        done, self._pass_done = self._pass_done, asyncio.Event()
+        done.set()
+        if not self.caught_up.is_set():
+            self.caught_up.set()
+            self._metrics.tail_caught_up.set(1)
+            logger.info("progress topic read up to its end: %d jobs kept", len(self._store))
+
     async def read_to_now(self, timeout_s: float = 2.0) -> bool:
-        """Wait until everything in the topic now has been read (read-your-writes
-        for a job whose first event was produced a moment ago). False on timeout."""
-        consumer = self._consumer
-        if consumer is None:
+        """Wait until everything in the topic now has been read: a pass begun after this call
+        has ended (one under way may have taken its end before the record asked about)."""
+        if self._reader is None:
             return False
+        needed = self._passes_begun + 1
+        self._pass_wanted = True
         try:
             async with asyncio.timeout(timeout_s):
-                ends = await consumer.end_offsets(self._partitions)
-                while any(self._read_up_to.get(tp, 0) < end for tp, end in ends.items()):
-                    await self._advanced.wait()
+                while self._passes_done < needed:
+                    await self._pass_done.wait()
         except TimeoutError:
             return False
         return True
@@ -166,7 +145,7 @@ class ProgressTail:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
             async with asyncio.timeout(self._settings.kafka_close_timeout_s):
-                await consumer.stop()
+                await reader.__aexit__(None, None, None)

@@ -15,7 +15,6 @@ machine without a GPU.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -445,12 +444,13 @@ async def measure_on_gpu(settings: Settings, report: Report, *, texts: int, chec
         await engine.close()
 
 
-def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+async def doctor_command(settings: Settings, *, gpu: bool, texts: int, skip_tests: bool) -> int:
+    """``texteval doctor``: the static checks; with ``gpu``, the three figures measured on this host."""
     from consumer.engine.gpu_memory import read_gpu_memory
 
-    gpu = read_gpu_memory()
-    report = static_checks(settings, gpu)
-    if args.gpu and gpu is None:
+    card = read_gpu_memory()
+    report = static_checks(settings, card)
+    if gpu and card is None:
         report.figures = no_gpu_figures()
         print(render(report))
         print(
@@ -459,22 +459,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_NO_GPU
-    if args.gpu:
-        asyncio.run(measure_on_gpu(settings, report, texts=args.texts, checkout=Path.cwd(), tests=not args.skip_tests))
+    if gpu:
+        await measure_on_gpu(settings, report, texts=texts, checkout=Path.cwd(), tests=not skip_tests)
     print(render(report))
     return EXIT_FAILED if report.failed else 0
-
-
-def add_doctor_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    doctor = sub.add_parser(
-        "doctor",
-        help="check the GPU configuration; --gpu: measure the seed's three figures on this GPU host",
-    )
-    doctor.add_argument(
-        "--gpu",
-        action="store_true",
-        help="run the engine tests, a warm start, the canary and a full-size job; exit 2 without a GPU",
-    )
-    doctor.add_argument("--texts", type=int, default=FULL_JOB_TEXTS, help="texts in the measured job")
-    doctor.add_argument("--skip-tests", action="store_true", help="do not run the engine tests first")
-    doctor.set_defaults(run=cmd_doctor)

@@ -17,12 +17,12 @@ produced as a command every reader would ignore.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from typing import TYPE_CHECKING
 
+from consumer.commands import control_producer
 from consumer.erasure import erase_answer, erase_command, honoured, produce_erase
 from consumer.tenants import tenant_of
 
@@ -30,41 +30,22 @@ if TYPE_CHECKING:
     from consumer.settings import Settings
 
 
-def add_erase_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    import asyncio
-
-    erase = sub.add_parser(
-        "erase",
-        help="erase a job's data: cancel it, delete its job state, make every gateway forget it; "
-        "prints what stays in the topics until when",
-    )
-    erase.add_argument("job_id")
-    erase.add_argument("--tenant", default=None, help="act for this tenant (it must own the job)")
-    erase.add_argument("--admin", action="store_true", help="act as an operator (any job)")
-    erase.set_defaults(run=lambda a, s: asyncio.run(erase_job(a, s)))
-
-
-async def erase_job(args: argparse.Namespace, settings: Settings) -> int:
-    from aiokafka import AIOKafkaProducer
+async def erase_job(settings: Settings, job_id: str, *, tenant: str | None, admin: bool) -> int:
     from pydantic import ValidationError
 
-    from consumer.kafka import KafkaSetupError, check_connection, client_kwargs, ensure_topics
+    from consumer.kafka import check_connection, client_kwargs, ensure_topics
 
     try:
-        command = erase_command(args.job_id, tenant=args.tenant, admin=args.admin)
+        command = erase_command(job_id, tenant=tenant, admin=admin)
     except ValidationError:
         print("erase: not a valid job_id or tenant (1-128 characters of A-Z a-z 0-9 . _ : / -)", file=sys.stderr)
         return 2
     if not honoured(command):
-        owner = tenant_of(args.job_id)
-        print(f"erase: {args.job_id} belongs to tenant {owner}: pass --tenant {owner} or --admin "
+        owner = tenant_of(job_id)
+        print(f"erase: {job_id} belongs to tenant {owner}: pass --tenant {owner} or --admin "
               "(a command for another tenant's job is ignored)", file=sys.stderr)  # fmt: skip
         return 2
-    try:
-        await check_connection(settings)
-    except KafkaSetupError as exc:
-        print(f"erase: cannot use Kafka: {exc}", file=sys.stderr)
-        return 2
+    await check_connection(settings)  # KafkaSetupError: said by the command line, exit 2
     if settings.kafka_create_topics:
         topics = [settings.control_topic, settings.decisions_topic]
         await ensure_topics(
@@ -72,11 +53,7 @@ async def erase_job(args: argparse.Namespace, settings: Settings) -> int:
             dict.fromkeys(topics, settings.kafka_topic_partitions),
             **client_kwargs(settings),
         )
-    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
-    await producer.start()
-    try:
+    async with control_producer(settings) as producer:
         await produce_erase(producer, settings, command)
-    finally:
-        await producer.stop()
-    print(json.dumps(erase_answer(settings, args.job_id, time.time()), indent=2, ensure_ascii=False))
+    print(json.dumps(erase_answer(settings, job_id, time.time()), indent=2, ensure_ascii=False))
     return 0

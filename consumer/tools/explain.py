@@ -27,7 +27,6 @@ and only that partition of the requests topic, up to the job's request.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import re
@@ -330,40 +329,28 @@ def _render_prompt(check: PromptCheck | None, settings: Settings, item_index: in
     return lines
 
 
-async def explain_command(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.kafka import KafkaSetupError, check_connection
+async def explain_command(settings: Settings, result_id: str, *, as_json: bool) -> int:
+    from consumer.kafka import check_connection
 
-    parts = split_result_id(args.result_id)
+    parts = split_result_id(result_id)
     if parts is None:
         print("explain: a result id is <job_id>#<item index> (e.g. school-42/term-1#0)", file=sys.stderr)
         return 2
+    await check_connection(settings)  # KafkaSetupError: said by the command line, exit 2
     try:
-        await check_connection(settings)
         found = await explain(settings, *parts)
-    except (KafkaSetupError, LookupError) as exc:
+    except LookupError as exc:
         print(f"explain: {exc}", file=sys.stderr)
         return 2
     if not found.found:
         erased = " (its job was erased)" if found.erased is not None else ""
-        print(f"explain: no decision record of {args.result_id}{erased} in {settings.decisions_topic}: "
+        print(f"explain: no decision record of {result_id}{erased} in {settings.decisions_topic}: "
               "an unknown result id, an error result (no grade is released for it), or older than "
               "DECISIONS_RETENTION_MS", file=sys.stderr)  # fmt: skip
         return 1
-    if args.json:
+    if as_json:
         sys.stdout.write(json.dumps(found.as_dict(), ensure_ascii=False, indent=2) + "\n")
     else:
         sys.stdout.write(render(found, settings))
     sys.stdout.flush()
     return 0
-
-
-def add_explain_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    import asyncio
-
-    parser = sub.add_parser(
-        "explain",
-        help="a grade's decision record, its corrections, and the exact prompt while the request is kept",
-    )
-    parser.add_argument("result_id", help="<job_id>#<item index>")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(run=lambda a, s: asyncio.run(explain_command(a, s)))

@@ -344,13 +344,13 @@ def render(report: VerifyReport) -> str:
     return "\n".join(lines)
 
 
-def main(settings: Settings, manifest_path: Path, wait_s: float, as_json: bool) -> int:
-    """0 when every job is whole, 1 on any loss or wrong/missing complete,
+async def main(settings: Settings, manifest_path: Path, wait_s: float, as_json: bool) -> int:
+    """``texteval verify``: 0 when every job is whole, 1 on any loss or wrong/missing complete,
     2 when the manifest or the topics cannot be read."""
     from aiokafka.errors import KafkaError
 
     try:
-        report = asyncio.run(verify(settings, manifest_path, wait_s=wait_s))
+        report = await verify(settings, manifest_path, wait_s=wait_s)
     except (ManifestError, OSError, LookupError, TimeoutError, KafkaError) as exc:
         print(f"verify: {exc}", file=sys.stderr)
         return 2

@@ -11,8 +11,6 @@ import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from bench import (
     b1_e2e_vs_raw,
     b2_prototype,
@@ -27,8 +25,6 @@ from bench import (
 from bench.broker_io import KafkaTarget
 from bench.common import SMOKE, BenchResult, render_section, write_report
 from consumer.engine.vllm_engine import VllmEngine
-
-pytestmark = pytest.mark.kafka
 
 
 def check_report(results: list[BenchResult], positive: dict[str, list[str]], tmp_path: Path) -> None:
@@ -72,7 +68,6 @@ async def test_fake_engine_benchmarks_run(
     assert b3["p99_ms"] >= b3["p50_ms"] and b3["all_p99_ms"] >= b3["p99_ms"] - 1e-9
 
 
-@pytest.mark.engine
 async def test_real_engine_benchmarks_run(
     real_engine: VllmEngine, kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], tmp_path: Path
 ) -> None:

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from bench import b8_gateway
 from bench.broker_io import KafkaTarget
 from bench.common import SMOKE
-
-pytestmark = pytest.mark.kafka
 
 
 async def test_b8_runs_and_reports(kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], tmp_path: Path) -> None:

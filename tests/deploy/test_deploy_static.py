@@ -47,9 +47,9 @@ from consumer.testing.topics import (
     running,
     wait_for,
 )
-from consumer.tools.cli import build_parser
+from consumer.tools.cli import parse
 from consumer.tools.client import read_jobs
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.kafka_harness import TopicNames
 
 SETTINGS_ENV = {f.alias for f in Settings.model_fields.values() if f.alias}
@@ -70,7 +70,7 @@ def settings_from(env: dict[str, str]) -> Settings:
 def texteval_command(argv: list[str]) -> str:
     """The subcommand a `texteval ...` command line runs, parsed by the real CLI."""
     assert argv[0] == "texteval", argv
-    return str(build_parser().parse_args(argv[1:]).command)
+    return str(parse(argv[1:]).command)
 
 
 # --- Dockerfile ----------------------------------------------------------------
@@ -543,7 +543,6 @@ def check_names(expr: str, exported: Exposition, where: str) -> None:
     assert parsed.grouping_labels <= available, f"{where}: no such labels {parsed.grouping_labels - available}"
 
 
-@pytest.mark.kafka
 def test_dashboard_names_only_exported_metrics(dashboard: dict[str, Any], exported: Exposition) -> None:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
@@ -553,13 +552,11 @@ def test_dashboard_names_only_exported_metrics(dashboard: dict[str, Any], export
         assert metric in exported.labels and label == "instance"
 
 
-@pytest.mark.kafka
 def test_alert_rules_name_only_exported_metrics(alert_rules: list[dict[str, Any]], exported: Exposition) -> None:
     for rule in alert_rules:
         check_names(rule["expr"], exported, f"alert {rule['alert']}")
 
 
-@pytest.mark.kafka
 def test_the_metric_check_can_fail(exported: Exposition) -> None:
     # A metric from a later issue, and a misspelt one, are both caught.
     for expr in ("rate(texteval_prefix_cache_hit_total[5m])", "texteval_jobs_activ > 0", "rate(texteval_jobs[1m])"):
@@ -725,7 +722,7 @@ def test_runpod_gateway_template_serves_the_gateway_with_keys(runpod: dict[str, 
     assert gateway["imageName"] == runpod["imageName"], "one image for both"
     argv = gateway["dockerStartCmd"]
     assert texteval_command(argv) == "gateway"
-    args = build_parser().parse_args(argv[1:])
+    args = parse(argv[1:])
     assert gateway["ports"] == [f"{args.port}/http"] and args.host == "0.0.0.0"
     env = gateway["env"]
     assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV

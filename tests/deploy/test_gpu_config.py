@@ -18,7 +18,6 @@ from consumer.engine.model_store import PRODUCTION_MODEL
 from consumer.engine.vllm_compat import GPU_RUNTIME_DEFAULTS
 from consumer.gpu_budget import GB, L40_TOTAL_BYTES, SEED_LIMIT_GB, peak_bytes
 from consumer.settings import Settings
-from tests.conftest import REPO
 from tests.deploy.test_deploy_static import (
     COMPOSE,
     DEPLOY,
@@ -28,7 +27,8 @@ from tests.deploy.test_deploy_static import (
     service_env,
     settings_from,
 )
-from tests.fake_nvml import FakeNvml
+from tests.doubles import FakeNvml
+from tests.helpers import REPO
 
 
 def gpu_image_env() -> dict[str, str]:

@@ -13,7 +13,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 GPU_LOCK = REPO / "requirements" / "constraints-gpu.txt"
 CPU_LOCK = REPO / "requirements" / "constraints-cpu.txt"

@@ -23,8 +23,8 @@ from consumer.gateway.metrics import GatewayMetrics
 from consumer.metrics import Metrics
 from consumer.pipeline.jobstate.ledger import Ledger
 from consumer.settings import Settings
-from consumer.tools.cli import build_parser
-from tests.conftest import REPO
+from consumer.tools.cli import help_text, parse
+from tests.helpers import REPO
 
 SCRIPT = REPO / "deploy" / "kafka" / "create-topics.sh"
 PRIVACY = REPO / "docs" / "privacy.md"
@@ -207,12 +207,12 @@ def test_the_retention_table_is_what_the_script_sets(topics: dict[str, Topic]) -
 
 def commands() -> dict[str, str]:
     """``texteval``'s commands and each one's ``--help``, as a user sees them."""
-    top = build_parser().format_help().split("commands:", 1)[1].split("\n\n", 1)[0]
+    top = help_text().split("commands:", 1)[1].split("\n\n", 1)[0]
     names = re.findall(r"^    ([a-z][a-z-]*)", top, re.MULTILINE)
     helps = {}
     for name in names:
         with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:
-            build_parser().parse_args([name, "--help"])
+            parse([name, "--help"])
         helps[name] = out.getvalue()
     assert {"run", "submit", "grade"} <= set(helps)
     return helps

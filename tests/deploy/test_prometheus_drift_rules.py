@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"

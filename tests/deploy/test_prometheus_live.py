@@ -45,7 +45,7 @@ from consumer.testing.topics import (
     read_until,
 )
 from consumer.tools.broker import free_port
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PROMETHEUS = shutil.which("prometheus")
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "texteval.json"

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.gateway.metrics import GatewayMetrics
 from consumer.metrics import Metrics
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"

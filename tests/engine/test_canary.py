@@ -22,7 +22,7 @@ from consumer.engine.canary import (
 from consumer.engine.fake import FakeEngine, deterministic_script
 from consumer.engine.output import Generation
 from consumer.settings import Settings
-from tests.conftest import DATA
+from tests.helpers import DATA
 
 SECRET = "Text secret de l'alumne que no ha de sortir mai"
 

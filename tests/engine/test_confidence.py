@@ -195,7 +195,7 @@ def test_the_result_schema_takes_the_fields_on_ok_results_and_refuses_them_on_er
 
     import jsonschema
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     schema = json.loads((REPO / "schemas" / "evaluation-result.schema.json").read_text(encoding="utf-8"))
     engine = FakeEngine()

@@ -6,14 +6,11 @@ import asyncio
 import json
 
 import jsonschema
-import pytest
 
 from consumer.contract import ErrorCode, EvaluationResult, ItemStatus
 from consumer.engine.vllm_engine import VllmEngine
 from consumer.tools.files import read_items
-from tests.conftest import REPO, sample_items
-
-pytestmark = pytest.mark.engine
+from tests.helpers import REPO, sample_items
 
 RESULT_SCHEMA = json.loads((REPO / "schemas" / "evaluation-result.schema.json").read_text())
 

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from consumer.contract import EvaluationResult, ItemStatus
 from consumer.engine import vllm_compat
 from consumer.engine.vllm_engine import VllmEngine
 from consumer.settings import Settings
-from tests.conftest import sample_items
-
-pytestmark = pytest.mark.engine
+from tests.helpers import sample_items
 
 
 async def test_the_grammar_is_compiled_before_the_engine_is_handed_out_and_the_first_request_is_clean(

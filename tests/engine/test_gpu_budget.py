@@ -24,8 +24,8 @@ from consumer.gpu_budget import (
     vllm_fraction,
 )
 from consumer.settings import Settings
-from tests.conftest import REPO
-from tests.fake_nvml import FakeNvml
+from tests.doubles import FakeNvml
+from tests.helpers import REPO
 
 
 def test_the_default_budget_keeps_an_l40_under_the_seeds_22_gb() -> None:

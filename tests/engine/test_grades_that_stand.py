@@ -24,7 +24,7 @@ from consumer.contract import Item, ItemStatus, ReviewReason
 from consumer.engine.base import GradeOutcome
 from consumer.engine.output import Generation, parse_generation
 from consumer.engine.vllm_engine import VllmEngine
-from tests.conftest import sample_items
+from tests.helpers import sample_items
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "review"
 

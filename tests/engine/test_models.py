@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from consumer.contract import EvaluationRequest, EvaluationResult, ItemStatus, Sampling
 from consumer.schemas import all_schemas, render
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 ITEM = {"id_alumno": "A1", "curso": "3r ESO", "consigna": "Explica.", "respuesta": "Resposta."}
 

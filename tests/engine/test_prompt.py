@@ -19,8 +19,8 @@ from consumer.engine.factory import ModelChoice, build_prompt_builder, build_pro
 from consumer.engine.model_store import GEMMA3_270M, PRODUCTION_MODEL, SMOLLM2_135M, prepare_small_model
 from consumer.engine.prompt import GEMMA_SUFFIX, INSTRUCTION, PromptBuilder, PromptTokenizer
 from consumer.settings import PromptFormat, Settings
-from consumer.tools.cli import build_parser
-from tests.conftest import DATA, REPO
+from consumer.tools.cli import parse
+from tests.helpers import DATA, REPO
 
 GOLDEN_ITEM = DATA / "golden_item_A001.json"
 GOLDEN_PROMPT = DATA / "golden_prompt_A001.txt"
@@ -240,8 +240,8 @@ def test_render_prompt_tokens_shows_bos_once_then_the_turn_marker(
     monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(item.model_dump_json().encode())))
     for name in ("MODEL_NAME", "PROMPT_FORMAT"):
         monkeypatch.delenv(name, raising=False)  # the CPU default model
-    args = build_parser().parse_args(["render-prompt", "--tokens"])
-    assert args.run(args, Settings(_env_file=None)) == 0  # type: ignore[call-arg]
+    args = parse(["render-prompt", "--tokens"])
+    assert args.run(Settings(_env_file=None)) == 0  # type: ignore[call-arg]
     out = json.loads(capsysbinary.readouterr().out)
     assert out["model"] == GEMMA3_270M.display_name  # the CPU default
     assert out["tokens"][:2] == ["<bos>", "<start_of_turn>"] and out["tokens"].count("<bos>") == 1

@@ -77,7 +77,7 @@ def harness(**overrides: Any) -> Harness:
     producer = ProducerDouble()
     gateway = Gateway.build(settings, store, TailDouble(), producer, GatewayMetrics(), keys_from(settings))  # type: ignore[arg-type]
     # A loopback Host: an open gateway answers no other (DNS rebinding).
-    return Harness(gateway, TestClient(create_app(gateway), base_url="http://localhost"), producer)
+    return Harness(gateway, TestClient(create_app(settings, gateway=gateway), base_url="http://localhost"), producer)
 
 
 def bearer(key: str) -> dict[str, str]:

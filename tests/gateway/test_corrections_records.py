@@ -21,7 +21,7 @@ from consumer.corrections import Correction
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.auth import digest, key_id_of
 from consumer.gateway.corrections import AppliedGrades, decision_records
-from consumer.gateway.jobs import JobRecord, JobState
+from consumer.gateway.jobs import GatewayJobStatus, JobRecord
 from consumer.gateway.server import gateway_serving
 from consumer.settings import Settings
 from consumer.testing.topics import at_least, create_topics, items, make_settings, read_until, running, wait_for
@@ -63,12 +63,12 @@ def test_each_record_names_the_grade_before_it_in_the_order_applied() -> None:
 
 def test_applied_grades_live_as_long_as_the_gateway_holds_the_job() -> None:
     grades = AppliedGrades()
-    record = JobRecord("s/j", JobState.COMPLETED, 0.0)
+    record = JobRecord("s/j", GatewayJobStatus.COMPLETED, 0.0)
     correction = Correction(job_id="s/j", item_index=0, nota=3, corrected_at=NOW)
     grades.of(record)[0] = correction
     assert grades.of(record) == {0: correction} and len(grades) == 1
     # The same id met again (a new record: the job was dropped and re-learnt) starts empty.
-    assert grades.of(JobRecord("s/j", JobState.COMPLETED, 0.0)) == {}
+    assert grades.of(JobRecord("s/j", GatewayJobStatus.COMPLETED, 0.0)) == {}
     del record
     gc.collect()
     assert len(grades) == 0

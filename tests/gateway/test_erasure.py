@@ -36,9 +36,9 @@ from consumer.testing.topics import (
     values,
     wait_for,
 )
-from tests.conftest import SettingsFactory
 from tests.gateway.gateway_double import EVENT, KEY_A, KEY_ADMIN, KEY_B, TWO_TENANTS, accepted, bearer, harness, item
 from tests.gateway.test_gateway import sse_events
+from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 

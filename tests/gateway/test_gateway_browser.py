@@ -32,7 +32,7 @@ import pytest
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.server import gateway_serving
 from consumer.testing.topics import at_least, create_topics, make_settings, read_until, running
-from tests.conftest import SettingsFactory
+from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from consumer.gateway.jobs import JobState, JobStore
+from consumer.gateway.jobs import GatewayJobStatus, JobStore
 from consumer.gateway.limits import BodyBudget, Refused
 from consumer.gateway.submit import BodyTooSlow, read_limited
 from consumer.http import HttpServer
@@ -149,6 +149,22 @@ def test_results_rows_are_parsed_once_per_new_event_and_dropped_with_the_job() -
     assert record.rows_cache is None
 
 
+def test_a_results_file_is_built_once_per_new_event_not_once_per_download() -> None:
+    h = harness(**TWO_TENANTS)
+    h.feed(accepted("school-a/f", 3))
+    h.feed(batch("school-a/f", [ok_result(0), ok_result(1)], 3))
+    record = h.gateway.store.get("school-a/f")
+    assert record is not None
+    first = h.gateway.rows.file(record, "csv")
+    assert h.gateway.rows.file(record, "csv") is first  # 64 downloads write the CSV once
+    assert h.gateway.rows.file(record, "jsonl") is not first
+    downloaded = h.client.get("/jobs/school-a/f/results", headers=bearer(KEY_A))
+    assert downloaded.content == first.text and h.gateway.rows.file(record, "csv") is first  # encoded once too
+    h.feed(batch("school-a/f", [ok_result(2)], 3))
+    fresh = h.gateway.rows.file(record, "csv")
+    assert fresh is not first and bytes(fresh.text).count(b"\n") == 4  # the header and three rows
+
+
 # --- Finding 9: the low ones --------------------------------------------------------------------
 
 
@@ -230,7 +246,7 @@ def test_the_formula_guard_sees_through_blanks_invisibles_and_fullwidth_signs(te
 def test_nul_characters_are_removed_from_cells() -> None:
     assert safe_cell("Bé\x00=1") == "Bé=1"
     assert safe_cell("\x00=1") == "'=1"
-    assert safe_cell(JobState.COMPLETED.value) == "completed"
+    assert safe_cell(GatewayJobStatus.COMPLETED.value) == "completed"
 
 
 async def test_a_half_sent_request_head_is_closed_after_the_deadline() -> None:

@@ -17,7 +17,7 @@ from consumer.contract import (
     ProgressEvent,
 )
 from consumer.gateway.auth import ApiKeys, GatewaySetupError, check_exposure, is_loopback
-from consumer.gateway.jobs import AnyProgressEvent, EvictReason, JobState, JobStore, results_rows
+from consumer.gateway.jobs import AnyProgressEvent, EvictReason, GatewayJobStatus, JobStore, results_rows
 from consumer.gateway.sse import BadLastEventId, parse_last_event_id
 from consumer.gateway.submit import BodyTooLarge, InvalidBody, parse_submission, read_limited
 from consumer.settings import Settings
@@ -66,7 +66,7 @@ def test_repeated_results_reach_subscribers_once_and_nothing_follows_the_termina
     assert not feed(complete("j"))  # a reader keeps the first terminal event
     assert not feed(batch("j", [3]))
     record = store.get("j")
-    assert record is not None and record.state is JobState.COMPLETED
+    assert record is not None and record.state is GatewayJobStatus.COMPLETED
     partial = json.loads(record.events[2].payload)
     assert [r["item_index"] for r in partial["data"]["results"]] == [2, 3]
     assert [row["item_index"] for row in results_rows(record)] == [0, 1, 2, 3]
@@ -117,9 +117,9 @@ def test_jobs_expire_after_the_ttl_since_their_last_event() -> None:
 def test_a_submission_is_queued_until_accepted_and_forgotten_if_not_produced() -> None:
     store = JobStore(ttl_s=60, max_jobs=100, max_bytes=10**9)
     record = store.submitted("s", 4, "abc", now_s=1000)
-    assert record.state is JobState.QUEUED and store.get("s") is record
+    assert record.state is GatewayJobStatus.QUEUED and store.get("s") is record
     Feeder(store)(accepted("s"))
-    assert record.state is JobState.PROCESSING and record.request_sha256 == "abc"
+    assert record.state is GatewayJobStatus.PROCESSING and record.request_sha256 == "abc"
     store.submitted("t", 1, "def", now_s=1000)
     store.forget("t")
     assert store.get("t") is None

@@ -19,7 +19,7 @@ from playwright.async_api import async_playwright
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.server import gateway_serving
 from consumer.testing.topics import create_topics, running
-from tests.conftest import SettingsFactory
+from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 CHROMIUM = Path(os.environ.get("TEXTEVAL_CHROMIUM", "/usr/bin/chromium"))

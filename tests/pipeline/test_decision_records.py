@@ -22,7 +22,7 @@ from consumer.engine.fake import FakeEngine
 from consumer.pipeline.service import serve
 from consumer.settings import Settings
 from consumer.testing.topics import at_least, count_events, items, job, produce, read_until, running, values
-from tests.conftest import SettingsFactory
+from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 KEY = "k" * 40

@@ -11,7 +11,7 @@ from consumer.engine.vllm_engine import VllmEngine
 from consumer.metrics import Metrics
 from consumer.testing.topics import at_least, read_until, running, values
 from consumer.tools.client import read_jobs, submit_and_follow
-from tests.conftest import DATA, REPO, SettingsFactory
+from tests.helpers import DATA, REPO, SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = [pytest.mark.engine, pytest.mark.kafka]

@@ -21,7 +21,7 @@ from consumer.testing.topics import (
     running,
     values,
 )
-from tests.conftest import SettingsFactory
+from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka

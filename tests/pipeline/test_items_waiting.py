@@ -11,7 +11,7 @@ import pytest
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
 from consumer.testing.topics import count_events, items, job, produce, read_until, running
-from tests.conftest import SettingsFactory
+from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 

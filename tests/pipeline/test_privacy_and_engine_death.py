@@ -28,7 +28,7 @@ from consumer.testing.topics import (
     values,
 )
 from consumer.tools.broker import free_port
-from tests.conftest import REPO, SettingsFactory
+from tests.helpers import REPO, SettingsFactory
 
 pytestmark = [pytest.mark.engine, pytest.mark.kafka, pytest.mark.process]
 

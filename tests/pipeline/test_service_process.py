@@ -15,7 +15,7 @@ import pytest
 from consumer.testing.processes import service_env
 from consumer.testing.topics import count_events, items, job, produce, read_until, values
 from consumer.tools.broker import free_port
-from tests.conftest import REPO, SettingsFactory
+from tests.helpers import REPO, SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.process]

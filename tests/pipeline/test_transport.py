@@ -25,7 +25,7 @@ from consumer.testing.topics import (
     values,
     wait_for,
 )
-from tests.conftest import SettingsFactory
+from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.kafka

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.tools.cli import build_parser
+from consumer.tools.cli import parse
 
 
 def test_top_level_help_describes_the_tool_and_shows_the_common_commands(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        build_parser().parse_args(["--help"])
+        parse(["--help"])
     assert exited.value.code == 0
     shown = capsys.readouterr().out
     assert "Grade Catalan student answers" in shown

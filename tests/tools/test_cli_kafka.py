@@ -13,7 +13,7 @@ from consumer.engine.fake import FakeEngine
 from consumer.testing.processes import service_env
 from consumer.testing.topics import running
 from consumer.tools.files import read_results
-from tests.conftest import DATA, REPO, SettingsFactory
+from tests.helpers import DATA, REPO, SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.process]

@@ -12,7 +12,7 @@ import pytest
 
 from consumer.testing.processes import service_env
 from consumer.testing.topics import at_least, create_topics, make_settings, produce, read_until
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.kafka_harness import TopicNames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.process]

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pytest
 
 from consumer.testing.topics import create_topics, read_all, read_until
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.kafka_harness import TopicNames
 
 pytestmark = pytest.mark.process

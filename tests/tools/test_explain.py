@@ -26,7 +26,7 @@ from consumer.settings import Settings
 from consumer.testing.processes import service_env
 from consumer.testing.topics import at_least, create_topics, items, job, make_settings, produce, read_until, running
 from consumer.tools.explain import PromptStatus, explain, render, split_result_id
-from tests.conftest import REPO, SettingsFactory
+from tests.helpers import REPO, SettingsFactory
 from tests.kafka_harness import TopicNames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.process]

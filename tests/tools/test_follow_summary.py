@@ -19,7 +19,7 @@ from consumer.testing.processes import service_env
 from consumer.testing.topics import running
 from consumer.tools.client import FollowSummary, JobProgress
 from consumer.tools.files import read_results
-from tests.conftest import DATA, REPO, SettingsFactory
+from tests.helpers import DATA, REPO, SettingsFactory
 from tests.kafka_harness import TopicNames
 
 

@@ -12,7 +12,7 @@ from consumer.contract import EvaluationResult, ItemStatus
 from consumer.engine.fake import FakeEngine
 from consumer.tools.files import CSV_COLUMNS, InputFileError, job_id_for, read_items, read_results, write_results
 from consumer.tools.offline import grade_items
-from tests.conftest import DATA, sample_items
+from tests.helpers import DATA, sample_items
 
 
 def test_csv_jsonl_and_json_give_the_same_items(tmp_path: Path) -> None:

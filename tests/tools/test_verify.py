@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from consumer.engine.fake import FakeEngine
 from consumer.testing.topics import count_events, items, job, make_settings, produce, read_until, running
 from consumer.tools import verify
 from consumer.tools.verify import ManifestError, check, read_manifest, render
-from tests.conftest import SettingsFactory
+from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
 
 
@@ -200,13 +199,12 @@ def test_manifest_rejects_a_repeated_job_id_and_an_empty_file(tmp_path: Path) ->
         read_manifest(path)
 
 
-# main() runs its own event loop, as under the CLI: tests give it a thread,
-# away from the session's loop.
+# main() is the command's coroutine: under the CLI it runs on the adapter's loop, here on the session's.
 async def test_main_exits_2_on_a_bad_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text("nope\n", encoding="utf-8")
     settings = make_settings("127.0.0.1:1", TopicNames.unique(), {})
-    assert await asyncio.to_thread(verify.main, settings, path, 0, False) == 2
+    assert await verify.main(settings, path, 0, False) == 2
     assert "not JSON" in capsys.readouterr().err
 
 
@@ -214,7 +212,7 @@ async def test_main_exits_2_when_the_broker_cannot_be_read(tmp_path: Path, capsy
     path = tmp_path / "m.jsonl"
     path.write_text('{"job_id": "a", "total_items": 1}\n', encoding="utf-8")
     settings = make_settings("127.0.0.1:1", TopicNames.unique(), {})
-    assert await asyncio.to_thread(verify.main, settings, path, 0, False) == 2
+    assert await verify.main(settings, path, 0, False) == 2
     err = capsys.readouterr().err
     assert err.startswith("verify: "), err
 
@@ -264,10 +262,10 @@ async def test_verify_a_live_run(
     assert report.jobs[0].complete_problem == "total_processed 7 != 8"
 
     capsys.readouterr()
-    assert await asyncio.to_thread(verify.main, settings, claims, 0, False) == 1
+    assert await verify.main(settings, claims, 0, False) == 1
     out = capsys.readouterr().out
     assert "missing item indexes: 7" in out and out.rstrip().endswith("missing/wrong complete events")
-    assert await asyncio.to_thread(verify.main, settings, manifest, 0, True) == 0
+    assert await verify.main(settings, manifest, 0, True) == 0
     assert json.loads(capsys.readouterr().out)["duplicates"] == 1
 
 

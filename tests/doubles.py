@@ -1,6 +1,9 @@
-"""A stand-in for the ``pynvml`` module: one GPU of a given size, as NVML reports it.
+"""Test doubles shared by more than one test directory. (A double one
+directory uses lives beside its tests: tests/pipeline/doubles.py,
+tests/gateway/gateway_double.py.)
 
-Used where a test needs a GPU's answers on a machine without one
+``FakeNvml``: a stand-in for the ``pynvml`` module, one GPU of a given size as
+NVML reports it, where a test needs a GPU's answers on a machine without one
 (``consumer.engine.gpu_memory.read_gpu_memory(nvml=...)``)."""
 
 from __future__ import annotations
