@@ -268,20 +268,23 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
         vllm_compat.configure_gpu_runtime()
     vllm_compat.configure_grammar_timeout()
     model = prefer_offline(resolve_model(settings, device))
-    tokenizer = load_tokenizer(model)
-    builder = build_prompt_builder(model, tokenizer)
-    build_prompt_tokenizer(builder, tokenizer)  # fails here, not on every item
+
+    def prompt_parts() -> tuple[PreTrainedTokenizerBase, PromptBuilder]:
+        tokenizer = load_tokenizer(model)
+        builder = build_prompt_builder(model, tokenizer)
+        build_prompt_tokenizer(builder, tokenizer)  # fails at the start, not on every item
+        return tokenizer, builder
+
     args = engine_args(settings, model, device, None if device == "cpu" else gpu_total_bytes())
     logger.info("loading engine: model=%s device=%s format=%s", model.name, device, model.prompt_format)
     return await VllmEngine.start(
         engine_args=args,
         model_name=model.name,
-        builder=builder,
+        prompt_parts=prompt_parts,
         sampling=sampling_from(settings),
         feedback_max_chars=settings.feedback_chars,
         attempts=1 + settings.invalid_output_retries,
         device=device,
-        tokenizer=tokenizer,
         timeout_s=settings.engine_timeout_s,
         review_below=settings.review_confidence if settings.grade_distribution else None,
         tie_margin=settings.tie_margin,

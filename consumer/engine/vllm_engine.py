@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,11 @@ WARM_UP_ITEM = Item(
     consigna="Explica en una frase què és la fotosíntesi.",
     respuesta="La fotosíntesi és com les plantes fan el seu aliment amb la llum del sol.",
 )
+
+
+# The warm-up's forced continuation starts here: what the output grammar makes
+# every output begin with, and a grade (any: the text that follows is not read).
+WARM_UP_GRADE_POSITION = '{"nota": 1'
 
 
 class EngineWarmUpError(RuntimeError):
@@ -147,12 +153,11 @@ class VllmEngine:
         *,
         engine_args: dict[str, Any],
         model_name: str,
-        builder: PromptBuilder,
+        prompt_parts: Callable[[], tuple[PreTrainedTokenizerBase, PromptBuilder]],
         sampling: Sampling,
         feedback_max_chars: int,
         attempts: int,
         device: str,
-        tokenizer: PreTrainedTokenizerBase,
         timeout_s: float | None = None,
         review_below: float | None = None,
         tie_margin: float = 0.0,
@@ -162,14 +167,29 @@ class VllmEngine:
         warm_up: bool = True,
         calibration: Calibration | None = None,
     ) -> VllmEngine:
-        """Load the model (tens of seconds) without blocking the event loop, then warm it up."""
+        """Load the model (tens of seconds) without blocking the event loop, then warm it up.
+
+        ``prompt_parts`` loads the tokenizer and builds the prompt format (it
+        raises for one that cannot work): it runs while vLLM starts its
+        engine processes, not before (seconds for Gemma's 262k pieces, on
+        the path of every start).
+        """
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(**engine_args)
         # Built in a worker thread so /health keeps answering while it loads;
         # AsyncLLM starts its output loop lazily, on the caller's event loop.
-        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        built, parts = await asyncio.gather(
+            asyncio.to_thread(AsyncLLM.from_engine_args, args), asyncio.to_thread(prompt_parts), return_exceptions=True
+        )
+        if isinstance(parts, BaseException):
+            if not isinstance(built, BaseException):
+                await vllm_compat.shut_down(built)
+            raise parts
+        if isinstance(built, BaseException):
+            raise built
+        llm, (tokenizer, builder) = built, parts
         engine = cls(
             llm,
             tokenizer,
@@ -197,37 +217,44 @@ class VllmEngine:
         return engine
 
     async def warm_up(self) -> float:
-        """One generation with the exact parameters of a first attempt; returns its seconds.
+        """The first attempt's generation and a forced grade's continuation, in one batch; returns its seconds.
 
         The first structured request pays for what no later one does: the
         grammar's compilation (~14 s for the 176-character bound with
-        xgrammar on one CPU thread; cached by vLLM afterwards), the grammar
+        xgrammar on one quiet CPU thread; cached by vLLM afterwards), the grammar
         backend's vocabulary tables, the log-probability path. Paid here,
         before the caller reports ready, no item waits for it or is failed
         by vLLM's compilation timeout (see vllm_compat.REGEX_COMPILATION_TIMEOUT_S).
+
+        The forced grade's grammar (the rest of the same layout) is compiled
+        here too, not by the first item whose grade needs it. Its request does
+        not wait for the first one's output: it continues a fixed grade
+        position (``WARM_UP_GRADE_POSITION``), so both are in vLLM at once.
+        vLLM compiles them one after the other (one compiling thread on a
+        2-core host), the second in well under a second (xgrammar reuses what
+        the first built), and decodes them in the same steps: the warm-up
+        costs one generation, not two in a row (measured in docs/benchmarks.md).
         """
         started = time.perf_counter()
         _, token_ids = self.encode(WARM_UP_ITEM)
-        final = await self.generate(token_ids, 0, "warm-up")
+        first = self.generate(token_ids, 0, "warm-up")
+        if self._digits is None:
+            final = await first
+        else:
+            kept = self._tokenizer.encode(WARM_UP_GRADE_POSITION, add_special_tokens=False)
+            final, forced = await asyncio.gather(first, self._continue(token_ids, kept, 0, "warm-up/forced"))
+            if forced.outputs[0].finish_reason != "stop":
+                raise EngineWarmUpError(f"warm-up continuation ended with {forced.outputs[0].finish_reason!r}")
         completion = final.outputs[0]
         if completion.finish_reason != "stop":
             raise EngineWarmUpError(
                 f"warm-up generation ended with {completion.finish_reason!r} (a grammar that failed to compile "
                 "ends with 'error'; the engine's log has the cause)"
             )
-        distribution = self.distribution(completion)
-        if self._digits is not None and distribution is None:
+        if self._digits is not None and self.distribution(completion) is None:
             raise EngineWarmUpError("warm-up output has no grade distribution: the digit tokens were not found")
-        if distribution is not None:
-            # The forced grade's grammar is compiled here too (as long as the
-            # first one), not by the first item whose grade needs it.
-            other = (distribution.grade + 1) % 6
-            output_ids = list(completion.token_ids)
-            forced = await self.continue_with(token_ids, output_ids, distribution, other, 0, "warm-up/forced")
-            if forced.outputs[0].finish_reason != "stop":
-                raise EngineWarmUpError(f"warm-up continuation ended with {forced.outputs[0].finish_reason!r}")
         self._warm_up_s = time.perf_counter() - started
-        logger.info("engine warmed up in %.1f s (grammar compiled, first generation done)", self._warm_up_s)
+        logger.info("engine warmed up in %.1f s (grammars compiled, first generations done)", self._warm_up_s)
         return self._warm_up_s
 
     def stats(self) -> EngineStats:
@@ -275,11 +302,15 @@ class VllmEngine:
 
         The returned output's token ids are the whole output (the kept part, the grade, the rest).
         """
-        from vllm.inputs import TokensPrompt
-
         if self._digits is None:
             raise RuntimeError("a forced grade needs the grade's digit tokens")
         kept = [*output_ids[: distribution.position], self._digits.token_for(distribution.prefix, grade)]
+        return await self._continue(token_ids, kept, attempt, request_id)
+
+    async def _continue(self, token_ids: list[int], kept: list[int], attempt: int, request_id: str) -> RequestOutput:
+        """``kept`` (an output up to and with its grade token) continued under the forced grade's grammar."""
+        from vllm.inputs import TokensPrompt
+
         params = self._forced_params[attempt].clone()
         params.max_tokens = max(1, self._sampling.max_tokens - len(kept))
         final = None

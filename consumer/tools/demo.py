@@ -11,6 +11,7 @@ through ``consumer.tools.console.LibraryLog``).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from pathlib import Path
@@ -50,7 +51,14 @@ async def run_demo(
     console = console or Console(stderr=True)
     started = time.monotonic()
     jobs = read_jobs(jobs_file, settings.max_items_per_job)  # a bad file is said now, not after the engine's minute
-    with EmbeddedBroker() as broker:
+    # The engine's minute starts first; the broker and its topics are set up
+    # meanwhile (the engine loads in worker threads and its own processes).
+    engine_started = time.monotonic()
+    loaded = engine is None
+    loading = asyncio.create_task(_load_engine(settings, console)) if engine is None else None
+    broker = EmbeddedBroker()
+    try:
+        await asyncio.to_thread(broker.start)
         settings = settings.model_copy(
             update={
                 "kafka_bootstrap_servers": broker.bootstrap_servers,
@@ -62,12 +70,12 @@ async def run_demo(
         )
         await ensure_service_topics(settings)
         console.print(f"[bold]broker[/] Tansu on {broker.bootstrap_servers} (in memory)")
-        engine_started = time.monotonic()
-        loaded = engine is None
-        engine = engine or await _load_engine(settings, console)
+        if loading is not None:
+            engine = await loading
+        assert engine is not None
         console.print(
             f"[bold]engine[/] {engine.model_name} ready in {time.monotonic() - engine_started:.1f} s"
-            + (" (weights loaded, output grammar compiled, one warm-up text graded)" if loaded else "")
+            + (" (weights loaded, output grammars compiled, warm-up graded)" if loaded else "")
         )
         metrics = Metrics()
         try:
@@ -82,6 +90,14 @@ async def run_demo(
             console.print("[bold]consumer[/] drained, offsets committed, left the group")
         finally:
             await engine.close()
+    finally:
+        if loading is not None and engine is None:
+            # The broker failed while the engine loaded: stop the load, close what it built.
+            loading.cancel()
+            built = (await asyncio.gather(loading, return_exceptions=True))[0]
+            if not isinstance(built, BaseException):
+                await built.close()
+        broker.stop()
     write_results(results, out)
     ok = sum(1 for r in results if r.error is None)
     console.print(
