@@ -86,7 +86,7 @@ def _entries(jobs: list[TraceJob]) -> list[TraceEntry]:
 def model_figures(shape: Shape) -> dict[str, float]:
     """The trace model's figures for both traces (virtual time: exact)."""
     gpu = shape.gpu
-    share = Settings(_env_file=None).scheduler_oldest_share  # type: ignore[call-arg]
+    share = Settings(_env_file=None).scheduler.scheduler_oldest_share  # type: ignore[call-arg]
     alone = alone_s(shape.job_items, concurrency=gpu.concurrency, delay_s=gpu.delay_s)
     tenants = _entries(tenants_trace("m", shape))
     within = _entries(within_trace("m", shape))

@@ -38,17 +38,15 @@ ARMS = ("alone", "with shadow")
 
 async def run(kafka: KafkaTarget, scale: Scale, log_dir: Path) -> BenchResult:
     settings = await fresh_settings(kafka)
-    shadow_settings = settings.model_copy(
-        update={
-            "shadow": True,
-            "shadow_sample_rate": 0.1,
-            "kafka_group_id": f"{settings.kafka_group_id}-shadow",
-            "shadow_results_topic": f"{settings.results_topic}.shadow",
-            "shadow_checkpoints_topic": f"{settings.checkpoints_topic}.shadow",
-        }
+    shadow_settings = settings.with_(
+        shadow=True,
+        shadow_sample_rate=0.1,
+        kafka_group_id=f"{settings.kafka.group_id}-shadow",
+        shadow_results_topic=f"{settings.kafka.results_topic}.shadow",
+        shadow_checkpoints_topic=f"{settings.kafka.checkpoints_topic}.shadow",
     )
     await create_topics(
-        kafka.bootstrap, [shadow_settings.shadow_results_topic, shadow_settings.shadow_checkpoints_topic]
+        kafka.bootstrap, [shadow_settings.kafka.shadow_results_topic, shadow_settings.kafka.shadow_checkpoints_topic]
     )
     items = scale.b4_items
     live = ServiceProcess(settings, log_dir, "b12-live", delay_ms=DELAY_MS, concurrency=CONCURRENCY)
@@ -58,7 +56,7 @@ async def run(kafka: KafkaTarget, scale: Scale, log_dir: Path) -> BenchResult:
         await live.wait_healthy()
         async with (
             JobProducer(settings) as producer,
-            output_reader(settings, [settings.progress_topic], fetch_max_wait_ms=20) as reader,
+            output_reader(settings, [settings.kafka.progress_topic], fetch_max_wait_ms=20) as reader,
         ):
 
             async def one_job(tag: str) -> float:
@@ -66,7 +64,7 @@ async def run(kafka: KafkaTarget, scale: Scale, log_dir: Path) -> BenchResult:
                 payload = encode_job(job_id, tagged_items(items, job_id))
                 started = time.perf_counter()
                 await producer.send([(job_id, payload)])
-                await wait_complete(reader, settings.progress_topic, [job_id], timeout_s=900)
+                await wait_complete(reader, settings.kafka.progress_topic, [job_id], timeout_s=900)
                 return items / (time.perf_counter() - started)
 
             await one_job("b12-warm")

@@ -65,7 +65,7 @@ async def _e2e_arm(
     value = encode_job(job_id, items)
     started = time.perf_counter()
     await producer.send([(job_id, value)])
-    complete = await wait_complete(reader, settings.progress_topic, [job_id], timeout_s=3600)
+    complete = await wait_complete(reader, settings.kafka.progress_topic, [job_id], timeout_s=3600)
     seconds = time.perf_counter() - started
     tally.e2e_texts += len(items)
     tally.e2e_ok += int(complete[job_id]["succeeded"])
@@ -83,7 +83,7 @@ async def run(engine: VllmEngine, kafka: KafkaTarget, scale: Scale) -> BenchResu
     async with (
         consumer_ready(settings, engine, metrics),
         JobProducer(settings) as producer,
-        output_reader(settings, [settings.progress_topic]) as reader,
+        output_reader(settings, [settings.kafka.progress_topic]) as reader,
     ):
         await raw_engine.warm_up(engine, scale.warmup_prompts, "b1-warm")
         for rep in range(scale.reps):

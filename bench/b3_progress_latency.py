@@ -88,18 +88,18 @@ async def run(kafka: KafkaTarget, scale: Scale) -> BenchResult:
     settings = await fresh_settings(kafka, BATCH_SIZE=BATCH_SIZE)
     engine = FakeEngine(delay_s=FAKE_DELAY_S, max_concurrency=FAKE_CONCURRENCY)
     metrics = Metrics()
-    latencies = _Latencies(settings.results_topic, settings.progress_topic)
+    latencies = _Latencies(settings.kafka.results_topic, settings.kafka.progress_topic)
     details: list[str] = []
     async with (
         consumer_ready(settings, engine, metrics),
         JobProducer(settings) as producer,
-        output_reader(settings, [settings.results_topic, settings.progress_topic]) as reader,
+        output_reader(settings, [settings.kafka.results_topic, settings.kafka.progress_topic]) as reader,
     ):
         for rep in range(scale.reps):
             job_id = new_job_id(f"b3-r{rep}")
             before = set(latencies.completing)
             await producer.send([(job_id, encode_job(job_id, tagged_items(scale.b3_items, f"b3-r{rep}")))])
-            await wait_complete(reader, settings.progress_topic, [job_id], also=latencies.on_record)
+            await wait_complete(reader, settings.kafka.progress_topic, [job_id], also=latencies.on_record)
             rep_ms = latencies.ms(latencies.completing - before)
             details.append(f"completing item p50 {percentile(rep_ms, 50):.1f} / p99 {percentile(rep_ms, 99):.1f} ms")
             print(f"  B3 rep {rep + 1}/{scale.reps}: {details[-1]}", flush=True)
@@ -121,7 +121,7 @@ async def run(kafka: KafkaTarget, scale: Scale) -> BenchResult:
         notes=[
             f"{len(completing)} completing items, {len(every)} items in all, {scale.reps} job(s);"
             f" fake engine {FAKE_CONCURRENCY} at a time × {FAKE_DELAY_S * 1000:.0f} ms, BATCH_SIZE {BATCH_SIZE},"
-            f" PROGRESS_FLUSH_MS {settings.progress_flush_ms}, KAFKA_LINGER_MS {settings.kafka_linger_ms}.",
+            f" PROGRESS_FLUSH_MS {settings.jobs.progress_flush_ms}, KAFKA_LINGER_MS {settings.kafka.linger_ms}.",
             "Every item also waits for its batch to fill (here up to one engine round, 50 ms).",
             f"The consumer's own histogram (ready → batch event acked, every item): {within:.0%} ≤ 20 ms.",
             "Reader, consumer and engine share one process and event loop (receipt times err on the late side).",

@@ -63,7 +63,7 @@ async def run(kafka: KafkaTarget, scale: Scale) -> BenchResult:
         JobProducer(settings) as producer,
         # Results are counted by key (the job id), never decoded: the reader
         # shares the process with the consumer and must stay cheap.
-        output_reader(settings, [settings.results_topic], fetch_max_wait_ms=10) as reader,
+        output_reader(settings, [settings.kafka.results_topic], fetch_max_wait_ms=10) as reader,
     ):
         await _timed_jobs(producer, reader, 1, 100, "b4-warm")  # imports, connections, buffers
         for rep in range(scale.reps):
@@ -82,8 +82,8 @@ async def run(kafka: KafkaTarget, scale: Scale) -> BenchResult:
         figures={"items_per_s": rate},
         details=details,
         notes=[
-            f"In-process consumer (`consumer_running`), MAX_INFLIGHT_ITEMS {settings.max_inflight_items},"
-            f" MAX_CONCURRENT_JOBS {settings.max_concurrent_jobs}, KAFKA_LINGER_MS {settings.kafka_linger_ms};"
+            f"In-process consumer (`consumer_running`), MAX_INFLIGHT_ITEMS {settings.jobs.max_inflight_items},"
+            f" MAX_CONCURRENT_JOBS {settings.jobs.max_concurrent_jobs}, KAFKA_LINGER_MS {settings.kafka.linger_ms};"
             " the reader shares its process.",
         ],
     )

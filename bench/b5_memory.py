@@ -52,13 +52,13 @@ async def run(kafka: KafkaTarget, scale: Scale, log_dir: Path) -> BenchResult:
         proc = psutil.Process(service.proc.pid)
         async with (
             JobProducer(settings) as producer,
-            output_reader(settings, [settings.progress_topic], fetch_max_wait_ms=50) as reader,
+            output_reader(settings, [settings.kafka.progress_topic], fetch_max_wait_ms=50) as reader,
         ):
 
             async def jobs(tag: str, count: int) -> None:
                 ids = [new_job_id(f"{tag}-j{j}") for j in range(count)]
                 await producer.send([(i, encode_job(i, tagged_items(scale.b5_items, i))) for i in ids])
-                await wait_complete(reader, settings.progress_topic, ids, timeout_s=900)
+                await wait_complete(reader, settings.kafka.progress_topic, ids, timeout_s=900)
 
             await jobs("b5-warm", 1)
             start = _rss_mb(proc)

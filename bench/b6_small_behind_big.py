@@ -94,7 +94,7 @@ async def run_trace(
     async with (
         consumer_ready(settings, engine, Metrics()),
         JobProducer(settings) as producer,
-        output_reader(settings, [settings.progress_topic]) as reader,
+        output_reader(settings, [settings.kafka.progress_topic]) as reader,
     ):
         start = time.perf_counter()
 

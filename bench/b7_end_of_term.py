@@ -84,7 +84,7 @@ def end_of_term(tag: str, shape: Shape) -> list[TraceJob]:
 
 
 def settings_share() -> float:
-    return Settings(_env_file=None).scheduler_oldest_share  # type: ignore[call-arg]
+    return Settings(_env_file=None).scheduler.scheduler_oldest_share  # type: ignore[call-arg]
 
 
 @dataclass(frozen=True, slots=True)

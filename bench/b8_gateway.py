@@ -205,7 +205,7 @@ async def _measure(client: httpx.AsyncClient, producer: AIOKafkaProducer, topic:
 async def run(kafka: KafkaTarget, scale: Scale, log_dir: Path | None = None) -> BenchResult:
     single_events, n_streams, per_stream, kept_jobs = SIZES.get(scale.name, SIZES["smoke"])
     settings = await fresh_settings(kafka)
-    topic = settings.progress_topic
+    topic = settings.kafka.progress_topic
     log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / "b8-gateway.log"
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=0)
     await producer.start()

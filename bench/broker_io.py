@@ -100,7 +100,7 @@ class JobProducer:
 
     async def send(self, jobs: Sequence[tuple[str, bytes]]) -> None:
         """Produce (job_id, value) requests and wait for the broker's acks."""
-        topic = self._settings.requests_topic
+        topic = self._settings.kafka.requests_topic
         acks = [await self._producer.send(topic, value=value, key=job_id.encode()) for job_id, value in jobs]
         await asyncio.gather(*acks)
 

@@ -54,7 +54,7 @@ async def _produce_jobs(settings: Settings, finished: str, running: str, items: 
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5)
     await producer.start()
     try:
-        topic, acks = settings.progress_topic, []
+        topic, acks = settings.kafka.progress_topic, []
         values = [_accepted(finished, items)]
         values += [_batch(finished, n, items, RESULTS_PER_EVENT) for n in range(1, items // RESULTS_PER_EVENT + 1)]
         for value in [*values, _complete(finished, items)]:

@@ -187,7 +187,7 @@ async def cost(prompts: int, reps: int) -> None:
                     async with (
                         consumer_ready(settings, engine, Metrics()),
                         JobProducer(settings) as producer,
-                        output_reader(settings, [settings.progress_topic]) as reader,
+                        output_reader(settings, [settings.kafka.progress_topic]) as reader,
                     ):
                         tag = f"gts-{arm}-{rep}"
                         rates[arm] = await _e2e_arm(

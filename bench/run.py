@@ -80,11 +80,13 @@ def engine_settings() -> Settings:
 def settings_description(kafka: KafkaTarget, engine: VllmEngine | None, settings: Settings) -> list[str]:
     consumer = Settings(_env_file=None)  # type: ignore[call-arg]
     device = engine.health().device if engine is not None else "cpu"
+    jobs = consumer.jobs
     lines = [
-        f"Broker: {kafka.kind}; consumer defaults: MAX_INFLIGHT_ITEMS {consumer.max_inflight_items},"
-        f" MAX_CONCURRENT_JOBS {consumer.max_concurrent_jobs}, PROGRESS_FLUSH_MS {consumer.progress_flush_ms},"
-        f" SCHEDULING_POLICY {consumer.scheduling_policy.value} (engine depth {consumer.engine_depth_on(device)}),"
-        f" KAFKA_LINGER_MS {consumer.kafka_linger_ms}, COMMIT_INTERVAL_MS 100 (test settings)",
+        f"Broker: {kafka.kind}; consumer defaults: MAX_INFLIGHT_ITEMS {jobs.max_inflight_items},"
+        f" MAX_CONCURRENT_JOBS {jobs.max_concurrent_jobs}, PROGRESS_FLUSH_MS {jobs.progress_flush_ms},"
+        f" SCHEDULING_POLICY {consumer.scheduler.scheduling_policy.value}"
+        f" (engine depth {consumer.engine_depth_on(device)}),"
+        f" KAFKA_LINGER_MS {consumer.kafka.linger_ms}, COMMIT_INTERVAL_MS 100 (test settings)",
     ]
     if engine is not None:
         cpu_env = ", ".join(
@@ -92,13 +94,14 @@ def settings_description(kafka: KafkaTarget, engine: VllmEngine | None, settings
             for name in ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
             if name in os.environ
         )
-        level = settings.compilation_level
+        level = settings.engine.compilation_level
         lines.append(
-            f"Engine (B1, B2, B10): {engine.model_name}; MAX_TOKENS {settings.max_tokens} (FEEDBACK_MAX_CHARS"
-            f" {settings.feedback_chars}, instead of 380/176), MAX_MODEL_LEN {settings.max_model_len},"
-            f" MAX_NUM_SEQS {settings.max_num_seqs_on(device)}, prefix caching {settings.enable_prefix_caching},"
+            f"Engine (B1, B2, B10): {engine.model_name}; MAX_TOKENS {settings.engine.max_tokens} (FEEDBACK_MAX_CHARS"
+            f" {settings.engine.feedback_chars}, instead of 380/176), MAX_MODEL_LEN {settings.engine.max_model_len},"
+            f" MAX_NUM_SEQS {settings.engine.max_num_seqs_on(device)},"
+            f" prefix caching {settings.engine.enable_prefix_caching},"
             f" COMPILATION_LEVEL {'default (eager on CPU)' if level is None else level},"
-            f" {settings.dtype or 'DTYPE default (float32 on CPU)'};"
+            f" {settings.engine.dtype or 'DTYPE default (float32 on CPU)'};"
             f" {cpu_env}"
         )
     return lines
@@ -152,7 +155,7 @@ async def run_all(selected: list[str], scale: Scale) -> tuple[list[BenchResult],
                     results["B2"] = await _guarded("B2", lambda: b2_prototype.run(live, scale))
                 if "B10" in selected:
                     device = live.health().device
-                    depth, seqs = settings.engine_depth_on(device) or 0, settings.max_num_seqs_on(device)
+                    depth, seqs = settings.engine_depth_on(device) or 0, settings.engine.max_num_seqs_on(device)
                     results["B10"] = await _guarded(
                         "B10", lambda: b10_scheduler_cost.run(live, scale, depth=depth, max_num_seqs=seqs)
                     )

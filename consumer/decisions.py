@@ -50,12 +50,12 @@ class DecisionsSetupError(ValueError):
 
 def hmac_key(settings: Settings) -> bytes:
     """DECISIONS_HMAC_KEY, or the development key when every broker is on loopback; refused otherwise."""
-    key = settings.decisions_hmac_key.get_secret_value()
+    key = settings.privacy.decisions_hmac_key.get_secret_value()
     if key:
         if len(key) < MIN_KEY_CHARS:
             raise DecisionsSetupError(f"DECISIONS_HMAC_KEY must be at least {MIN_KEY_CHARS} characters")
         return key.encode("utf-8")
-    if loopback_brokers(settings.kafka_bootstrap_servers):
+    if loopback_brokers(settings.kafka.bootstrap_servers):
         logger.warning("DECISIONS_HMAC_KEY unset: decision records use the development key (brokers on loopback)")
         return DEVELOPMENT_HMAC_KEY
     raise DecisionsSetupError(

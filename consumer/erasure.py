@@ -80,12 +80,12 @@ def retained_places(settings: Settings, now_s: float) -> list[RetainedPlace]:
     """Every topic where a job's data stays after its erase, with its latest deletion time."""
     s = settings
     places = [
-        (s.requests_topic, "the request: texts, id_alumno, curso, consigna", REQUESTS_RETENTION_S),
-        (s.results_topic, "one result per text: id_alumno, grade, feedback", RESULTS_RETENTION_S),
-        (s.progress_topic, "progress events: id_alumno, grade, feedback of every result", PROGRESS_RETENTION_S),
-        (s.dlt_topic, "the request whole, if it was rejected (e.g. job_id_conflict)", DLT_RETENTION_S),
-        (s.corrections_topic, "teachers' corrections: grade, feedback, comment", CORRECTIONS_RETENTION_S),
-        (s.corrections_dlt_topic, "corrections that could not be read, whole", DLT_RETENTION_S),
+        (s.kafka.requests_topic, "the request: texts, id_alumno, curso, consigna", REQUESTS_RETENTION_S),
+        (s.kafka.results_topic, "one result per text: id_alumno, grade, feedback", RESULTS_RETENTION_S),
+        (s.kafka.progress_topic, "progress events: id_alumno, grade, feedback of every result", PROGRESS_RETENTION_S),
+        (s.kafka.dlt_topic, "the request whole, if it was rejected (e.g. job_id_conflict)", DLT_RETENTION_S),
+        (s.kafka.corrections_topic, "teachers' corrections: grade, feedback, comment", CORRECTIONS_RETENTION_S),
+        (s.kafka.corrections_dlt_topic, "corrections that could not be read, whole", DLT_RETENTION_S),
     ]
     return [
         RetainedPlace(topic, holds, retention, segment_s(retention), gone_by_s(now_s, retention))
@@ -101,20 +101,20 @@ def gone_by_s(now_s: float, retention_s: float) -> float:
 
 def erased_now(settings: Settings) -> list[dict[str, object]]:
     """The places the erase empties at once (once the command is read)."""
-    state_segment_s = segment_s(settings.job_id_retention_s)
+    state_segment_s = segment_s(settings.privacy.job_id_retention_s)
     return [
         {
             "place": "gateway memory",
             "detail": "every gateway drops the job's events and results, and ignores the job's progress "
-            f"events for {int(settings.cancel_ttl_s)} s (CANCEL_TTL_S): this one now, the others "
+            f"events for {int(settings.kafka.cancel_ttl_s)} s (CANCEL_TTL_S): this one now, the others "
             "when they read the command from the control topic (also one started later)",
         },
         {
-            "place": settings.checkpoints_topic,
+            "place": settings.kafka.checkpoints_topic,
             "detail": "the job-state record is deleted (a tombstone from the consumer that owns the job's "
             f"partition); compaction removes the old value within {int(state_segment_s)} s "
             "(max.compaction.lag.ms); the job is cancelled if it runs, and a request under its id "
-            f"is not graded for {int(settings.cancel_ttl_s)} s (CANCEL_TTL_S)",
+            f"is not graded for {int(settings.kafka.cancel_ttl_s)} s (CANCEL_TTL_S)",
         },
     ]
 
@@ -124,9 +124,9 @@ SKIPPED_BY = "texteval agreement and texteval export-training skip the job from 
 
 def records_kept(settings: Settings, now_s: float) -> list[dict[str, object]]:
     """The decision records that stay after an erase (contract 1.3): no text, no name."""
-    retention_s = settings.decisions_retention_ms / 1000
+    retention_s = settings.privacy.decisions_retention_ms / 1000
     place = RetainedPlace(
-        settings.decisions_topic,
+        settings.kafka.decisions_topic,
         "decision records: result id, answer_hmac (not the text), model, prompt hash, grade, probabilities, "
         "review reasons, corrections' grades and who; no text, no feedback, no id_alumno; an erased record is added",
         retention_s,
@@ -161,10 +161,10 @@ async def produce_erase(producer: AIOKafkaProducer, settings: Settings, command:
     corrections skips it; if it fails after the command went out, the caller's retry
     sends both again (a second command and record change nothing).
     """
-    await produce_command(producer, settings.control_topic, command)
+    await produce_command(producer, settings.kafka.control_topic, command)
     record = erased_record(command.job_id)
     await producer.send_and_wait(
-        settings.decisions_topic, value=record.model_dump_json().encode(), key=command.job_id.encode()
+        settings.kafka.decisions_topic, value=record.model_dump_json().encode(), key=command.job_id.encode()
     )
 
 

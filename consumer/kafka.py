@@ -75,23 +75,23 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     `KafkaSetupError(reason="config")` here rather than as an assertion deep
     inside aiokafka or, worse, as a silent plaintext connection.
     """
-    protocol = settings.kafka_security_protocol.upper()
-    mechanism = (settings.kafka_sasl_mechanism or "").upper() or None
+    protocol = settings.kafka.security_protocol.upper()
+    mechanism = (settings.kafka.sasl_mechanism or "").upper() or None
     _validate(settings, protocol, mechanism)
     kwargs: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "bootstrap_servers": settings.kafka.bootstrap_servers,
         "security_protocol": protocol,
         "ssl_context": None,
     }
     if protocol in _TLS_PROTOCOLS:
         from aiokafka.helpers import create_ssl_context  # aiokafka is heavy to import
 
-        kwargs["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+        kwargs["ssl_context"] = create_ssl_context(cafile=settings.kafka.ssl_cafile)
     if mechanism:
-        password = settings.kafka_sasl_password
+        password = settings.kafka.sasl_password
         kwargs |= {
             "sasl_mechanism": mechanism,
-            "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_username": settings.kafka.sasl_username,
             "sasl_plain_password": password.get_secret_value() if password is not None else None,
         }
     return kwargs
@@ -106,7 +106,7 @@ def _validate(settings: Settings, protocol: str, mechanism: str | None) -> None:
     if protocol in _SASL_PROTOCOLS:
         if mechanism is None:
             fail(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM ({', '.join(SASL_MECHANISMS)})")
-        if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+        if not settings.kafka.sasl_username or settings.kafka.sasl_password is None:
             fail(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
     elif mechanism is not None:
         # aiokafka would silently connect without authenticating.
@@ -114,11 +114,11 @@ def _validate(settings: Settings, protocol: str, mechanism: str | None) -> None:
              f"use SASL_{protocol}")  # fmt: skip
     if mechanism is not None and mechanism not in SASL_MECHANISMS:
         fail(f"KAFKA_SASL_MECHANISM={mechanism!r}: use one of {', '.join(SASL_MECHANISMS)}")
-    if settings.kafka_ssl_cafile is not None:
+    if settings.kafka.ssl_cafile is not None:
         if protocol not in _TLS_PROTOCOLS:
             fail(f"KAFKA_SSL_CAFILE is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS")
-        if not settings.kafka_ssl_cafile.is_file():
-            fail(f"KAFKA_SSL_CAFILE={settings.kafka_ssl_cafile}: no such file")
+        if not settings.kafka.ssl_cafile.is_file():
+            fail(f"KAFKA_SSL_CAFILE={settings.kafka.ssl_cafile}: no such file")
 
 
 def is_loopback(host: str) -> bool:
@@ -158,7 +158,7 @@ async def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     kwargs = client_kwargs(settings)
     mechanism = kwargs.get("sasl_mechanism")
     failures: list[KafkaSetupError] = []
-    for host, port in _hosts(settings.kafka_bootstrap_servers):
+    for host, port in _hosts(settings.kafka.bootstrap_servers):
         where = f"{host}:{port}"
         logging_in = True  # until the connection (TLS, SASL) is up
         try:
@@ -215,7 +215,7 @@ async def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
             failures.append(
                 KafkaSetupError(
                     "authentication",
-                    f"{where} refused SASL {mechanism} authentication as {settings.kafka_sasl_username!r} "
+                    f"{where} refused SASL {mechanism} authentication as {settings.kafka.sasl_username!r} "
                     f"({detail}). Check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM",
                 )
             )

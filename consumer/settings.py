@@ -7,11 +7,13 @@ entry point and passed down.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.gpu_budget import CUDA_CONTEXT_GB, DEFAULT_BUDGET_GB, GPU_MAX_NUM_SEQS_BF16, GPU_MAX_NUM_SEQS_FP8
@@ -57,87 +59,100 @@ class SchedulingPolicy(StrEnum):
     FIFO = "fifo"  # arrival order (what vLLM alone does with everything in flight)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+class _Section(BaseSettings):
+    """One section of the settings: read from the environment and ``.env``, frozen once built.
+
+    A field's variable is its name upper-cased (the alias generator; errors
+    name the variable); a written alias only where the variable is named
+    otherwise (the prototype's ``KAFKA_*_TOPIC`` names).
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, frozen=True, alias_generator=str.upper
+    )
+
+
+class EngineSettings(_Section):
+    """The model, how it runs, how it samples, and what a grade carries (consumer/engine/)."""
 
     # --- model and engine (the prototype's names) ---
     # Unset: the production fine-tune on a GPU host, the packaged Gemma 3 270M on
     # CPU. Short names of packaged models: `gemma3-270m`, `smollm2`.
-    model_name: str | None = Field(default=None, alias="MODEL_NAME")
+    model_name: str | None = Field(default=None)
     # How an item becomes the prompt: the fine-tune's training format (BOS added by the prompt code), the model's chat
     # template, or auto (gemma_finetune for Gemma-family models).
-    prompt_format: PromptFormat = Field(default=PromptFormat.AUTO, alias="PROMPT_FORMAT")
+    prompt_format: PromptFormat = Field(default=PromptFormat.AUTO)
     # Where the packaged small models are converted once (and kept).
-    model_cache_dir: Path = Field(default=Path(".cache/models"), alias="MODEL_CACHE_DIR")
+    model_cache_dir: Path = Field(default=Path(".cache/models"))
     # Set: vLLM's share of the GPU as is, instead of GPU_MEMORY_BUDGET_GB (e.g. 0.90: most of the card,
     # past the seed's budget). On CPU vLLM reads it as a share of host memory; unset there: 0.30 (0.92 fails).
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, alias="GPU_MEMORY_UTILIZATION")
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     # The service's whole GPU footprint in GB (10^9 bytes), what nvidia-smi shows: vLLM's share is derived
     # from it and the card's size (read through NVML) after 0.5 GB for the engine's CUDA context. 21.5 keeps
     # a 2,000-text job under the seed's 22 GB (docs/gpu.md). Ignored on CPU and when GPU_MEMORY_UTILIZATION
     # is set.
-    gpu_memory_budget_gb: float = Field(default=DEFAULT_BUDGET_GB, gt=CUDA_CONTEXT_GB, alias="GPU_MEMORY_BUDGET_GB")
+    gpu_memory_budget_gb: float = Field(default=DEFAULT_BUDGET_GB, gt=CUDA_CONTEXT_GB)
     # "fp8" on Ada/Hopper GPUs: weights 10.2 GB instead of 18.5, which under the budget buys 6.6x the KV
     # cache (MAX_NUM_SEQS 112 instead of 16). It can move grades: re-validate (canary, `texteval agreement`).
-    quantization: str | None = Field(default=None, alias="QUANTIZATION")
+    quantization: str | None = Field(default=None)
     # The model's Hugging Face revision (a commit id): the same weights and tokenizer on every host. Unset:
     # the hub's main branch at the first download (`texteval doctor --gpu` prints the commit to pin).
-    model_revision: str | None = Field(default=None, alias="MODEL_REVISION")
+    model_revision: str | None = Field(default=None)
     # Context in tokens; a prompt that does not fit with MAX_TOKENS is an input_too_long result.
-    max_model_len: int = Field(default=2048, ge=128, alias="MAX_MODEL_LEN")
+    max_model_len: int = Field(default=2048, ge=128)
     # GPUs per engine (vLLM tensor parallelism).
-    tensor_parallel_size: int = Field(default=1, ge=1, alias="TENSOR_PARALLEL_SIZE")
+    tensor_parallel_size: int = Field(default=1, ge=1)
     # vLLM's weight and activation type. Unset: bfloat16 on a GPU (the fine-tune's
     # own), float32 on CPU: there bf16 arithmetic moves the grade distribution by up
     # to 0.026 with what else is in the batch (float32: 2.5e-6), enough to turn
     # the stand-in's frequent near-ties into other grades (docs/models.md).
-    dtype: str | None = Field(default=None, alias="DTYPE")
+    dtype: str | None = Field(default=None)
     # vLLM prefix cache: the shared instruction is computed once (about 1.5x at full load).
-    enable_prefix_caching: bool = Field(default=True, alias="ENABLE_PREFIX_CACHING")
+    enable_prefix_caching: bool = Field(default=True)
     # vLLM KV-cache block size in tokens; unset: vLLM's default.
-    block_size: int | None = Field(default=None, ge=1, alias="BLOCK_SIZE")
+    block_size: int | None = Field(default=None, ge=1)
     # Sequences vLLM decodes at once. Unset on a GPU: 16 in bf16, 112 with QUANTIZATION=fp8, what the KV
     # cache left by the default budget on an L40 holds without preempting (docs/gpu.md; with another budget,
     # card or model, `texteval doctor` says what fits); 256 on CPU.
-    max_num_seqs: int | None = Field(default=None, ge=1, alias="MAX_NUM_SEQS")
+    max_num_seqs: int | None = Field(default=None, ge=1)
     # Unset: 3 (full vLLM compile) on GPU; 0 (eager) on CPU, where compiling
     # costs 2-4 minutes of start-up for a small gain.
-    compilation_level: int | None = Field(default=None, ge=0, le=3, alias="COMPILATION_LEVEL")
+    compilation_level: int | None = Field(default=None, ge=0, le=3)
     # CPU only: KV cache size in GiB (vLLM's VLLM_CPU_KVCACHE_SPACE).
-    cpu_kvcache_space_gib: int = Field(default=2, ge=1, alias="CPU_KVCACHE_SPACE_GIB")
+    cpu_kvcache_space_gib: int = Field(default=2, ge=1)
 
     # --- sampling (the prototype's values plus a fixed seed) ---
     # Sampling temperature (the prototype's).
-    temperature: float = Field(default=0.1, ge=0, alias="TEMPERATURE")
+    temperature: float = Field(default=0.1, ge=0)
     # Nucleus sampling (the prototype's).
-    top_p: float = Field(default=0.95, gt=0, le=1, alias="TOP_P")
+    top_p: float = Field(default=0.95, gt=0, le=1)
     # Unset: derived from the feedback bound (380 for 176 characters), so the
     # JSON always closes; a budget that is not used costs nothing. Set alone:
     # the feedback bound is derived from it instead.
-    max_tokens: int = Field(default=max_tokens_for(DEFAULT_FEEDBACK_MAX_CHARS), ge=32, alias="MAX_TOKENS")
+    max_tokens: int = Field(default=max_tokens_for(DEFAULT_FEEDBACK_MAX_CHARS), ge=32)
     # Sampling seed: the same text gives the same grade; a retry uses the next seed.
-    seed: int = Field(default=0, alias="SEED")
+    seed: int = Field(default=0)
     # Grammar bound on feedback, in characters (see JSON_OVERHEAD_TOKENS).
-    feedback_max_chars: int | None = Field(default=None, ge=20, alias="FEEDBACK_MAX_CHARS")
+    feedback_max_chars: int | None = Field(default=None, ge=20)
     # Per item, retries included; past it the item is an engine_timeout error.
     # Generous: a 2000-text batch queues items behind each other on one GPU.
-    engine_timeout_s: float = Field(default=900.0, gt=0, alias="ENGINE_TIMEOUT_S")
+    engine_timeout_s: float = Field(default=900.0, gt=0)
     # Extra attempts (with the next seed) after an invalid or cut-off output.
-    invalid_output_retries: int = Field(default=1, ge=0, le=3, alias="INVALID_OUTPUT_RETRIES")
+    invalid_output_retries: int = Field(default=1, ge=0, le=3)
     # Contract 1.2: each ok result carries the model's distribution over the
     # six grades (nota_probabilities, confidence, needs_review), read from
     # vLLM's log-probabilities of the digit tokens; false leaves them out.
-    grade_distribution: bool = Field(default=True, alias="GRADE_DISTRIBUTION")
+    grade_distribution: bool = Field(default=True)
     # needs_review = confidence below this. 0.5: the model finds the grade it
     # gave less likely than all the others together, a meaning that holds for
     # any model. The CPU stand-in on the 20 sample items: confidence 0.27-0.55
     # (median 0.44), 18 flagged, rightly: it is no grader (consumer/engine/confidence.py).
-    review_confidence: float = Field(default=DEFAULT_REVIEW_CONFIDENCE, ge=0, le=1, alias="REVIEW_CONFIDENCE")
+    review_confidence: float = Field(default=DEFAULT_REVIEW_CONFIDENCE, ge=0, le=1)
     # A known-answer check before ready (issue 22.5): JSONL lines
     # {"item": {...}, "nota": N} with the grades a validated deployment gave;
     # graded after the engine loads and before the consumer joins its group.
     # A miss keeps /health 503 with the reason and nothing is consumed.
-    canary_file: Path | None = Field(default=None, alias="CANARY_FILE")
+    canary_file: Path | None = Field(default=None)
     # Allowed |nota - recorded nota| per canary item; every item must be within
     # it (an error outcome is always a miss). 0: sampling is at temperature 0.1
     # with a fixed seed, so a validated model regrades its canary exactly (an
@@ -145,53 +160,35 @@ class Settings(BaseSettings):
     # canary-record grades twice); a wrong model, tokenizer or template
     # misses by several points on some item. Raise to 1 only for a model whose
     # recorded grades were seen to move between runs.
-    canary_tolerance: int = Field(default=0, ge=0, le=5, alias="CANARY_TOLERANCE")
+    canary_tolerance: int = Field(default=0, ge=0, le=5)
     # Contract 1.3: near_tie when the two most probable grades are within this
     # of each other (probabilities). Two runs of the same text agree on the grade
     # except where batch-dependent arithmetic moves the top two past each other;
     # the margin is far above that noise (docs/models.md has the figures), so a
     # grade that could come out otherwise is always said to be close.
-    tie_margin: float = Field(default=DEFAULT_TIE_MARGIN, ge=0, le=1, alias="TIE_MARGIN")
+    tie_margin: float = Field(default=DEFAULT_TIE_MARGIN, ge=0, le=1)
     # Contract 1.3: review reasons read from the answer itself (suspected_injection,
     # repetition, keyword_stuffing, no_answer, copies_prompt, other_language,
     # gibberish; consumer/engine/screening.py). false: only the grade's own reasons.
-    screen_answers: bool = Field(default=True, alias="SCREEN_ANSWERS")
+    screen_answers: bool = Field(default=True)
     # Temperatures fitted on teachers' corrections by `texteval calibrate`, keyed by model
     # name and prompt format: confidence, needs_review and the published nota_probabilities
     # use the calibrated distribution (the grade never changes; the decision record keeps
     # the raw one). Unset, or no entry for the model loaded: the raw distribution (a warning).
-    calibration_file: Path | None = Field(default=None, alias="CALIBRATION_FILE")
-
-    # --- shadow grading (docs/models.md, "Releasing a new model") ---
-    # This process is a shadow: a candidate model graded beside the live consumers, in
-    # its own KAFKA_GROUP_ID, on the same requests. Its results go to
-    # KAFKA_SHADOW_RESULTS_TOPIC with the header texteval.shadow=1; it writes no progress
-    # events, no decision records and no dead letters, and keeps its job state on
-    # KAFKA_SHADOW_CHECKPOINTS_TOPIC (never the live consumers' own).
-    shadow: bool = Field(default=False, alias="SHADOW")
-    # The share of items the shadow grades, chosen by a hash of job_id and id_alumno,
-    # so every shadow (and every run of one) takes the same items.
-    shadow_sample_rate: float = Field(default=1.0, ge=0, le=1, alias="SHADOW_SAMPLE_RATE")
-    # Where a shadow's results go (same contract as KAFKA_RESULTS_TOPIC, header texteval.shadow=1);
-    # read by `texteval release-check --candidate shadow`, never by the gateway.
-    shadow_results_topic: str = Field(default="evaluation.results.shadow", alias="KAFKA_SHADOW_RESULTS_TOPIC")
-    # A shadow's job state (compacted, partitioned like the requests topic): apart from the
-    # live consumers', whose finished jobs would otherwise look finished to the shadow too.
-    shadow_checkpoints_topic: str = Field(
-        default="evaluation.checkpoints.shadow", alias="KAFKA_SHADOW_CHECKPOINTS_TOPIC"
-    )
+    calibration_file: Path | None = Field(default=None)
 
     _feedback_chars: int = PrivateAttr(default=DEFAULT_FEEDBACK_MAX_CHARS)
 
     @model_validator(mode="after")
-    def _output_closes(self) -> Settings:
+    def _output_closes(self) -> EngineSettings:
         max_tokens_given = "max_tokens" in self.model_fields_set
         if self.feedback_max_chars is not None:
             self._feedback_chars = self.feedback_max_chars
         elif max_tokens_given:
             self._feedback_chars = (self.max_tokens - JSON_OVERHEAD_TOKENS) // WORST_TOKENS_PER_FEEDBACK_CHAR
         if not max_tokens_given:
-            self.max_tokens = max_tokens_for(self._feedback_chars)
+            # Derived, not given: the section is frozen for everyone else, so set it the one way pydantic allows.
+            object.__setattr__(self, "max_tokens", max_tokens_for(self._feedback_chars))
         if self._feedback_chars < 1 or max_tokens_for(self._feedback_chars) > self.max_tokens:
             raise ValueError(
                 f"FEEDBACK_MAX_CHARS={self._feedback_chars} cannot always close inside MAX_TOKENS={self.max_tokens}: "
@@ -205,39 +202,66 @@ class Settings(BaseSettings):
     def feedback_chars(self) -> int:
         return self._feedback_chars
 
+    def max_num_seqs_on(self, device: str) -> int:
+        """MAX_NUM_SEQS, or its default for this device (``cuda``, ``cpu``)."""
+        if self.max_num_seqs is not None:
+            return self.max_num_seqs
+        if device == "cpu":
+            return CPU_DEFAULT_MAX_NUM_SEQS
+        return GPU_MAX_NUM_SEQS_FP8 if (self.quantization or "").lower() == "fp8" else GPU_MAX_NUM_SEQS_BF16
+
+
+class JobsSettings(_Section):
+    """Jobs and progress: what is admitted, and how often progress is said."""
+
     # --- jobs and progress ---
-    batch_size: int = Field(default=10, ge=1, alias="BATCH_SIZE")  # results per progress event
+    batch_size: int = Field(default=10, ge=1)  # results per progress event
     # Admission costs memory only (the scheduler decides what the engine
     # runs), so the caps are generous: a handful of 2000-text jobs and many
     # small ones are admitted together. Past any cap, partitions pause.
-    max_concurrent_jobs: int = Field(default=64, ge=1, alias="MAX_CONCURRENT_JOBS")
+    max_concurrent_jobs: int = Field(default=64, ge=1)
     # Larger requests go to the DLT.
-    max_items_per_job: int = Field(default=2000, ge=1, alias="MAX_ITEMS_PER_JOB")
+    max_items_per_job: int = Field(default=2000, ge=1)
     # Admitted items not yet graded before partitions pause.
-    max_inflight_items: int = Field(default=20_000, ge=1, alias="MAX_INFLIGHT_ITEMS")
+    max_inflight_items: int = Field(default=20_000, ge=1)
     # Request bytes of the admitted jobs (a 2000 x 7,000-character job is ~16 MB).
-    max_inflight_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, alias="MAX_INFLIGHT_BYTES")
+    max_inflight_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     # Longest a result waits for its batch_complete event.
-    progress_flush_ms: int = Field(default=250, ge=1, alias="PROGRESS_FLUSH_MS")
+    progress_flush_ms: int = Field(default=250, ge=1)
+
+    # --- shadow grading (docs/models.md, "Releasing a new model") ---
+    # This process is a shadow: a candidate model graded beside the live consumers, in
+    # its own KAFKA_GROUP_ID, on the same requests. Its results go to
+    # KAFKA_SHADOW_RESULTS_TOPIC with the header texteval.shadow=1; it writes no progress
+    # events, no decision records and no dead letters, and keeps its job state on
+    # KAFKA_SHADOW_CHECKPOINTS_TOPIC (never the live consumers' own).
+    shadow: bool = Field(default=False)
+    # The share of items the shadow grades, chosen by a hash of job_id and id_alumno,
+    # so every shadow (and every run of one) takes the same items.
+    shadow_sample_rate: float = Field(default=1.0, ge=0, le=1)
+
+
+class SchedulerSettings(_Section):
+    """Which admitted item goes to the engine next (pipeline/scheduler.py, pipeline/policy.py)."""
 
     # --- scheduler (pipeline/scheduler.py, pipeline/policy.py) ---
     # How admitted jobs share the engine: fair (tenants by weight, then shortest remaining job first within an
     # ageing bound) or fifo (arrival order across all tenants).
-    scheduling_policy: SchedulingPolicy = Field(default=SchedulingPolicy.FAIR, alias="SCHEDULING_POLICY")
+    scheduling_policy: SchedulingPolicy = Field(default=SchedulingPolicy.FAIR)
     # Items in the engine at once. Unset: MAX_NUM_SEQS plus a quarter (at
     # least 8), so the engine always has the next item queued; 0: no bound
     # (every admitted item in flight).
-    engine_queue_depth: int | None = Field(default=None, ge=0, alias="ENGINE_QUEUE_DEPTH")
+    engine_queue_depth: int | None = Field(default=None, ge=0)
     # fair: the ageing bound inside a tenant. A job's last item goes to the engine within 1/share times the
     # tenant's dispatches FIFO would need (1.43x at 0.7); within that bound the shortest job goes first.
-    scheduler_oldest_share: float = Field(default=0.7, gt=0, le=1, alias="SCHEDULER_OLDEST_SHARE")
+    scheduler_oldest_share: float = Field(default=0.7, gt=0, le=1)
     # fair: how tenants (a job id's first `/`-segment) share the engine while they have items waiting, as
     # `tenant=weight` pairs (`school-42=2,school-7=1`: school-42 gets twice school-7's share). Unlisted
     # tenants, and all tenant-less jobs together, weigh 1.
-    scheduler_tenant_weights: str = Field(default="", alias="SCHEDULER_TENANT_WEIGHTS")
+    scheduler_tenant_weights: str = Field(default="")
     # fair: share the engine between tenants first, then between a tenant's jobs; false: every job in one
     # pool (the policy before tenants, to compare with and to fall back to).
-    scheduler_by_tenant: bool = Field(default=True, alias="SCHEDULER_BY_TENANT")
+    scheduler_by_tenant: bool = Field(default=True)
 
     @property
     def tenant_weights(self) -> dict[str, float]:
@@ -256,249 +280,354 @@ class Settings(BaseSettings):
         return weights
 
     @model_validator(mode="after")
-    def _tenant_weights_parse(self) -> Settings:
+    def _tenant_weights_parse(self) -> SchedulerSettings:
         _ = self.tenant_weights  # raises on a malformed value: refused at start-up, not at the first job
         return self
 
-    def max_num_seqs_on(self, device: str) -> int:
-        """MAX_NUM_SEQS, or its default for this device (``cuda``, ``cpu``)."""
-        if self.max_num_seqs is not None:
-            return self.max_num_seqs
-        if device == "cpu":
-            return CPU_DEFAULT_MAX_NUM_SEQS
-        return GPU_MAX_NUM_SEQS_FP8 if (self.quantization or "").lower() == "fp8" else GPU_MAX_NUM_SEQS_BF16
 
-    def engine_depth_on(self, device: str) -> int | None:
-        """The scheduler's bound on items in an engine on this device; None = no bound."""
-        if self.engine_queue_depth is None:
-            seqs = self.max_num_seqs_on(device)
-            return seqs + max(8, seqs // 4)
-        return self.engine_queue_depth or None
+class KafkaSettings(_Section):
+    """The broker, the topics and the consumer's commit and delivery timing.
+
+    Variables are ``KAFKA_`` + the name; the consumer loop's own timings keep their shorter names.
+    """
+
+    model_config = SettingsConfigDict(alias_generator=lambda name: f"KAFKA_{name.upper()}")
 
     # --- Kafka ---
     # Comma-separated brokers.
-    kafka_bootstrap_servers: str = Field(default="localhost:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
+    bootstrap_servers: str = Field(default="localhost:9092")
     # The consumers' group: they split the requests topic's partitions.
-    kafka_group_id: str = Field(default="texteval", alias="KAFKA_GROUP_ID")
+    group_id: str = Field(default="texteval")
     # In: evaluation requests (one job per message).
-    requests_topic: str = Field(default="evaluation.requests", alias="KAFKA_REQUESTS_TOPIC")
+    requests_topic: str = Field(default="evaluation.requests")
     # Out: one result per text.
-    results_topic: str = Field(default="evaluation.results", alias="KAFKA_RESULTS_TOPIC")
+    results_topic: str = Field(default="evaluation.results")
     # Out: progress events per job (accepted, batch_complete, complete, cancelled).
-    progress_topic: str = Field(default="evaluation.progress", alias="KAFKA_PROGRESS_TOPIC")
+    progress_topic: str = Field(default="evaluation.progress")
     # Out: rejected requests, whole, with the reason in headers.
-    dlt_topic: str = Field(default="evaluation.requests.DLT", alias="KAFKA_DLT_TOPIC")
+    dlt_topic: str = Field(default="evaluation.requests.DLT")
     # 1.1: cancel commands, read by every consumer instance without a group.
-    control_topic: str = Field(default="evaluation.control", alias="KAFKA_CONTROL_TOPIC")
+    control_topic: str = Field(default="evaluation.control")
     # 1.1: job state (item-level checkpoints, finished jobs' fingerprints): a
     # compacted topic with as many partitions as the requests topic.
-    checkpoints_topic: str = Field(default="evaluation.checkpoints", alias="KAFKA_CHECKPOINTS_TOPIC")
+    checkpoints_topic: str = Field(default="evaluation.checkpoints")
     # 1.2: teachers' corrections (`texteval correct`, POST /jobs/{id}/corrections);
     # invalid ones go to `<this topic>.DLT` (corrections_dlt_topic).
-    corrections_topic: str = Field(default="evaluation.corrections", alias="KAFKA_CORRECTIONS_TOPIC")
+    corrections_topic: str = Field(default="evaluation.corrections")
     # 1.3: decision records, one per released grade and per correction applied
     # (no texts, no names); kept DECISIONS_RETENTION_MS (deploy/kafka/create-topics.sh).
-    decisions_topic: str = Field(default="evaluation.decisions", alias="KAFKA_DECISIONS_TOPIC")
-    # Retention of the decisions topic (183 days), set by deploy/kafka/create-topics.sh and
-    # KAFKA_CREATE_TOPICS; docs/privacy.md's data map names it.
-    decisions_retention_ms: int = Field(
-        default=DECISIONS_RETENTION_DAYS * 86_400_000, ge=3_600_000, alias="DECISIONS_RETENTION_MS"
-    )
-    # Key of the records' answer_hmac (HMAC-SHA-256 of each respuesta): a school
-    # recomputes it on its copy to show which text was graded. Required unless
-    # every broker is on loopback (development), where a fixed development key
-    # is used and said at start; never printed.
-    decisions_hmac_key: SecretStr = Field(default=SecretStr(""), alias="DECISIONS_HMAC_KEY")
-    # Write decision records (false only to measure what they cost: bench/b1).
-    decision_records: bool = Field(default=True, alias="DECISION_RECORDS")
-    # How long a finished job_id is remembered (an idempotency key); then its job-state record is deleted.
-    job_id_retention_s: float = Field(default=7 * 86400.0, gt=0, alias="JOB_ID_RETENTION_S")
+    decisions_topic: str = Field(default="evaluation.decisions")
+    # Where a shadow's results go (same contract as KAFKA_RESULTS_TOPIC, header texteval.shadow=1);
+    # read by `texteval release-check --candidate shadow`, never by the gateway.
+    shadow_results_topic: str = Field(default="evaluation.results.shadow")
+    # A shadow's job state (compacted, partitioned like the requests topic): apart from the
+    # live consumers', whose finished jobs would otherwise look finished to the shadow too.
+    shadow_checkpoints_topic: str = Field(default="evaluation.checkpoints.shadow")
     # How long a cancel command is honoured (how far back the control topic is read).
     cancel_ttl_s: float = Field(default=86400.0, gt=0, alias="CANCEL_TTL_S")
     # Static membership: a stable name per replica (a StatefulSet pod name);
     # a restart within the session timeout then keeps its partitions.
-    kafka_group_instance_id: str | None = Field(default=None, alias="KAFKA_GROUP_INSTANCE_ID")
+    group_instance_id: str | None = Field(default=None)
     # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; passed to every client.
-    kafka_security_protocol: str = Field(default="PLAINTEXT", alias="KAFKA_SECURITY_PROTOCOL")
+    security_protocol: str = Field(default="PLAINTEXT")
     # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required with SASL_*.
-    kafka_sasl_mechanism: str | None = Field(default=None, alias="KAFKA_SASL_MECHANISM")
+    sasl_mechanism: str | None = Field(default=None)
     # Required with SASL_*.
-    kafka_sasl_username: str | None = Field(default=None, alias="KAFKA_SASL_USERNAME")
+    sasl_username: str | None = Field(default=None)
     # Required with SASL_*; never printed.
-    kafka_sasl_password: SecretStr | None = Field(default=None, alias="KAFKA_SASL_PASSWORD")
+    sasl_password: SecretStr | None = Field(default=None)
     # PEM of the CA that signed the brokers' certificates; unset: the system CAs.
-    kafka_ssl_cafile: Path | None = Field(default=None, alias="KAFKA_SSL_CAFILE")
+    ssl_cafile: Path | None = Field(default=None)
     # Tansu answers a group join only after about half the session timeout,
     # so shorter sessions make the embedded broker usable; Apache Kafka
     # refuses sessions under group.min.session.timeout.ms (6 s by default).
-    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, alias="KAFKA_SESSION_TIMEOUT_MS")
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
     # Group heartbeat (the embedded broker wants 500 with a 2000 session).
-    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100, alias="KAFKA_HEARTBEAT_INTERVAL_MS")
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     # Producer batching delay.
-    kafka_linger_ms: int = Field(default=5, ge=0, alias="KAFKA_LINGER_MS")
+    linger_ms: int = Field(default=5, ge=0)
     # Our own output (results, progress, dead letters). Downstream readers
     # need this codec's library: every mainstream client has lz4, and it is
     # the cheapest on CPU (measured in docs/benchmarks.md, "Output compression").
-    kafka_compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        default="lz4", alias="KAFKA_COMPRESSION_TYPE"
-    )
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(default="lz4")
     # Requests written by a transactional producer that then aborted are
     # never graded. (The embedded broker refuses transactional producers, so
     # only the non-transactional path is tested here; see docs/delivery-and-faults.md.)
-    kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
-        default="read_committed", alias="KAFKA_ISOLATION_LEVEL"
-    )
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field(default="read_committed")
     # A full job (2000 items of up to 20,000 characters) can be tens of MB;
     # the broker's message.max.bytes must allow what upstream sends.
-    kafka_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, alias="KAFKA_MAX_MESSAGE_BYTES")
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Create missing topics at start (development; production topics come from deploy/kafka/create-topics.sh).
-    kafka_create_topics: bool = Field(default=False, alias="KAFKA_CREATE_TOPICS")
+    create_topics: bool = Field(default=False)
     # Partitions of topics created with KAFKA_CREATE_TOPICS.
-    kafka_topic_partitions: int = Field(default=3, ge=1, alias="KAFKA_TOPIC_PARTITIONS")
+    topic_partitions: int = Field(default=3, ge=1)
     # Job state and offsets are written this often (a crash regrades at most about this much).
     commit_interval_ms: int = Field(default=500, ge=10, alias="COMMIT_INTERVAL_MS")
     # On SIGTERM, how long in-flight jobs may finish before the rest is left to the next owner.
     shutdown_grace_s: float = Field(default=30.0, ge=0, alias="SHUTDOWN_GRACE_S")
     # Leaving the group and flushing the producer at shutdown, each at most this long.
-    kafka_close_timeout_s: float = Field(default=10.0, gt=0, alias="KAFKA_CLOSE_TIMEOUT_S")
+    close_timeout_s: float = Field(default=10.0, gt=0)
     # Bounds the work done inside a rebalance (aborting jobs, the last sends
     # and commit); loading a partition's job state may take three times it.
     revoke_timeout_s: float = Field(default=10.0, gt=0, alias="REVOKE_TIMEOUT_S")
     # How often the broker is asked for its metadata (health, output topics present).
-    kafka_check_interval_s: float = Field(default=2.0, gt=0, alias="KAFKA_CHECK_INTERVAL_S")
+    check_interval_s: float = Field(default=2.0, gt=0)
     # A record whose output could not be sent is run again after this, doubling
     # while that record keeps failing, up to the max.
     delivery_retry_backoff_s: float = Field(default=1.0, ge=0, alias="DELIVERY_RETRY_BACKOFF_S")
     # The longest wait between two runs of a record whose output cannot be sent.
     delivery_retry_backoff_max_s: float = Field(default=60.0, ge=0, alias="DELIVERY_RETRY_BACKOFF_MAX_S")
 
+    @property
+    def corrections_dlt_topic(self) -> str:
+        return f"{self.corrections_topic}.DLT"
+
+
+class PrivacySettings(_Section):
+    """What is kept, how long, and under which key (docs/privacy.md's data map)."""
+
+    # --- privacy ---
+    # Retention of the decisions topic (183 days), set by deploy/kafka/create-topics.sh and
+    # KAFKA_CREATE_TOPICS; docs/privacy.md's data map names it.
+    decisions_retention_ms: int = Field(default=DECISIONS_RETENTION_DAYS * 86_400_000, ge=3_600_000)
+    # Key of the records' answer_hmac (HMAC-SHA-256 of each respuesta): a school
+    # recomputes it on its copy to show which text was graded. Required unless
+    # every broker is on loopback (development), where a fixed development key
+    # is used and said at start; never printed.
+    decisions_hmac_key: SecretStr = Field(default=SecretStr(""))
+    # Write decision records (false only to measure what they cost: bench/b1).
+    decision_records: bool = Field(default=True)
+    # How long a finished job_id is remembered (an idempotency key); then its job-state record is deleted.
+    job_id_retention_s: float = Field(default=7 * 86400.0, gt=0)
+
+
+class HttpSettings(_Section):
+    """The consumer's side HTTP server (/health, /metrics) and its logs."""
+
     # --- side HTTP server ---
     # Side HTTP server (/health, /metrics) address.
-    host: str = Field(default="0.0.0.0", alias="HOST")
+    host: str = Field(default="0.0.0.0")
     # Side HTTP server port.
-    port: int = Field(default=8000, ge=0, le=65535, alias="PORT")
+    port: int = Field(default=8000, ge=0, le=65535)
     # texteval's own loggers (aiokafka stays at INFO or above: its DEBUG prints message values).
-    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    log_level: str = Field(default="INFO")
+
+
+class GatewaySettings(_Section):
+    """The HTTP gateway (`texteval gateway`, a separate process); variables are ``GATEWAY_`` + the name."""
+
+    model_config = SettingsConfigDict(alias_generator=lambda name: f"GATEWAY_{name.upper()}")
 
     # --- HTTP gateway (`texteval gateway`, a separate process) ---
     # The gateway's address (`texteval gateway --host` wins).
-    gateway_host: str = Field(default="127.0.0.1", alias="GATEWAY_HOST")
+    host: str = Field(default="127.0.0.1")
     # The gateway's port (`--port` wins).
-    gateway_port: int = Field(default=8080, ge=0, le=65535, alias="GATEWAY_PORT")
+    port: int = Field(default=8080, ge=0, le=65535)
     # Comma-separated `tenant=key` entries (keys of 32+ characters), sent as
     # `Authorization: Bearer <key>`; a key sees its tenant's jobs only. No
     # keys at all: the gateway is open, and then only on a loopback host
     # unless GATEWAY_ALLOW_ANONYMOUS=true.
-    gateway_api_keys: SecretStr = Field(default=SecretStr(""), alias="GATEWAY_API_KEYS")
+    api_keys: SecretStr = Field(default=SecretStr(""))
     # Serve a gateway without keys on a non-loopback host anyway.
-    gateway_allow_anonymous: bool = Field(default=False, alias="GATEWAY_ALLOW_ANONYMOUS")
+    allow_anonymous: bool = Field(default=False)
     # Comma-separated origins allowed to call the API from a browser ("*" for any).
-    gateway_cors_origins: str = Field(default="", alias="GATEWAY_CORS_ORIGINS")
+    cors_origins: str = Field(default="")
     # POST /evaluate bodies above it: 413, refused while reading.
-    gateway_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, alias="GATEWAY_MAX_BODY_BYTES")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # How far back the progress topic is read at start, and how long a
     # finished job stays servable (the prototype's setting).
     job_ttl_seconds: float = Field(default=3600.0, gt=0, alias="JOB_TTL_SECONDS")
     # The memory bound: past either cap the oldest finished jobs of the school
     # holding the most are dropped first (then its oldest running ones), so one
     # school's jobs never push out another's; a dropped job is "not found".
-    gateway_max_jobs: int = Field(default=10_000, ge=1, alias="GATEWAY_MAX_JOBS")
+    max_jobs: int = Field(default=10_000, ge=1)
     # Bytes of events the gateway keeps in memory (see GATEWAY_MAX_JOBS).
-    gateway_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, alias="GATEWAY_MAX_BYTES")
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     # SSE heartbeat comments this often.
-    gateway_heartbeat_s: float = Field(default=15.0, gt=0, alias="GATEWAY_HEARTBEAT_S")
+    heartbeat_s: float = Field(default=15.0, gt=0)
     # Longest a progress fetch waits at the broker when nothing is new. Apache
     # Kafka answers as soon as a record arrives, so there it can be raised to
     # 500 (fewer idle fetches) at no latency cost; the embedded Tansu broker
     # holds every fetch this long, so it adds up to this much latency there
     # (B8: p99 15 ms at 5, 24 ms at 10, with 200 streams).
-    gateway_fetch_max_wait_ms: int = Field(default=5, ge=1, le=500, alias="GATEWAY_FETCH_MAX_WAIT_MS")
+    fetch_max_wait_ms: int = Field(default=5, ge=1, le=500)
     # A stream whose client has taken no write for this long (and over at
     # least 4 checks, so a busy event loop stretches it) is closed: a client
     # that never reads must not hold memory or a task for ever.
-    gateway_send_timeout_s: float = Field(default=30.0, gt=0, alias="GATEWAY_SEND_TIMEOUT_S")
+    send_timeout_s: float = Field(default=30.0, gt=0)
     # Operators' keys (comma-separated): they see and act on every job.
-    gateway_admin_keys: SecretStr = Field(default=SecretStr(""), alias="GATEWAY_ADMIN_KEYS")
+    admin_keys: SecretStr = Field(default=SecretStr(""))
     # A file of `tenant=key` entries, one per line (a mounted Kubernetes Secret), added to GATEWAY_API_KEYS.
-    gateway_api_keys_file: Path | None = Field(default=None, alias="GATEWAY_API_KEYS_FILE")
+    api_keys_file: Path | None = Field(default=None)
     # A demo without default keys: when GATEWAY_API_KEYS_FILE does not exist, the gateway writes it (0600)
     # with one fresh key for this tenant.
-    gateway_generate_key_for: str | None = Field(default=None, alias="GATEWAY_GENERATE_KEY_FOR")
+    generate_key_for: str | None = Field(default=None)
     # Per tenant: jobs not finished; past it a POST gets 429 + Retry-After.
-    gateway_tenant_max_open_jobs: int = Field(default=100, ge=1, alias="GATEWAY_TENANT_MAX_OPEN_JOBS")
+    tenant_max_open_jobs: int = Field(default=100, ge=1)
     # Per tenant: items of its unfinished jobs not yet graded (20 jobs of 2000 texts).
-    gateway_tenant_max_waiting_items: int = Field(default=40_000, ge=1, alias="GATEWAY_TENANT_MAX_WAITING_ITEMS")
+    tenant_max_waiting_items: int = Field(default=40_000, ge=1)
     # Open SSE streams on one gateway (429 past it).
-    gateway_max_streams: int = Field(default=1000, ge=1, alias="GATEWAY_MAX_STREAMS")
+    max_streams: int = Field(default=1000, ge=1)
     # Open SSE streams per school (all of a tenant's keys and stream tokens together; an operator's key on its own).
-    gateway_max_streams_per_key: int = Field(default=100, ge=1, alias="GATEWAY_MAX_STREAMS_PER_KEY")
+    max_streams_per_key: int = Field(default=100, ge=1)
     # Writes (POST, DELETE) per school (all its keys together; an operator's key
     # on its own): a token bucket of this many per second, bursts up to the burst.
-    gateway_write_rate_per_s: float = Field(default=2.0, gt=0, alias="GATEWAY_WRITE_RATE_PER_S")
+    write_rate_per_s: float = Field(default=2.0, gt=0)
     # Writes a key may make at once before the rate applies.
-    gateway_write_burst: int = Field(default=20, ge=1, alias="GATEWAY_WRITE_BURST")
+    write_burst: int = Field(default=20, ge=1)
     # Requests with a missing or wrong key, per client address: past the burst
     # (refilled at the rate), its wrong keys get 429 instead of 401 until it
     # refills. A valid key is never refused for them.
-    gateway_auth_failure_rate_per_s: float = Field(default=1.0, gt=0, alias="GATEWAY_AUTH_FAILURE_RATE_PER_S")
+    auth_failure_rate_per_s: float = Field(default=1.0, gt=0)
     # Requests with a wrong key an address may make before it is locked out.
-    gateway_auth_failure_burst: int = Field(default=20, ge=1, alias="GATEWAY_AUTH_FAILURE_BURST")
+    auth_failure_burst: int = Field(default=20, ge=1)
     # Proxies trusted to say who the client is (comma-separated addresses or
     # networks, "*" for any): X-Forwarded-For / X-Forwarded-Proto are read
     # only from these. Empty (the default): never; the client is the TCP peer.
     # Set it to the ingress's address when the gateway sits behind one.
-    gateway_forwarded_allow_ips: str = Field(default="", alias="GATEWAY_FORWARDED_ALLOW_IPS")
+    forwarded_allow_ips: str = Field(default="")
     # A request whose headers and body have not fully arrived this long after the
     # connection (or the previous request) is answered 408 and closed.
-    gateway_request_read_timeout_s: float = Field(default=30.0, gt=0, alias="GATEWAY_REQUEST_READ_TIMEOUT_S")
+    request_read_timeout_s: float = Field(default=30.0, gt=0)
     # Bytes of request bodies being read at once, across all requests: past it a
     # POST gets 503 + Retry-After (ten 16 MB bodies must not exhaust the pod's memory).
-    gateway_max_inflight_body_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=1024, alias="GATEWAY_MAX_INFLIGHT_BODY_BYTES"
-    )
+    max_inflight_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Entries in one POST /jobs/{id}/corrections (each is two Kafka records); one per item.
-    gateway_max_corrections_per_request: int = Field(
-        default=200, ge=1, le=10_000, alias="GATEWAY_MAX_CORRECTIONS_PER_REQUEST"
-    )
+    max_corrections_per_request: int = Field(default=200, ge=1, le=10_000)
     # Lifetime of the job-scoped stream token POST /evaluate returns (for browsers' URLs instead of the key).
-    gateway_stream_token_ttl_s: float = Field(default=900.0, gt=0, alias="GATEWAY_STREAM_TOKEN_TTL_S")
+    stream_token_ttl_s: float = Field(default=900.0, gt=0)
+
+    def gateway_keys(self) -> list[str]:
+        """The `tenant=key` entries of GATEWAY_API_KEYS and GATEWAY_API_KEYS_FILE (checked by the gateway)."""
+        entries = self.api_keys.get_secret_value().split(",")
+        if self.api_keys_file is not None:
+            entries += self.api_keys_file.read_text(encoding="utf-8").splitlines()
+        return [k.strip() for k in entries if k.strip() and not k.strip().startswith("#")]
+
+    def gateway_admin_key_list(self) -> list[str]:
+        return [k.strip() for k in self.admin_keys.get_secret_value().split(",") if k.strip()]
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "engine": EngineSettings, "jobs": JobsSettings, "scheduler": SchedulerSettings, "kafka": KafkaSettings,
+    "privacy": PrivacySettings, "http": HttpSettings, "gateway": GatewaySettings,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """One setting: the section holding it, its field, and the variable that sets it."""
+
+    section: str
+    name: str
+    info: FieldInfo
+
+    @property
+    def env(self) -> str:
+        return self.info.alias or self.name.upper()
+
+
+def setting_fields() -> list[SettingField]:
+    """Every setting, section by section, in declaration order (docs, child processes, checks)."""
+    return [SettingField(key, name, info) for key, cls in _SECTIONS.items() for name, info in cls.model_fields.items()]
+
+
+def _by_name() -> dict[str, SettingField]:
+    """Each setting by its variable or its field name, lower-cased; a variable wins where a
+    field name is also another section's (``port``: the side server's ``PORT``)."""
+    fields = setting_fields()
+    return {f.name.lower(): f for f in fields} | {f.env.lower(): f for f in fields}
+
+
+class Settings(BaseModel):
+    """Every section, read once by the entry point and passed down; each component takes the section it needs.
+
+    ``Settings(BATCH_SIZE=5, model_name="x")`` sets single settings by variable
+    or field name (tests, tools); each goes to its section, the rest is read
+    from the environment. ``_env_file=None`` ignores ``.env``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_from_flat(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        given = dict(data)
+        env_file = given.pop("_env_file", ".env")
+        # By variable name, so a refused value is reported under the name the operator sets.
+        by_key = {key: (field.section, field.env) for key, field in _by_name().items()}
+        flat: dict[str, dict[str, Any]] = {key: {} for key in _SECTIONS}
+        for key in [k for k in given if k not in _SECTIONS]:
+            if key.lower() not in by_key:
+                continue  # like the environment: what is not a setting is not read (a whole os.environ may come)
+            section, name = by_key[key.lower()]
+            flat[section][name] = given.pop(key)
+        for key, section_cls in _SECTIONS.items():
+            if key not in given:
+                given[key] = section_cls(_env_file=env_file, **flat[key])  # type: ignore[call-arg]
+            elif flat[key]:
+                raise ValueError(f"settings for {key!r} given both as a section and one by one")
+        return given
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (by field or variable name), validated like the original."""
+        by_section: dict[str, dict[str, Any]] = {}
+        names = _by_name()
+        for key, value in changes.items():
+            field = names[key.lower()]
+            by_section.setdefault(field.section, {})[field.env] = value
+        sections = {
+            key: type(section).model_validate(
+                section.model_dump(exclude_unset=True, by_alias=True) | by_section.get(key, {})
+            )
+            for key, section in self
+        }
+        return Settings.model_validate(sections)
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> Settings:
+        """The code's defaults whatever the environment says (docs, checks), with ``changes`` applied."""
+        plain = cls.model_validate({key: section.model_construct() for key, section in _SECTIONS.items()})
+        return plain.with_(**changes) if changes else plain
+
+    def service_topics(self) -> list[str]:
+        """Every topic the consumer and the gateway use (created at start with KAFKA_CREATE_TOPICS)."""
+        k = self.kafka
+        shadow = [k.shadow_results_topic, k.shadow_checkpoints_topic] if self.jobs.shadow else []
+        return [
+            k.requests_topic, k.results_topic, k.progress_topic, k.dlt_topic, k.control_topic,
+            k.checkpoints_topic, k.corrections_topic, k.corrections_dlt_topic, k.decisions_topic, *shadow,
+        ]  # fmt: skip
 
     @model_validator(mode="after")
     def _shadow_apart(self) -> Settings:
         # Sharing the live group would split the requests between live and shadow: each
         # item graded by one of them only, and half the live results missing.
-        if self.shadow and self.kafka_group_id == "texteval":
+        if self.jobs.shadow and self.kafka.group_id == "texteval":
             raise ValueError("SHADOW=true needs its own KAFKA_GROUP_ID (not the live consumers' 'texteval')")
         return self
 
     def as_shadow(self) -> Settings:
         """A shadow's settings (SHADOW=true): its results and job state on the shadow topics, no decision records."""
-        return self.model_copy(
-            update={
-                "results_topic": self.shadow_results_topic,
-                "checkpoints_topic": self.shadow_checkpoints_topic,
-                "decision_records": False,
-            }
+        return self.with_(
+            results_topic=self.kafka.shadow_results_topic,
+            checkpoints_topic=self.kafka.shadow_checkpoints_topic,
+            decision_records=False,
         )
 
-    def service_topics(self) -> list[str]:
-        """Every topic the consumer and the gateway use (created at start with KAFKA_CREATE_TOPICS)."""
-        shadow = [self.shadow_results_topic, self.shadow_checkpoints_topic] if self.shadow else []
-        return [
-            self.requests_topic, self.results_topic, self.progress_topic, self.dlt_topic, self.control_topic,
-            self.checkpoints_topic, self.corrections_topic, self.corrections_dlt_topic, self.decisions_topic, *shadow,
-        ]  # fmt: skip
-
-    @property
-    def corrections_dlt_topic(self) -> str:
-        return f"{self.corrections_topic}.DLT"
-
-    def gateway_keys(self) -> list[str]:
-        """The `tenant=key` entries of GATEWAY_API_KEYS and GATEWAY_API_KEYS_FILE (checked by the gateway)."""
-        entries = self.gateway_api_keys.get_secret_value().split(",")
-        if self.gateway_api_keys_file is not None:
-            entries += self.gateway_api_keys_file.read_text(encoding="utf-8").splitlines()
-        return [k.strip() for k in entries if k.strip() and not k.strip().startswith("#")]
-
-    def gateway_admin_key_list(self) -> list[str]:
-        return [k.strip() for k in self.gateway_admin_keys.get_secret_value().split(",") if k.strip()]
+    def engine_depth_on(self, device: str) -> int | None:
+        """The scheduler's bound on items in an engine on this device; None = no bound."""
+        if self.scheduler.engine_queue_depth is None:
+            seqs = self.engine.max_num_seqs_on(device)
+            return seqs + max(8, seqs // 4)
+        return self.scheduler.engine_queue_depth or None

@@ -35,9 +35,10 @@ def test_every_retained_place_is_a_topic_the_script_creates_with_the_same_retent
     topics: dict[str, Topic],
 ) -> None:
     places = retained_places(DEFAULTS, NOW_S)
+    kafka = DEFAULTS.kafka
     assert {p.topic for p in places} == {
-        DEFAULTS.requests_topic, DEFAULTS.results_topic, DEFAULTS.progress_topic, DEFAULTS.dlt_topic,
-        DEFAULTS.corrections_topic, DEFAULTS.corrections_dlt_topic,
+        kafka.requests_topic, kafka.results_topic, kafka.progress_topic, kafka.dlt_topic,
+        kafka.corrections_topic, kafka.corrections_dlt_topic,
     }  # fmt: skip
     for place in places:
         topic = topics[place.topic]
@@ -53,9 +54,9 @@ def test_every_topic_that_holds_student_data_is_in_the_answer(topics: dict[str, 
     # the decision records (no text, no name) are named apart, as kept on purpose.
     answer = erase_answer(DEFAULTS, "school-42/term-1", NOW_S)
     named = {p["place"] for p in answer["erased_now"]} | {p["place"] for p in answer["kept_until_retention"]}  # type: ignore[attr-defined]
-    assert set(topics) - named == {DEFAULTS.control_topic, DEFAULTS.decisions_topic}
-    assert [p["place"] for p in answer["records_kept"]] == [DEFAULTS.decisions_topic]  # type: ignore[attr-defined]
-    assert DEFAULTS.checkpoints_topic in {p["place"] for p in answer["erased_now"]}  # type: ignore[attr-defined]
+    assert set(topics) - named == {DEFAULTS.kafka.control_topic, DEFAULTS.kafka.decisions_topic}
+    assert [p["place"] for p in answer["records_kept"]] == [DEFAULTS.kafka.decisions_topic]  # type: ignore[attr-defined]
+    assert DEFAULTS.kafka.checkpoints_topic in {p["place"] for p in answer["erased_now"]}  # type: ignore[attr-defined]
 
 
 def test_the_answer_says_the_decision_records_stay_without_text_and_the_loop_skips_the_job(
@@ -64,9 +65,14 @@ def test_the_answer_says_the_decision_records_stay_without_text_and_the_loop_ski
     answer = erase_answer(DEFAULTS, "school-42/term-1", NOW_S)
     records: Any = answer["records_kept"]
     (kept,) = records
-    topic = topics[DEFAULTS.decisions_topic]
+    topic = topics[DEFAULTS.kafka.decisions_topic]
     # 183 days, as create-topics.sh sets it, and gone within 1.1 x like every other topic.
-    assert kept["retention_s"] * 1000 == topic.ms("retention.ms") == DEFAULTS.decisions_retention_ms == 183 * 86_400_000
+    assert (
+        kept["retention_s"] * 1000
+        == topic.ms("retention.ms")
+        == DEFAULTS.privacy.decisions_retention_ms
+        == 183 * 86_400_000
+    )
     assert kept["segment_s"] * 1000 == topic.ms("segment.ms")
     gone_by = datetime.fromisoformat(kept["gone_by"]).timestamp()
     assert kept["retention_s"] < gone_by - NOW_S <= 1.1 * kept["retention_s"]
@@ -75,14 +81,14 @@ def test_the_answer_says_the_decision_records_stay_without_text_and_the_loop_ski
     )
     assert "agreement" in answer["teachers_loop"] and "export-training" in answer["teachers_loop"]  # type: ignore[operator]
     # The setting moves the answer as it moves the script.
-    shorter = erase_answer(Settings.model_construct(decisions_retention_ms=30 * 86_400_000), "j", NOW_S)
+    shorter = erase_answer(Settings.defaults(decisions_retention_ms=30 * 86_400_000), "j", NOW_S)
     assert shorter["records_kept"][0]["retention_s"] == 30 * 86_400  # type: ignore[index]
 
 
 def test_the_decisions_retention_is_settable_in_the_script(tmp_path: Path) -> None:
     done, created = run_script(tmp_path / "longer", DECISIONS_RETENTION_MS=str(365 * 86_400_000))
     assert done.returncode == 0, done.stderr
-    decisions = created[DEFAULTS.decisions_topic]
+    decisions = created[DEFAULTS.kafka.decisions_topic]
     assert decisions.ms("retention.ms") == 365 * 86_400_000 and decisions.partitions == 12
     assert decisions.ms("retention.ms") + decisions.ms("segment.ms") + RETENTION_CHECK_S * 1000 <= 1.1 * (
         365 * 86_400_000
@@ -92,7 +98,7 @@ def test_the_decisions_retention_is_settable_in_the_script(tmp_path: Path) -> No
 
 
 def test_the_answer_says_until_when_in_utc_and_follows_the_topic_names() -> None:
-    settings = Settings.model_construct(results_topic="school.results")
+    settings = Settings.defaults(results_topic="school.results")
     answer = erase_answer(settings, "plain", NOW_S)
     kept = {p["place"]: p for p in answer["kept_until_retention"]}  # type: ignore[attr-defined]
     results = kept["school.results"]
@@ -106,8 +112,10 @@ def test_the_answer_says_until_when_in_utc_and_follows_the_topic_names() -> None
 def test_the_control_topic_keeps_erase_commands_as_long_as_progress_keeps_events(topics: dict[str, Topic]) -> None:
     # Gateways learn jobs from the progress topic and erasures from the control topic: a gateway
     # started later must find the erase for as long as it can find the job's events.
-    assert topics[DEFAULTS.control_topic].ms("retention.ms") >= topics[DEFAULTS.progress_topic].ms("retention.ms")
-    assert DEFAULTS.cancel_ttl_s >= DEFAULTS.job_ttl_seconds  # and erase marks outlive the replay window
+    assert topics[DEFAULTS.kafka.control_topic].ms("retention.ms") >= topics[DEFAULTS.kafka.progress_topic].ms(
+        "retention.ms"
+    )
+    assert DEFAULTS.kafka.cancel_ttl_s >= DEFAULTS.gateway.job_ttl_seconds  # and erase marks outlive the replay window
 
 
 @pytest.mark.parametrize(

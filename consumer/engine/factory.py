@@ -50,19 +50,19 @@ def detect_device() -> str:
 def resolve_model(settings: Settings, device: str | None = None) -> ModelChoice:
     """MODEL_NAME wins (a packaged model's short name, a folder or a hub id);
     else the fine-tune on a GPU, the packaged Gemma 3 270M on CPU."""
-    packaged = packaged_model(settings.model_name) if settings.model_name else None
-    if settings.model_name and packaged is None:
-        name = path = settings.model_name
+    packaged = packaged_model(settings.engine.model_name) if settings.engine.model_name else None
+    if settings.engine.model_name and packaged is None:
+        name = path = settings.engine.model_name
     elif packaged is None and (device or detect_device()) != "cpu":
         name = path = PRODUCTION_MODEL
     else:
         packaged = packaged or DEFAULT_CPU_MODEL
-        path = str(prepare_small_model(settings.model_cache_dir, packaged))
+        path = str(prepare_small_model(settings.engine.model_cache_dir, packaged))
         name = packaged.display_name
-    fmt = settings.prompt_format
+    fmt = settings.engine.prompt_format
     if fmt is PromptFormat.AUTO:
         fmt = PromptFormat.GEMMA_FINETUNE if is_gemma_family(name, path) else PromptFormat.CHAT_TEMPLATE
-    revision = settings.model_revision if not Path(path).is_dir() else None
+    revision = settings.engine.model_revision if not Path(path).is_dir() else None
     return ModelChoice(name=name, path=path, prompt_format=fmt, revision=revision)
 
 
@@ -110,17 +110,17 @@ def build_prompt_builder(model: ModelChoice, tokenizer: PreTrainedTokenizerBase 
 
 def sampling_from(settings: Settings) -> Sampling:
     return Sampling(
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        max_tokens=settings.max_tokens,
-        seed=settings.seed,
+        temperature=settings.engine.temperature,
+        top_p=settings.engine.top_p,
+        max_tokens=settings.engine.max_tokens,
+        seed=settings.engine.seed,
     )
 
 
 def memory_utilization(settings: Settings, device: str, gpu_total_bytes: int | None) -> float:
     """vLLM's gpu_memory_utilization: GPU_MEMORY_UTILIZATION when set, else from the GB budget (GPU only)."""
-    if settings.gpu_memory_utilization is not None:
-        return settings.gpu_memory_utilization
+    if settings.engine.gpu_memory_utilization is not None:
+        return settings.engine.gpu_memory_utilization
     if device == "cpu":
         return _CPU_DEFAULT_MEMORY_UTILIZATION
     if not gpu_total_bytes:
@@ -128,7 +128,7 @@ def memory_utilization(settings: Settings, device: str, gpu_total_bytes: int | N
             "GPU_MEMORY_BUDGET_GB needs the GPU's memory size, which NVML did not give; "
             "set GPU_MEMORY_UTILIZATION instead"
         )
-    return vllm_fraction(settings.gpu_memory_budget_gb, gpu_total_bytes)
+    return vllm_fraction(settings.engine.gpu_memory_budget_gb, gpu_total_bytes)
 
 
 def gpu_total_bytes() -> int | None:
@@ -181,22 +181,22 @@ def engine_args(
 ) -> dict[str, Any]:
     """vLLM engine arguments from the prototype's settings."""
     cpu = device == "cpu"
-    level = settings.compilation_level
+    level = settings.engine.compilation_level
     if level is None:
         level = 0 if cpu else 3
     utilization = memory_utilization(settings, device, gpu_total_bytes)
     args: dict[str, Any] = {
         "model": model.path,
         "tokenizer": model.path,
-        "dtype": settings.dtype or ("float32" if cpu else "bfloat16"),
-        "max_model_len": settings.max_model_len,
+        "dtype": settings.engine.dtype or ("float32" if cpu else "bfloat16"),
+        "max_model_len": settings.engine.max_model_len,
         "gpu_memory_utilization": utilization,
-        "tensor_parallel_size": settings.tensor_parallel_size,
-        "enable_prefix_caching": settings.enable_prefix_caching,
-        "max_num_seqs": settings.max_num_seqs_on(device),
+        "tensor_parallel_size": settings.engine.tensor_parallel_size,
+        "enable_prefix_caching": settings.engine.enable_prefix_caching,
+        "max_num_seqs": settings.engine.max_num_seqs_on(device),
         "compilation_config": {"mode": level},
         "enforce_eager": level == 0,
-        "seed": settings.seed,
+        "seed": settings.engine.seed,
         # Our SamplingParams are complete; do not let generation_config.json
         # of the model change temperature or top_p behind our back.
         "generation_config": "vllm",
@@ -208,10 +208,10 @@ def engine_args(
         # vocabulary at every step of every batch that carries a graded item.
         "logprobs_mode": "raw_logits",
     }
-    if settings.block_size is not None:
-        args["block_size"] = settings.block_size
-    if settings.quantization:
-        args["quantization"] = settings.quantization
+    if settings.engine.block_size is not None:
+        args["block_size"] = settings.engine.block_size
+    if settings.engine.quantization:
+        args["quantization"] = settings.engine.quantization
     if model.revision:
         # The same weights and tokenizer on every host.
         args["revision"] = args["tokenizer_revision"] = model.revision
@@ -221,7 +221,7 @@ def engine_args(
         # of a discarded sample needs a CUDA generator). Whole prefills avoid
         # that path; GPU hosts keep chunked prefill.
         args["enable_chunked_prefill"] = False
-        args["max_num_batched_tokens"] = max(settings.max_model_len, 4096)
+        args["max_num_batched_tokens"] = max(settings.engine.max_model_len, 4096)
     return args
 
 
@@ -235,7 +235,7 @@ def configure_cpu_runtime(settings: Settings) -> None:
     machine that halves the compute threads (measured 1.8x slower). An
     operator's explicit environment still wins.
     """
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_space_gib))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.engine.cpu_kvcache_space_gib))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     # One engine step may take minutes on a loaded CPU (a 4096-token prefill
     # of the 270M model while other processes share the 2 cores); vLLM's
@@ -282,13 +282,13 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
         model_name=model.name,
         prompt_parts=prompt_parts,
         sampling=sampling_from(settings),
-        feedback_max_chars=settings.feedback_chars,
-        attempts=1 + settings.invalid_output_retries,
+        feedback_max_chars=settings.engine.feedback_chars,
+        attempts=1 + settings.engine.invalid_output_retries,
         device=device,
-        timeout_s=settings.engine_timeout_s,
-        review_below=settings.review_confidence if settings.grade_distribution else None,
-        tie_margin=settings.tie_margin,
-        screener=Screener() if settings.screen_answers else None,
+        timeout_s=settings.engine.engine_timeout_s,
+        review_below=settings.engine.review_confidence if settings.engine.grade_distribution else None,
+        tie_margin=settings.engine.tie_margin,
+        screener=Screener() if settings.engine.screen_answers else None,
         prompt_format=model.prompt_format,
         model_revision=resolve_model(settings, device).revision,  # the pinned one, also when loaded offline
         warm_up=warm_up,
@@ -298,9 +298,9 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
 
 def calibration_for(settings: Settings, model: str, prompt_format: str) -> Calibration | None:
     """CALIBRATION_FILE's temperature for this model and prompt format; none: the raw distribution, said once."""
-    if settings.calibration_file is None:
+    if settings.engine.calibration_file is None:
         return None
-    found = CalibrationTable.load(settings.calibration_file).find(model, prompt_format)
+    found = CalibrationTable.load(settings.engine.calibration_file).find(model, prompt_format)
     if found is None:
         logger.warning("CALIBRATION_FILE has no calibration for model=%s format=%s: raw confidence", model,
                        prompt_format)  # fmt: skip

@@ -73,7 +73,7 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None, *, gat
     for router in ROUTERS:
         app.include_router(router)
     add_exception_handlers(app)
-    origins = [o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()]
+    origins = [o.strip() for o in settings.gateway.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
             CORSMiddleware,
@@ -84,6 +84,6 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None, *, gat
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(NoStore)
     app.add_middleware(AuditTrail)
-    if not keys.required and not settings.gateway_allow_anonymous:
+    if not keys.required and not settings.gateway.allow_anonymous:
         app.add_middleware(LoopbackHostOnly)  # outermost: nothing else runs for another Host
     return app

@@ -166,14 +166,14 @@ def check_exposure(host: str, keys: ApiKeys, allow_anonymous: bool) -> None:
 
 def keys_from(settings: Settings) -> ApiKeys:
     """The keys the settings give (GatewaySetupError for any it refuses)."""
-    path = settings.gateway_api_keys_file
-    if path is not None and not path.exists() and settings.gateway_generate_key_for:
-        generate_key_file(path, settings.gateway_generate_key_for)
+    path = settings.gateway.api_keys_file
+    if path is not None and not path.exists() and settings.gateway.generate_key_for:
+        generate_key_file(path, settings.gateway.generate_key_for)
     try:
-        entries = settings.gateway_keys()
+        entries = settings.gateway.gateway_keys()
     except OSError as exc:
         raise GatewaySetupError(f"GATEWAY_API_KEYS_FILE: cannot read {path} ({exc.strerror})") from None
-    return ApiKeys.from_entries(entries, settings.gateway_admin_key_list())
+    return ApiKeys.from_entries(entries, settings.gateway.gateway_admin_key_list())
 
 
 def generate_key_file(path: Path, tenant: str) -> None:

@@ -42,8 +42,8 @@ class ErasureFollower:
         self._settings = settings
         self._store = store
         self._topic = TopicFollower(
-            client_kwargs(settings), settings.control_topic, self._apply, name="erasure-follower",
-            max_message_bytes=settings.kafka_max_message_bytes, close_timeout_s=settings.kafka_close_timeout_s,
+            client_kwargs(settings), settings.kafka.control_topic, self._apply, name="erasure-follower",
+            max_message_bytes=settings.kafka.max_message_bytes, close_timeout_s=settings.kafka.close_timeout_s,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -65,7 +65,7 @@ class ErasureFollower:
         if command.action is not ControlAction.ERASE or not honoured(command):
             return
         at_s = record.timestamp / 1000 if isinstance(record.timestamp, int) and record.timestamp > 0 else time.time()
-        if time.time() - at_s > self._settings.cancel_ttl_s:
+        if time.time() - at_s > self._settings.kafka.cancel_ttl_s:
             return
         if self._store.erase(command.job_id, at_s):
             logger.info("job erased from memory: job_id=%s", command.job_id)

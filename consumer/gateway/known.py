@@ -35,8 +35,8 @@ class KnownJobIds:
     def __init__(self, settings: Settings) -> None:
         self._ids: set[str] = set()
         self._topic = TopicFollower(
-            client_kwargs(settings), settings.checkpoints_topic, self.apply, name="known-job-ids",
-            max_message_bytes=settings.kafka_max_message_bytes, close_timeout_s=settings.kafka_close_timeout_s,
+            client_kwargs(settings), settings.kafka.checkpoints_topic, self.apply, name="known-job-ids",
+            max_message_bytes=settings.kafka.max_message_bytes, close_timeout_s=settings.kafka.close_timeout_s,
         )  # fmt: skip
 
     def __contains__(self, job_id: object) -> bool:

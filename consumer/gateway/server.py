@@ -36,8 +36,8 @@ async def gateway_serving(
     app = create_app(settings, metrics)
     lifespan: GatewayLifespan = app.state.lifespan
     http = HttpServer(
-        app, host, port, forwarded_allow_ips=settings.gateway_forwarded_allow_ips,
-        head_timeout_s=settings.gateway_request_read_timeout_s,
+        app, host, port, forwarded_allow_ips=settings.gateway.forwarded_allow_ips,
+        head_timeout_s=settings.gateway.request_read_timeout_s,
     )  # fmt: skip
     try:
         await http.start()
@@ -54,7 +54,7 @@ async def gateway_serving(
         # HttpServer.stop may return before the lifespan has closed the Kafka clients (its
         # backstop ends the server's task, not the lifespan's): the caller gets them closed.
         try:
-            async with asyncio.timeout(4 * settings.kafka_close_timeout_s):
+            async with asyncio.timeout(4 * settings.kafka.close_timeout_s):
                 await lifespan.stopped.wait()
         except TimeoutError:
             logger.warning("the gateway's Kafka clients did not close in time")
@@ -64,7 +64,7 @@ async def serve_gateway(settings: Settings, host: str, port: int) -> int:
     """``texteval gateway``: until SIGTERM/SIGINT. Exit 2 on settings it cannot use."""
     try:
         keys = keys_from(settings)
-        check_exposure(host, keys, settings.gateway_allow_anonymous)
+        check_exposure(host, keys, settings.gateway.allow_anonymous)
         await check_connection(settings)
     except (GatewaySetupError, KafkaSetupError) as exc:
         logger.error("gateway not started: %s", exc)

@@ -68,16 +68,16 @@ class Gateway:
         s = settings
         return cls(
             s, store, tail, producer, metrics, keys, erasures=erasures, known=known,
-            tokens=StreamTokens(keys.key_digests(), s.gateway_stream_token_ttl_s),
-            slots=StreamSlots(s.gateway_max_streams, s.gateway_max_streams_per_key),
-            writes=RateLimiter(s.gateway_write_rate_per_s, s.gateway_write_burst),
-            auth_failures=RateLimiter(s.gateway_auth_failure_rate_per_s, s.gateway_auth_failure_burst),
-            bodies=BodyBudget(s.gateway_max_inflight_body_bytes),
+            tokens=StreamTokens(keys.key_digests(), s.gateway.stream_token_ttl_s),
+            slots=StreamSlots(s.gateway.max_streams, s.gateway.max_streams_per_key),
+            writes=RateLimiter(s.gateway.write_rate_per_s, s.gateway.write_burst),
+            auth_failures=RateLimiter(s.gateway.auth_failure_rate_per_s, s.gateway.auth_failure_burst),
+            bodies=BodyBudget(s.gateway.max_inflight_body_bytes),
         )  # fmt: skip
 
     async def produce_request(self, submission: Submission) -> None:
         await self.producer.send_and_wait(
-            self.settings.requests_topic, value=submission.value, key=submission.job_id.encode()
+            self.settings.kafka.requests_topic, value=submission.value, key=submission.job_id.encode()
         )
         self.metrics.jobs_submitted.inc()
 
@@ -86,7 +86,7 @@ class Gateway:
         tenant's cancel only for that tenant's job."""
         tenant, admin = _acting_for(caller, job_id)
         command = ControlCommand(action=ControlAction.CANCEL, job_id=job_id, tenant=tenant, admin=admin)
-        await produce_command(self.producer, self.settings.control_topic, command)
+        await produce_command(self.producer, self.settings.kafka.control_topic, command)
         self.metrics.cancels.inc()
 
     async def produce_erase(self, job_id: str, caller: Caller) -> None:
@@ -160,15 +160,15 @@ async def gateway_running(
 
     metrics = metrics or GatewayMetrics()
     keys = keys if keys is not None else keys_from(settings)  # before anything starts: refused settings fail fast
-    if settings.kafka_create_topics:
-        topics = dict.fromkeys(settings.service_topics(), settings.kafka_topic_partitions)
-        await ensure_topics(settings.kafka_bootstrap_servers, topics, **client_kwargs(settings))
+    if settings.kafka.create_topics:
+        topics = dict.fromkeys(settings.service_topics(), settings.kafka.topic_partitions)
+        await ensure_topics(settings.kafka.bootstrap_servers, topics, **client_kwargs(settings))
     store = JobStore(
-        ttl_s=settings.job_ttl_seconds,
-        max_jobs=settings.gateway_max_jobs,
-        max_bytes=settings.gateway_max_bytes,
+        ttl_s=settings.gateway.job_ttl_seconds,
+        max_jobs=settings.gateway.max_jobs,
+        max_bytes=settings.gateway.max_bytes,
         on_evict=lambda reason: metrics.jobs_evicted.labels(reason.value).inc(),
-        erased_ttl_s=settings.cancel_ttl_s,
+        erased_ttl_s=settings.kafka.cancel_ttl_s,
     )
     producer = AIOKafkaProducer(
         **client_kwargs(settings),
@@ -176,7 +176,7 @@ async def gateway_running(
         acks="all",
         enable_idempotence=False,  # as the consumer: the embedded broker refuses it
         linger_ms=0,  # one request per POST: nothing to batch, so no waiting
-        max_request_size=settings.kafka_max_message_bytes,
+        max_request_size=settings.kafka.max_message_bytes,
     )
     await producer.start()
     tail = ProgressTail(settings, store, metrics)
@@ -196,7 +196,7 @@ async def gateway_running(
             await known.stop()
             await erasures.stop()
         finally:
-            async with asyncio.timeout(settings.kafka_close_timeout_s):
+            async with asyncio.timeout(settings.kafka.close_timeout_s):
                 await producer.stop()
 
 

@@ -59,9 +59,9 @@ class ProgressTail:
         """Open the reader at the window's start; the replay runs in the background."""
         s = self._settings
         reader = TopicReader(
-            {**client_kwargs(s), "client_id": "texteval-gateway"}, [s.progress_topic], start=Start.BEGINNING,
-            since_ms=int((time.time() - s.job_ttl_seconds) * 1000), max_message_bytes=s.kafka_max_message_bytes,
-            fetch_max_wait_ms=s.gateway_fetch_max_wait_ms,
+            {**client_kwargs(s), "client_id": "texteval-gateway"}, [s.kafka.progress_topic], start=Start.BEGINNING,
+            since_ms=int((time.time() - s.gateway.job_ttl_seconds) * 1000), max_message_bytes=s.kafka.max_message_bytes,
+            fetch_max_wait_ms=s.gateway.fetch_max_wait_ms,
         )  # fmt: skip
         await reader.__aenter__()
         self._reader = reader
@@ -147,5 +147,5 @@ class ProgressTail:
                 await task
         reader, self._reader = self._reader, None
         if reader is not None:
-            async with asyncio.timeout(self._settings.kafka_close_timeout_s):
+            async with asyncio.timeout(self._settings.kafka.close_timeout_s):
                 await reader.__aexit__(None, None, None)

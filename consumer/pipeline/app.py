@@ -57,9 +57,14 @@ class ConsumerApp:
             scheduler=scheduler, ledger=ledger, control=control, decisions=decisions,
         )  # fmt: skip
         self._fetch = SafeFetch(consumer, metrics)
-        outputs = (settings.results_topic, settings.progress_topic, settings.dlt_topic, settings.checkpoints_topic)
+        outputs = (
+            settings.kafka.results_topic,
+            settings.kafka.progress_topic,
+            settings.kafka.dlt_topic,
+            settings.kafka.checkpoints_topic,
+        )
         self._watchdog = Watchdog(
-            consumer, engine, metrics, output_topics=outputs, interval_s=settings.kafka_check_interval_s,
+            consumer, engine, metrics, output_topics=outputs, interval_s=settings.kafka.check_interval_s,
             group=self._work,
         )  # fmt: skip
         self._stopping = asyncio.Event()
@@ -70,12 +75,12 @@ class ConsumerApp:
     async def run(self) -> None:
         """Consume until ``stop()``; then drain within the grace period."""
         work, watchdog = self._work, self._watchdog
-        self._consumer.subscribe([self._settings.requests_topic], listener=work)
+        self._consumer.subscribe([self._settings.kafka.requests_topic], listener=work)
         await watchdog.check()  # know whether the output topics exist before grading anything
         timers = [asyncio.create_task(self._control.run())]
         # Cancels of the last CANCEL_TTL_S first: a cancelled job's request must not start.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._control.ready.wait(), self._settings.revoke_timeout_s)
+            await asyncio.wait_for(self._control.ready.wait(), self._settings.kafka.revoke_timeout_s)
         timers += [asyncio.create_task(work.checkpoint.run()), asyncio.create_task(watchdog.run())]
         try:
             while not self._stopping.is_set() and not self._engine_died():

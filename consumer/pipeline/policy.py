@@ -64,13 +64,13 @@ import bisect
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Generic, Protocol, TypeVar
 
-from consumer.settings import SchedulingPolicy, Settings
+from consumer.settings import SchedulerSettings, SchedulingPolicy
 
 __all__ = ["OLDEST_SHARE", "JobPicker", "Picker", "SchedulingPolicy", "TenantShares"]
 
 # The one default of the ageing bound is the setting's (SCHEDULER_OLDEST_SHARE); the
 # service hands the configured value down, and a picker built without one uses the same.
-OLDEST_SHARE: float = Settings.model_fields["scheduler_oldest_share"].default
+OLDEST_SHARE: float = SchedulerSettings.model_fields["scheduler_oldest_share"].default
 
 Tenant = str | None  # None: the pseudo-tenant of every tenant-less job
 _EPS = 1e-9

@@ -44,11 +44,11 @@ def scheduler_from(settings: Settings, engine: GradingEngine, metrics: Metrics) 
     return Scheduler(
         engine,
         metrics,
-        policy=settings.scheduling_policy,
+        policy=settings.scheduler.scheduling_policy,
         depth=settings.engine_depth_on(engine.health().device),  # MAX_NUM_SEQS defaults per device
-        oldest_share=settings.scheduler_oldest_share,
-        tenant_weights=settings.tenant_weights,
-        by_tenant=settings.scheduler_by_tenant,
+        oldest_share=settings.scheduler.scheduler_oldest_share,
+        tenant_weights=settings.scheduler.tenant_weights,
+        by_tenant=settings.scheduler.scheduler_by_tenant,
     )
 
 
@@ -57,16 +57,16 @@ async def ensure_service_topics(settings: Settings) -> None:
     (development and demo; production topics are created by operations, see
     docker-compose.yml)."""
 
-    settings = settings.as_shadow() if settings.shadow else settings  # the shadow's own topics
-    partitions = settings.kafka_topic_partitions
+    settings = settings.as_shadow() if settings.jobs.shadow else settings  # the shadow's own topics
+    partitions = settings.kafka.topic_partitions
     topics = dict.fromkeys(settings.service_topics(), partitions)
     # Job state keeps one record per job: compaction keeps the newest.
     configs = {
-        settings.checkpoints_topic: {"cleanup.policy": "compact"},
+        settings.kafka.checkpoints_topic: {"cleanup.policy": "compact"},
         # Decision records outlive the texts: an appeal's window (contract 1.3).
-        settings.decisions_topic: {"retention.ms": str(settings.decisions_retention_ms)},
+        settings.kafka.decisions_topic: {"retention.ms": str(settings.privacy.decisions_retention_ms)},
     }
-    await ensure_topics(settings.kafka_bootstrap_servers, topics, configs=configs, **client_kwargs(settings))
+    await ensure_topics(settings.kafka.bootstrap_servers, topics, configs=configs, **client_kwargs(settings))
 
 
 @asynccontextmanager
@@ -75,7 +75,7 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     # A shadow (pipeline/shadow.py): its results and job state on the shadow topics, no records.
-    settings = settings.as_shadow() if settings.shadow else settings
+    settings = settings.as_shadow() if settings.jobs.shadow else settings
     kafka = client_kwargs(settings)
     producer = AIOKafkaProducer(
         **kafka,
@@ -84,26 +84,26 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         # The embedded broker (and aiokafka's KIP-447-less client) cannot do
         # idempotence or transactions: delivery is at-least-once by design.
         enable_idempotence=False,
-        linger_ms=settings.kafka_linger_ms,
-        max_request_size=settings.kafka_max_message_bytes,
-        compression_type=None if settings.kafka_compression_type == "none" else settings.kafka_compression_type,
+        linger_ms=settings.kafka.linger_ms,
+        max_request_size=settings.kafka.max_message_bytes,
+        compression_type=None if settings.kafka.compression_type == "none" else settings.kafka.compression_type,
     )
     consumer = AIOKafkaConsumer(
         **kafka,
         client_id="texteval",
-        group_id=settings.kafka_group_id,
-        group_instance_id=settings.kafka_group_instance_id,
+        group_id=settings.kafka.group_id,
+        group_instance_id=settings.kafka.group_instance_id,
         enable_auto_commit=False,  # offsets are committed only when work is done
         auto_offset_reset="earliest",  # a new group must not skip waiting jobs
-        isolation_level=settings.kafka_isolation_level,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        isolation_level=settings.kafka.isolation_level,
+        session_timeout_ms=settings.kafka.session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
         # The poll loop never blocks on the engine, so these only need to
         # cover one loop turn and the bounded work done on revoke.
         max_poll_interval_ms=300_000,
         rebalance_timeout_ms=60_000,
-        max_partition_fetch_bytes=settings.kafka_max_message_bytes,
-        fetch_max_bytes=settings.kafka_max_message_bytes,
+        max_partition_fetch_bytes=settings.kafka.max_message_bytes,
+        fetch_max_bytes=settings.kafka.max_message_bytes,
     )
     await producer.start()
     try:
@@ -112,16 +112,16 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         await producer.stop()
         raise
     topics = {
-        "results_topic": settings.results_topic, "progress_topic": settings.progress_topic,
-        "dlt_topic": settings.dlt_topic, "group_id": settings.kafka_group_id,
-        "decisions_topic": settings.decisions_topic,
+        "results_topic": settings.kafka.results_topic, "progress_topic": settings.kafka.progress_topic,
+        "dlt_topic": settings.kafka.dlt_topic, "group_id": settings.kafka.group_id,
+        "decisions_topic": settings.kafka.decisions_topic,
     }  # fmt: skip
-    sinks = ShadowSinks(producer, metrics=metrics, **topics) if settings.shadow else Sinks(producer, **topics)
+    sinks = ShadowSinks(producer, metrics=metrics, **topics) if settings.jobs.shadow else Sinks(producer, **topics)
     decisions = None
-    if settings.decision_records:
+    if settings.privacy.decision_records:
         decisions = DecisionLog(
-            sinks, engine, key=hmac_key(settings), topic=settings.decisions_topic, client=kafka,
-            max_message_bytes=settings.kafka_max_message_bytes,
+            sinks, engine, key=hmac_key(settings), topic=settings.kafka.decisions_topic, client=kafka,
+            max_message_bytes=settings.kafka.max_message_bytes,
         )  # fmt: skip
     try:
         ledger, control = await job_state(settings, consumer, producer, metrics)
@@ -143,12 +143,12 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
             # backstop so a stuck await (seen under a rebalance storm on the
             # embedded broker) can never keep the process alive. What was not
             # committed is redelivered: at-least-once still holds.
-            limit_s = settings.shutdown_grace_s + settings.kafka_close_timeout_s
+            limit_s = settings.kafka.shutdown_grace_s + settings.kafka.close_timeout_s
             done, _ = await asyncio.wait([task], timeout=limit_s)
             if not done:
                 logger.warning("consumer loop still running %.0f s after stop; cancelling it", limit_s)
                 task.cancel()
-                await asyncio.wait([task], timeout=settings.kafka_close_timeout_s)
+                await asyncio.wait([task], timeout=settings.kafka.close_timeout_s)
             elif task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
         finally:
@@ -156,8 +156,8 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
             # finish its rebalance, which never ends while members keep
             # joining and dying. Offsets are committed by now; a member that
             # does not say goodbye is dropped after the session timeout.
-            await _bounded(consumer.stop(), "leaving the consumer group", settings.kafka_close_timeout_s)
-            await _bounded(producer.stop(), "closing the producer", settings.kafka_close_timeout_s)
+            await _bounded(consumer.stop(), "leaving the consumer group", settings.kafka.close_timeout_s)
+            await _bounded(producer.stop(), "closing the producer", settings.kafka.close_timeout_s)
 
 
 async def job_state(
@@ -170,24 +170,29 @@ async def job_state(
     (a missing topic is reported by the watchdog instead, like the outputs).
     """
     # No group, no commits: state and commands are read whole by whoever needs them.
-    client = {**client_kwargs(settings), "isolation_level": settings.kafka_isolation_level}
+    client = {**client_kwargs(settings), "isolation_level": settings.kafka.isolation_level}
     with contextlib.suppress(LookupError):
-        requests = await topic_partitions(consumer, settings.requests_topic, timeout_s=5.0)
-        checkpoints = await topic_partitions(consumer, settings.checkpoints_topic, timeout_s=5.0)
+        requests = await topic_partitions(consumer, settings.kafka.requests_topic, timeout_s=5.0)
+        checkpoints = await topic_partitions(consumer, settings.kafka.checkpoints_topic, timeout_s=5.0)
         if len(checkpoints) < len(requests):
             raise KafkaSetupError(
                 "config",
-                f"{settings.checkpoints_topic} has {len(checkpoints)} partitions, fewer than the "
-                f"{len(requests)} of {settings.requests_topic}: create it with as many (KAFKA_CHECKPOINTS_TOPIC)",
+                f"{settings.kafka.checkpoints_topic} has {len(checkpoints)} partitions, fewer than the "
+                f"{len(requests)} of {settings.kafka.requests_topic}: create it with as many (KAFKA_CHECKPOINTS_TOPIC)",
             )
-    size = settings.kafka_max_message_bytes
+    size = settings.kafka.max_message_bytes
     store = JobStateStore(
-        producer, client, metrics, topic=settings.checkpoints_topic, retention_s=settings.job_id_retention_s,
-        max_message_bytes=size,
+        producer, client, metrics, topic=settings.kafka.checkpoints_topic,
+        retention_s=settings.privacy.job_id_retention_s, max_message_bytes=size,
     )  # fmt: skip
     ledger = Ledger(store, metrics)
     control = ControlReader(
-        client, metrics, ledger, topic=settings.control_topic, ttl_s=settings.cancel_ttl_s, max_message_bytes=size
+        client,
+        metrics,
+        ledger,
+        topic=settings.kafka.control_topic,
+        ttl_s=settings.kafka.cancel_ttl_s,
+        max_message_bytes=size,
     )
     return ledger, control
 
@@ -224,7 +229,7 @@ async def _canary_passes(
     health.phase = "canary running"
     health.canary = "running"
     metrics.canary_passed.set(0)
-    verdict = await run_canary(engine, canary, tolerance=settings.canary_tolerance)
+    verdict = await run_canary(engine, canary, tolerance=settings.engine.canary_tolerance)
     if verdict.passed:
         health.canary = "passed"
         logger.info("%s in %.1f s", verdict.reason(), verdict.duration_s)
@@ -241,7 +246,7 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
 
     metrics = Metrics()
     health = _ServiceHealth()
-    http = HttpServer(create_app(health, metrics), settings.host, settings.port)
+    http = HttpServer(create_app(health, metrics), settings.http.host, settings.http.port)
     await http.start()
     stop = asyncio.Event()
 
@@ -255,15 +260,15 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
         loop.add_signal_handler(sig, on_signal)
     try:
         # A bad canary file fails before minutes of loading the model.
-        canary = load_canary(settings.canary_file) if settings.canary_file is not None else None
-        if settings.calibration_file is not None:  # so does a bad calibration file
-            CalibrationTable.load(settings.calibration_file)
+        canary = load_canary(settings.engine.canary_file) if settings.engine.canary_file is not None else None
+        if settings.engine.calibration_file is not None:  # so does a bad calibration file
+            CalibrationTable.load(settings.engine.calibration_file)
     except (CanaryFileError, CalibrationFileError) as exc:
         logger.error("cannot start: %s", exc)
         await http.stop()
         return 2
     try:
-        if settings.decision_records and not settings.shadow:  # a shadow writes none
+        if settings.privacy.decision_records and not settings.jobs.shadow:  # a shadow writes none
             hmac_key(settings)  # refused without a key off loopback: before minutes of loading the model
     except DecisionsSetupError as exc:
         logger.error("cannot start: %s", exc)
@@ -285,18 +290,18 @@ async def serve(settings: Settings, engine: GradingEngine | None = None) -> int:
             await stop.wait()
             return 0
         metrics.canary_passed.set(1)
-        if settings.kafka_create_topics:
+        if settings.kafka.create_topics:
             await ensure_service_topics(settings)
         health.phase = "joining the consumer group"
         async with consumer_running(settings, engine, metrics) as app:
             health.app = app
-            logger.info("consuming %s as group %s", settings.requests_topic, settings.kafka_group_id)
+            logger.info("consuming %s as group %s", settings.kafka.requests_topic, settings.kafka.group_id)
             stopped = asyncio.create_task(app.wait_stopped())
             signalled = asyncio.create_task(stop.wait())
             await asyncio.wait([stopped, signalled], return_when=asyncio.FIRST_COMPLETED)
             signalled.cancel()
             if stop.is_set():
-                logger.info("signal received: draining (grace %.0f s)", settings.shutdown_grace_s)
+                logger.info("signal received: draining (grace %.0f s)", settings.kafka.shutdown_grace_s)
         if app.engine_failed:
             logger.error("exiting with code %d so the service is restarted", EXIT_ENGINE_DIED)
             return EXIT_ENGINE_DIED

@@ -120,11 +120,11 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         self._settings = settings
         self._scheduler, self._ledger, self._control, self._decisions = scheduler, ledger, control, decisions
         self._clock = clock
-        self._backoff = Backoff(settings.delivery_retry_backoff_s, settings.delivery_retry_backoff_max_s)
+        self._backoff = Backoff(settings.kafka.delivery_retry_backoff_s, settings.kafka.delivery_retry_backoff_max_s)
         self._dead_letters = DeadLetters(sinks, metrics)
         self._offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.checkpoint = Checkpoint(
-            consumer, sinks, ledger, self._offsets, metrics, interval_s=settings.commit_interval_ms / 1000
+            consumer, sinks, ledger, self._offsets, metrics, interval_s=settings.kafka.commit_interval_ms / 1000
         )
         self._records: dict[TopicPartition, dict[int, Record]] = {}  # polled, not done: by partition, by offset
         self._backlog: deque[Record] = deque()  # waiting to start, in order (retries first)
@@ -191,7 +191,7 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
             head.parsed = parse_request(
                 record.value,
                 fallback_job_id=f"{record.topic}:{record.partition}:{record.offset}",
-                max_items=self._settings.max_items_per_job,
+                max_items=self._settings.jobs.max_items_per_job,
             )
         parsed = head.parsed
         items, size_bytes = (len(parsed.items), len(record.value or b"")) if isinstance(parsed, Job) else (0, 0)
@@ -202,7 +202,7 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _has_room(self, items: int, size_bytes: int, *, retry: bool) -> bool:
         settings = self._settings
-        if self.jobs >= settings.max_concurrent_jobs:
+        if self.jobs >= settings.jobs.max_concurrent_jobs:
             return False
         if self._undelivered and not retry:
             return False
@@ -210,8 +210,8 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         if inflight == 0:
             return True  # an idle consumer always takes the next job, even one above the caps
         return (
-            inflight + items <= settings.max_inflight_items
-            and self.request_bytes + size_bytes <= settings.max_inflight_bytes
+            inflight + items <= settings.jobs.max_inflight_items
+            and self.request_bytes + size_bytes <= settings.jobs.max_inflight_bytes
         )
 
     def apply_pause(self, *, outputs_ok: bool) -> None:
@@ -268,11 +268,11 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
     def _grade(self, rec: Record, job: Job, plan: Plan) -> None:
         settings, record = self._settings, rec.record
         resume = plan.state.progress if plan.state is not None else None
-        if settings.shadow:  # a candidate grades only its sample (pipeline/shadow.py)
-            resume = unsampled(job, resume, settings.shadow_sample_rate, self._metrics, self._engine.model_name)
+        if settings.jobs.shadow:  # a candidate grades only its sample (pipeline/shadow.py)
+            resume = unsampled(job, resume, settings.jobs.shadow_sample_rate, self._metrics, self._engine.model_name)
         rec.run = JobRun(
             job, engine=self._engine, sinks=self._sinks, metrics=self._metrics, scheduler=self._scheduler,
-            batch_size=settings.batch_size, flush_s=settings.progress_flush_ms / 1000,
+            batch_size=settings.jobs.batch_size, flush_s=settings.jobs.progress_flush_ms / 1000,
             request_bytes=len(record.value or b""), resume=resume,
             carried=rec.carried if rec in self._undelivered else None, decisions=self._decisions,
             read_back_since_ms=record.timestamp if plan.action is Action.RESUME else None,
@@ -357,13 +357,13 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
             logger.info("revoked %d partitions: aborting %d jobs", len(revoked), len(lost))
         await self._cancel(lost)
         self.drop(revoked)
-        await self.checkpoint.release(revoked, self._settings.revoke_timeout_s)
+        await self.checkpoint.release(revoked, self._settings.kafka.revoke_timeout_s)
         self._loaded -= revoked
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         assigned = set(assigned)
         try:
-            async with asyncio.timeout(self._settings.revoke_timeout_s * 3):
+            async with asyncio.timeout(self._settings.kafka.revoke_timeout_s * 3):
                 await self._ledger.load(tp.partition for tp in assigned)
         except (KafkaError, TimeoutError, LookupError) as exc:
             # Jobs are then graded from their first item: at-least-once, as before job state.
@@ -379,7 +379,7 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         with contextlib.suppress(KafkaError, AssertionError):
             self._consumer.pause(*self._consumer.assignment())
         if self._running:
-            _, late = await asyncio.wait(list(self._running), timeout=self._settings.shutdown_grace_s)
+            _, late = await asyncio.wait(list(self._running), timeout=self._settings.kafka.shutdown_grace_s)
             if late:
                 logger.warning("grace period over: aborting %d jobs", len(late))
                 await self._cancel(late)
@@ -390,4 +390,4 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=self._settings.revoke_timeout_s)
+            await asyncio.wait(tasks, timeout=self._settings.kafka.revoke_timeout_s)

@@ -211,7 +211,7 @@ async def churn(bootstrap: str, group_kwargs: dict[str, int], log_dir: Path, *, 
 
     async def settle(*, after_kill: bool = False) -> None:
         if after_kill:  # the others notice a killed member only after its session timeout
-            await asyncio.sleep(settings.kafka_session_timeout_ms / 1000 + 1)
+            await asyncio.sleep(settings.kafka.session_timeout_ms / 1000 + 1)
         for other in [p for p in procs if p.running]:
             with contextlib.suppress(AssertionError):  # exited or slow: the churn goes on
                 await other.wait_healthy(timeout_s=30)

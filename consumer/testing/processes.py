@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from consumer.settings import Settings
+from consumer.settings import Settings, setting_fields
 from consumer.tools.broker import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 def service_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process read the same settings."""
     env = {**os.environ, "LOG_LEVEL": "INFO", "HOST": "127.0.0.1", "KAFKA_CREATE_TOPICS": "false"}
-    for name, field in Settings.model_fields.items():
-        value = getattr(settings, name)
-        if field.alias and value is not None and not name.startswith(("host", "port", "log_level")):
-            env[field.alias] = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+    for field in setting_fields():
+        value = getattr(getattr(settings, field.section), field.name)
+        if value is not None and field.section != "http":
+            env[field.env] = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
     return env
 
 

@@ -93,7 +93,7 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 @asynccontextmanager
 async def running(settings: Settings, engine: GradingEngine, metrics: Metrics | None = None,
                   partitions: int = 3) -> AsyncIterator[ConsumerApp]:  # fmt: skip
-    await create_topics(settings.kafka_bootstrap_servers, settings.service_topics(), partitions=partitions)
+    await create_topics(settings.kafka.bootstrap_servers, settings.service_topics(), partitions=partitions)
     async with consumer_running(settings, engine, metrics or Metrics()) as app:
         yield app
 

@@ -28,7 +28,6 @@ from consumer.tools.commandline import HelpArgument, Invocation, Texteval
 from consumer.tools.console import configure_logging, progress_bar
 from consumer.tools.doctor import FULL_JOB_TEXTS
 from consumer.tools.loop_commands import ERASED_HELP, NONE, SOURCE_HELP, TOPIC
-from consumer.tools.release import Thresholds
 
 DESCRIPTION = """\
 Grade Catalan student answers with an LLM. The service reads evaluation
@@ -66,9 +65,6 @@ F = TypeVar("F", bound=Callable[..., object])
 ENGINES = click.Choice(["vllm", "fake"])
 
 
-RELEASE_DEFAULTS = Thresholds()  # release-check's defaults: the automated-scoring thresholds
-
-
 @command("run", help="the consumer and its side HTTP server, until SIGTERM/SIGINT")
 @click.option("--engine", type=ENGINES, default="vllm", help="fake: no model (tests)")
 @click.option("--fake-delay-ms", type=float, default=50.0, help="per-item delay of the fake engine")
@@ -81,7 +77,7 @@ async def run(settings: Settings, engine: str, fake_delay_ms: float, fake_concur
         # For load and fault tests of the pipeline: no model, same code path.
         from consumer.engine.fake import FakeEngine
 
-        review_below = settings.review_confidence if settings.grade_distribution else None
+        review_below = settings.engine.review_confidence if settings.engine.grade_distribution else None
         fake = FakeEngine(delay_s=fake_delay_ms / 1000.0, max_concurrency=fake_concurrency, review_below=review_below)
     return await serve(settings, fake)
 
@@ -117,7 +113,7 @@ async def submit(
 
     console = Console(stderr=True)
     try:
-        jobs = read_jobs(Path(file), settings.max_items_per_job, tenant=tenant)
+        jobs = read_jobs(Path(file), settings.jobs.max_items_per_job, tenant=tenant)
     except (InputFileError, OSError) as exc:
         console.print(f"[red]cannot read {file}: {exc}")
         return 2
@@ -171,7 +167,7 @@ def demo(settings: Settings, file: str, out: str, log: str, engine: str) -> int:
     if engine == "fake":  # tests: the demo's terminal and log without a model
         from consumer.engine.fake import FakeEngine
 
-        fake = FakeEngine(delay_s=0.02, review_below=settings.review_confidence)
+        fake = FakeEngine(delay_s=0.02, review_below=settings.engine.review_confidence)
     # The demo narrates on the terminal itself; the service's own logs and
     # every library's (vLLM and its engine processes, aiokafka, transformers,
     # torch) go to the log file, errors excepted (LibraryLog).
@@ -206,7 +202,7 @@ async def grade(settings: Settings, file: str, out: str, job_id: str | None) -> 
     console = Console(stderr=True)
     path = Path(file)
     try:
-        items = read_items(path, settings.max_items_per_job)
+        items = read_items(path, settings.jobs.max_items_per_job)
     except (InputFileError, OSError) as exc:
         console.print(f"[red]cannot read {path}: {exc}")
         return 2
@@ -247,7 +243,7 @@ async def canary_record(settings: Settings, file: str, out: str, runs: int) -> i
     from consumer.tools.files import InputFileError, read_items
 
     try:
-        items = read_items(Path(file), settings.max_items_per_job)
+        items = read_items(Path(file), settings.jobs.max_items_per_job)
     except (InputFileError, OSError) as exc:
         print(f"cannot read {file}: {exc}", file=sys.stderr)
         return 2
@@ -311,7 +307,7 @@ def schemas(settings: Settings, dir: str) -> int:
 async def gateway(settings: Settings, host: str | None, port: int | None) -> int:
     from consumer.gateway.server import serve_gateway
 
-    return await serve_gateway(settings, host or settings.gateway_host, port or settings.gateway_port)
+    return await serve_gateway(settings, host or settings.gateway.host, port or settings.gateway.port)
 
 
 @command("cancel", help="produce a cancel command for a job")
@@ -332,8 +328,8 @@ async def cancel(settings: Settings, job_id: str) -> int:
         return 2
     await check_connection(settings)
     async with control_producer(settings) as producer:
-        await produce_command(producer, settings.control_topic, command)
-    print(f"cancel requested for {job_id} on {settings.control_topic}")
+        await produce_command(producer, settings.kafka.control_topic, command)
+    print(f"cancel requested for {job_id} on {settings.kafka.control_topic}")
     return 0
 
 
@@ -421,26 +417,30 @@ async def export_training(
 @click.option("--subgroups", type=click.Path(path_type=Path), default=None,
               help="CSV id_alumno,group (stays on this machine)")  # fmt: skip
 @click.option("--erased", type=click.Choice([TOPIC, NONE]), default=TOPIC, help="skip erased jobs (as agreement)")
-@click.option("--min-qwk", type=float, default=RELEASE_DEFAULTS.min_qwk)
+@click.option("--min-qwk", type=float, default=None)
 @click.option("--human-qwk", type=float, default=None, help="the teachers' QWK with each other, if measured")
-@click.option("--max-qwk-below-human", type=float, default=RELEASE_DEFAULTS.max_qwk_below_human)
-@click.option("--max-smd", type=float, default=RELEASE_DEFAULTS.max_smd)
-@click.option("--max-subgroup-smd", type=float, default=RELEASE_DEFAULTS.max_subgroup_smd)
-@click.option("--min-subgroup-n", type=int, default=RELEASE_DEFAULTS.min_subgroup_n)
-@click.option("--min-n", type=int, default=RELEASE_DEFAULTS.min_n, help="fewer: 'not enough corrections', fail")
+@click.option("--max-qwk-below-human", type=float, default=None)
+@click.option("--max-smd", type=float, default=None)
+@click.option("--max-subgroup-smd", type=float, default=None)
+@click.option("--min-subgroup-n", type=int, default=None)
+@click.option("--min-n", type=int, default=None, help="fewer: 'not enough corrections', fail")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 async def release_check(
     settings: Settings, live: str, candidate: str | None, corrections: str, subgroups: Path | None, erased: str,
-    min_qwk: float, human_qwk: float | None, max_qwk_below_human: float, max_smd: float, max_subgroup_smd: float,
-    min_subgroup_n: int, min_n: int, as_json: bool,
+    min_qwk: float | None, human_qwk: float | None, max_qwk_below_human: float | None, max_smd: float | None,
+    max_subgroup_smd: float | None, min_subgroup_n: int | None, min_n: int | None, as_json: bool,
 ) -> int:  # fmt: skip
     from consumer.tools.release import Thresholds
     from consumer.tools.release_commands import release_check_command
 
-    limits = Thresholds(
-        min_qwk=min_qwk, human_qwk=human_qwk, max_qwk_below_human=max_qwk_below_human, max_smd=max_smd,
-        max_subgroup_smd=max_subgroup_smd, min_subgroup_n=min_subgroup_n, min_n=min_n,
-    )  # fmt: skip
+    # Unset: the automated-scoring defaults in consumer/tools/release.py (importing it here
+    # would load the engine's modules into every command, the gateway's included).
+    given = {
+        "min_qwk": min_qwk, "human_qwk": human_qwk, "max_qwk_below_human": max_qwk_below_human,
+        "max_smd": max_smd, "max_subgroup_smd": max_subgroup_smd, "min_subgroup_n": min_subgroup_n, "min_n": min_n,
+    }  # fmt: skip
+    set_ = {name: value for name, value in given.items() if value is not None}
+    limits = Thresholds(**set_)  # type: ignore[arg-type]  # each option has its field's type (click converts)
     return await release_check_command(
         settings, live=None if live == NONE else live, candidate=candidate, corrections=corrections,
         subgroups=subgroups, thresholds=limits, erased=erased, as_json=as_json,
@@ -505,13 +505,13 @@ def prepare_model(settings: Settings, log: str | None) -> int:
     from consumer.engine.model_store import is_prepared, prepare_small_model
     from consumer.tools.console import LibraryLog
 
-    if log is None or is_prepared(settings.model_cache_dir):
-        print(prepare_small_model(settings.model_cache_dir))
+    if log is None or is_prepared(settings.engine.model_cache_dir):
+        print(prepare_small_model(settings.engine.model_cache_dir))
         return 0
     # `make setup`: one line on the terminal, transformers' warnings and bars in the log.
     with LibraryLog(Path(log), append=True) as quiet:
         quiet.terminal.write(f"setup: converting the packaged model once (about a minute; log: {log})\n")
-        path = prepare_small_model(settings.model_cache_dir)
+        path = prepare_small_model(settings.engine.model_cache_dir)
     print(path)
     return 0
 
@@ -531,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``texteval``: parse, then the settings from the environment, then run the command."""
     invocation = parse(sys.argv[1:] if argv is None else argv)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.http.log_level)
     return invocation.run(settings)
 
 

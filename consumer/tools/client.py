@@ -125,7 +125,7 @@ async def submit(settings: Settings, jobs: list[EvaluationRequest]) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
-        **client_kwargs(settings), max_request_size=settings.kafka_max_message_bytes, acks="all"
+        **client_kwargs(settings), max_request_size=settings.kafka.max_message_bytes, acks="all"
     )
     await producer.start()
     try:
@@ -133,7 +133,7 @@ async def submit(settings: Settings, jobs: list[EvaluationRequest]) -> None:
             if job.job_id is None:
                 raise ValueError("every submitted job needs a job_id (read_jobs gives one)")
             value = job.model_dump_json(exclude_none=True).encode()
-            await producer.send_and_wait(settings.requests_topic, value=value, key=job.job_id.encode())
+            await producer.send_and_wait(settings.kafka.requests_topic, value=value, key=job.job_id.encode())
     finally:
         await producer.stop()
 
@@ -149,14 +149,14 @@ async def submit_and_follow(
     """Submit, then read results and progress until every job is complete with all its results."""
     reader = TopicReader(
         client_kwargs(settings),
-        [settings.progress_topic, settings.results_topic],
+        [settings.kafka.progress_topic, settings.kafka.results_topic],
         start=Start.END,  # opened before producing: nothing of these jobs is missed
-        max_message_bytes=settings.kafka_max_message_bytes,
+        max_message_bytes=settings.kafka.max_message_bytes,
     )
     async with reader:
         await submit(settings, jobs)
         progress = {job.job_id: JobProgress(total=len(job.items)) for job in jobs if job.job_id}
-        follower = _Follower(settings.results_topic, progress, on_result, on_event)
+        follower = _Follower(settings.kafka.results_topic, progress, on_result, on_event)
         await reader.until(lambda: all(job.done for job in progress.values()), follower.on_record, timeout_s=timeout_s)
     return progress
 

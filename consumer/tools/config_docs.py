@@ -187,15 +187,34 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _declared(cls: type[BaseModel]) -> list[tuple[type[BaseModel], list[str]]]:
+    """Where each setting is declared: ``Settings``' sections in order, then ``cls``'s own plain fields."""
+    found: list[tuple[type[BaseModel], list[str]]] = []
+    own = []
+    for name, info in cls.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            found.append((section, list(section.model_fields)))
+        else:
+            own.append(name)
+    return [*found, (cls, own)] if own else found
+
+
 def render(cls: type[BaseModel] = Settings, regenerate: str = REGENERATE) -> str:
     """The whole ``docs/configuration.md`` for ``cls``: deterministic, no environment read."""
-    notes = source_notes(cls)
     grouped: dict[str, list[str]] = {}
-    for name, info in cls.model_fields.items():
-        text = info.description or notes.comment.get(name, "")
-        row = f"| `{env_name(name, info)}` | {render_default(name, info)} | {render_allowed(info)} | {_cell(text)} |"
-        grouped.setdefault(notes.section.get(name, _OTHER), []).append(row)
-    order = [s for s in notes.sections if s in grouped] + [s for s in grouped if s not in notes.sections]
+    order: list[str] = []
+    for klass, names in _declared(cls):
+        notes = source_notes(klass)
+        for name in names:
+            info = klass.model_fields[name]
+            text = info.description or notes.comment.get(name, "")
+            row = (
+                f"| `{env_name(name, info)}` | {render_default(name, info)} | {render_allowed(info)} | {_cell(text)} |"
+            )
+            grouped.setdefault(notes.section.get(name, _OTHER), []).append(row)
+        order += [s for s in notes.sections if s in grouped and s not in order]
+    order += [s for s in grouped if s not in order]
     parts = [HEADER.format(regenerate=regenerate)]
     for section in order:
         title = section[0].upper() + section[1:]
@@ -206,12 +225,12 @@ def render(cls: type[BaseModel] = Settings, regenerate: str = REGENERATE) -> str
 
 def undocumented(cls: type[BaseModel] = Settings) -> list[str]:
     """Settings with neither a description nor a comment: each must say what it does."""
-    notes = source_notes(cls)
-    return [
-        env_name(name, info)
-        for name, info in cls.model_fields.items()
-        if not (info.description or notes.comment.get(name))
-    ]
+    missing = []
+    for klass, names in _declared(cls):
+        notes = source_notes(klass)
+        fields = klass.model_fields
+        missing += [env_name(n, fields[n]) for n in names if not (fields[n].description or notes.comment.get(n))]
+    return missing
 
 
 def write(path: Path = DOC_PATH) -> bool:

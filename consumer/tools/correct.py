@@ -95,11 +95,15 @@ async def produce_corrections(settings: Settings, batch: CorrectionBatch, source
     the rejected ones to its DLT; waits for every ack."""
     from aiokafka import AIOKafkaProducer
 
-    if settings.kafka_create_topics:
-        topics = [settings.corrections_topic, settings.corrections_dlt_topic, settings.decisions_topic]
+    if settings.kafka.create_topics:
+        topics = [
+            settings.kafka.corrections_topic,
+            settings.kafka.corrections_dlt_topic,
+            settings.kafka.decisions_topic,
+        ]
         await ensure_topics(
-            settings.kafka_bootstrap_servers,
-            dict.fromkeys(topics, settings.kafka_topic_partitions),
+            settings.kafka.bootstrap_servers,
+            dict.fromkeys(topics, settings.kafka.topic_partitions),
             **client_kwargs(settings),
         )
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=False)
@@ -109,8 +113,12 @@ async def produce_corrections(settings: Settings, batch: CorrectionBatch, source
         for c in batch.valid:
             key = c.job_id.encode()
             record = correction_record(c, previous_nota=None, by=BY_CLI)
-            acks.append(await producer.send(settings.corrections_topic, value=c.model_dump_json().encode(), key=key))
-            acks.append(await producer.send(settings.decisions_topic, value=record.model_dump_json().encode(), key=key))
+            acks.append(
+                await producer.send(settings.kafka.corrections_topic, value=c.model_dump_json().encode(), key=key)
+            )
+            acks.append(
+                await producer.send(settings.kafka.decisions_topic, value=record.model_dump_json().encode(), key=key)
+            )
         for rejected in batch.rejected:
             headers = [
                 (REASON_HEADER, rejected.reason.value.encode()),
@@ -120,7 +128,7 @@ async def produce_corrections(settings: Settings, batch: CorrectionBatch, source
             ]
             acks.append(
                 await producer.send(
-                    settings.corrections_dlt_topic, value=rejected.value, key=rejected.key, headers=headers
+                    settings.kafka.corrections_dlt_topic, value=rejected.value, key=rejected.key, headers=headers
                 )
             )
         for ack in acks:

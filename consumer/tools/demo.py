@@ -50,7 +50,9 @@ async def run_demo(
 ) -> int:
     console = console or Console(stderr=True)
     started = time.monotonic()
-    jobs = read_jobs(jobs_file, settings.max_items_per_job)  # a bad file is said now, not after the engine's minute
+    jobs = read_jobs(
+        jobs_file, settings.jobs.max_items_per_job
+    )  # a bad file is said now, not after the engine's minute
     # The engine's minute starts first; the broker and its topics are set up
     # meanwhile (the engine loads in worker threads and its own processes).
     engine_started = time.monotonic()
@@ -59,14 +61,12 @@ async def run_demo(
     broker = EmbeddedBroker()
     try:
         await asyncio.to_thread(broker.start)
-        settings = settings.model_copy(
-            update={
-                "kafka_bootstrap_servers": broker.bootstrap_servers,
-                # The embedded broker answers a group join after half the
-                # session timeout: keep it short for a snappy demo.
-                "kafka_session_timeout_ms": 2000,
-                "kafka_heartbeat_interval_ms": 500,
-            }
+        settings = settings.with_(
+            kafka_bootstrap_servers=broker.bootstrap_servers,
+            # The embedded broker answers a group join after half the
+            # session timeout: keep it short for a snappy demo.
+            kafka_session_timeout_ms=2000,
+            kafka_heartbeat_interval_ms=500,
         )
         await ensure_service_topics(settings)
         console.print(f"[bold]broker[/] Tansu on {broker.bootstrap_servers} (in memory)")

@@ -135,7 +135,7 @@ def static_checks(settings: Settings, gpu: GpuMemory | None, environ: dict[str, 
     args = resolved.engine_args
     report.add("GPU", Status.INFO if gpu is not None else Status.WARN, resolved.card)
     fraction, peak = args["gpu_memory_utilization"], resolved.peak_bytes
-    source = "GPU_MEMORY_UTILIZATION" if settings.gpu_memory_utilization is not None else "GPU_MEMORY_BUDGET_GB"
+    source = "GPU_MEMORY_UTILIZATION" if settings.engine.gpu_memory_utilization is not None else "GPU_MEMORY_BUDGET_GB"
     report.add(
         "memory budget",
         Status.PASS if peak < TARGET_PEAK_GB * GB else Status.FAIL,
@@ -150,7 +150,7 @@ def static_checks(settings: Settings, gpu: GpuMemory | None, environ: dict[str, 
         advice = ""
         if seqs > max(fits, 1):
             advice = ": more than fit, vLLM will preempt and recompute"
-        elif fits >= 2 * seqs and settings.max_num_seqs is None:
+        elif fits >= 2 * seqs and settings.engine.max_num_seqs is None:
             advice = f": room for ≈ {fits}, set MAX_NUM_SEQS (a multiple of 8) to use it"
         report.add(
             "KV cache",
@@ -200,10 +200,12 @@ def _revision_checks(report: Report, args: dict[str, Any], settings: Settings) -
     if Path(args["model"]).is_dir():
         report.add("model revision", Status.PASS, f"a local folder: {args['model']}")
         return
-    snapshot = local_snapshot(ModelChoice(args["model"], args["model"], settings.prompt_format, args.get("revision")))
+    snapshot = local_snapshot(
+        ModelChoice(args["model"], args["model"], settings.engine.prompt_format, args.get("revision"))
+    )
     on_disk = f"downloaded: commit {snapshot.name}, loaded offline" if snapshot else "not downloaded yet"
-    if settings.model_revision:
-        report.add("model revision", Status.PASS, f"MODEL_REVISION={settings.model_revision}; {on_disk}")
+    if settings.engine.model_revision:
+        report.add("model revision", Status.PASS, f"MODEL_REVISION={settings.engine.model_revision}; {on_disk}")
     else:
         hint = f"set MODEL_REVISION={snapshot.name}" if snapshot else "set MODEL_REVISION to the commit to serve"
         report.add("model revision", Status.WARN, f"unpinned (the hub's main branch); {on_disk}: {hint}")
@@ -307,21 +309,19 @@ def doctor_settings(settings: Settings) -> Settings:
     from pydantic import SecretStr
 
     suffix = f"doctor-{int(time.time())}"
-    return settings.model_copy(
-        update={
-            "requests_topic": f"texteval-{suffix}.requests",
-            "results_topic": f"texteval-{suffix}.results",
-            "progress_topic": f"texteval-{suffix}.progress",
-            "dlt_topic": f"texteval-{suffix}.dlt",
-            "control_topic": f"texteval-{suffix}.control",
-            "checkpoints_topic": f"texteval-{suffix}.checkpoints",
-            "corrections_topic": f"texteval-{suffix}.corrections",
-            "decisions_topic": f"texteval-{suffix}.decisions",
-            "kafka_group_id": f"texteval-{suffix}",
-            "gateway_api_keys": SecretStr(""),
-            "gateway_api_keys_file": None,
-            "gateway_admin_keys": SecretStr(""),
-        }
+    return settings.with_(
+        requests_topic=f"texteval-{suffix}.requests",
+        results_topic=f"texteval-{suffix}.results",
+        progress_topic=f"texteval-{suffix}.progress",
+        dlt_topic=f"texteval-{suffix}.dlt",
+        control_topic=f"texteval-{suffix}.control",
+        checkpoints_topic=f"texteval-{suffix}.checkpoints",
+        corrections_topic=f"texteval-{suffix}.corrections",
+        decisions_topic=f"texteval-{suffix}.decisions",
+        kafka_group_id=f"texteval-{suffix}",
+        gateway_api_keys=SecretStr(""),
+        gateway_api_keys_file=None,
+        gateway_admin_keys=SecretStr(""),
     )
 
 
@@ -349,7 +349,7 @@ async def full_size_job(settings: Settings, engine: GradingEngine, texts: int) -
 
     async def read_progress() -> None:
         reader = AIOKafkaConsumer(
-            job_settings.progress_topic, auto_offset_reset="earliest", **client_kwargs(job_settings)
+            job_settings.kafka.progress_topic, auto_offset_reset="earliest", **client_kwargs(job_settings)
         )
         await reader.start()
         try:
@@ -425,12 +425,12 @@ async def measure_on_gpu(settings: Settings, report: Report, *, texts: int, chec
     used = f"; GPU memory used {loaded.used_bytes / GB:.2f} GB" if loaded else ""
     report.add("warm start", Status.PASS, f"engine loaded and warmed up in {time.monotonic() - started:.0f} s{used}")
     try:
-        if settings.canary_file is None:
+        if settings.engine.canary_file is None:
             report.add("canary", Status.SKIP, "CANARY_FILE unset (texteval canary-record writes one)")
         else:
             try:
-                canary = load_canary(settings.canary_file)
-                verdict = await run_canary(engine, canary, tolerance=settings.canary_tolerance)
+                canary = load_canary(settings.engine.canary_file)
+                verdict = await run_canary(engine, canary, tolerance=settings.engine.canary_tolerance)
             except CanaryFileError as exc:
                 report.add("canary", Status.FAIL, str(exc))
             else:

@@ -46,11 +46,11 @@ async def erase_job(settings: Settings, job_id: str, *, tenant: str | None, admi
               "(a command for another tenant's job is ignored)", file=sys.stderr)  # fmt: skip
         return 2
     await check_connection(settings)  # KafkaSetupError: said by the command line, exit 2
-    if settings.kafka_create_topics:
-        topics = [settings.control_topic, settings.decisions_topic]
+    if settings.kafka.create_topics:
+        topics = [settings.kafka.control_topic, settings.kafka.decisions_topic]
         await ensure_topics(
-            settings.kafka_bootstrap_servers,
-            dict.fromkeys(topics, settings.kafka_topic_partitions),
+            settings.kafka.bootstrap_servers,
+            dict.fromkeys(topics, settings.kafka.topic_partitions),
             **client_kwargs(settings),
         )
     async with control_producer(settings) as producer:

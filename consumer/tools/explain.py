@@ -124,7 +124,7 @@ async def _read_partition(settings: Settings, topic: str, key: bytes, on_record:
     from consumer.kafka import Start, TopicReader, client_kwargs
 
     reader = TopicReader(client_kwargs(settings), [topic], start=Start.BEGINNING, key=key,
-                         max_message_bytes=settings.kafka_max_message_bytes)  # fmt: skip
+                         max_message_bytes=settings.kafka.max_message_bytes)  # fmt: skip
     async with reader:
         await reader.to_end(on_record)
 
@@ -151,7 +151,7 @@ async def read_records(settings: Settings, job_id: str, item_index: int) -> Expl
         else:
             found.grades.append(parsed)
 
-    await _read_partition(settings, settings.decisions_topic, key, keep)
+    await _read_partition(settings, settings.kafka.decisions_topic, key, keep)
     return found
 
 
@@ -174,7 +174,7 @@ async def find_request(settings: Settings, job_id: str) -> EvaluationRequest | N
             return
         try:
             request = EvaluationRequest.model_validate_json(
-                record.value, context={"max_items": settings.max_items_per_job}
+                record.value, context={"max_items": settings.jobs.max_items_per_job}
             )
         except ValidationError:
             return
@@ -183,7 +183,7 @@ async def find_request(settings: Settings, job_id: str) -> EvaluationRequest | N
             raise _Found  # the rest of the partition (other jobs' texts) need not be read
 
     with contextlib.suppress(_Found):
-        await _read_partition(settings, settings.requests_topic, key, keep)
+        await _read_partition(settings, settings.kafka.requests_topic, key, keep)
     return found[0] if found else None
 
 
@@ -300,7 +300,7 @@ def render(found: Explanation, settings: Settings) -> str:
 
 
 def _render_prompt(check: PromptCheck | None, settings: Settings, item_index: int) -> list[str]:
-    topic = settings.requests_topic
+    topic = settings.kafka.requests_topic
     if check is None:
         return []
     if check.status is PromptStatus.WITHHELD_ERASED:
@@ -344,7 +344,7 @@ async def explain_command(settings: Settings, result_id: str, *, as_json: bool) 
         return 2
     if not found.found:
         erased = " (its job was erased)" if found.erased is not None else ""
-        print(f"explain: no decision record of {result_id}{erased} in {settings.decisions_topic}: "
+        print(f"explain: no decision record of {result_id}{erased} in {settings.kafka.decisions_topic}: "
               "an unknown result id, an error result (no grade is released for it), or older than "
               "DECISIONS_RETENTION_MS", file=sys.stderr)  # fmt: skip
         return 1

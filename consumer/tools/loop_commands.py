@@ -50,18 +50,18 @@ async def correct_command(settings: Settings, path: Path) -> int:
     from consumer.tools.files import InputFileError
 
     try:
-        batch = read_correction_file(path, settings.max_items_per_job)
+        batch = read_correction_file(path, settings.jobs.max_items_per_job)
     except (InputFileError, OSError) as exc:
         print(f"correct: cannot read {path}: {exc}", file=sys.stderr)
         return 2
     await check_connection(settings)  # KafkaSetupError: said by the command line, exit 2
     await produce_corrections(settings, batch, path.name)
-    print(f"{len(batch.valid)} corrections produced to {settings.corrections_topic}, "
-          f"each with its decision record on {settings.decisions_topic}")  # fmt: skip
+    print(f"{len(batch.valid)} corrections produced to {settings.kafka.corrections_topic}, "
+          f"each with its decision record on {settings.kafka.decisions_topic}")  # fmt: skip
     for rejected in batch.rejected:
         print(f"line {rejected.line}: {rejected.reason.value}: {rejected.detail}", file=sys.stderr)
     if batch.rejected:
-        print(f"{len(batch.rejected)} invalid, sent to {settings.corrections_dlt_topic}", file=sys.stderr)
+        print(f"{len(batch.rejected)} invalid, sent to {settings.kafka.corrections_dlt_topic}", file=sys.stderr)
         return 1
     return 0
 
@@ -142,7 +142,9 @@ async def export_training_command(settings: Settings, sources: Sources, out: Pat
     except (InputFileError, OSError, LookupError) as exc:
         print(f"export-training: {exc}", file=sys.stderr)
         return 2
-    export = build_export(corrections, results, items, feedback_max_chars=settings.feedback_chars, erased=skipped)
+    export = build_export(
+        corrections, results, items, feedback_max_chars=settings.engine.feedback_chars, erased=skipped
+    )
     # The file holds students' texts: owner-only, as the results files.
     await asyncio.to_thread(write_private, out, export.jsonl())
     print(f"{summary(export)}; written to {out}")

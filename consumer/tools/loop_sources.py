@@ -144,7 +144,7 @@ def _results_csv(path: Path) -> list[GradedItem]:
 
 async def _topic_values(settings: Settings, topic: str, on_value: Callable[[Record], None]) -> None:
     reader = TopicReader(
-        client_kwargs(settings), [topic], start=Start.BEGINNING, max_message_bytes=settings.kafka_max_message_bytes
+        client_kwargs(settings), [topic], start=Start.BEGINNING, max_message_bytes=settings.kafka.max_message_bytes
     )
     async with reader:
         await reader.to_end(on_value)
@@ -174,7 +174,7 @@ async def load_results(settings: Settings, source: str) -> Loaded[dict[str, Grad
         loaded.values.setdefault(item.result_id, item)
 
     if source == TOPIC:
-        await _topic_values(settings, settings.results_topic, lambda record: keep(_decode(record.value)))
+        await _topic_values(settings, settings.kafka.results_topic, lambda record: keep(_decode(record.value)))
         return loaded
     path = Path(source)
     if path.suffix.lower() == ".csv":
@@ -248,7 +248,7 @@ async def load_corrections(settings: Settings, source: str) -> Loaded[list[Corre
                 loaded.skipped += 1
 
     if source == TOPIC:
-        await _topic_values(settings, settings.corrections_topic, keep)
+        await _topic_values(settings, settings.kafka.corrections_topic, keep)
         return loaded
     now = utc_now()
     for number, _, data in correction_records(Path(source)):
@@ -270,7 +270,7 @@ async def load_request_items(settings: Settings, source: str, wanted: Collection
 
     def keep(data: Any, default_job_id: str | None) -> None:
         try:
-            request = EvaluationRequest.model_validate(data, context={"max_items": settings.max_items_per_job})
+            request = EvaluationRequest.model_validate(data, context={"max_items": settings.jobs.max_items_per_job})
         except ValidationError:
             loaded.skipped += 1  # dead-lettered by the consumer: it graded nothing of it
             return
@@ -286,7 +286,7 @@ async def load_request_items(settings: Settings, source: str, wanted: Collection
     if source == TOPIC:
         await _topic_values(
             settings,
-            settings.requests_topic,
+            settings.kafka.requests_topic,
             lambda record: keep(_decode(record.value), f"{record.topic}:{record.partition}:{record.offset}"),
         )
         return loaded
@@ -295,7 +295,7 @@ async def load_request_items(settings: Settings, source: str, wanted: Collection
         if not isinstance(data, dict) or not isinstance(data.get("job_id"), str):
             raise InputFileError(f"{path.name} line {number}: a request with its job_id is needed to join")
         try:
-            EvaluationRequest.model_validate(data, context={"max_items": settings.max_items_per_job})
+            EvaluationRequest.model_validate(data, context={"max_items": settings.jobs.max_items_per_job})
         except ValidationError as exc:
             raise InputFileError(f"{path.name} line {number}: {validation_problems(exc)}") from None
         keep(data, None)
@@ -321,6 +321,6 @@ async def load_erased_jobs(settings: Settings) -> Loaded[set[str]]:
         if command.action is ControlAction.ERASE and honoured(command):
             loaded.values.add(command.job_id)
 
-    await _topic_values(settings, settings.decisions_topic, from_decisions)
-    await _topic_values(settings, settings.control_topic, from_control)
+    await _topic_values(settings, settings.kafka.decisions_topic, from_decisions)
+    await _topic_values(settings, settings.kafka.control_topic, from_control)
     return loaded

@@ -47,7 +47,7 @@ async def _results(settings: Settings, source: str) -> dict[str, GradedItem]:
     from consumer.tools.loop_sources import load_results
 
     if source == SHADOW:
-        settings = settings.model_copy(update={"results_topic": settings.shadow_results_topic})
+        settings = settings.with_(results_topic=settings.kafka.shadow_results_topic)
         source = TOPIC
     loaded = await load_results(settings, source)
     if loaded.skipped:
@@ -123,8 +123,8 @@ async def calibrate_command(
     try:
         await _kafka_if_needed(settings, results, corrections, erased)
         previous = None
-        if settings.calibration_file is not None and settings.calibration_file.exists():
-            previous = CalibrationTable.load(settings.calibration_file)
+        if settings.engine.calibration_file is not None and settings.engine.calibration_file.exists():
+            previous = CalibrationTable.load(settings.engine.calibration_file)
         kept = await _corrections(settings, corrections, erased)
         graded = await _results(settings, results)
     except (InputFileError, CalibrationFileError, OSError, LookupError, KafkaSetupError) as exc:

@@ -270,7 +270,7 @@ async def read_topic(settings: Settings, topic: str, *, timeout_s: float) -> Top
             client_kwargs(settings),
             [topic],
             start=Start.BEGINNING,
-            max_message_bytes=settings.kafka_max_message_bytes,
+            max_message_bytes=settings.kafka.max_message_bytes,
             metadata_timeout_s=1.0,  # a topic that is not there is an error here, not something to wait for
         )
         async with reader:
@@ -300,8 +300,8 @@ async def verify(
         # Progress first: a complete event is produced after its job's
         # results are acknowledged, so every complete in the progress
         # snapshot has its results inside the later results snapshot.
-        progress = await read_topic(settings, settings.progress_topic, timeout_s=read_timeout_s)
-        results = await read_topic(settings, settings.results_topic, timeout_s=read_timeout_s)
+        progress = await read_topic(settings, settings.kafka.progress_topic, timeout_s=read_timeout_s)
+        results = await read_topic(settings, settings.kafka.results_topic, timeout_s=read_timeout_s)
         report = check(expected, results, progress, undecodable=progress.undecodable + results.undecodable)
         remaining = deadline - time.monotonic()
         if report.ok or remaining <= 0:

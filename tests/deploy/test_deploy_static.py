@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.engine.fake import FakeEngine
 from consumer.gateway.server import gateway_serving
 from consumer.metrics import Metrics
-from consumer.settings import Settings
+from consumer.settings import Settings, setting_fields
 from consumer.testing.topics import (
     at_least,
     count_events,
@@ -52,7 +52,7 @@ from consumer.tools.client import read_jobs
 from tests.helpers import REPO
 from tests.kafka_harness import TopicNames
 
-SETTINGS_ENV = {f.alias for f in Settings.model_fields.values() if f.alias}
+SETTINGS_ENV = {f.env for f in setting_fields()}
 COMPOSE = REPO / "docker-compose.yml"
 DEPLOY = REPO / "deploy"
 
@@ -322,14 +322,18 @@ def test_each_profile_runs_the_whole_stack_with_settings_the_code_reads(
     assert set(env) <= SETTINGS_ENV, f"not settings the code reads: {set(env) - SETTINGS_ENV}"
     settings = settings_from(env)  # validates every value
     advertised = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
-    assert f"//{settings.kafka_bootstrap_servers}" in advertised
+    assert f"//{settings.kafka.bootstrap_servers}" in advertised
     assert services[consumer]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
     assert "texteval" in service["networks"]["default"]["aliases"]
     devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
     if target == "gpu":
         assert devices and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     else:
-        assert not devices and settings.gpu_memory_utilization is not None and settings.gpu_memory_utilization < 0.5
+        assert (
+            not devices
+            and settings.engine.gpu_memory_utilization is not None
+            and settings.engine.gpu_memory_utilization < 0.5
+        )
 
 
 def test_env_example_holds_only_settings() -> None:
@@ -364,7 +368,7 @@ def test_prometheus_scrapes_every_consumer_and_loads_the_rules(compose: dict[str
     for consumer in ("consumer", "consumer-cpu"):
         service = compose["services"][consumer]
         assert set(sd["names"]) <= set(service["networks"]["default"]["aliases"])
-        assert sd["port"] == settings_from(service_env(service)).port
+        assert sd["port"] == settings_from(service_env(service)).http.port
 
 
 @pytest.fixture(scope="module")
@@ -510,6 +514,11 @@ async def exported(kafka_bootstrap: str, kafka_group_kwargs: dict[str, int]) -> 
                     if line.startswith("data:") and json.loads(line[5:])["event"] == "complete":
                         break
         text = generate_latest(metrics.registry).decode() + generate_latest(gateway.metrics.registry).decode()
+    # A shadow consumer's own series (SHADOW=true; tests/pipeline/test_shadow.py runs one): same registry shape.
+    shadow = Metrics()
+    shadow.shadow_items.labels(model="fake", sampled="true").inc()
+    shadow.shadow_engine_seconds.labels(model="fake").inc()
+    text += generate_latest(shadow.registry).decode()
     labels: dict[str, set[str]] = {}
     values: dict[tuple[str, str], set[str]] = {}
     for family in text_string_to_metric_families(text):
@@ -611,10 +620,10 @@ def test_k8s_deployment_runs_one_consumer_per_gpu(k8s: dict[str, dict[str, Any]]
     env = k8s["ConfigMap"]["data"] | k8s["Secret"]["stringData"]
     assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
     settings = settings_from(env)
-    assert settings.port == port["containerPort"]
-    assert settings.shutdown_grace_s < pod["spec"]["terminationGracePeriodSeconds"]
+    assert settings.http.port == port["containerPort"]
+    assert settings.kafka.shutdown_grace_s < pod["spec"]["terminationGracePeriodSeconds"]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert settings.kafka_ssl_cafile is not None and str(settings.kafka_ssl_cafile.parent) in mounts
+    assert settings.kafka.ssl_cafile is not None and str(settings.kafka.ssl_cafile.parent) in mounts
 
 
 def test_k8s_metrics_service_is_headless_and_selects_the_pods(k8s: dict[str, dict[str, Any]]) -> None:
@@ -642,7 +651,7 @@ def test_keda_scales_on_texts_waiting_below_a_full_replica(k8s: dict[str, dict[s
     # A replica admits at most MAX_INFLIGHT_ITEMS texts (plus the next job):
     # a threshold above that would never see a full replica ask for help.
     config = settings_from(k8s["ConfigMap"]["data"] | k8s["Secret"]["stringData"])
-    assert 0 < float(meta["threshold"]) < config.max_inflight_items
+    assert 0 < float(meta["threshold"]) < config.jobs.max_inflight_items
 
 
 def test_keda_lag_fallback_reads_the_consumers_group(k8s: dict[str, dict[str, Any]]) -> None:
@@ -705,14 +714,14 @@ def test_runpod_template_runs_the_gpu_image_with_its_volume_port_and_start_scrip
     env = runpod["env"]
     assert set(env) - RUNPOD_EXTRA_ENV <= SETTINGS_ENV, set(env) - RUNPOD_EXTRA_ENV - SETTINGS_ENV
     settings = settings_from({k: v for k, v in env.items() if k not in RUNPOD_EXTRA_ENV})
-    assert runpod["ports"] == [f"{settings.port}/http"]
+    assert runpod["ports"] == [f"{settings.http.port}/http"]
 
 
 def test_runpod_reaches_kafka_over_tls_with_secrets_not_literals(runpod: dict[str, Any]) -> None:
     env = runpod["env"]
     settings = settings_from({k: v for k, v in env.items() if k not in RUNPOD_EXTRA_ENV})
     # The brokers are reached across the internet from RunPod's data centre.
-    assert settings.kafka_security_protocol.endswith("SSL") and settings.kafka_sasl_mechanism
+    assert settings.kafka.security_protocol.endswith("SSL") and settings.kafka.sasl_mechanism
     for variable in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "HF_TOKEN"):
         assert re.fullmatch(r"\{\{ RUNPOD_SECRET_\w+ \}\}", env[variable]), f"{variable}: use a RunPod secret"
 
@@ -728,8 +737,8 @@ def test_runpod_gateway_template_serves_the_gateway_with_keys(runpod: dict[str, 
     assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
     settings = settings_from(env)
     # A public port: the gateway refuses to start open, so keys are set (as a secret).
-    assert re.fullmatch(r"\{\{ RUNPOD_SECRET_\w+ \}\}", env["GATEWAY_API_KEYS"]) and settings.gateway_keys()
-    assert not settings.gateway_allow_anonymous
+    assert re.fullmatch(r"\{\{ RUNPOD_SECRET_\w+ \}\}", env["GATEWAY_API_KEYS"]) and settings.gateway.gateway_keys()
+    assert not settings.gateway.allow_anonymous
     # It reads and writes the consumer's topics, with the same credentials.
     shared = [name for name in env if name.startswith("KAFKA_")]
     assert {"KAFKA_SASL_PASSWORD", "KAFKA_REQUESTS_TOPIC", "KAFKA_PROGRESS_TOPIC", "KAFKA_CONTROL_TOPIC"} <= set(shared)

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from pydantic import AliasChoices, Field, SecretStr
 
-from consumer.settings import Settings
+from consumer.settings import Settings, setting_fields
 from consumer.tools import config_docs
 from consumer.tools.cli import main
 from tests.helpers import REPO
 
 DOCS = REPO / "docs"
-SETTINGS_ENV = {config_docs.env_name(name, info) for name, info in Settings.model_fields.items()}
+SETTINGS_ENV = {f.env for f in setting_fields()}
 # A table row whose first cell names settings: `| `A`, `B` | ...`.
 SETTING_ROW = re.compile(r"^\|\s*((?:`[A-Z][A-Z0-9_]*`(?:,\s*)?)+)\s*\|")
 
@@ -86,7 +86,7 @@ def test_a_new_setting_gets_its_section_row_and_meaning_or_is_reported() -> None
 
 
 def test_defaults_and_allowed_values_are_rendered_from_the_field() -> None:
-    fields = Settings.model_fields
+    fields = {f.env.lower(): f.info for f in setting_fields()}
     assert config_docs.render_default("kafka_max_message_bytes", fields["kafka_max_message_bytes"]) == (
         "`16777216` (16 MiB)"
     )
@@ -129,7 +129,7 @@ def test_the_readme_fits_a_first_screen_and_says_what_matters() -> None:
     text = README.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 200
     # The topic picture names every topic the service uses.
-    for topic in Settings.model_construct().service_topics():
+    for topic in Settings.defaults().service_topics():
         assert topic.removesuffix(".DLT") in text, topic
     for command in ("make demo", "make test ", "make test-fast"):
         assert command in text, command

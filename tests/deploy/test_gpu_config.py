@@ -68,8 +68,8 @@ def gpu_defaults(settings: Settings) -> dict[str, Any]:
         "quantization": args.get("quantization"),
         "dtype": args["dtype"],
         "enable_prefix_caching": args["enable_prefix_caching"],
-        "max_concurrent_jobs": settings.max_concurrent_jobs,
-        "max_inflight_items": settings.max_inflight_items,
+        "max_concurrent_jobs": settings.jobs.max_concurrent_jobs,
+        "max_inflight_items": settings.jobs.max_inflight_items,
         "engine_depth": settings.engine_depth_on("cuda"),
     }
 
@@ -145,7 +145,7 @@ def test_every_deploy_file_gives_the_code_defaults_on_a_gpu() -> None:
     assert (expected["max_concurrent_jobs"], expected["max_inflight_items"]) == (64, 20_000)
     for where, env in deploy_envs().items():
         settings = settings_from(env)
-        assert settings.gpu_memory_budget_gb == 21.5, f"{where}: GPU_MEMORY_BUDGET_GB"
+        assert settings.engine.gpu_memory_budget_gb == 21.5, f"{where}: GPU_MEMORY_BUDGET_GB"
         assert gpu_defaults(settings) == expected, where
 
 

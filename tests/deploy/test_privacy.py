@@ -30,7 +30,7 @@ SCRIPT = REPO / "deploy" / "kafka" / "create-topics.sh"
 PRIVACY = REPO / "docs" / "privacy.md"
 CHECK_INTERVAL_MS = 300_000  # the broker's log.retention.check.interval.ms default (the script's assumption)
 DAY_MS = 86_400_000
-DEFAULTS = Settings.model_construct()  # the defaults, whatever this machine's environment says
+DEFAULTS = Settings.defaults()  # the defaults, whatever this machine's environment says
 # Labels that would tie a series to a student or a job (a grade count by `nota` ties it to no one).
 STUDENT_FIELDS = {"id_alumno", "curso", "consigna", "respuesta", "feedback", "comment", "job_id", "result_id"}
 
@@ -86,7 +86,7 @@ def topics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Topic]:
 def test_every_topic_the_code_uses_is_created(topics: dict[str, Topic]) -> None:
     assert set(DEFAULTS.service_topics()) == set(topics)
     # Job state: partition p holds the jobs of requests partition p.
-    assert topics[DEFAULTS.checkpoints_topic].partitions == topics[DEFAULTS.requests_topic].partitions
+    assert topics[DEFAULTS.kafka.checkpoints_topic].partitions == topics[DEFAULTS.kafka.requests_topic].partitions
 
 
 def test_every_topic_is_gone_within_its_retention_plus_ten_percent(topics: dict[str, Topic]) -> None:
@@ -103,9 +103,9 @@ def test_every_topic_is_gone_within_its_retention_plus_ten_percent(topics: dict[
 
 
 def test_job_state_records_are_cleaned_within_ten_percent_of_job_id_retention(topics: dict[str, Topic]) -> None:
-    state = topics[DEFAULTS.checkpoints_topic].config
+    state = topics[DEFAULTS.kafka.checkpoints_topic].config
     assert state["cleanup.policy"] == "compact" and "retention.ms" not in state
-    retention_ms = DEFAULTS.job_id_retention_s * 1000
+    retention_ms = DEFAULTS.privacy.job_id_retention_s * 1000
     # The running consumer writes the tombstone within one expiry period of the retention; its
     # segment closes within segment.ms, and the cleaner then runs within max.compaction.lag.ms
     # (plus log.cleaner.backoff.ms, 15 s by default).
@@ -113,7 +113,7 @@ def test_job_state_records_are_cleaned_within_ten_percent_of_job_id_retention(to
     lag = max(int(state["segment.ms"]), int(state["max.compaction.lag.ms"]))
     assert expire_every_ms + lag + 15_000 <= 0.1 * retention_ms
     data_map = table("| place | holds | kept for |")
-    assert f"every {duration_text(expire_every_ms)}" in data_map[DEFAULTS.checkpoints_topic][4]
+    assert f"every {duration_text(expire_every_ms)}" in data_map[DEFAULTS.kafka.checkpoints_topic][4]
     assert int(state["delete.retention.ms"]) <= DAY_MS  # the tombstone holds a job_id only
 
 
@@ -121,16 +121,16 @@ def test_dead_letters_are_kept_no_longer_than_what_they_copy(topics: dict[str, T
     def retention(name: str) -> int:
         return topics[name].ms("retention.ms")
 
-    assert retention(DEFAULTS.dlt_topic) <= retention(DEFAULTS.requests_topic)
-    assert retention(DEFAULTS.corrections_dlt_topic) <= retention(DEFAULTS.corrections_topic)
+    assert retention(DEFAULTS.kafka.dlt_topic) <= retention(DEFAULTS.kafka.requests_topic)
+    assert retention(DEFAULTS.kafka.corrections_dlt_topic) <= retention(DEFAULTS.kafka.corrections_topic)
     # A cancel must be readable for as long as consumers honour it.
-    assert retention(DEFAULTS.control_topic) >= DEFAULTS.cancel_ttl_s * 1000
+    assert retention(DEFAULTS.kafka.control_topic) >= DEFAULTS.kafka.cancel_ttl_s * 1000
 
 
 def test_the_dlt_retention_is_settable_and_a_retention_too_short_to_bound_is_refused(tmp_path: Path) -> None:
     done, created = run_script(tmp_path / "longer", KAFKA_DLT_RETENTION_MS=str(30 * DAY_MS))
     assert done.returncode == 0 and "longer than the requests topic" in done.stderr
-    assert created[DEFAULTS.dlt_topic].ms("retention.ms") == 30 * DAY_MS
+    assert created[DEFAULTS.kafka.dlt_topic].ms("retention.ms") == 30 * DAY_MS
     # Too short for segment.ms to keep it within 10% (the check interval alone is 5 minutes): nothing is created.
     done, created = run_script(tmp_path / "short", KAFKA_DLT_RETENTION_MS="60000")
     assert done.returncode != 0 and "too short" in done.stderr and created == {}
@@ -139,7 +139,7 @@ def test_the_dlt_retention_is_settable_and_a_retention_too_short_to_bound_is_ref
 def test_job_state_segments_follow_the_job_id_retention_setting(tmp_path: Path) -> None:
     done, created = run_script(tmp_path, JOB_ID_RETENTION_S="86400.0")  # a float, as Settings accepts
     assert done.returncode == 0, done.stderr
-    assert int(created[DEFAULTS.checkpoints_topic].config["segment.ms"]) + CHECK_INTERVAL_MS <= 0.1 * DAY_MS
+    assert int(created[DEFAULTS.kafka.checkpoints_topic].config["segment.ms"]) + CHECK_INTERVAL_MS <= 0.1 * DAY_MS
 
 
 # --- docs/privacy.md ------------------------------------------------------------------------
@@ -183,10 +183,10 @@ def test_the_data_map_lists_every_topic_with_its_real_retention(topics: dict[str
         assert name in data_map, f"docs/privacy.md has no row for {name}"
         kept = data_map[name][2]
         if topic.config.get("cleanup.policy") == "compact":
-            assert duration_ms(kept) == DEFAULTS.job_id_retention_s * 1000 and "JOB_ID_RETENTION_S" in kept
+            assert duration_ms(kept) == DEFAULTS.privacy.job_id_retention_s * 1000 and "JOB_ID_RETENTION_S" in kept
         else:
             assert duration_ms(kept) == topic.ms("retention.ms"), name
-    assert duration_ms(data_map["gateway memory"][2]) == DEFAULTS.job_ttl_seconds * 1000
+    assert duration_ms(data_map["gateway memory"][2]) == DEFAULTS.gateway.job_ttl_seconds * 1000
     assert "JOB_TTL_SECONDS" in data_map["gateway memory"][2]
     for place in ("consumer memory", "files the CLI writes", "browser downloads", "logs", "metrics"):
         assert place in data_map, place
@@ -199,7 +199,9 @@ def test_the_retention_table_is_what_the_script_sets(topics: dict[str, Topic]) -
         _, retention, segment, latest = rows[name]
         segment_ms = topic.ms("segment.ms")
         assert duration_ms(segment) == pytest.approx(segment_ms, abs=0.05 * _UNIT_MS["hour"]), name
-        stated = topic.ms("retention.ms") if "retention.ms" in topic.config else DEFAULTS.job_id_retention_s * 1000
+        stated = (
+            topic.ms("retention.ms") if "retention.ms" in topic.config else DEFAULTS.privacy.job_id_retention_s * 1000
+        )
         assert duration_ms(retention) == stated, name
         bound = stated + segment_ms + CHECK_INTERVAL_MS
         assert duration_ms(latest) == pytest.approx(bound, abs=0.05 * DAY_MS), name
@@ -240,8 +242,12 @@ def test_metrics_carry_no_student_data_or_job_ids() -> None:
 def test_the_kubernetes_settings_keep_data_as_long_as_the_data_map_says() -> None:
     config = yaml.safe_load((REPO / "deploy" / "k8s" / "configmap.yaml").read_text(encoding="utf-8"))["data"]
     deployed = Settings.model_validate({k: v for k, v in config.items() if k.endswith(("_S", "_SECONDS"))})
-    for field in ("job_id_retention_s", "cancel_ttl_s", "job_ttl_seconds"):
-        assert getattr(deployed, field) == getattr(DEFAULTS, field), field
+    for section, field in (
+        ("privacy", "job_id_retention_s"),
+        ("kafka", "cancel_ttl_s"),
+        ("gateway", "job_ttl_seconds"),
+    ):
+        assert getattr(getattr(deployed, section), field) == getattr(getattr(DEFAULTS, section), field), field
 
 
 def test_the_data_map_says_whether_erasure_exists() -> None:

@@ -176,13 +176,13 @@ def test_the_shipped_canary_is_valid_and_spread_over_grades() -> None:
 
 
 async def test_the_shipped_canary_passes_on_the_stand_in_twice(real_engine: object, engine_settings: Settings) -> None:
-    if engine_settings.model_name is not None:
+    if engine_settings.engine.model_name is not None:
         pytest.skip("the shipped canary was recorded on the default CPU stand-in")
     engine = cast(GradingEngine, real_engine)
     shipped = load_canary(SHIPPED)
-    first = await run_canary(engine, shipped, tolerance=engine_settings.canary_tolerance)
+    first = await run_canary(engine, shipped, tolerance=engine_settings.engine.canary_tolerance)
     assert first.passed, first.reason()
-    again = await run_canary(engine, shipped, tolerance=engine_settings.canary_tolerance)
+    again = await run_canary(engine, shipped, tolerance=engine_settings.engine.canary_tolerance)
     assert again.grades == first.grades
     # The figure the issue targets (<= 10 s added to readiness); printed, not asserted (loaded machines).
     print(f"canary on the stand-in: {first.items} items in {first.duration_s:.1f} s, again {again.duration_s:.1f} s")

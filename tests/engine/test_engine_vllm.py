@@ -83,7 +83,7 @@ async def test_prompt_injections_still_yield_schema_valid_in_range_outputs(real_
 def real_engine_feedback_cap() -> int:
     from consumer.settings import Settings
 
-    return Settings(_env_file=None).feedback_chars  # type: ignore[call-arg]
+    return Settings(_env_file=None).engine.feedback_chars  # type: ignore[call-arg]
 
 
 async def test_hard_texts_all_close_inside_max_tokens(real_engine: VllmEngine) -> None:

@@ -47,7 +47,7 @@ async def test_every_ok_result_carries_a_distribution_that_agrees_with_its_grade
         assert probabilities is not None and nota is not None and result.confidence is not None
         assert len(probabilities) == 6 and abs(sum(probabilities) - 1) <= 1e-3
         assert result.confidence == probabilities[nota]
-        assert result.needs_review is (result.confidence < engine_settings.review_confidence)
+        assert result.needs_review is (result.confidence < engine_settings.engine.review_confidence)
         argmax_hits += max(probabilities) == probabilities[nota]
     # Sampling is at temperature 0.1 over a distribution read at temperature 1:
     # the grade given is the most probable one nearly always.

@@ -172,10 +172,13 @@ def test_gemma_family_is_recognised_by_config_or_hub_name(tmp_path: Path) -> Non
 
 def test_max_tokens_is_derived_so_the_feedback_always_closes() -> None:
     # 28 tokens of JSON + end-of-sequence, 2 tokens per feedback character at worst.
-    assert (settings().feedback_chars, settings().max_tokens) == (176, 380)
-    assert (settings(FEEDBACK_MAX_CHARS=40).feedback_chars, settings(FEEDBACK_MAX_CHARS=40).max_tokens) == (40, 108)
-    assert settings(MAX_TOKENS=200).feedback_chars == 86  # MAX_TOKENS alone: the bound follows it
-    assert settings(MAX_TOKENS=400, FEEDBACK_MAX_CHARS=150).max_tokens == 400  # room to spare is fine
+    assert (settings().engine.feedback_chars, settings().engine.max_tokens) == (176, 380)
+    assert (
+        settings(FEEDBACK_MAX_CHARS=40).engine.feedback_chars,
+        settings(FEEDBACK_MAX_CHARS=40).engine.max_tokens,
+    ) == (40, 108)
+    assert settings(MAX_TOKENS=200).engine.feedback_chars == 86  # MAX_TOKENS alone: the bound follows it
+    assert settings(MAX_TOKENS=400, FEEDBACK_MAX_CHARS=150).engine.max_tokens == 400  # room to spare is fine
     with pytest.raises(ValueError, match="FEEDBACK_MAX_CHARS=176 cannot always close inside MAX_TOKENS=200"):
         settings(MAX_TOKENS=200, FEEDBACK_MAX_CHARS=176)
 

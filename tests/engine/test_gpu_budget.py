@@ -49,7 +49,7 @@ def test_the_kv_cache_left_sets_max_num_seqs() -> None:
     assert texts_in_flight(kv, GEMMA2_9B_BF16) == 17  # (4,315 - 144 shared) // 240 per text
     assert max_num_seqs_for(kv, GEMMA2_9B_BF16) == gpu_budget.GPU_MAX_NUM_SEQS_BF16 == 16  # whole CUDA-graph steps
     # vLLM refuses to start if one MAX_MODEL_LEN sequence does not fit: 2,048 tokens = 0.70 GB.
-    assert kv > Settings(_env_file=None).max_model_len * GEMMA2_9B_BF16.kv_bytes_per_token  # type: ignore[call-arg]
+    assert kv > Settings(_env_file=None).engine.max_model_len * GEMMA2_9B_BF16.kv_bytes_per_token  # type: ignore[call-arg]
     # FP8 weights free 8.3 GB: 9.80 GB of KV, 118 texts, 112.
     kv8 = kv_cache_bytes(fraction, L40_TOTAL_BYTES, GEMMA2_9B_FP8)
     assert round((GEMMA2_9B_BF16.weights_bytes - GEMMA2_9B_FP8.weights_bytes) / GB, 2) == 8.32

@@ -184,7 +184,7 @@ def test_the_placeholder_is_not_an_output_of_either_grammar() -> None:
 
 
 def test_settings_budget_matches_the_grammar() -> None:
-    assert Settings(_env_file=None).max_tokens == max_tokens_for(Settings(_env_file=None).feedback_chars)  # type: ignore[call-arg]
+    assert Settings(_env_file=None).engine.max_tokens == max_tokens_for(Settings(_env_file=None).engine.feedback_chars)  # type: ignore[call-arg]
 
 
 def test_every_token_of_the_default_model_is_at_least_one_byte() -> None:
@@ -195,7 +195,7 @@ def test_every_token_of_the_default_model_is_at_least_one_byte() -> None:
 
     from consumer.engine.model_store import GEMMA3_270M, prepare_small_model
 
-    path = prepare_small_model(Settings(_env_file=None).model_cache_dir, GEMMA3_270M)  # type: ignore[call-arg]
+    path = prepare_small_model(Settings(_env_file=None).engine.model_cache_dir, GEMMA3_270M)  # type: ignore[call-arg]
     info = xgrammar.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(path))
     special = set(info.special_token_ids)
     assert len(info.decoded_vocab) == 262_144

@@ -86,7 +86,7 @@ def test_prompt_sha256_changes_with_the_text() -> None:
 
 
 def _cache_dir() -> Path:
-    return Settings(_env_file=None).model_cache_dir  # type: ignore[call-arg]
+    return Settings(_env_file=None).engine.model_cache_dir  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="module")

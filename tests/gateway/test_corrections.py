@@ -61,7 +61,7 @@ async def test_the_jobs_tenant_corrects_and_the_corrections_are_produced_keyed_b
     answer = await client.post(f"/jobs/{job_id}/corrections", json=body, headers=bearer(KEYS["school-1"]))
     assert answer.status_code == 202, answer.text
     assert answer.json() == {"job_id": job_id, "accepted": 2}
-    records = await read_until(settings.kafka_bootstrap_servers, settings.corrections_topic, at_least(2))
+    records = await read_until(settings.kafka.bootstrap_servers, settings.kafka.corrections_topic, at_least(2))
     assert [r.key for r in records] == [job_id.encode()] * 2
     produced = sorted((json.loads(r.value) for r in records if r.value), key=lambda v: v["item_index"])
     assert [(v["job_id"], v["item_index"], v["nota"]) for v in produced] == [(job_id, 0, 3), (job_id, 2, 5)]
@@ -87,7 +87,7 @@ async def test_other_tenants_operators_and_strangers_cannot_correct(
     assert (await client.post(url, json=body, headers=bearer("not-a-key"))).status_code == 401
     # The tenant's own correction goes through, and it is the only one on the topic.
     assert (await client.post(url, json=body, headers=bearer(KEYS["school-1"]))).status_code == 202
-    records = await read_until(settings.kafka_bootstrap_servers, settings.corrections_topic, at_least(1))
+    records = await read_until(settings.kafka.bootstrap_servers, settings.kafka.corrections_topic, at_least(1))
     assert len(records) == 1
 
 
@@ -115,7 +115,7 @@ async def test_bad_bodies_get_422_with_field_paths_and_nothing_is_produced(
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body"]
     # Nothing of the refused lists was produced: the next valid correction is the topic's first record.
     assert (await client.post(url, json=[{"item_index": 2, "nota": 4}], headers=headers)).status_code == 202
-    records = await read_until(settings.kafka_bootstrap_servers, settings.corrections_topic, at_least(1))
+    records = await read_until(settings.kafka.bootstrap_servers, settings.kafka.corrections_topic, at_least(1))
     assert [(json.loads(r.value)["item_index"], json.loads(r.value)["nota"]) for r in records if r.value] == [(2, 4)]
 
 

@@ -113,7 +113,9 @@ async def test_accepted_corrections_leave_records_with_the_grade_before_and_who(
         second = [{"item_index": 0, "nota": (model[0] + 3) % 6}, {"item_index": 2, "nota": (model[2] + 1) % 6}]
         assert (await client.post(url, json=second)).status_code == 202
 
-    produced = await read_until(kafka_bootstrap, settings.decisions_topic, lambda rs: len(corrections_of(rs)) >= 4)
+    produced = await read_until(
+        kafka_bootstrap, settings.kafka.decisions_topic, lambda rs: len(corrections_of(rs)) >= 4
+    )
     records = corrections_of(produced)
     assert [(v["item_index"], v["previous_nota"], v["nota"]) for v in records] == [
         (0, model[0], (model[0] + 1) % 6),
@@ -128,7 +130,7 @@ async def test_accepted_corrections_leave_records_with_the_grade_before_and_who(
     shown = json.dumps(records)
     assert KEY not in shown and SECRET not in shown  # neither the key nor the feedback or comment
     # The corrections themselves went out as before, the refused list's not at all.
-    written = await read_until(kafka_bootstrap, settings.corrections_topic, at_least(4))
+    written = await read_until(kafka_bootstrap, settings.kafka.corrections_topic, at_least(4))
     assert [json.loads(r.value)["item_index"] for r in written if r.value] == [0, 0, 0, 2]
 
 
@@ -144,6 +146,6 @@ async def test_an_open_gateway_records_an_anonymous_correction(
         assert (
             await client.post(f"/jobs/{job_id}/corrections", json=[{"item_index": 1, "nota": 3}])
         ).status_code == 202
-    (record,) = corrections_of(await read_until(kafka_bootstrap, settings.decisions_topic, at_least(1)))
+    (record,) = corrections_of(await read_until(kafka_bootstrap, settings.kafka.decisions_topic, at_least(1)))
     # No consumer graded the job: the gateway knows no grade before this one.
     assert (record["by"], record["previous_nota"], record["nota"], record["tenant"]) == ("anonymous", None, 3, None)

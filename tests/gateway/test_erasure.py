@@ -84,7 +84,7 @@ NOTHING = {
 async def test_an_erased_job_is_gone_from_every_gateway_its_state_is_a_tombstone_and_a_resend_is_not_graded(
     settings: Settings,
 ) -> None:
-    bootstrap, n = settings.kafka_bootstrap_servers, 12
+    bootstrap, n = settings.kafka.bootstrap_servers, 12
     async with running(settings, FakeEngine(delay_s=0.01)), gateway_serving(settings) as (_, base):
         async with httpx.AsyncClient(base_url=base, timeout=30, headers=bearer(KEY_A)) as client:
             posted = (await client.post("/evaluate", json={"job_id": "class-3", "items": items(n)})).json()
@@ -97,33 +97,40 @@ async def test_an_erased_job_is_gone_from_every_gateway_its_state_is_a_tombstone
             again = await client.post("/evaluate", json={"job_id": "class-3", "items": items(n)})
         after_here = await nothing_readable(base, job_id)
         # The owner of the job's partition writes the tombstone with its next commit.
-        state = await read_until(bootstrap, settings.checkpoints_topic,
+        state = await read_until(bootstrap, settings.kafka.checkpoints_topic,
                                  lambda rs: last_value_of(rs, job_id.encode()) == (True, None))  # fmt: skip
         # The progress topic still holds the job's events (retention removes them)...
-        progress = [v for v in values(await read_all(bootstrap, settings.progress_topic)) if v["job_id"] == job_id]
+        progress = [
+            v for v in values(await read_all(bootstrap, settings.kafka.progress_topic)) if v["job_id"] == job_id
+        ]
         # ... yet a gateway started now, which replays it, never learns the job.
         async with gateway_serving(settings) as (_, later):
             after_later = await nothing_readable(later, job_id)
             # The same request again, straight to Kafka: answered `cancelled`, never graded.
-            await produce(bootstrap, settings.requests_topic, [(job_id.encode(), job(job_id, items(n)))])
-            resent = await read_until(bootstrap, settings.progress_topic, lambda rs: sum(
+            await produce(bootstrap, settings.kafka.requests_topic, [(job_id.encode(), job(job_id, items(n)))])
+            resent = await read_until(bootstrap, settings.kafka.progress_topic, lambda rs: sum(
                 1 for v in values(rs) if v["job_id"] == job_id and v["event"] == "cancelled") >= 1)  # fmt: skip
             after_resend = await nothing_readable(later, job_id)
-        results = [v for v in values(await read_all(bootstrap, settings.results_topic)) if v["job_id"] == job_id]
-        state_after = await read_all(bootstrap, settings.checkpoints_topic)
+        results = [v for v in values(await read_all(bootstrap, settings.kafka.results_topic)) if v["job_id"] == job_id]
+        state_after = await read_all(bootstrap, settings.kafka.checkpoints_topic)
 
     assert events[0] == "accepted" and events[-1] == "complete" and len(before) == n
     assert foreign.status_code == 404  # another tenant's job is unknown, as on every route
     assert answer.status_code == 202, answer.text
     body = answer.json()
     assert body["job_id"] == job_id and body["status"] == "erase_requested"
-    assert [p["place"] for p in body["erased_now"]] == ["gateway memory", settings.checkpoints_topic]
+    assert [p["place"] for p in body["erased_now"]] == ["gateway memory", settings.kafka.checkpoints_topic]
     kept = {p["place"]: p for p in body["kept_until_retention"]}
-    assert {settings.requests_topic, settings.results_topic, settings.progress_topic, settings.dlt_topic} <= set(kept)
+    assert {
+        settings.kafka.requests_topic,
+        settings.kafka.results_topic,
+        settings.kafka.progress_topic,
+        settings.kafka.dlt_topic,
+    } <= set(kept)
     for place in kept.values():  # until when: after now + retention, within it + 10%
         gone_by = datetime.fromisoformat(place["gone_by"]).timestamp()
         assert place["retention_s"] <= gone_by - erased_at <= 1.1 * place["retention_s"] + 60, place
-    assert kept[settings.results_topic]["retention_s"] > kept[settings.progress_topic]["retention_s"]
+    assert kept[settings.kafka.results_topic]["retention_s"] > kept[settings.kafka.progress_topic]["retention_s"]
     assert again.status_code == 409  # the id cannot be reused while the consumers refuse it
     assert after_here == NOTHING and after_later == NOTHING and after_resend == NOTHING
     assert last_value_of(state, job_id.encode()) == (True, None)
@@ -139,7 +146,7 @@ async def test_an_erased_job_is_gone_from_every_gateway_its_state_is_a_tombstone
 async def test_another_tenants_erase_or_cancel_is_a_no_op_for_the_consumer_and_the_gateways(
     settings: Settings,
 ) -> None:
-    bootstrap, metrics, n = settings.kafka_bootstrap_servers, Metrics(), 40
+    bootstrap, metrics, n = settings.kafka.bootstrap_servers, Metrics(), 40
     running_id, future_id = "school-a/running", "school-a/future"
 
     def command(action: str, job_id: str, **who: Any) -> tuple[bytes, bytes]:
@@ -150,23 +157,23 @@ async def test_another_tenants_erase_or_cancel_is_a_no_op_for_the_consumer_and_t
         gateway_serving(settings) as (_, base),
     ):
         # A pre-cancel and a pre-erase of school-a's next id, by school-b (and a 1.1 command naming no one).
-        await produce(bootstrap, settings.control_topic, [
+        await produce(bootstrap, settings.kafka.control_topic, [
             command("cancel", future_id, tenant="school-b"), command("erase", future_id, tenant="school-b"),
             command("erase", future_id),
         ])  # fmt: skip
-        await produce(bootstrap, settings.requests_topic, [(running_id.encode(), job(running_id, items(n)))])
-        await read_until(bootstrap, settings.results_topic, lambda rs: len(rs) >= 3)
-        await produce(bootstrap, settings.control_topic, [
+        await produce(bootstrap, settings.kafka.requests_topic, [(running_id.encode(), job(running_id, items(n)))])
+        await read_until(bootstrap, settings.kafka.results_topic, lambda rs: len(rs) >= 3)
+        await produce(bootstrap, settings.kafka.control_topic, [
             command("erase", running_id, tenant="school-b"), command("cancel", running_id, tenant="school-b"),
         ])  # fmt: skip
         await wait_for(lambda: metrics.registry.get_sample_value(
             "texteval_control_commands_total", {"result": "foreign"}) == 5)  # fmt: skip
-        await produce(bootstrap, settings.requests_topic, [(future_id.encode(), job(future_id, items(3)))])
-        done = await read_until(bootstrap, settings.progress_topic, lambda rs: sum(
+        await produce(bootstrap, settings.kafka.requests_topic, [(future_id.encode(), job(future_id, items(3)))])
+        done = await read_until(bootstrap, settings.kafka.progress_topic, lambda rs: sum(
             1 for v in values(rs) if v["event"] in ("complete", "cancelled")) >= 2, timeout_s=120)  # fmt: skip
         async with httpx.AsyncClient(base_url=base, timeout=30, headers=bearer(KEY_A)) as client:
             statuses = {j: (await client.get(f"/jobs/{j}")).json().get("status") for j in (running_id, future_id)}
-        state = await read_all(bootstrap, settings.checkpoints_topic)
+        state = await read_all(bootstrap, settings.kafka.checkpoints_topic)
 
     terminal = {v["job_id"]: v for v in values(done) if v["event"] in ("complete", "cancelled")}
     assert terminal[running_id]["event"] == "complete" and terminal[running_id]["data"]["total_processed"] == n
@@ -180,7 +187,7 @@ async def test_another_tenants_erase_or_cancel_is_a_no_op_for_the_consumer_and_t
 
 
 async def test_an_erase_reaches_a_running_job_and_another_running_gateway(settings: Settings) -> None:
-    bootstrap = settings.kafka_bootstrap_servers
+    bootstrap = settings.kafka.bootstrap_servers
     async with (
         running(settings, FakeEngine(delay_s=0.05, max_concurrency=1)),
         gateway_serving(settings) as (_, first),
@@ -193,7 +200,7 @@ async def test_an_erase_reaches_a_running_job_and_another_running_gateway(settin
         answer = await client.delete("/jobs/plain-long", params={"erase": "true"})
         # The other replica drops it when it reads the command (no wall clock: until it has).
         await wait_for(lambda: other_gateway.store.get("plain-long") is None)
-        cancelled = await read_until(bootstrap, settings.progress_topic, lambda rs: any(
+        cancelled = await read_until(bootstrap, settings.kafka.progress_topic, lambda rs: any(
             v["event"] == "cancelled" for v in values(rs)), timeout_s=60)  # fmt: skip
         async with httpx.AsyncClient(base_url=second, timeout=30, headers=bearer(KEY_ADMIN)) as other:
             status = (await other.get("/jobs/plain-long")).status_code
@@ -235,7 +242,7 @@ def test_the_erase_route_names_its_sender_audits_it_and_refuses_the_erased_id(ca
     assert foreign.status_code == 404 and owner.status_code == 202 and operator.status_code == 202
     assert reuse.status_code == 409 and "erased" in reuse.json()["detail"]
     assert h.client.get("/jobs/school-a/j", headers=bearer(KEY_A)).status_code == 404
-    assert [c for c in h.sent(h.gateway.settings.control_topic) if c["action"] == "erase"] == [
+    assert [c for c in h.sent(h.gateway.settings.kafka.control_topic) if c["action"] == "erase"] == [
         {"schema_version": 1, "action": "erase", "job_id": "school-a/j", "tenant": "school-a"},
         {"schema_version": 1, "action": "erase", "job_id": "school-b/never-seen", "admin": True},
     ]
@@ -250,7 +257,10 @@ def test_the_erase_answer_says_the_decision_records_stay_and_the_teachers_loop_s
     answer = h.client.delete("/jobs/school-a/j", params={"erase": "true"}, headers=bearer(KEY_A)).json()
     settings = h.gateway.settings
     (kept,) = answer["records_kept"]
-    assert kept["place"] == settings.decisions_topic and kept["retention_s"] * 1000 == settings.decisions_retention_ms
+    assert (
+        kept["place"] == settings.kafka.decisions_topic
+        and kept["retention_s"] * 1000 == settings.privacy.decisions_retention_ms
+    )
     assert "no text" in kept["holds"] and "no id_alumno" in kept["holds"]
     assert "agreement" in answer["teachers_loop"] and "export-training" in answer["teachers_loop"]
 
@@ -258,5 +268,5 @@ def test_the_erase_answer_says_the_decision_records_stay_and_the_teachers_loop_s
 def test_the_erase_route_writes_the_erased_decision_record() -> None:
     h = harness(**TWO_TENANTS)
     assert h.client.delete("/jobs/school-a/j", params={"erase": "true"}, headers=bearer(KEY_A)).status_code == 202
-    (record,) = h.sent(h.gateway.settings.decisions_topic)
+    (record,) = h.sent(h.gateway.settings.kafka.decisions_topic)
     assert (record["record"], record["job_id"], record["tenant"]) == ("erased", "school-a/j", "school-a")

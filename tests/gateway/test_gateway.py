@@ -57,7 +57,7 @@ def settings_for(bootstrap: str, topics: TopicNames, group: dict[str, int], **ov
 
 
 async def make_topics(settings: Settings) -> None:
-    await create_topics(settings.kafka_bootstrap_servers, settings.service_topics())
+    await create_topics(settings.kafka.bootstrap_servers, settings.service_topics())
 
 
 async def sse_events(client: httpx.AsyncClient, url: str, *, last_event_id: str | None = None,
@@ -179,8 +179,8 @@ async def test_a_gateway_restart_mid_job_loses_nothing(
 async def test_jobs_produced_straight_to_kafka_are_served(consumer_settings: Settings) -> None:
     s = consumer_settings
     async with gateway_serving(s) as (_, base), httpx.AsyncClient(base_url=base) as client:
-        await produce(s.kafka_bootstrap_servers, s.requests_topic, [(b"direct/1", job("direct/1", items(12)))])
-        await read_until(s.kafka_bootstrap_servers, s.progress_topic,
+        await produce(s.kafka.bootstrap_servers, s.kafka.requests_topic, [(b"direct/1", job("direct/1", items(12)))])
+        await read_until(s.kafka.bootstrap_servers, s.kafka.progress_topic,
                          lambda rs: any(v["event"] == "complete" for v in values(rs)))  # fmt: skip
         events = await sse_events(client, "/stream/direct/1")
         status = (await client.get("/jobs/direct/1")).json()
@@ -207,7 +207,7 @@ async def test_the_same_job_id_is_one_job_and_a_different_request_conflicts(cons
         await sse_events(client, "/stream/idem-1")
     s = consumer_settings
     with pytest.raises(AssertionError, match="timed out"):  # a second request never shows up
-        await read_until(s.kafka_bootstrap_servers, s.requests_topic, lambda rs: len(rs) >= 2, timeout_s=3)
+        await read_until(s.kafka.bootstrap_servers, s.kafka.requests_topic, lambda rs: len(rs) >= 2, timeout_s=3)
     assert first.status_code == again.status_code == 200
     assert again.json()["job_id"] == "idem-1" and again.json()["total_items"] == 3
     assert other.status_code == 409
@@ -225,11 +225,11 @@ async def test_cancel_produces_the_control_command_and_the_stream_ends_on_cancel
         assert (await client.get("/jobs/cancel-1")).json()["status"] == "queued"
         answer = await client.delete("/jobs/cancel-1")
         unknown = await client.delete("/jobs/nobody")
-        commands = values(await read_until(kafka_bootstrap, settings.control_topic, lambda rs: len(rs) >= 1))
+        commands = values(await read_until(kafka_bootstrap, settings.kafka.control_topic, lambda rs: len(rs) >= 1))
         cancelled = {"schema_version": 1, "event": "cancelled", "job_id": "cancel-1",
                      "data": {"total_items": 3, "completed": 0, "succeeded": 0, "failed": 0,
                               "total_time_seconds": 0.0, "status": "cancelled"}}  # fmt: skip
-        await produce(kafka_bootstrap, settings.progress_topic, [(b"cancel-1", json.dumps(cancelled).encode())])
+        await produce(kafka_bootstrap, settings.kafka.progress_topic, [(b"cancel-1", json.dumps(cancelled).encode())])
         events = await sse_events(client, "/stream/cancel-1")
         status = (await client.get("/jobs/cancel-1")).json()
         again = await client.delete("/jobs/cancel-1")
@@ -355,7 +355,7 @@ async def test_a_client_that_never_reads_is_dropped_and_others_are_served(
     events.append({"event": "complete", "job_id": "slow-1", "data": done})
     messages = [(b"slow-1", json.dumps({"schema_version": 1, **e}).encode()) for e in events]
     async with gateway_serving(settings) as (gateway, base):
-        await produce(kafka_bootstrap, settings.progress_topic, messages)
+        await produce(kafka_bootstrap, settings.kafka.progress_topic, messages)
         async with httpx.AsyncClient(base_url=base) as client:
             await wait_for(lambda: (r := gateway.store.get("slow-1")) is not None and r.finished)
             host, port = base.removeprefix("http://").split(":")
@@ -433,12 +433,16 @@ async def test_texteval_cancel_produces_the_control_command(
 ) -> None:
     settings = settings_for(kafka_bootstrap, topic_names, kafka_group_kwargs)
     await make_topics(settings)
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_CONTROL_TOPIC": settings.control_topic}
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_CONTROL_TOPIC": settings.kafka.control_topic,
+    }
     ok = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "consumer.tools.cli", "cancel", "school/j-1"],
                                  env=env, cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
     bad = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "consumer.tools.cli", "cancel", "a b"],
                                   env=env, cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
-    commands = await read_until(kafka_bootstrap, settings.control_topic, lambda rs: len(rs) >= 1)
+    commands = await read_until(kafka_bootstrap, settings.kafka.control_topic, lambda rs: len(rs) >= 1)
     assert ok.returncode == 0, ok.stderr
     assert bad.returncode == 2 and "job_id" in bad.stderr
     assert [(r.key, json.loads(r.value or b"")) for r in commands] == [
@@ -522,7 +526,7 @@ async def test_a_job_whose_events_were_just_produced_is_found_at_once(
         await gateway.tail.caught_up.wait()
         answers = []
         for i in range(5):  # several: the tail must not have read it before the request by luck
-            await produce(kafka_bootstrap, settings.progress_topic, [(b"fresh", accepted(f"fresh-{i}"))])
+            await produce(kafka_bootstrap, settings.kafka.progress_topic, [(b"fresh", accepted(f"fresh-{i}"))])
             answers.append(await client.get(f"/jobs/fresh-{i}"))
         unknown = await client.get("/jobs/never-produced")
     assert [a.status_code for a in answers] == [200] * 5, "a job produced a moment ago was 'not found'"
@@ -556,14 +560,16 @@ async def test_a_gateway_that_met_a_job_part_way_never_calls_it_completed(
     await producer.start()
     try:
         for value in first_half:
-            await producer.send_and_wait(settings.progress_topic, value=value, key=job_id.encode())
+            await producer.send_and_wait(settings.kafka.progress_topic, value=value, key=job_id.encode())
         await asyncio.sleep(6)  # the first half is now older than the replay window (5 s)
         for value in (batch_of(20), batch_of(30)):
-            await producer.send_and_wait(settings.progress_topic, value=value, key=job_id.encode())
+            await producer.send_and_wait(settings.kafka.progress_topic, value=value, key=job_id.encode())
         async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
             running_status = (await client.get(f"/jobs/{job_id}")).json()
             done = {"total_processed": total, "succeeded": total, "failed": 0, "total_time_seconds": 4.0}
-            await producer.send_and_wait(settings.progress_topic, value=event("complete", done), key=job_id.encode())
+            await producer.send_and_wait(
+                settings.kafka.progress_topic, value=event("complete", done), key=job_id.encode()
+            )
             events = await sse_events(client, f"/stream/{job_id}")
             status = (await client.get(f"/jobs/{job_id}")).json()
             results = await client.get(f"/jobs/{job_id}/results")
@@ -587,8 +593,8 @@ async def test_a_post_under_an_id_the_consumers_remember_but_the_gateway_forgot_
     await make_topics(settings)
     s = settings
     async with running(settings, FakeEngine(delay_s=0.01)):
-        await produce(s.kafka_bootstrap_servers, s.requests_topic, [(b"old/1", job("old/1", items(3)))])
-        await read_until(s.kafka_bootstrap_servers, s.progress_topic,
+        await produce(s.kafka.bootstrap_servers, s.kafka.requests_topic, [(b"old/1", job("old/1", items(3)))])
+        await read_until(s.kafka.bootstrap_servers, s.kafka.progress_topic,
                          lambda rs: any(v["event"] == "complete" for v in values(rs)))  # fmt: skip
         async with gateway_serving(settings) as (_, base), httpx.AsyncClient(base_url=base) as client:
             known = await client.get("/jobs/old/1")

@@ -149,7 +149,7 @@ def test_another_tenants_job_is_unknown_on_every_route_whatever_the_path_or_head
     assert [line for line in stream.text.splitlines() if line.startswith("data:")] == [
         'data: {"error":"Job not found"}'
     ]
-    control = two.sent(two.gateway.settings.control_topic)
+    control = two.sent(two.gateway.settings.kafka.control_topic)
     assert control == [], "a cancel got through"
 
 
@@ -212,7 +212,7 @@ def test_a_write_flood_from_one_key_is_rate_limited_and_others_are_not() -> None
                                                  ("another key", "200", str(other.status_code))])  # fmt: skip
     assert statuses == [200] * 10 + [429] * 20 and other.status_code == 200
     assert int(flood[-1].headers["retry-after"]) >= 1
-    assert len(h.sent(h.gateway.settings.requests_topic)) == 11  # nothing past the limit was produced
+    assert len(h.sent(h.gateway.settings.kafka.requests_topic)) == 11  # nothing past the limit was produced
 
 
 # --- against the real broker ------------------------------------------------------------------
@@ -290,9 +290,9 @@ async def test_two_tenants_are_isolated_end_to_end(served: tuple[Settings, httpx
     status_b = (await client.get(f"/jobs/{job_b}", headers=b)).json()
     assert status_b["status"] == "completed" and status_b["completed"] == 12  # A's cancel did nothing
     with pytest.raises(AssertionError, match="timed out"):  # no control command was produced at all
-        await read_until(settings.kafka_bootstrap_servers, settings.control_topic, lambda rs: len(rs) >= 1,
+        await read_until(settings.kafka.bootstrap_servers, settings.kafka.control_topic, lambda rs: len(rs) >= 1,
                          timeout_s=3)  # fmt: skip
-    requests = values(await read_until(settings.kafka_bootstrap_servers, settings.requests_topic,
+    requests = values(await read_until(settings.kafka.bootstrap_servers, settings.kafka.requests_topic,
                                        lambda rs: len(rs) >= 2))  # fmt: skip
     assert sorted(r["job_id"] for r in requests) == [job_a, job_b]
 

@@ -287,7 +287,7 @@ async def teacher_session(kafka_bootstrap: str, kafka_group_kwargs: dict[str, in
             back: list[int] = [r["index"] for r in await page.evaluate(rows_js())]
         finally:
             await browser.close()
-        records = await read_until(kafka_bootstrap, settings.corrections_topic, at_least(1))
+        records = await read_until(kafka_bootstrap, settings.kafka.corrections_topic, at_least(1))
     return Seen(
         job_id=job_id, results=results, table=table, status=status, review_count=review_count, in_order=in_order,
         by_confidence=by_confidence, back=back, chart=chart, chart_after=chart_after, target=target,

@@ -68,8 +68,8 @@ def test_the_compose_gateway_serves_the_stack_on_loopback(compose: dict[str, Any
     key_file = tmp_path / Path(env["GATEWAY_API_KEYS_FILE"]).name
     settings = settings_from({**env, "GATEWAY_API_KEYS_FILE": str(key_file)})
     keys = keys_from(settings)
-    check_exposure(settings.gateway_host, keys, settings.gateway_allow_anonymous)
-    assert keys.required and not settings.gateway_allow_anonymous and settings.gateway_host == "0.0.0.0"
+    check_exposure(settings.gateway.host, keys, settings.gateway.allow_anonymous)
+    assert keys.required and not settings.gateway.allow_anonymous and settings.gateway.host == "0.0.0.0"
     assert re.fullmatch(r"demo=[A-Za-z0-9_-]{43}\n", key_file.read_text(encoding="utf-8"))
     assert os.stat(key_file).st_mode & 0o777 == 0o600
     grafana = service_env(services["grafana"])
@@ -77,15 +77,15 @@ def test_the_compose_gateway_serves_the_stack_on_loopback(compose: dict[str, Any
     assert grafana["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
     assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     (published,) = gateway["ports"]
-    assert published == f"127.0.0.1:{settings.gateway_port}:{settings.gateway_port}"
+    assert published == f"127.0.0.1:{settings.gateway.port}:{settings.gateway.port}"
     assert gateway["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
     config = load_yaml(bind_mounts(services["prometheus"])["/etc/prometheus/prometheus.yml"])
     (scrape,) = [j for j in config["scrape_configs"] if j["job_name"] == "texteval-gateway"]
     (sd,) = scrape["dns_sd_configs"]
     assert set(sd["names"]) <= set(gateway["networks"]["default"]["aliases"])
-    assert sd["port"] == settings.gateway_port
+    assert sd["port"] == settings.gateway.port
     script = (DEPLOY / "kafka" / "create-topics.sh").read_text(encoding="utf-8")
-    assert f'create "${{KAFKA_CONTROL_TOPIC:-{settings.control_topic}}}"' in script
+    assert f'create "${{KAFKA_CONTROL_TOPIC:-{settings.kafka.control_topic}}}"' in script
 
 
 def test_k8s_gateway_deployment_and_service() -> None:
@@ -112,14 +112,14 @@ def test_k8s_gateway_deployment_and_service() -> None:
     configmap = load_yaml(DEPLOY / "k8s" / "configmap.yaml")["data"]
     kafka_secret = load_yaml(DEPLOY / "k8s" / "secret.yaml")["stringData"]
     settings = settings_from(configmap | kafka_secret | secret["stringData"] | env)
-    assert settings.gateway_port == port["containerPort"] and settings.gateway_keys()  # keys: not open
+    assert settings.gateway.port == port["containerPort"] and settings.gateway.gateway_keys()  # keys: not open
     # The example's keys are placeholders the gateway refuses: nobody deploys a published key.
-    assert all(entry.partition("=")[1] for entry in settings.gateway_keys())  # the tenant=key form
+    assert all(entry.partition("=")[1] for entry in settings.gateway.gateway_keys())  # the tenant=key form
     with pytest.raises(GatewaySetupError, match="shorter than 32"):
         keys_from(settings)
     assert "change-me" not in (DEPLOY / "k8s" / "gateway.yaml").read_text(encoding="utf-8")
     assert "change-me" not in (DEPLOY / "k8s" / "secret.yaml").read_text(encoding="utf-8")
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert settings.kafka_ssl_cafile is not None and str(settings.kafka_ssl_cafile.parent) in mounts
+    assert settings.kafka.ssl_cafile is not None and str(settings.kafka.ssl_cafile.parent) in mounts
     image = container["image"].split()[0]
     assert image in {i["name"] for i in kustomization["images"]}

@@ -69,7 +69,7 @@ async def test_the_lifespan_runs_the_gateway_and_closes_it_after_the_last_reques
     settings_for: Callable[..., Settings],
 ) -> None:
     settings = settings_for()
-    await create_topics(settings.kafka_bootstrap_servers, settings.service_topics())
+    await create_topics(settings.kafka.bootstrap_servers, settings.service_topics())
     async with gateway_serving(settings) as (gateway, base):
         async with httpx.AsyncClient(base_url=base) as client:
             assert (await client.get("/jobs")).status_code == 200

@@ -113,7 +113,7 @@ def test_bodies_past_the_inflight_budget_get_503_with_retry_after_and_give_it_ba
     body = {"job_id": "big", "items": [item(i, "x" * 1000) for i in range(20)]}
     refused = h.client.post("/evaluate", json=body, headers=bearer(KEY_A))
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
-    assert h.gateway.bodies.used == 90_000 and h.sent(h.gateway.settings.requests_topic) == []
+    assert h.gateway.bodies.used == 90_000 and h.sent(h.gateway.settings.kafka.requests_topic) == []
     held.release()
     assert h.client.post("/evaluate", json=body, headers=bearer(KEY_A)).status_code == 200
     assert h.gateway.bodies.used == 0

@@ -123,7 +123,7 @@ def test_two_tenants_with_the_same_client_id_get_two_jobs_and_never_see_each_oth
     assert [line for line in stream.text.splitlines() if line.startswith("data:")] == [
         'data: {"error":"Job not found"}'
     ]
-    assert not [c for c in h.sent(h.gateway.settings.control_topic) if c["job_id"] == "school-b/batch-1"]
+    assert not [c for c in h.sent(h.gateway.settings.kafka.control_topic) if c["job_id"] == "school-b/batch-1"]
     # The owner and an operator see it.
     assert h.client.get(other, headers=bearer(KEY_B)).json()["completed"] == 2
     assert h.client.get(other, headers=bearer(KEY_ADMIN)).status_code == 200
@@ -163,7 +163,9 @@ def test_an_open_loopback_gateway_keeps_tenant_less_ids() -> None:
     assert set(answer.json()) == {"job_id", "total_items", "estimated_time_seconds", "status", "stream_url"}
     assert answer.json()["job_id"] == "plain-1" and h.client.get("/jobs/plain-1").status_code == 200
     assert h.client.delete("/jobs/plain-1").status_code == 202
-    assert h.sent(h.gateway.settings.control_topic) == [{"schema_version": 1, "action": "cancel", "job_id": "plain-1"}]
+    assert h.sent(h.gateway.settings.kafka.control_topic) == [
+        {"schema_version": 1, "action": "cancel", "job_id": "plain-1"}
+    ]
 
 
 def test_quotas_per_tenant_answer_429_with_retry_after() -> None:

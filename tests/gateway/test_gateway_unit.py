@@ -155,7 +155,7 @@ def test_an_open_gateway_only_on_loopback(host: str, loopback: bool) -> None:
 
 def test_api_keys_setting_is_secret_and_comma_separated() -> None:
     settings = Settings(_env_file=None, GATEWAY_API_KEYS=" key-uno, key-dos ,,")  # type: ignore[call-arg]
-    assert settings.gateway_keys() == ["key-uno", "key-dos"]
+    assert settings.gateway.gateway_keys() == ["key-uno", "key-dos"]
     assert "key-uno" not in repr(settings) and "key-uno" not in str(settings.model_dump())
 
 

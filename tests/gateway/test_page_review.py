@@ -267,7 +267,7 @@ async def test_a_teacher_reviews_corrects_downloads_reloads_and_cancels(
             seen["reopened_rows"] = await page.evaluate("window.texteval.results.size")
         finally:
             await browser.close()
-        records = await read_until(kafka_bootstrap, settings.corrections_topic, at_least(2))
+        records = await read_until(kafka_bootstrap, settings.kafka.corrections_topic, at_least(2))
 
     assert not problems, problems
     assert job_id.startswith("school-8/")

@@ -332,7 +332,7 @@ async def _produce(bootstrap: str, topic: str, cases: list[Case]) -> dict[str, t
 async def _run_group(bootstrap: str, group_kwargs: dict[str, int], cases: list[Case]) -> GroupRun:
     topics = TopicNames.unique()
     settings = make_settings(bootstrap, topics, group_kwargs, **dict(cases[0].settings))
-    run = GroupRun(topics, settings.kafka_group_id)
+    run = GroupRun(topics, settings.kafka.group_id)
     ordered = sorted(cases, key=lambda case: "kafka" in case.xfail)  # known bugs last
     async with running(settings, FakeEngine(), Metrics(), partitions=1) as app:
         run.offsets = await _produce(bootstrap, topics.requests, ordered)
@@ -342,9 +342,9 @@ async def _run_group(bootstrap: str, group_kwargs: dict[str, int], cases: list[C
         except AssertionError as exc:  # reported per case: its sentinel or job never completed
             run.waited_out = str(exc)
         # All work done and committed, unless a known bug holds an offset back.
-        await committed_to_end(bootstrap, settings.kafka_group_id, topics.requests, timeout_s=3)
+        await committed_to_end(bootstrap, settings.kafka.group_id, topics.requests, timeout_s=3)
         run.health_reasons = list(app.health_report().reasons)
-    run.committed = (await committed(bootstrap, settings.kafka_group_id, topics.requests, 1))[0]
+    run.committed = (await committed(bootstrap, settings.kafka.group_id, topics.requests, 1))[0]
     for record in await read_all(bootstrap, topics.dlt):
         offset = int(dict(record.headers)["texteval.original.offset"])
         run.dead.setdefault(offset, []).append(record)

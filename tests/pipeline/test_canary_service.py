@@ -92,7 +92,7 @@ async def test_a_canary_miss_keeps_the_consumer_unready_and_out_of_the_group(
         assert failing.running
         assert await read_all(kafka_bootstrap, topic_names.results) == []
         assert await read_all(kafka_bootstrap, topic_names.progress) == []
-        assert set((await committed(kafka_bootstrap, missing.kafka_group_id, topic_names.requests, 3)).values()) == {
+        assert set((await committed(kafka_bootstrap, missing.kafka.group_id, topic_names.requests, 3)).values()) == {
             None
         }
         failing.terminate()

@@ -57,7 +57,7 @@ async def test_a_2000_item_job_gives_2000_results_and_ordered_progress(
     completed = [b["progress"]["completed"] for b in batches]
     assert completed == sorted(completed) and completed[-1] == 2000
     assert sum(len(b["results"]) for b in batches) == 2000  # every result reported exactly once
-    assert all(len(b["results"]) <= settings.batch_size for b in batches)
+    assert all(len(b["results"]) <= settings.jobs.batch_size for b in batches)
     assert batches[-1]["progress"]["estimated_remaining_seconds"] == 0
     assert all(b["progress"]["estimated_remaining_seconds"] >= 0 for b in batches)
     assert all(0 < b["progress"]["percentage"] <= 100 for b in batches)
@@ -76,13 +76,13 @@ async def test_parallel_jobs_over_three_partitions_and_offsets_committed(
         await produce(kafka_bootstrap, topic_names.requests, [(j.encode(), job(j, items(40))) for j in job_ids])
         progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 9)))
         results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(9 * 40)))
-        assert await committed_to_end(kafka_bootstrap, settings.kafka_group_id, topic_names.requests)
+        assert await committed_to_end(kafka_bootstrap, settings.kafka.group_id, topic_names.requests)
     per_job = Counter(r["job_id"] for r in results)
     assert per_job == dict.fromkeys(job_ids, 40)
     assert engine.max_in_flight > 40  # jobs ran side by side
     completes = {e["job_id"]: e["data"] for e in progress if e["event"] == "complete"}
     assert set(completes) == set(job_ids) and all(c["succeeded"] == 40 for c in completes.values())
-    offsets = await committed(kafka_bootstrap, settings.kafka_group_id, topic_names.requests, 3)
+    offsets = await committed(kafka_bootstrap, settings.kafka.group_id, topic_names.requests, 3)
     assert sum(o or 0 for o in offsets.values()) == 9  # every request consumed and committed
     assert sum(1 for o in offsets.values() if o) >= 2  # keys spread the jobs over partitions
 
@@ -117,7 +117,7 @@ async def test_bad_messages_go_to_the_dlt_and_the_next_valid_one_is_processed(
         assert headers["trace"] == b"t-1"
         assert headers["texteval.error.reason"] == reason.encode()
         assert headers["texteval.original.topic"] == topic_names.requests.encode()
-        assert headers["texteval.consumer.group"] == settings.kafka_group_id.encode()
+        assert headers["texteval.consumer.group"] == settings.kafka.group_id.encode()
         assert int(headers["texteval.original.timestamp"]) > 0
         assert headers["texteval.error.detail"]
     details = [dict(r.headers)["texteval.error.detail"].decode() for r in dead]

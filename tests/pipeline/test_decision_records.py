@@ -76,7 +76,7 @@ async def test_a_job_taken_over_writes_no_second_record_for_an_item_already_reco
     async with running(first, engine):
         await produce(kafka_bootstrap, topic_names.requests, [(b"school-9/long", job("school-9/long", items(120)))])
         await read_until(kafka_bootstrap, topic_names.results, at_least(30))
-    second = settings_for(KAFKA_GROUP_ID=first.kafka_group_id)
+    second = settings_for(KAFKA_GROUP_ID=first.kafka.group_id)
     async with running(second, FakeEngine(delay_s=0.01)):
         await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1), timeout_s=60)
         results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(120)))

@@ -25,7 +25,7 @@ async def test_sample_requests_end_to_end_with_the_real_engine(
     real_engine: VllmEngine, kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
     settings = settings_for()
-    jobs = read_jobs(DATA / "sample_requests.jsonl", settings.max_items_per_job)
+    jobs = read_jobs(DATA / "sample_requests.jsonl", settings.jobs.max_items_per_job)
     assert [len(j.items) for j in jobs] == [10, 6, 4]
     metrics = Metrics()
     async with running(settings, real_engine, metrics):

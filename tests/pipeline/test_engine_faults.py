@@ -77,7 +77,7 @@ async def test_engine_death_publishes_no_errors_stops_and_a_restart_loses_nothin
     before = values(await read_until(kafka_bootstrap, topic_names.results, at_least(1)))
     assert all(r["status"] == "ok" for r in before)  # death was not published as errors
     assert len(before) < 200
-    assert (await committed(kafka_bootstrap, settings.kafka_group_id, topic_names.requests, 1))[0] is None
+    assert (await committed(kafka_bootstrap, settings.kafka.group_id, topic_names.requests, 1))[0] is None
 
     # The orchestrator restarts the service: the job resumes from its
     # checkpointed items (job state), graded items are not graded again.
@@ -85,7 +85,7 @@ async def test_engine_death_publishes_no_errors_stops_and_a_restart_loses_nothin
     async with running(settings, restarted, partitions=1) as app:
         progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
         results = values(await read_until(kafka_bootstrap, topic_names.results, at_least(200)))
-        assert await committed_to_end(kafka_bootstrap, settings.kafka_group_id, topic_names.requests)
+        assert await committed_to_end(kafka_bootstrap, settings.kafka.group_id, topic_names.requests)
     assert {r["result_id"] for r in results} == {f"d#{i}" for i in range(200)}  # 0 lost
     assert progress[-1]["data"]["succeeded"] == 200
     resumed = progress[-1 - next(i for i, e in enumerate(reversed(progress)) if e["event"] == "accepted")]

@@ -50,7 +50,7 @@ async def test_a_bug_in_a_job_run_dead_letters_that_request_as_internal_error_an
         dlt = await read_until(kafka_bootstrap, topic_names.dlt, lambda rs: len(rs) >= 1)
         await produce(kafka_bootstrap, topic_names.requests, [(b"next", job("next", items(5)))])
         progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
-        assert await committed_to_end(kafka_bootstrap, settings.kafka_group_id, topic_names.requests)
+        assert await committed_to_end(kafka_bootstrap, settings.kafka.group_id, topic_names.requests)
         reasons = app.health_report().reasons
     headers = dict(dlt[0].headers)  # type: ignore[attr-defined]
     assert headers["texteval.error.reason"] == b"internal_error"

@@ -72,8 +72,8 @@ async def test_a_job_aborted_mid_way_resumes_where_its_acknowledged_items_end(
     assert second.calls == 400 - resumed  # the second owner graded only the rest
     # Graded twice: only what was published but not yet checkpointed at the
     # abort (one commit interval, plus the last batch not yet acknowledged).
-    assert resumed >= published_first - 2 * settings.batch_size - 16, (resumed, published_first)
-    assert duplicates == published_first - resumed <= 2 * settings.batch_size + 16
+    assert resumed >= published_first - 2 * settings.jobs.batch_size - 16, (resumed, published_first)
+    assert duplicates == published_first - resumed <= 2 * settings.jobs.batch_size + 16
     complete = progress[-1]["data"]
     assert complete["total_processed"] == 400 and complete["succeeded"] == 400
 
@@ -170,14 +170,14 @@ async def test_a_job_whose_results_could_not_be_sent_is_sent_again_not_graded_ag
     engine, metrics = FakeEngine(delay_s=0.001), Metrics()
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, group_id=settings.kafka_group_id, enable_auto_commit=False,
+        bootstrap_servers=kafka_bootstrap, group_id=settings.kafka.group_id, enable_auto_commit=False,
         auto_offset_reset="earliest", **kafka_group_kwargs,
     )  # fmt: skip
     await producer.start()
     await consumer.start()
     flaky = _FailingResults(producer, topic_names.results)
     sinks = Sinks(flaky, results_topic=topic_names.results, progress_topic=topic_names.progress,  # type: ignore[arg-type]
-                  dlt_topic=topic_names.dlt, group_id=settings.kafka_group_id)  # fmt: skip
+                  dlt_topic=topic_names.dlt, group_id=settings.kafka.group_id)  # fmt: skip
     ledger, control = await job_state(settings, consumer, producer, metrics)
     app = ConsumerApp(consumer, sinks, engine, metrics, settings, scheduler=scheduler_from(settings, engine, metrics),
                       ledger=ledger, control=control)  # fmt: skip

@@ -59,7 +59,7 @@ async def test_no_student_text_in_debug_logs_and_engine_death_exits_for_restart(
     port = free_port()
 
     async def committed_offset() -> int | None:
-        return (await committed(kafka_bootstrap, settings.kafka_group_id, topic_names.requests, 1))[0]
+        return (await committed(kafka_bootstrap, settings.kafka.group_id, topic_names.requests, 1))[0]
 
     env = {**service_env(settings), "PORT": str(port), "LOG_LEVEL": "DEBUG", "VLLM_LOGGING_LEVEL": "DEBUG"}
     # A short feedback: a smaller grammar to compile at start and fewer tokens

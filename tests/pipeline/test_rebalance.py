@@ -40,7 +40,7 @@ async def test_second_consumer_takes_over_revoked_partitions_without_loss(
             await wait_for(lambda: first.active_jobs < len(job_ids), timeout_s=30)
             progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 6)))
             results = values(await read_until(kafka_bootstrap, topic_names.results, lambda r: len(r) >= 120))
-            assert await committed_to_end(kafka_bootstrap, settings.kafka_group_id, topic_names.requests)
+            assert await committed_to_end(kafka_bootstrap, settings.kafka.group_id, topic_names.requests)
             # Between them they own every partition. Waited for, not read once: on a
             # busy machine a missed heartbeat (2 s session) can start one more
             # rebalance, and mid-rebalance a member holds none for a moment.
@@ -57,5 +57,5 @@ async def test_second_consumer_takes_over_revoked_partitions_without_loss(
     # Aborted work was not published: the slow engine never finished an item
     # of a revoked job, so no result came out twice for those partitions.
     assert len(results) == len(result_ids)
-    offsets = await committed(kafka_bootstrap, settings.kafka_group_id, topic_names.requests, 3)
+    offsets = await committed(kafka_bootstrap, settings.kafka.group_id, topic_names.requests, 3)
     assert sum(o or 0 for o in offsets.values()) == len(job_ids)

@@ -201,8 +201,8 @@ def test_a_released_job_leaves_its_tenant_and_its_tenant_leaves_when_empty() -> 
 
 def test_tenant_weights_are_parsed_and_a_malformed_value_is_refused() -> None:
     settings = Settings(_env_file=None, SCHEDULER_TENANT_WEIGHTS=" school-42=2, school-7=1 ")  # type: ignore[call-arg]
-    assert settings.tenant_weights == {"school-42": 2.0, "school-7": 1.0}
-    assert Settings(_env_file=None).tenant_weights == {}  # type: ignore[call-arg]
+    assert settings.scheduler.tenant_weights == {"school-42": 2.0, "school-7": 1.0}
+    assert Settings(_env_file=None).scheduler.tenant_weights == {}  # type: ignore[call-arg]
     for bad in ("school-42", "a=0", "a=-1", "a=x", "=2", "a=1,a=2", "a/b=1", "a=inf", "a=nan"):
         with pytest.raises(ValidationError, match="SCHEDULER_TENANT_WEIGHTS"):
             Settings(_env_file=None, SCHEDULER_TENANT_WEIGHTS=bad)  # type: ignore[call-arg]

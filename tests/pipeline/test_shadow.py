@@ -51,10 +51,10 @@ def test_a_shadow_needs_its_own_group_and_writes_to_its_own_topics() -> None:
     with pytest.raises(ValueError, match="its own KAFKA_GROUP_ID"):
         Settings(_env_file=None, SHADOW=True)  # type: ignore[call-arg]
     shadow = Settings(_env_file=None, SHADOW=True, KAFKA_GROUP_ID="texteval-candidate").as_shadow()  # type: ignore[call-arg]
-    assert shadow.results_topic == "evaluation.results.shadow"
-    assert shadow.checkpoints_topic == "evaluation.checkpoints.shadow"
-    assert shadow.decision_records is False
-    assert shadow.progress_topic == "evaluation.progress"  # read for nothing: a shadow writes no event
+    assert shadow.kafka.results_topic == "evaluation.results.shadow"
+    assert shadow.kafka.checkpoints_topic == "evaluation.checkpoints.shadow"
+    assert shadow.privacy.decision_records is False
+    assert shadow.kafka.progress_topic == "evaluation.progress"  # read for nothing: a shadow writes no event
 
 
 async def test_a_shadow_grades_its_sample_beside_the_live_group_and_writes_only_its_results(
@@ -70,7 +70,7 @@ async def test_a_shadow_grades_its_sample_beside_the_live_group_and_writes_only_
         SHADOW=True, SHADOW_SAMPLE_RATE=0.5, KAFKA_SHADOW_RESULTS_TOPIC=shadow_results,
         KAFKA_SHADOW_CHECKPOINTS_TOPIC=f"{topic_names.checkpoints}.shadow", DECISIONS_HMAC_KEY="k" * 40,
     )  # fmt: skip
-    assert shadow_settings.kafka_group_id != live_settings.kafka_group_id
+    assert shadow_settings.kafka.group_id != live_settings.kafka.group_id
     jobs = {f"school-1/j{n}": items(40, prefix=f"J{n}-") for n in range(3)}
     expected_shadow = {
         f"{job_id}#{i}" for job_id, sent in jobs.items() for i, it in enumerate(sent)
@@ -120,7 +120,7 @@ async def test_a_shadow_grades_its_sample_beside_the_live_group_and_writes_only_
                 for r in by_id.values())
     )  # fmt: skip
     check = await release_check_command(
-        live_settings.model_copy(update={"shadow_results_topic": shadow_results}),
+        live_settings.with_(shadow_results_topic=shadow_results),
         live="topic", candidate="shadow", corrections=str(corrections), subgroups=None,
         thresholds=Thresholds(min_n=10), erased="none", as_json=True,
     )  # fmt: skip

@@ -72,7 +72,7 @@ async def test_stand_in_live_and_smollm2_shadow_compared_by_release_check(
         "texteval_shadow_items_total", {"model": candidate_model, "sampled": "true"}
     ) == len({r["result_id"] for r in shadow})
 
-    settings = live_settings.model_copy(update={"shadow_results_topic": shadow_topic})
+    settings = live_settings.with_(shadow_results_topic=shadow_topic)
     code = await release_check_command(
         settings, live="topic", candidate="shadow", corrections=str(CORRECTIONS), subgroups=None,
         thresholds=Thresholds(min_n=10), erased="none", as_json=True,

@@ -175,5 +175,5 @@ async def test_a_missing_output_topic_pauses_grading_and_says_so_until_it_exists
 def test_requests_are_read_committed_by_default() -> None:
     from consumer.settings import Settings
 
-    assert Settings(_env_file=None).kafka_isolation_level == "read_committed"  # type: ignore[call-arg]
-    assert json.dumps(Settings(_env_file=None).kafka_compression_type) == '"lz4"'  # type: ignore[call-arg]
+    assert Settings(_env_file=None).kafka.isolation_level == "read_committed"  # type: ignore[call-arg]
+    assert json.dumps(Settings(_env_file=None).kafka.compression_type) == '"lz4"'  # type: ignore[call-arg]

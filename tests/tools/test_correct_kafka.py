@@ -39,7 +39,9 @@ async def test_correct_produces_keyed_corrections_and_dead_letters_a_bad_line_wi
         kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic,
         KAFKA_DECISIONS_TOPIC=f"{corrections_topic}.decisions",
     )  # fmt: skip
-    await create_topics(kafka_bootstrap, [corrections_topic, settings.corrections_dlt_topic, settings.decisions_topic])
+    await create_topics(
+        kafka_bootstrap, [corrections_topic, settings.kafka.corrections_dlt_topic, settings.kafka.decisions_topic]
+    )
     good = [
         {"job_id": "school-1/term-1/a", "item_index": 0, "nota": 4, "feedback": "Molt bé.",
          "corrected_at": "2026-12-02T10:00:00Z"},
@@ -62,7 +64,7 @@ async def test_correct_produces_keyed_corrections_and_dead_letters_a_bad_line_wi
     by_index = {json.loads(r.value)["item_index"]: json.loads(r.value) for r in produced if r.value}
     assert by_index[0]["nota"] == 4 and by_index[0]["corrected_at"] == "2026-12-02T10:00:00Z"
     assert by_index[7]["schema_version"] == 1 and by_index[7]["corrected_at"]  # stamped when produced
-    (dead,) = await read_until(kafka_bootstrap, settings.corrections_dlt_topic, at_least(1))
+    (dead,) = await read_until(kafka_bootstrap, settings.kafka.corrections_dlt_topic, at_least(1))
     headers = {name: value.decode() for name, value in dead.headers}
     assert headers["texteval.error.reason"] == "invalid_correction"
     assert headers["texteval.error.detail"] == "nota: Input should be less than or equal to 5"
@@ -81,7 +83,7 @@ async def test_agreement_and_export_read_the_topics_as_they_read_files(
     )  # fmt: skip
     await create_topics(kafka_bootstrap, settings.service_topics())
     files = {name: DATA / f"agreement_{name}.jsonl" for name in ("results", "corrections", "requests")}
-    for name, topic in (("results", settings.results_topic), ("requests", settings.requests_topic)):
+    for name, topic in (("results", settings.kafka.results_topic), ("requests", settings.kafka.requests_topic)):
         lines = files[name].read_bytes().splitlines()
         await produce(kafka_bootstrap, topic, [(json.loads(line)["job_id"].encode(), line) for line in lines])
     env = service_env(settings)
@@ -112,7 +114,9 @@ async def test_correct_writes_a_decision_record_per_correction_and_dead_letters_
         kafka_bootstrap, topic_names, kafka_group_kwargs, KAFKA_CORRECTIONS_TOPIC=corrections_topic,
         KAFKA_DECISIONS_TOPIC=f"{corrections_topic}.decisions",
     )  # fmt: skip
-    await create_topics(kafka_bootstrap, [corrections_topic, settings.corrections_dlt_topic, settings.decisions_topic])
+    await create_topics(
+        kafka_bootstrap, [corrections_topic, settings.kafka.corrections_dlt_topic, settings.kafka.decisions_topic]
+    )
     lines = [
         {"job_id": "school-1/t/a", "item_index": 0, "nota": 4, "feedback": SECRET, "comment": SECRET,
          "corrected_at": "2026-12-02T10:00:00Z"},
@@ -126,9 +130,9 @@ async def test_correct_writes_a_decision_record_per_correction_and_dead_letters_
 
     assert code == 1 and "2 corrections produced" in out, out + err
     assert "line 2: invalid_correction: corrected_at: lies more than a minute in the future" in err
-    (dead,) = await read_until(kafka_bootstrap, settings.corrections_dlt_topic, at_least(1))
+    (dead,) = await read_until(kafka_bootstrap, settings.kafka.corrections_dlt_topic, at_least(1))
     assert dict(dead.headers)["texteval.error.detail"] == b"corrected_at: lies more than a minute in the future"
-    records = await read_until(kafka_bootstrap, settings.decisions_topic, at_least(2))
+    records = await read_until(kafka_bootstrap, settings.kafka.decisions_topic, at_least(2))
     assert [r.key for r in records] == [b"school-1/t/a"] * 2  # one partition: in the order applied
     values = [json.loads(r.value) for r in records if r.value]
     assert [(v["record"], v["result_id"], v["nota"], v["previous_nota"], v["by"]) for v in values] == [
@@ -149,7 +153,7 @@ async def test_the_correction_applied_last_is_the_one_export_and_agreement_use(
     )  # fmt: skip
     await create_topics(kafka_bootstrap, settings.service_topics())
     job_id = "school-1/term-1/a"
-    for name, topic in (("results", settings.results_topic), ("requests", settings.requests_topic)):
+    for name, topic in (("results", settings.kafka.results_topic), ("requests", settings.kafka.requests_topic)):
         lines = [line for line in (DATA / f"agreement_{name}.jsonl").read_bytes().splitlines()
                  if json.loads(line)["job_id"] == job_id]  # fmt: skip
         await produce(kafka_bootstrap, topic, [(job_id.encode(), line) for line in lines])

@@ -164,8 +164,10 @@ def test_doctor_settings_use_fresh_topics_and_an_open_loopback_gateway() -> None
     base = settings(GATEWAY_API_KEYS="school=" + "k" * 40)
     cfg = doctor.doctor_settings(base)
     assert set(cfg.service_topics()).isdisjoint(base.service_topics())
-    assert cfg.kafka_group_id != base.kafka_group_id and cfg.gateway_keys() == []
-    assert cfg.gpu_memory_budget_gb == base.gpu_memory_budget_gb  # the engine's settings are the service's
+    assert cfg.kafka.group_id != base.kafka.group_id and cfg.gateway.gateway_keys() == []
+    assert (
+        cfg.engine.gpu_memory_budget_gb == base.engine.gpu_memory_budget_gb
+    )  # the engine's settings are the service's
 
 
 def test_the_command_is_registered_with_its_help() -> None:

@@ -36,8 +36,8 @@ async def test_agreement_and_export_skip_erased_jobs_and_say_how_many(
         KAFKA_DECISIONS_TOPIC=f"{prefix}.evaluation.decisions",
     )  # fmt: skip
     await create_topics(kafka_bootstrap, settings.service_topics())
-    for name, topic in (("results", settings.results_topic), ("requests", settings.requests_topic),
-                        ("corrections", settings.corrections_topic)):  # fmt: skip
+    for name, topic in (("results", settings.kafka.results_topic), ("requests", settings.kafka.requests_topic),
+                        ("corrections", settings.kafka.corrections_topic)):  # fmt: skip
         await produce(kafka_bootstrap, topic, [(json.loads(line)["job_id"].encode(), line) for line in lines(name)])
     # Written straight to the topic, bypassing `texteval correct` and the gateway: dated in the future.
     future = {"job_id": JOB_B, "item_index": 0, "nota": 0, "corrected_at": "2999-01-01T00:00:00Z"}
@@ -46,8 +46,10 @@ async def test_agreement_and_export_skip_erased_jobs_and_say_how_many(
         (JOB_C, {"schema_version": 1, "action": "erase", "job_id": JOB_C, "admin": True}),
         (JOB_B, {"schema_version": 1, "action": "erase", "job_id": JOB_B, "tenant": "school-2"}),
     ]
-    await produce(kafka_bootstrap, settings.corrections_topic, [(JOB_B.encode(), json.dumps(future).encode())])
-    await produce(kafka_bootstrap, settings.control_topic, [(k.encode(), json.dumps(v).encode()) for k, v in commands])
+    await produce(kafka_bootstrap, settings.kafka.corrections_topic, [(JOB_B.encode(), json.dumps(future).encode())])
+    await produce(
+        kafka_bootstrap, settings.kafka.control_topic, [(k.encode(), json.dumps(v).encode()) for k, v in commands]
+    )
     env = service_env(settings)
 
     code, before, err = await texteval(env, "agreement", "--json")

@@ -108,7 +108,7 @@ async def test_explain_answers_within_five_seconds_on_100000_records_and_gets_ev
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
 ) -> None:
     settings = settings_for_explain(kafka_bootstrap, topic_names, kafka_group_kwargs)
-    await create_topics(kafka_bootstrap, [settings.decisions_topic, settings.requests_topic], partitions=3)
+    await create_topics(kafka_bootstrap, [settings.kafka.decisions_topic, settings.kafka.requests_topic], partitions=3)
     items = [Item.model_validate(i) for i in ITEMS]
     # 100,000 records of 1,000 other jobs, in every partition (the target's included).
     noise_item = items[0]
@@ -116,7 +116,7 @@ async def test_explain_answers_within_five_seconds_on_100000_records_and_gets_ev
     for n in range(NOISE_RECORDS):
         job_id = f"school-{n % 40}/term-1/j{n // 100}"
         noise.append((job_id.encode(), value(grade_record(job_id, n % 100, noise_item, n % 6, []))))
-    await produce_many(kafka_bootstrap, settings.decisions_topic, noise[: NOISE_RECORDS // 2])
+    await produce_many(kafka_bootstrap, settings.kafka.decisions_topic, noise[: NOISE_RECORDS // 2])
     grade = grade_record(JOB, 1, items[1], 1, [ReviewReason.SUSPECTED_INJECTION])
     by = "school-7:0a1b2c3d4e"
     # Applied in this order: the second says it was corrected earlier, and still it is the one that stands.
@@ -127,11 +127,11 @@ async def test_explain_answers_within_five_seconds_on_100000_records_and_gets_ev
     key = JOB.encode()
     target = [(key, value(grade)), (key, value(grade_record(JOB, 0, items[0], 4, []))), (key, value(first)),
               (key, value(grade)), (key, value(correction(0, 5, 4, by, AT))), (key, value(second))]  # fmt: skip
-    await produce(kafka_bootstrap, settings.decisions_topic, target)
-    await produce_many(kafka_bootstrap, settings.decisions_topic, noise[NOISE_RECORDS // 2 :])
+    await produce(kafka_bootstrap, settings.kafka.decisions_topic, target)
+    await produce_many(kafka_bootstrap, settings.kafka.decisions_topic, noise[NOISE_RECORDS // 2 :])
     other_request = json.dumps({"job_id": "school-7/other", "items": ITEMS}).encode()
     request = json.dumps({"schema_version": 1, "job_id": JOB, "items": ITEMS}).encode()
-    await produce(kafka_bootstrap, settings.requests_topic, [(b"school-7/other", other_request), (key, request)])
+    await produce(kafka_bootstrap, settings.kafka.requests_topic, [(b"school-7/other", other_request), (key, request)])
 
     started = time.monotonic()
     found = await explain(settings, JOB, 1)
@@ -166,15 +166,15 @@ async def test_unknown_erased_and_no_longer_retained(
     kafka_bootstrap: str, kafka_group_kwargs: dict[str, int], topic_names: TopicNames
 ) -> None:
     settings = settings_for_explain(kafka_bootstrap, topic_names, kafka_group_kwargs)
-    await create_topics(kafka_bootstrap, [settings.decisions_topic, settings.requests_topic])
+    await create_topics(kafka_bootstrap, [settings.kafka.decisions_topic, settings.kafka.requests_topic])
     item = Item.model_validate(ITEMS[0])
     erased_job, old_job = "school-7/erased", "school-7/old"
     records = [(erased_job.encode(), value(grade_record(erased_job, 0, item, 3, []))),
                (erased_job.encode(), value(erased_record(erased_job))),
                (old_job.encode(), value(grade_record(old_job, 0, item, 2, [])))]  # fmt: skip
-    await produce(kafka_bootstrap, settings.decisions_topic, records)
+    await produce(kafka_bootstrap, settings.kafka.decisions_topic, records)
     request = json.dumps({"job_id": erased_job, "items": ITEMS}).encode()
-    await produce(kafka_bootstrap, settings.requests_topic, [(erased_job.encode(), request)])
+    await produce(kafka_bootstrap, settings.kafka.requests_topic, [(erased_job.encode(), request)])
 
     erased = await explain(settings, erased_job, 0)
     assert erased.erased is not None and erased.grade is not None and erased.grade.nota == 3

@@ -22,7 +22,7 @@ from consumer.tools.training_export import build_export
 TESTS_DATA = Path(__file__).resolve().parent.parent / "data"
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 JOB = "school-1/term-1/x"
-FEEDBACK_CHARS = Settings(_env_file=None).feedback_chars  # type: ignore[call-arg]
+FEEDBACK_CHARS = Settings(_env_file=None).engine.feedback_chars  # type: ignore[call-arg]
 
 
 def golden_item() -> Item:

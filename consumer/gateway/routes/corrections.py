@@ -45,13 +45,13 @@ async def post_corrections(
     lease = gateway.bodies.lease()
     try:
         body = await read_limited(
-            request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes, lease,
-            settings.gateway_request_read_timeout_s,
+            request.stream(), request.headers.get("content-length"), settings.gateway.max_body_bytes, lease,
+            settings.gateway.request_read_timeout_s,
         )  # fmt: skip
     finally:
         lease.release()  # a corrections list is small once parsed (at most the per-request cap)
-    parsed = parse_corrections(body, job_id, max_items=settings.max_items_per_job, total_items=record.total_items,
-                               max_entries=settings.gateway_max_corrections_per_request)  # fmt: skip
+    parsed = parse_corrections(body, job_id, max_items=settings.jobs.max_items_per_job, total_items=record.total_items,
+                               max_entries=settings.gateway.max_corrections_per_request)  # fmt: skip
     if not all(isinstance(c, Correction) for c in parsed):
         raise InvalidInput(parsed)
     corrections = [c for c in parsed if isinstance(c, Correction)]
@@ -81,8 +81,8 @@ async def _produce(
     topics, key, acks = gateway.settings, job_id.encode(), []
     for correction, decision in zip(corrections, records, strict=True):
         value = correction.model_dump_json().encode()
-        acks.append(await gateway.producer.send(topics.corrections_topic, value=value, key=key))
+        acks.append(await gateway.producer.send(topics.kafka.corrections_topic, value=value, key=key))
         value = decision.model_dump_json().encode()
-        acks.append(await gateway.producer.send(topics.decisions_topic, value=value, key=key))
+        acks.append(await gateway.producer.send(topics.kafka.decisions_topic, value=value, key=key))
     for ack in acks:
         await ack

@@ -37,10 +37,10 @@ async def evaluate(request: Request, caller: WriterDep, gateway: GatewayDep) -> 
     lease = gateway.bodies.lease()  # held until the request is produced: the parsed body is memory too
     try:
         body = await read_limited(
-            request.stream(), request.headers.get("content-length"), settings.gateway_max_body_bytes, lease,
-            settings.gateway_request_read_timeout_s,
+            request.stream(), request.headers.get("content-length"), settings.gateway.max_body_bytes, lease,
+            settings.gateway.request_read_timeout_s,
         )  # fmt: skip
-        submission = parse_submission(body, max_items=settings.max_items_per_job, tenant=caller.tenant)
+        submission = parse_submission(body, max_items=settings.jobs.max_items_per_job, tenant=caller.tenant)
         del body
         audit_entry(request).job_id = submission.job_id
         return await _submit(gateway, caller, submission)
@@ -78,13 +78,13 @@ def check_quota(gateway: Gateway, tenant: str, new_items: int) -> None:
     """Per-tenant quotas (429 + Retry-After): one school cannot fill the queue."""
     s = gateway.settings
     load = tenant_load(gateway.store, tenant)
-    if load.open_jobs >= s.gateway_tenant_max_open_jobs:
+    if load.open_jobs >= s.gateway.tenant_max_open_jobs:
         raise Refused(f"{load.open_jobs} jobs of this tenant are not finished yet (limit "
-                      f"{s.gateway_tenant_max_open_jobs}); retry when one is", 30, "tenant_open_jobs")  # fmt: skip
-    excess = load.waiting_items + new_items - s.gateway_tenant_max_waiting_items
+                      f"{s.gateway.tenant_max_open_jobs}); retry when one is", 30, "tenant_open_jobs")  # fmt: skip
+    excess = load.waiting_items + new_items - s.gateway.tenant_max_waiting_items
     if excess > 0:
         retry_s = min(600.0, max(1.0, excess * gateway.store.seconds_per_item))
-        detail = f"{load.waiting_items} items of this tenant are waiting (limit {s.gateway_tenant_max_waiting_items})"
+        detail = f"{load.waiting_items} items of this tenant are waiting (limit {s.gateway.tenant_max_waiting_items})"
         raise Refused(f"{detail}; retry later", retry_s, "tenant_waiting_items")
 
 

@@ -49,6 +49,6 @@ async def stream(
         audit_entry(request).status = 404
     content = not_found_stream() if record is None else job_stream(record, gateway.store, gateway.metrics, after)
     return GuardedEventSource(
-        content, stall_timeout_s=settings.gateway_send_timeout_s, ping_s=settings.gateway_heartbeat_s,
+        content, stall_timeout_s=settings.gateway.send_timeout_s, ping_s=settings.gateway.heartbeat_s,
         on_close=slot.release, on_stalled=gateway.metrics.streams_stalled.inc,
     )  # fmt: skip
