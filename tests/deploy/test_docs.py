@@ -214,3 +214,23 @@ def test_the_bad_input_table_counts_the_corpus_it_describes() -> None:
     corpus = json.loads((REPO / "tests" / "data" / "bad_input_corpus.json").read_text(encoding="utf-8"))
     text = (DOCS / "delivery-and-faults.md").read_text(encoding="utf-8")
     assert f"`tests/data/bad_input_corpus.json` holds {len(corpus['cases'])} cases" in text
+
+
+def test_the_code_map_names_every_module_once() -> None:
+    """docs/architecture.md cannot drift from the tree: every module of consumer/ has a row
+    (or is named in one), and no module has two rows."""
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `consumer/")]
+    first_cells = [re.findall(r"`(consumer/[^`]+)`", row.split(" | ")[0]) for row in rows]
+    keyed = [path for cell in first_cells for path in cell]
+    assert len(keyed) == len(set(keyed)), sorted({p for p in keyed if keyed.count(p) > 1})
+    named = {path for row in rows for path in re.findall(r"`(consumer/[^`]+)`", row)}
+    modules = set()
+    for module in (REPO / "consumer").rglob("*.py"):
+        if module.name == "__init__.py":
+            continue
+        modules.add(module.relative_to(REPO).as_posix())
+    missing = sorted(modules - named)
+    assert not missing, f"docs/architecture.md does not name {missing}"
+    gone = sorted(p for p in named if not (REPO / p).exists())
+    assert not gone, f"docs/architecture.md names what is not there: {gone}"
