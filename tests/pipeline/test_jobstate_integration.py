@@ -15,12 +15,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 
+from consumer.contract import JobStatus
 from consumer.engine.fake import FakeEngine
 from consumer.kafka import ensure_topics
 from consumer.metrics import Metrics
 from consumer.pipeline.app import ConsumerApp
 from consumer.pipeline.control import ControlReader
-from consumer.pipeline.jobstate import JobPhase, JobState, JobStateStore, fingerprint
+from consumer.pipeline.jobstate import JobState, JobStateStore, fingerprint
 from consumer.pipeline.service import job_state, scheduler_from
 from consumer.pipeline.sinks import Sinks
 from consumer.testing.topics import (
@@ -224,7 +225,7 @@ async def test_the_store_writes_and_a_new_owner_reads_only_its_partitions(kafka_
         first = JobStateStore(producer, reader, metrics, topic=topic, retention_s=3600)
         for n in range(6):
             first.put(_state(job_id=f"j{n}", partition=n % 3, done=set(range(n * 10))))
-        old = _state(job_id="old", partition=1, phase=JobPhase.COMPLETED)
+        old = _state(job_id="old", partition=1, phase=JobStatus.COMPLETED)
         first.put(old)
         await first.flush()
         old.updated_at = time.time() - 7200  # finished two hours ago: past a one-hour retention

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-from consumer.contract import CancelledEvent, CompleteData, CompleteEvent, Item
+from consumer.contract import CancelledEvent, CompleteData, CompleteEvent, Item, JobStatus
 from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job, RejectReason
 from consumer.pipeline.jobstate import (
     Action,
-    JobPhase,
     JobState,
     JobStateStore,
     Ledger,
@@ -51,7 +50,7 @@ def test_a_state_survives_encoding_with_its_bitmap_and_reads_the_earlier_encoder
     assert JobState.decode(state.encode()) == state
     assert len(state.encode()) < 1024  # 2000 items fit a small record (the bitmap is 336 characters)
     old = JobState.decode(V1_RECORD)
-    assert old.done == {0, 1, 4} and old.phase is JobPhase.RUNNING
+    assert old.done == {0, 1, 4} and old.phase is JobStatus.PROCESSING
     assert old.encode() == V1_RECORD  # byte for byte: running consumers of either version read each other
 
 
@@ -77,9 +76,9 @@ def _print(state: JobState | None = None) -> str:
     [
         (None, fingerprint(REQUEST), (0, 1), Action.GRADE),
         (_state(), "another", (2, 7), Action.CONFLICT),
-        (_state(phase=JobPhase.COMPLETED, terminal=_complete().model_dump(mode="json")), "another", (2, 9),
+        (_state(phase=JobStatus.COMPLETED, terminal=_complete().model_dump(mode="json")), "another", (2, 9),
          Action.CONFLICT),
-        (_state(phase=JobPhase.COMPLETED, terminal=_complete().model_dump(mode="json")), fingerprint(REQUEST),
+        (_state(phase=JobStatus.COMPLETED, terminal=_complete().model_dump(mode="json")), fingerprint(REQUEST),
          (2, 9), Action.REPUBLISH),
         (_state(), fingerprint(REQUEST), (2, 7), Action.RESUME),  # the same record, read again
         (_state(), fingerprint(REQUEST), (2, 9), Action.SKIP),  # a re-send while it runs
@@ -103,10 +102,10 @@ def test_a_cancelled_job_id_is_never_graded_and_its_state_is_finished() -> None:
     for decided, completed in ((fresh, 0), (resumed, 2)):
         assert decided.action is Action.CANCELLED and isinstance(decided.event, CancelledEvent)
         assert decided.event.data.completed == completed and decided.event.data.total_items == 20
-        assert decided.state is not None and decided.state.phase is JobPhase.CANCELLED
+        assert decided.state is not None and decided.state.phase is JobStatus.CANCELLED
         assert decided.state.terminal == decided.event.model_dump(mode="json") and not decided.state.done
     # A finished job's re-send is answered from its state even if a cancel came later.
-    finished = _state(phase=JobPhase.COMPLETED, terminal=_complete().model_dump(mode="json"))
+    finished = _state(phase=JobStatus.COMPLETED, terminal=_complete().model_dump(mode="json"))
     assert plan(finished, JOB, fingerprint(REQUEST), 2, 9, cancelled=True).action is Action.REPUBLISH
 
 
@@ -133,7 +132,7 @@ async def test_a_later_plan_of_the_same_job_ends_the_old_runs_right_to_write_its
     assert store.get(JOB.job_id).done == set(range(5))  # type: ignore[union-attr]
     new_run.terminal = _complete()
     ledger.ended(new)
-    assert store.get(JOB.job_id).phase is JobPhase.COMPLETED  # type: ignore[union-attr]
+    assert store.get(JOB.job_id).phase is JobStatus.COMPLETED  # type: ignore[union-attr]
     await ledger.save()
     assert JobState.decode(producer.sent[-1][1] or b"").terminal == _complete().model_dump(mode="json")
 
@@ -168,7 +167,7 @@ async def test_a_run_that_hit_a_bug_leaves_no_state_so_a_resend_is_graded_afresh
 
 async def test_finished_jobs_past_their_retention_are_deleted_on_a_timer_in_a_running_consumer() -> None:
     ledger, store, producer, clock, _ = _ledger(retention_s=3600.0)
-    for job_id, phase in (("done", JobPhase.COMPLETED), ("running", JobPhase.RUNNING)):
+    for job_id, phase in (("done", JobStatus.COMPLETED), ("running", JobStatus.PROCESSING)):
         store.put(_state(job_id=job_id, phase=phase, terminal=_complete(job_id).model_dump(mode="json")))
     await ledger.save()
     producer.sent.clear()
@@ -183,7 +182,7 @@ async def test_finished_jobs_past_their_retention_are_deleted_on_a_timer_in_a_ru
     assert producer.sent == [("done", None)]  # its tombstone: compaction removes it from the topic
     assert store.get("done") is None and store.get("running") is not None  # a running job never expires
     clock.now += 30.0
-    store.put(_state(job_id="late", phase=JobPhase.COMPLETED, terminal=_complete("late").model_dump(mode="json")))
+    store.put(_state(job_id="late", phase=JobStatus.COMPLETED, terminal=_complete("late").model_dump(mode="json")))
     clock.now += 3601.0
     producer.sent.clear()
     await ledger.save()

@@ -16,10 +16,10 @@ which idempotent job ids need.
 
 from consumer.pipeline.jobstate.ledger import Lease, Ledger, Run
 from consumer.pipeline.jobstate.plan import Action, Plan, plan
-from consumer.pipeline.jobstate.record import JobPhase, JobState, Progress, UnknownSchemaVersion, fingerprint
+from consumer.pipeline.jobstate.record import JobState, Progress, UnknownSchemaVersion, fingerprint
 from consumer.pipeline.jobstate.store import JobStateStore
 
 __all__ = [
-    "Action", "JobPhase", "JobState", "JobStateStore", "Lease", "Ledger", "Plan", "Progress", "Run",
+    "Action", "JobState", "JobStateStore", "Lease", "Ledger", "Plan", "Progress", "Run",
     "UnknownSchemaVersion", "fingerprint", "plan",
 ]  # fmt: skip

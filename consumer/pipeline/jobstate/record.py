@@ -1,6 +1,6 @@
 """One job's state record, as written to the job-state topic (one record per job, keyed by ``job_id``).
 
-- running: the request's fingerprint and coordinates, the items whose result
+- running (`JobStatus.PROCESSING`, written "running"): the request's fingerprint and coordinates, the items whose result
   and progress event the broker acknowledged (a bitmap), the ok/failed counts
   and the grading time so far. A new owner grades only the other items.
 - completed / cancelled: the fingerprint and the terminal event as it was
@@ -18,12 +18,19 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
 
-from consumer.contract import CancelledEvent, CompleteEvent
+from consumer.contract import CancelledEvent, CompleteEvent, JobStatus
 
 SCHEMA_VERSION = 1
 
@@ -41,10 +48,18 @@ def fingerprint(value: bytes) -> str:
     return hashlib.sha256(value).hexdigest()
 
 
-class JobPhase(StrEnum):
-    RUNNING = "running"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
+def _phase_from_wire(value: object) -> object:
+    return JobStatus.PROCESSING if value == _RUNNING else value
+
+
+def _phase_to_wire(status: JobStatus) -> str:
+    return _RUNNING if status is JobStatus.PROCESSING else status.value
+
+
+# A job's status is the contract's JobStatus; on this topic a running job has always been
+# written "running", and stays so (records of every consumer version read alike, both ways).
+_RUNNING = "running"
+Phase = Annotated[JobStatus, BeforeValidator(_phase_from_wire), PlainSerializer(_phase_to_wire, return_type=str)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +80,7 @@ class JobState(BaseModel):
     partition: int
     offset: int
     total_items: int
-    phase: JobPhase = JobPhase.RUNNING
+    phase: Phase = JobStatus.PROCESSING
     done: set[int] = Field(default_factory=set)  # on the wire: a little-endian bitmap, base64
     succeeded: int = 0
     failed: int = 0
@@ -78,7 +93,7 @@ class JobState(BaseModel):
 
     @property
     def finished(self) -> bool:
-        return self.phase is not JobPhase.RUNNING
+        return self.phase is not JobStatus.PROCESSING
 
     @property
     def progress(self) -> Progress:
@@ -92,7 +107,7 @@ class JobState(BaseModel):
 
     def finish(self, event: CompleteEvent | CancelledEvent) -> JobState:
         """The finished state: the terminal event says it all, the items are no longer needed."""
-        phase = JobPhase.CANCELLED if isinstance(event, CancelledEvent) else JobPhase.COMPLETED
+        phase = JobStatus.CANCELLED if isinstance(event, CancelledEvent) else JobStatus.COMPLETED
         return self.model_copy(update={"phase": phase, "terminal": event.model_dump(mode="json"), "done": set()})
 
     @field_serializer("done")
