@@ -7,6 +7,7 @@ entry point and passed down.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -593,6 +594,16 @@ class Settings(BaseModel):
             for key, section in self
         }
         return Settings.model_validate(sections)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """Refused with single settings in ``update``: pydantic would add them beside the sections,
+        unread and unvalidated; ``with_`` puts each in its section and validates it."""
+        unknown = set(update or ()) - set(_SECTIONS)
+        if unknown:
+            raise TypeError(
+                f"Settings.model_copy(update={sorted(unknown)}): use Settings.with_(...) for single settings"
+            )
+        return super().model_copy(update=update, deep=deep)
 
     @classmethod
     def defaults(cls, **changes: Any) -> Settings:

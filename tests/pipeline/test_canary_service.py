@@ -101,7 +101,7 @@ async def test_a_canary_miss_keeps_the_consumer_unready_and_out_of_the_group(
         await failing.close()
 
     # The same group with a canary the engine matches: ready, and the job that waited is graded.
-    matching = missing.model_copy(update={"canary_file": write_canary(tmp_path / "match.jsonl", miss_at=None)})
+    matching = missing.with_(canary_file=write_canary(tmp_path / "match.jsonl", miss_at=None))
     passing = await ServiceProcess(matching, tmp_path, "match", delay_ms=5).start()
     try:
         await passing.wait_healthy()
