@@ -463,6 +463,17 @@ class TopicReader:
         return lag
 
 
+async def stop_following(task: asyncio.Task[None] | None, reader: TopicReader | None, timeout_s: float) -> None:
+    """Stop a task that follows a topic, then close its reader within ``timeout_s`` (either may be None)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if reader is not None:
+        async with asyncio.timeout(timeout_s):
+            await reader.__aexit__(None, None, None)
+
+
 class TopicFollower:
     """A topic read to its end, then followed in the background: every record to ``apply``.
 
@@ -513,11 +524,5 @@ class TopicFollower:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         reader, self._reader = self._reader, None
-        if reader is not None:
-            async with asyncio.timeout(self._close_timeout_s):
-                await reader.__aexit__(None, None, None)
+        await stop_following(task, reader, self._close_timeout_s)

@@ -102,21 +102,23 @@ async def writer(caller: CallerDep, gateway: GatewayDep) -> Caller:
 WriterDep = Annotated[Caller, Depends(writer)]
 
 
-async def job_of(caller: CallerDep, gateway: GatewayDep, job_id: str) -> JobRecord:
+async def _owned(caller: Caller, gateway: Gateway, job_id: str) -> JobRecord:
+    """The caller's job; another tenant's, or none, is not found (404), never shown."""
     record = await gateway.find_for(caller, job_id)
     if record is None:
         raise JobNotFound()
     return record
+
+
+async def job_of(caller: CallerDep, gateway: GatewayDep, job_id: str) -> JobRecord:
+    return await _owned(caller, gateway, job_id)
 
 
 JobDep = Annotated[JobRecord, Depends(job_of)]
 
 
 async def readable_job_of(caller: ReaderDep, gateway: GatewayDep, job_id: str) -> JobRecord:
-    record = await gateway.find_for(caller, job_id)
-    if record is None:
-        raise JobNotFound()
-    return record
+    return await _owned(caller, gateway, job_id)
 
 
 ReadableJobDep = Annotated[JobRecord, Depends(readable_job_of)]

@@ -19,7 +19,6 @@ only not read yet. ``read_to_now`` asks for a pass and waits for it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from pydantic import TypeAdapter, ValidationError
 from consumer.contract import ProgressEvent
 from consumer.gateway.jobs import AnyProgressEvent, JobStore
 from consumer.gateway.metrics import GatewayMetrics
-from consumer.kafka import Start, TopicReader, client_kwargs
+from consumer.kafka import Start, TopicReader, client_kwargs, stop_following
 
 if TYPE_CHECKING:
     from consumer.settings import Settings
@@ -141,11 +140,5 @@ class ProgressTail:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         reader, self._reader = self._reader, None
-        if reader is not None:
-            async with asyncio.timeout(self._settings.kafka.close_timeout_s):
-                await reader.__aexit__(None, None, None)
+        await stop_following(task, reader, self._settings.kafka.close_timeout_s)
