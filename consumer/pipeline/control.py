@@ -42,7 +42,7 @@ CONTROL_BACKOFF = Backoff(first_s=2.0, max_s=10.0)
 class Commanded(Protocol):
     """What a command acts on (``jobstate.Ledger``)."""
 
-    def cancel(self, job_id: str) -> None: ...
+    def cancel(self, job_id: str, until_s: float) -> None: ...
 
     def erase(self, job_id: str, until_s: float) -> None: ...
 
@@ -60,9 +60,10 @@ class ControlReader:
         backoff: Backoff = CONTROL_BACKOFF,
     ) -> None:
         """``client``: consumer.kafka.client_kwargs (the topic is read with no consumer group);
-        ``jobs``: told ``cancel(job_id)`` on each job's first cancel (or erase), and
-        ``erase(job_id, until_s)`` after it on each job's first erase (``until_s``: the unix
-        time its TTL ends)."""
+        ``jobs``: the holder of the cancels in force (``jobstate.Ledger``: a request's plan reads
+        them), told ``cancel(job_id, until_s)`` on each job's first cancel (or erase) and whenever
+        a later erase holds it longer, and ``erase(job_id, until_s)`` after it on each job's
+        first erase (``until_s``: the unix time its TTL ends)."""
         self._client = client
         self._metrics = metrics
         self._jobs = jobs
@@ -73,10 +74,6 @@ class ControlReader:
         self._cancelled: dict[str, float] = {}  # job_id -> unix time of the command (cancel or erase)
         self._erased: dict[str, float] = {}  # job_id -> unix time of its erase
         self.ready = asyncio.Event()  # set once the commands of the last ttl_s are read
-
-    def is_cancelled(self, job_id: str) -> bool:
-        at = self._cancelled.get(job_id)
-        return at is not None and time.time() - at <= self._ttl_s
 
     async def run(self) -> None:
         """Read the commands of the last ``ttl_s``, then follow the topic until cancelled."""
@@ -129,7 +126,7 @@ class ControlReader:
         erase = command.action is ControlAction.ERASE
         first = command.job_id not in self._cancelled
         first_erase = erase and command.job_id not in self._erased
-        self._cancelled.setdefault(command.job_id, at)
+        before = self._cancelled.setdefault(command.job_id, at)
         if erase:  # an erase after a cancel holds for its own TTL
             self._erased.setdefault(command.job_id, at)
             self._cancelled[command.job_id] = max(self._cancelled[command.job_id], at)
@@ -138,7 +135,8 @@ class ControlReader:
         ).inc()
         if first:
             logger.info("%s received: job_id=%s", command.action.value, command.job_id)
-            self._jobs.cancel(command.job_id)
+        if first or self._cancelled[command.job_id] > before:
+            self._jobs.cancel(command.job_id, self._cancelled[command.job_id] + self._ttl_s)
         if first_erase:
             if not first:
                 logger.info("erase received: job_id=%s", command.job_id)

@@ -16,6 +16,7 @@ finds the request in the source topic by ``texteval.original.*``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
@@ -39,7 +40,15 @@ class DeadLetters:
         self._sinks = sinks
         self._metrics = metrics
 
-    async def deliver(self, record: Any, rejection: Rejection) -> None:
+    def deliver(self, record: Any, rejection: Rejection) -> Coroutine[Any, Any, None]:
+        """A record's dead letter: logged (its coordinates and reason, never its value) and counted
+        now; the coroutine returned sends it (``_send``)."""
+        logger.warning("dead letter: %s:%s:%s reason=%s", record.topic, record.partition, record.offset,
+                       rejection.reason)  # fmt: skip
+        self._metrics.dead_letters.labels(reason=rejection.reason.value).inc()
+        return self._send(record, rejection)
+
+    async def _send(self, record: Any, rejection: Rejection) -> None:
         """Send the dead letter in the largest form the broker takes; wait for its ack.
 
         Other failures (broker unreachable past the producer's retries) are

@@ -30,6 +30,7 @@ V1_RECORD = (
     b'"phase":"running","done":"Ew==","succeeded":2,"failed":1,"elapsed_s":1.5,"updated_at":1.5,"terminal":null}'
 )
 JOB = Job("school/1", tuple(Item.model_validate(i) for i in items(20)))
+UNTIL_S = 2_000_000.0  # unix time: a cancel in force all through a test (the ledger runs on a fake clock)
 REQUEST = b"the request's bytes"
 
 
@@ -115,14 +116,14 @@ def _ledger(retention_s: float = 3600.0) -> tuple[Ledger, JobStateStore, Produce
 
 async def test_a_later_plan_of_the_same_job_ends_the_old_runs_right_to_write_its_state() -> None:
     ledger, store, producer, _, metrics = _ledger()
-    assert ledger.plan(JOB, REQUEST, 2, 7, cancelled=False).action is Action.GRADE
+    assert ledger.plan(JOB, REQUEST, 2, 7).action is Action.GRADE
     old_run = Run()
     old = ledger.started(JOB.job_id, old_run)
     old_run.progress = Progress(frozenset({0, 1, 2}), 3, 0, 1.0)
     ledger.ended(old)  # aborted (a failed delivery): still tracked, its sends may be acknowledged later
     assert store.get(JOB.job_id).done == {0, 1, 2}  # type: ignore[union-attr]
     # The same record read again (its retry): a new lease; the old run's late acknowledgements no longer count.
-    assert ledger.plan(JOB, REQUEST, 2, 7, cancelled=False).action is Action.RESUME
+    assert ledger.plan(JOB, REQUEST, 2, 7).action is Action.RESUME
     assert metrics.registry.get_sample_value("texteval_items_resumed_total") == 3
     new_run = Run()
     new = ledger.started(JOB.job_id, new_run)
@@ -139,21 +140,21 @@ async def test_a_later_plan_of_the_same_job_ends_the_old_runs_right_to_write_its
 
 def test_a_cancel_reaches_only_a_run_that_is_still_grading() -> None:
     ledger, *_, metrics = _ledger()
-    ledger.plan(JOB, REQUEST, 2, 7, cancelled=False)
+    ledger.plan(JOB, REQUEST, 2, 7)
     run = Run()
     lease = ledger.started(JOB.job_id, run)
-    ledger.cancel("another job")
+    ledger.cancel("another job", UNTIL_S)
     assert not run.cancel_requested
-    ledger.cancel(JOB.job_id)
+    ledger.cancel(JOB.job_id, UNTIL_S)
     assert run.cancel_requested and metrics.registry.get_sample_value("texteval_jobs_cancelled_total") == 1
     ledger.ended(lease)
-    ledger.cancel(JOB.job_id)  # over: nothing to stop, nothing counted
+    ledger.cancel(JOB.job_id, UNTIL_S)  # over: nothing to stop, nothing counted
     assert metrics.registry.get_sample_value("texteval_jobs_cancelled_total") == 1
 
 
 async def test_a_run_that_hit_a_bug_leaves_no_state_so_a_resend_is_graded_afresh() -> None:
     ledger, store, producer, *_ = _ledger()
-    ledger.plan(JOB, REQUEST, 2, 7, cancelled=False)
+    ledger.plan(JOB, REQUEST, 2, 7)
     run = Run()
     run.progress = Progress(frozenset({0}), 1, 0, 0.1)
     lease = ledger.started(JOB.job_id, run)
@@ -162,7 +163,7 @@ async def test_a_run_that_hit_a_bug_leaves_no_state_so_a_resend_is_graded_afresh
     assert store.get(JOB.job_id) is None
     await ledger.save()
     assert producer.sent[-1] == (JOB.job_id, None)  # a tombstone
-    assert ledger.plan(JOB, REQUEST, 2, 9, cancelled=False).action is Action.GRADE  # not skipped as a duplicate
+    assert ledger.plan(JOB, REQUEST, 2, 9).action is Action.GRADE  # not skipped as a duplicate
 
 
 async def test_finished_jobs_past_their_retention_are_deleted_on_a_timer_in_a_running_consumer() -> None:
