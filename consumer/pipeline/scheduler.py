@@ -18,9 +18,9 @@ step of ``engine.grade``) happens as an item is fed, a few thousand
 characters per turn of the event loop, never for a whole job up front: the loop stays responsive
 (``/health``, heartbeats, acks) while a 16 MB job is fed.
 
-``release(ticket)`` (a job aborted: revoke, shutdown, failure) and
-``cancel(job_id)`` drop the job's waiting items in O(1) and abort its items
-in the engine (at most ``depth``); nothing of it is delivered afterwards.
+``release(ticket)`` (a job cancelled, or aborted: revoke, shutdown, failure;
+its ``JobRun`` releases it) drops the job's waiting items in O(1) and aborts
+its items in the engine (at most ``depth``); nothing of it is delivered afterwards.
 """
 
 from __future__ import annotations
@@ -139,7 +139,6 @@ class Scheduler:
         self._picker: Picker[Ticket] = Picker(policy, oldest_share, tenant_weights=tenant_weights, by_tenant=by_tenant)
         self.depth = depth
         self.meter = meter or EngineMeter()
-        self._by_job_id: dict[str, dict[Ticket, None]] = {}
         self._seq = 0
         self._waiting_items = 0
         self._in_engine = 0
@@ -174,7 +173,6 @@ class Scheduler:
         self._seq += 1
         queue = deque(range(len(items)) if indices is None else indices)
         ticket = Ticket(job_id, self._seq, items, deliver, queue)
-        self._by_job_id.setdefault(job_id, {})[ticket] = None
         if queue:
             self._picker.add(ticket, tenant_of(job_id))
             self._waiting_items += len(queue)
@@ -196,21 +194,9 @@ class Scheduler:
         self._horizons = None
         for task in ticket.running:  # at most `depth`
             task.cancel()  # cancelling grade() aborts the generation
-        same_id = self._by_job_id.get(ticket.job_id)
-        if same_id is not None:
-            same_id.pop(ticket, None)
-            if not same_id:
-                del self._by_job_id[ticket.job_id]
         self._update_gauges()
         self._update_tenant_gauges()
         return dropped
-
-    def cancel(self, job_id: str) -> int:
-        """Release every job running under ``job_id``; returns the items dropped.
-
-        The caller ends the job's ``JobRun`` (its items will not come back).
-        """
-        return sum(self.release(ticket) for ticket in list(self._by_job_id.get(job_id, ())))
 
     # --- estimates ---------------------------------------------------------
 
