@@ -20,6 +20,7 @@ from consumer.pipeline.jobstate import (
     fingerprint,
     plan,
 )
+from consumer.pipeline.shadow import sampled
 from consumer.testing.topics import items
 from tests.pipeline import doubles
 from tests.pipeline.doubles import Clock, Producer, Run
@@ -108,6 +109,31 @@ def test_a_cancelled_job_id_is_never_graded_and_its_state_is_finished() -> None:
     # A finished job's re-send is answered from its state even if a cancel came later.
     finished = _state(phase=JobStatus.COMPLETED, terminal=_complete().model_dump(mode="json"))
     assert plan(finished, JOB, fingerprint(REQUEST), 2, 9, cancelled=True).action is Action.REPUBLISH
+
+
+def test_a_shadow_grades_only_its_sample_the_others_are_done_before_it_starts() -> None:
+    outside = {i for i, item in enumerate(JOB.items) if not sampled(JOB.job_id, item.id_alumno, 0.5)}
+    assert 0 < len(outside) < len(JOB.items)  # the hash splits this job
+    fresh = plan(None, JOB, fingerprint(REQUEST), 0, 1, cancelled=False, sample_rate=0.5)
+    assert fresh.action is Action.GRADE and fresh.state is not None
+    assert fresh.state.done == outside and fresh.unsampled == len(outside)
+    resumed = plan(_state(done={0, 1}, succeeded=2), JOB, fingerprint(REQUEST), 2, 7, cancelled=False, sample_rate=0.5)
+    assert resumed.state is not None and resumed.state.done == outside | {0, 1} and resumed.state.succeeded == 2
+    # The live consumer (rate 1) grades every item; a cancel still wins over the sample.
+    assert plan(None, JOB, fingerprint(REQUEST), 0, 1, cancelled=False).state.done == set()  # type: ignore[union-attr]
+    assert plan(None, JOB, fingerprint(REQUEST), 0, 1, cancelled=True, sample_rate=0.5).action is Action.CANCELLED
+
+
+def test_the_ledger_answers_cancelled_while_a_cancel_is_in_force() -> None:
+    ledger, store, _, clock, metrics = _ledger()
+    ledger.cancel(JOB.job_id, clock.now + 10)
+    assert ledger.plan(JOB, REQUEST, 2, 7).action is Action.CANCELLED
+    assert metrics.registry.get_sample_value("texteval_jobs_cancelled_total") == 1
+    later = Job("school/2", JOB.items)
+    ledger.cancel(later.job_id, clock.now + 10)
+    clock.now += 11  # its cancel's TTL is over: the id is an ordinary one again
+    assert ledger.plan(later, REQUEST, 2, 8).action is Action.GRADE
+    assert store.get(later.job_id) is not None and not store.get(later.job_id).finished  # type: ignore[union-attr]
 
 
 def _ledger(retention_s: float = 3600.0) -> tuple[Ledger, JobStateStore, Producer, Clock, Metrics]:
