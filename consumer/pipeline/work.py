@@ -10,8 +10,13 @@ listener, so a revoke is one walk over the records it owns (quix-streams
 merged its pausing manager into the consumer for the same reason: state
 kept where the record is).
 
-    poll -> add -> next (admission) -> start -> (job run | dead letter | answer)
-         -> finished -> done -> the checkpoint commits its offset
+    poll -> add -> next (admission) -> start: its plan (Ledger.plan), then its one task
+         (job run | dead letter | answer | nothing) -> finished -> done -> the checkpoint commits its offset
+
+A record goes one way: what it gets is decided once, from everything known
+of its job id (its job state, the cancels in force, a shadow's sample: all
+the ledger's); its work is one task; how it ended is taken in one place,
+when that task is over.
 
 **Admission** costs memory only: the scheduler, not admission, decides what
 the engine runs, so a small job behind big ones is admitted and served at
