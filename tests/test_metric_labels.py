@@ -42,7 +42,11 @@ def _literals_in_labels(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 def test_the_scan_finds_a_literal_label_value() -> None:
-    code = 'm.fetch_errors.labels(kind="fetch_failed").inc()\nm.c.labels(result="a" if x else R.B)\nm.g.labels(s["method"])'
+    code = "\n".join([
+        'm.fetch_errors.labels(kind="fetch_failed").inc()',
+        'm.c.labels(result="a" if x else R.B)',
+        'm.g.labels(s["method"])',
+    ])  # fmt: skip
     assert sorted(_literals_in_labels(ast.parse(code))) == [(1, "fetch_failed"), (2, "a")]
 
 
