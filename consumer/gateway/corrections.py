@@ -64,7 +64,6 @@ class Agreement(StrEnum):
 
 
 MAX_ERRORS_SHOWN = 20  # as POST /evaluate's 422
-MAX_ENTRIES = 200  # GATEWAY_MAX_CORRECTIONS_PER_REQUEST's default
 
 
 class CorrectingCaller(Protocol):
@@ -79,7 +78,7 @@ class CorrectingCaller(Protocol):
 
 
 def parse_corrections(
-    body: bytes, job_id: str, *, max_items: int, total_items: int, max_entries: int = MAX_ENTRIES
+    body: bytes, job_id: str, *, max_items: int, total_items: int, max_entries: int
 ) -> list[Correction] | list[dict[str, Any]]:
     """The corrections, or the FastAPI-shaped errors (a list of dicts) when any entry is bad.
 
