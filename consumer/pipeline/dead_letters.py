@@ -38,6 +38,9 @@ class DeadLetters:
     def __init__(self, sinks: Sinks, metrics: Metrics) -> None:
         self._sinks = sinks
         self._metrics = metrics
+        metrics.expect(
+            metrics.dead_letters_reduced, [form for form in DeadLetterForm if form is not DeadLetterForm.WHOLE]
+        )
 
     async def deliver(self, record: Any, rejection: Rejection) -> None:
         """Send the dead letter in the largest form the broker takes; wait for its ack.
@@ -60,5 +63,5 @@ class DeadLetters:
                 )  # fmt: skip
                 continue
             if form is not DeadLetterForm.WHOLE:
-                self._metrics.dead_letters_reduced.labels(form=form.value).inc()
+                self._metrics.dead_letters_reduced.labels(form=form).inc()
             return

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from consumer.pipeline.jobstate import Progress
@@ -41,6 +42,13 @@ SHADOW_HEADER = ("texteval.shadow", b"1")
 _SCALE = 2**64
 
 
+class Sampled(StrEnum):
+    """The `sampled` label of texteval_shadow_items: whether SHADOW_SAMPLE_RATE took the item."""
+
+    YES = "true"
+    NO = "false"
+
+
 def sampled(job_id: str, id_alumno: str, rate: float) -> bool:
     """Whether the item is in the shadow's sample: the first 8 bytes of SHA-256 below ``rate``."""
     if rate >= 1.0:
@@ -54,7 +62,7 @@ def unsampled(job: Job, resume: Progress | None, rate: float, metrics: Metrics, 
     if rate >= 1.0:
         return resume
     skip = frozenset(i for i, item in enumerate(job.items) if not sampled(job.job_id, item.id_alumno, rate))
-    metrics.shadow_items.labels(model=model, sampled="false").inc(len(skip))
+    metrics.shadow_items.labels(model=model, sampled=Sampled.NO).inc(len(skip))
     prior = resume or Progress()
     return Progress(prior.done | skip, prior.succeeded, prior.failed, prior.elapsed_s, prior.needs_review)
 
@@ -73,7 +81,7 @@ class ShadowSinks(Sinks):
         self._metrics = metrics
 
     async def result(self, result: EvaluationResult) -> Ack:
-        self._metrics.shadow_items.labels(model=result.model, sampled="true").inc()
+        self._metrics.shadow_items.labels(model=result.model, sampled=Sampled.YES).inc()
         self._metrics.shadow_engine_seconds.labels(model=result.model).inc(result.latency_ms / 1000.0)
         return await self._produce(
             self._results_topic,

@@ -121,6 +121,7 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         self._scheduler, self._ledger, self._control, self._decisions = scheduler, ledger, control, decisions
         self._clock = clock
         self._backoff = Backoff(settings.kafka.delivery_retry_backoff_s, settings.kafka.delivery_retry_backoff_max_s)
+        metrics.expect(metrics.dead_letters, RejectReason)
         self._dead_letters = DeadLetters(sinks, metrics)
         self._offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.checkpoint = Checkpoint(
