@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from consumer.health import HealthReport
 from consumer.pipeline.decisions import DecisionLog
 from consumer.pipeline.fetch import SafeFetch
-from consumer.pipeline.intake import RejectReason
 from consumer.pipeline.watchdog import Watchdog
 from consumer.pipeline.work import Work
 
@@ -52,7 +51,6 @@ class ConsumerApp:
         not written); ``scheduler``: decides what the engine runs next."""
         self._consumer, self._kafka, self._control = consumer, kafka, control
         self.scheduler = scheduler
-        metrics.expect_dead_letter_reasons([*RejectReason, "too_large_to_fetch"])
         metrics.expect_model(engine.model_name)
         self._work = Work(
             consumer, sinks, engine, metrics, jobs=jobs, kafka=kafka, scheduler=scheduler, ledger=ledger,

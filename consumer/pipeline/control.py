@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka.errors import KafkaError
@@ -37,6 +38,16 @@ logger = logging.getLogger(__name__)
 
 # A control topic not readable yet (created after the consumer started): 2 s, then up to 10 s.
 CONTROL_BACKOFF = Backoff(first_s=2.0, max_s=10.0)
+
+
+class CommandResult(StrEnum):
+    """The `result` label of texteval_control_commands."""
+
+    CANCEL = "cancel"  # the first command for a job
+    ERASE = "erase"  # the first erase for a job
+    REPEATED = "repeated"
+    MALFORMED = "malformed"
+    FOREIGN = "foreign"  # another tenant's job: ignored
 
 
 class Commanded(Protocol):
@@ -66,6 +77,7 @@ class ControlReader:
         first erase (``until_s``: the unix time its TTL ends)."""
         self._client = client
         self._metrics = metrics
+        metrics.expect(metrics.control_commands, CommandResult)
         self._jobs = jobs
         self._topic = topic
         self._ttl_s = ttl_s
@@ -111,7 +123,7 @@ class ControlReader:
             command = ControlCommand.model_validate_json(value or b"")
         except ValidationError as exc:
             logger.warning("malformed control command at %s: %d errors", where, exc.error_count())
-            self._metrics.control_commands.labels(result="malformed").inc()
+            self._metrics.control_commands.labels(result=CommandResult.MALFORMED).inc()
             return
         timestamp_ms = getattr(record, "timestamp", None)
         at = timestamp_ms / 1000 if isinstance(timestamp_ms, int) and timestamp_ms > 0 else time.time()
@@ -121,7 +133,7 @@ class ControlReader:
             # Ids only: which job, which tenant asked, where the command is.
             logger.warning("control command for another tenant's job ignored: action=%s job_id=%s tenant=%s at %s",
                            command.action.value, command.job_id, command.tenant or "-", where)  # fmt: skip
-            self._metrics.control_commands.labels(result="foreign").inc()
+            self._metrics.control_commands.labels(result=CommandResult.FOREIGN).inc()
             return
         erase = command.action is ControlAction.ERASE
         first = command.job_id not in self._cancelled
@@ -131,7 +143,11 @@ class ControlReader:
             self._erased.setdefault(command.job_id, at)
             self._cancelled[command.job_id] = max(self._cancelled[command.job_id], at)
         self._metrics.control_commands.labels(
-            result="erase" if first_erase else "cancel" if first and not erase else "repeated"
+            result=CommandResult.ERASE
+            if first_erase
+            else CommandResult.CANCEL
+            if first and not erase
+            else CommandResult.REPEATED
         ).inc()
         if first:
             logger.info("%s received: job_id=%s", command.action.value, command.job_id)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
+from consumer.pipeline.intake import RejectReason
 from consumer.pipeline.sinks import DeadLetterForm, DeliveryFailed
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ class DeadLetters:
     def __init__(self, sinks: Sinks, metrics: Metrics) -> None:
         self._sinks = sinks
         self._metrics = metrics
+        metrics.expect(metrics.dead_letters, RejectReason)
+        metrics.expect(
+            metrics.dead_letters_reduced, [form for form in DeadLetterForm if form is not DeadLetterForm.WHOLE]
+        )
 
     def deliver(self, record: Any, rejection: Rejection) -> Coroutine[Any, Any, None]:
         """A record's dead letter: logged (its coordinates and reason, never its value) and counted
@@ -69,5 +74,5 @@ class DeadLetters:
                 )  # fmt: skip
                 continue
             if form is not DeadLetterForm.WHOLE:
-                self._metrics.dead_letters_reduced.labels(form=form.value).inc()
+                self._metrics.dead_letters_reduced.labels(form=form).inc()
             return

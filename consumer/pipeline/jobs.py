@@ -46,7 +46,7 @@ from consumer.contract import (
     ProgressFigures,
 )
 from consumer.engine.base import GradeOutcome, GradingEngine
-from consumer.metrics import Metrics, job_size_bucket
+from consumer.metrics import NO_ERROR_CODE, Metrics, job_size_bucket
 from consumer.pipeline.decisions import DecisionLog
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobstate import Progress
@@ -369,8 +369,8 @@ class JobRun:
         return ack
 
     def _observe(self, outcome: GradeOutcome) -> None:
-        code = outcome.error.code.value if outcome.error else ""
-        self._metrics.items_graded.labels(status=outcome.status.value, error_code=code).inc()
+        code = outcome.error.code if outcome.error else NO_ERROR_CODE
+        self._metrics.items_graded.labels(status=outcome.status, error_code=code).inc()
         if outcome.nota is not None:  # grades by model, for the drift alerts (contract 1.2)
             sure = outcome.grade_confidence
             confidence, review = (sure.confidence, sure.needs_review) if sure else (None, None)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from consumer.contract import ErrorCode, Item
 from consumer.engine.base import GradeOutcome, GradingEngine
-from consumer.metrics import Metrics
+from consumer.metrics import Metrics, TenantLabel
 from consumer.pipeline.policy import OLDEST_SHARE, Picker, SchedulingPolicy
 from consumer.tenants import tenant_of
 
@@ -55,7 +55,6 @@ TENANT_SERIES = 10
 # many dispatches in between (sorting the tenants on every item would cost
 # more than the picking itself).
 TENANT_GAUGE_EVERY = 64
-OTHER_TENANTS, NO_TENANT = "_other", "_none"  # never a tenant's name: tenants have no `_` (contract 1.2)
 
 
 class EngineMeter:
@@ -290,8 +289,8 @@ class Scheduler:
     def _update_tenant_gauges(self) -> None:
         """Items waiting by tenant: the TENANT_SERIES largest, the rest in ``_other`` (bounded cardinality)."""
         ranked = sorted(self._picker.waiting_by_tenant().items(), key=lambda entry: -entry[1])
-        values = {NO_TENANT if tenant is None else tenant: items for tenant, items in ranked[:TENANT_SERIES]}
-        values[OTHER_TENANTS] = sum(items for _, items in ranked[TENANT_SERIES:])
+        values = {TenantLabel.NONE if tenant is None else tenant: items for tenant, items in ranked[:TENANT_SERIES]}
+        values[TenantLabel.OTHER] = sum(items for _, items in ranked[TENANT_SERIES:])
         gauge = self._metrics.scheduler_tenant_items_waiting
         for gone in self._tenant_series - values.keys():
             gauge.remove(gone)

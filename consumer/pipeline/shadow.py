@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from consumer.pipeline.sinks import Ack, DeadLetterForm, Sinks
@@ -39,6 +40,13 @@ if TYPE_CHECKING:
 
 SHADOW_HEADER = ("texteval.shadow", b"1")
 _SCALE = 2**64
+
+
+class Sampled(StrEnum):
+    """The `sampled` label of texteval_shadow_items: whether SHADOW_SAMPLE_RATE took the item."""
+
+    YES = "true"
+    NO = "false"
 
 
 def sampled(job_id: str, id_alumno: str, rate: float) -> bool:
@@ -63,7 +71,7 @@ class ShadowSinks(Sinks):
         self._metrics = metrics
 
     async def result(self, result: EvaluationResult) -> Ack:
-        self._metrics.shadow_items.labels(model=result.model, sampled="true").inc()
+        self._metrics.shadow_items.labels(model=result.model, sampled=Sampled.YES).inc()
         self._metrics.shadow_engine_seconds.labels(model=result.model).inc(result.latency_ms / 1000.0)
         return await self._produce(
             self._results_topic,

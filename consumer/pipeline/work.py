@@ -66,6 +66,7 @@ from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
 from consumer.pipeline.jobs import EngineUnavailable, JobRun
 from consumer.pipeline.jobstate import Action, Lease
 from consumer.pipeline.offsets import OffsetTracker
+from consumer.pipeline.shadow import Sampled
 from consumer.pipeline.sinks import DeliveryFailed
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         if isinstance(parsed, Job):
             plan = self._ledger.plan(parsed, rec.record.value or b"", rec.tp.partition, rec.offset)
             if plan.unsampled:  # a shadow: its items outside the sample (pipeline/shadow.py)
-                self._metrics.shadow_items.labels(model=self._engine.model_name, sampled="false").inc(plan.unsampled)
+                self._metrics.shadow_items.labels(model=self._engine.model_name, sampled=Sampled.NO).inc(plan.unsampled)
             rec.rejection = plan.rejection
             if plan.action.grades:
                 rec.run = self._job_run(rec, parsed, plan)

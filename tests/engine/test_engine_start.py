@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from consumer.contract import Sampling
-from consumer.engine.vllm_engine import VllmEngine
+from consumer.engine.vllm_engine import EngineOptions, VllmEngine
+
+OPTIONS = EngineOptions(
+    model_name="stub", sampling=Sampling(temperature=0.1, top_p=1.0, max_tokens=64, seed=0), feedback_max_chars=40,
+    attempts=1, device="cpu", timeout_s=None, review_below=None, tie_margin=0.0, screener=None, prompt_format="",
+    model_revision=None, calibration=None,
+)  # fmt: skip
 
 
 class _StubLLM:
@@ -45,13 +51,9 @@ async def _start(monkeypatch: pytest.MonkeyPatch, stub: _StubLLM, prompt_parts: 
     monkeypatch.setattr(AsyncLLM, "from_engine_args", staticmethod(from_engine_args))
     await VllmEngine.start(
         engine_args={"model": "stub", "max_model_len": 512},
-        model_name="stub",
         prompt_parts=parts,
-        sampling=Sampling(temperature=0.1, top_p=1.0, max_tokens=64, seed=0),
-        feedback_max_chars=40,
-        attempts=1,
-        device="cpu",
         warm_up=False,
+        **OPTIONS,
     )
 
 
@@ -80,11 +82,7 @@ async def test_an_engine_that_fails_to_start_fails_the_start_with_its_own_error(
     with pytest.raises(RuntimeError, match="Engine core initialization failed"):
         await VllmEngine.start(
             engine_args={"model": "stub", "max_model_len": 512},
-            model_name="stub",
             prompt_parts=lambda: (object(), object()),  # type: ignore[arg-type,return-value]
-            sampling=Sampling(temperature=0.1, top_p=1.0, max_tokens=64, seed=0),
-            feedback_max_chars=40,
-            attempts=1,
-            device="cpu",
             warm_up=False,
+            **OPTIONS,
         )

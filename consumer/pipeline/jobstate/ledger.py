@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from consumer.contract import CancelledEvent, CompleteEvent
@@ -36,8 +37,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 # jobs_deduplicated's label for each action that grades nothing (the series dashboards read).
-_DEDUPLICATED = {Action.SKIP: "duplicate", Action.REPUBLISH: "republish", Action.CONFLICT: "conflict"}
+class Deduplicated(StrEnum):
+    """The `admission` label of texteval_jobs_deduplicated: a request not graded, its job id known."""
+
+    DUPLICATE = "duplicate"
+    REPUBLISH = "republish"
+    CONFLICT = "conflict"
+
+
+_DEDUPLICATED = {
+    Action.SKIP: Deduplicated.DUPLICATE,
+    Action.REPUBLISH: Deduplicated.REPUBLISH,
+    Action.CONFLICT: Deduplicated.CONFLICT,
+}
 
 
 class Run(Protocol):
@@ -80,6 +94,7 @@ class Ledger:
         ``clock``: unix time, the time the control commands carry."""
         self._store = store
         self._metrics = metrics
+        metrics.expect(metrics.jobs_deduplicated, Deduplicated)
         self._numbers = itertools.count(1)
         self._leases: dict[str, Lease] = {}  # job_id -> the current lease
         self._runs: dict[Lease, _Tracked] = {}  # runs whose progress may still change
