@@ -26,6 +26,7 @@ from consumer.pipeline.service import job_state, scheduler_from
 from consumer.pipeline.sinks import Sinks
 from consumer.testing.topics import (
     at_least,
+    committed_to_end,
     count_events,
     create_topics,
     items,
@@ -104,6 +105,29 @@ async def test_an_identical_resend_is_not_graded_and_a_different_one_is_a_confli
     assert dlt[0].value == corrected  # type: ignore[attr-defined]
     assert all(r["id_alumno"].startswith("A") for r in results) and len(results) == 20  # no mixing
     assert metrics.registry.get_sample_value("texteval_jobs_deduplicated_total", {"admission": "republish"}) == 1
+
+
+async def test_an_identical_resend_while_the_original_runs_is_skipped_and_committed_after_it(
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
+) -> None:
+    settings = settings_for()
+    engine = FakeEngine(delay_s=0.05, max_concurrency=8)  # 400 items: 2.5 s
+    metrics = Metrics()
+    request = job("school-8/long", items(400))
+    async with running(settings, engine, metrics):
+        await _send(kafka_bootstrap, topic_names.requests, "school-8/long", request)
+        await read_until(kafka_bootstrap, topic_names.results, at_least(1))  # the original runs
+        await _send(kafka_bootstrap, topic_names.requests, "school-8/long", request)  # byte-identical
+        await wait_for(
+            lambda: (
+                metrics.registry.get_sample_value("texteval_jobs_deduplicated_total", {"admission": "duplicate"}) == 1
+            )
+        )
+        progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
+        # The re-send's record is done at once, its offset committed once the original's is.
+        assert await committed_to_end(kafka_bootstrap, settings.kafka.group_id, topic_names.requests)
+    assert engine.calls == 400  # the re-send cost no engine call
+    assert [e["event"] for e in progress].count("accepted") == 1  # and published nothing
 
 
 async def test_cancel_stops_a_running_job_within_seconds_and_a_cancelled_request_is_never_graded(
