@@ -30,6 +30,7 @@ from consumer.contract import ControlAction, ControlCommand
 from consumer.erasure import honoured
 from consumer.kafka import Start, TopicReader
 from consumer.pipeline.backoff import Backoff
+from consumer.settings import DEFAULT_MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from consumer.metrics import Metrics
@@ -67,7 +68,7 @@ class ControlReader:
         *,
         topic: str,
         ttl_s: float,
-        max_message_bytes: int = 16 * 1024 * 1024,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         backoff: Backoff = CONTROL_BACKOFF,
     ) -> None:
         """``client``: consumer.kafka.client_kwargs (the topic is read with no consumer group);

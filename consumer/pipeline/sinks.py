@@ -65,7 +65,7 @@ class Sinks:
         progress_topic: str,
         dlt_topic: str,
         group_id: str,
-        decisions_topic: str = "evaluation.decisions",
+        decisions_topic: str,
     ) -> None:
         self._producer = producer
         self._decisions_topic = decisions_topic

@@ -39,7 +39,7 @@ class FlakyProducer:
 
 
 def job_run(n: int, engine: FakeEngine, producer: FlakyProducer, metrics: Metrics, **kw: Any) -> JobRun:
-    sinks = Sinks(producer, results_topic="r", progress_topic="p", dlt_topic="d", group_id="g")  # type: ignore[arg-type]
+    sinks = Sinks(producer, results_topic="r", progress_topic="p", dlt_topic="d", group_id="g", decisions_topic="x")  # type: ignore[arg-type]
     job = Job("j", tuple(Item.model_validate(item) for item in items(n)))
     return JobRun(
         job, engine=engine, sinks=sinks, metrics=metrics, scheduler=Scheduler(engine, metrics, depth=8),

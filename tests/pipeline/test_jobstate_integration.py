@@ -202,7 +202,8 @@ async def test_a_job_whose_results_could_not_be_sent_is_sent_again_not_graded_ag
     await consumer.start()
     flaky = _FailingResults(producer, topic_names.results)
     sinks = Sinks(flaky, results_topic=topic_names.results, progress_topic=topic_names.progress,  # type: ignore[arg-type]
-                  dlt_topic=topic_names.dlt, group_id=settings.kafka.group_id)  # fmt: skip
+                  dlt_topic=topic_names.dlt, group_id=settings.kafka.group_id,
+                  decisions_topic=topic_names.decisions)  # fmt: skip
     ledger, control = await job_state(settings, consumer, producer, metrics)
     app = ConsumerApp(consumer, sinks, engine, metrics, jobs=settings.jobs, kafka=settings.kafka,
                       scheduler=scheduler_from(settings, engine, metrics), ledger=ledger, control=control)  # fmt: skip

@@ -305,7 +305,7 @@ class NullProducer:
 
 
 def job_run(job_id: str, n: int, scheduler: Scheduler, engine: FakeEngine, producer: NullProducer) -> JobRun:
-    sinks = Sinks(producer, results_topic="r", progress_topic="p", dlt_topic="d", group_id="g")  # type: ignore[arg-type]
+    sinks = Sinks(producer, results_topic="r", progress_topic="p", dlt_topic="d", group_id="g", decisions_topic="x")  # type: ignore[arg-type]
     return JobRun(
         Job(job_id, tuple(items(n, job_id))),
         engine=engine,

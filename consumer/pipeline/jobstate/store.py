@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from consumer.kafka import Start, TopicReader
 from consumer.pipeline.jobstate.record import JobState, UnknownSchemaVersion
+from consumer.settings import DEFAULT_MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -50,7 +51,7 @@ class JobStateStore:
         *,
         topic: str,
         retention_s: float,
-        max_message_bytes: int = 16 * 1024 * 1024,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         load_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
