@@ -269,8 +269,12 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
     vllm_compat.configure_grammar_timeout()
     model = prefer_offline(resolve_model(settings, device))
 
-    def prompt_parts() -> tuple[PreTrainedTokenizerBase, PromptBuilder]:
-        tokenizer = load_tokenizer(model)
+    def prompt_parts(loaded: object) -> tuple[PreTrainedTokenizerBase, PromptBuilder]:
+        # vLLM's own (the same files, revision and class); another kind (a
+        # tokenizer_mode of its own), or none: ours, as the prompt format expects.
+        from transformers import PreTrainedTokenizerBase
+
+        tokenizer = loaded if isinstance(loaded, PreTrainedTokenizerBase) else load_tokenizer(model)
         builder = build_prompt_builder(model, tokenizer)
         build_prompt_tokenizer(builder, tokenizer)  # fails at the start, not on every item
         return tokenizer, builder

@@ -102,5 +102,16 @@ async def shut_down(llm: AsyncLLM) -> None:
     llm.__class__ = _shut_down_class(type(llm))
 
 
+def loaded_tokenizer(llm: AsyncLLM) -> object:
+    """The tokenizer this engine loaded (vLLM keeps it in an lru_cache), not a new load; None if it has none.
+
+    Not ``llm.tokenizer``: vLLM 0.32's renderer serves that one through a pool
+    of deep copies, one borrowed per call; the cached original encodes the same.
+    """
+    from vllm.tokenizers import cached_tokenizer_from_config
+
+    return cached_tokenizer_from_config(llm.model_config)
+
+
 def _shut_down_class(cls: type[AsyncLLM]) -> type[AsyncLLM]:
     return type(f"ShutDown{cls.__name__}", (cls,), {"__del__": lambda self: None})
