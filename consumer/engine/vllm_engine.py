@@ -179,6 +179,7 @@ class VllmEngine:
         model_revision: str | None = None,
         warm_up: bool = True,
         calibration: Calibration | None = None,
+        fork: bool = False,
     ) -> VllmEngine:
         """Load the model (tens of seconds) without blocking the event loop, then warm it up.
 
@@ -190,12 +191,12 @@ class VllmEngine:
         its engine process: on the path of every start.
         """
         from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(**engine_args)
         # Built in a worker thread so /health keeps answering while it loads;
         # AsyncLLM starts its output loop lazily, on the caller's event loop.
-        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        # ``fork``: vllm_compat.start_async_llm (the demo's start).
+        llm = await asyncio.to_thread(vllm_compat.start_async_llm, args, fork=fork)
         try:
             tokenizer, builder = await asyncio.to_thread(prompt_parts, vllm_compat.loaded_tokenizer(llm))
         except BaseException:

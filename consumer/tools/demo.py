@@ -120,7 +120,8 @@ async def _load_engine(settings: Settings, console: Console) -> GradingEngine:
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         bar.add_task("[bold]engine[/] loading (about a minute on CPU)", total=None)
-        return await build_engine(settings)
+        # Forked engine processes: no second and third import of torch and vLLM (vllm_compat.start_async_llm).
+        return await build_engine(settings, fork=True)
 
 
 def summarize(results: list[EvaluationResult]) -> str:
