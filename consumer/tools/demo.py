@@ -50,9 +50,7 @@ async def run_demo(
 ) -> int:
     console = console or Console(stderr=True)
     started = time.monotonic()
-    jobs = read_jobs(
-        jobs_file, settings.jobs.max_items_per_job
-    )  # a bad file is said now, not after the engine's start
+    jobs = read_jobs(jobs_file, settings.jobs.max_items_per_job)  # a bad file is said now, not after the engine's start
     # The engine's start comes first; the broker and its topics are set up
     # meanwhile (the engine loads in worker threads and its own processes).
     engine_started = time.monotonic()

