@@ -86,6 +86,13 @@ def retained_places(settings: Settings, now_s: float) -> list[RetainedPlace]:
         (s.kafka.dlt_topic, "the request whole, if it was rejected (e.g. job_id_conflict)", DLT_RETENTION_S),
         (s.kafka.corrections_topic, "teachers' corrections: grade, feedback, comment", CORRECTIONS_RETENTION_S),
         (s.kafka.corrections_dlt_topic, "corrections that could not be read, whole", DLT_RETENTION_S),
+        # Written only while a shadow grades (docs/models.md), but named always: a shadow
+        # may have graded the job's sample, and the answer cannot know whether one ran.
+        (
+            s.kafka.shadow_results_topic,
+            "a candidate model's results (shadow grading), if one graded the job: id_alumno, grade, feedback",
+            RESULTS_RETENTION_S,
+        ),
     ]
     return [
         RetainedPlace(topic, holds, retention, segment_s(retention), gone_by_s(now_s, retention))
@@ -115,6 +122,11 @@ def erased_now(settings: Settings) -> list[dict[str, object]]:
             f"partition); compaction removes the old value within {int(state_segment_s)} s "
             "(max.compaction.lag.ms); the job is cancelled if it runs, and a request under its id "
             f"is not graded for {int(settings.kafka.cancel_ttl_s)} s (CANCEL_TTL_S)",
+        },
+        {
+            "place": settings.kafka.shadow_checkpoints_topic,
+            "detail": "a shadow's job-state record, if a shadow graded the job: deleted by the shadow "
+            "(a consumer too, it reads the same command), as above",
         },
     ]
 

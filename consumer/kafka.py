@@ -24,6 +24,8 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
+from consumer.settings import DEFAULT_MAX_MESSAGE_BYTES
+
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.structs import ConsumerRecord
@@ -332,7 +334,7 @@ class TopicReader:
         topics: Sequence[str],
         *,
         start: Start,
-        max_message_bytes: int = 16 * 1024 * 1024,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         fetch_max_wait_ms: int = 500,
         metadata_timeout_s: float = 10.0,
         key: bytes | None = None,

@@ -8,6 +8,7 @@ exactly these. Labels carry ids and codes only: never student text.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -32,6 +33,14 @@ JOB_SIZE_BUCKETS = ((20, "1-20"), (200, "21-200"), (2000, "201-2000"))
 CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 GRADES = range(6)  # the `nota` label: 0..5, the contract's scale
 TENANT_SERIES = 200  # tenants with series of their own in the review-reason counters
+NO_ERROR_CODE = ""  # the `error_code` label of ok results
+
+
+class TenantLabel(StrEnum):
+    """The `tenant` label values that are not a tenant's name (a tenant name never has `_`, contract 1.2)."""
+
+    OTHER = "_other"  # the tenants past those with series of their own
+    NONE = "_none"  # jobs without a tenant
 
 
 def job_size_bucket(items: int) -> str:
@@ -54,9 +63,9 @@ class Metrics:
         # error result (or one dead letter) would never show on the dashboard
         # or fire an alert. (Found by evaluating the queries in a real
         # Prometheus: tests/deploy/test_prometheus_live.py.)
-        self.items_graded.labels(status=ItemStatus.OK.value, error_code="")
+        self.items_graded.labels(status=ItemStatus.OK, error_code=NO_ERROR_CODE)
         for code in ErrorCode:
-            self.items_graded.labels(status=ItemStatus.ERROR.value, error_code=code.value)
+            self.items_graded.labels(status=ItemStatus.ERROR, error_code=code)
         self.item_latency_seconds = Histogram(
             "texteval_item_latency_seconds", "Engine time per item", buckets=_ITEM_BUCKETS_S, registry=r
         )
@@ -114,7 +123,7 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
-        self.scheduler_tenant_items_waiting.labels(tenant="_other")
+        self.scheduler_tenant_items_waiting.labels(tenant=TenantLabel.OTHER)
         self.job_duration_seconds = Histogram(
             "texteval_job_duration_seconds",
             "From a job's acceptance to its complete event, by job size in items",
@@ -175,17 +184,10 @@ class Metrics:
             "Requests dead-lettered as internal_error: a bug in the consumer (the log names the exception type)",
             registry=r,
         )
-        # Every label value these take exists from the start, at 0 (see items_graded above).
-        for kind in ("undecodable_record", "fetch_failed", "too_large_to_fetch"):
-            self.fetch_errors.labels(kind=kind)
-        for form in ("without_value", "coordinates"):
-            self.dead_letters_reduced.labels(form=form)
-        for result in ("cancel", "erase", "repeated", "malformed", "foreign"):
-            self.control_commands.labels(result=result)
-        for admission in ("duplicate", "republish", "conflict"):
-            self.jobs_deduplicated.labels(admission=admission)
-        for reason in ("unknown_version", "unreadable"):
-            self.job_state_skipped.labels(reason=reason)
+        # The label values of dead_letters, fetch_errors, dead_letters_reduced,
+        # control_commands, jobs_deduplicated and job_state_skipped are enums of
+        # the modules that emit them, which create their series at 0 through
+        # expect() (this module is below them and cannot import them).
         # Grades by model (contract 1.2), for drift alerts (deploy/prometheus/alerts.yml,
         # group texteval-grades). Bounded labels: `model` is the engine's model name,
         # one per process (MODEL_NAME, resolved), `nota` one of 0..5: at most 6 + 1 +
@@ -218,7 +220,7 @@ class Metrics:
             registry=r,
         )
         for reason in ReviewReason:
-            self.review_reasons.labels(reason=reason.value)
+            self.review_reasons.labels(reason=reason)
         self.tenant_grades = Counter(
             "texteval_tenant_grades", "Ok results by tenant (for the injection share alert)", ["tenant"], registry=r
         )
@@ -244,25 +246,25 @@ class Metrics:
         )
         self._tenants: set[str] = set()
         for counter in (self.tenant_grades, self.tenant_suspected_injection):
-            counter.labels(tenant="_none")  # exported from the start, as every other series here
+            counter.labels(tenant=TenantLabel.NONE)  # exported from the start, as every other series here
 
     def tenant_label(self, tenant: str | None) -> str:
         """A tenant's label value: its name for the first TENANT_SERIES seen, else ``_other``."""
         if tenant is None:
-            return "_none"
+            return TenantLabel.NONE
         if tenant in self._tenants:
             return tenant
         if len(self._tenants) < TENANT_SERIES:
             self._tenants.add(tenant)
             return tenant
-        return "_other"
+        return TenantLabel.OTHER
 
     def observe_reasons(self, tenant: str | None, reasons: Iterable[ReviewReason]) -> None:
         """One ok result's review reasons (contract 1.3)."""
         label = self.tenant_label(tenant)
         self.tenant_grades.labels(tenant=label).inc()
         for reason in reasons:
-            self.review_reasons.labels(reason=ReviewReason(reason).value).inc()
+            self.review_reasons.labels(reason=ReviewReason(reason)).inc()
             if reason is ReviewReason.SUSPECTED_INJECTION:
                 self.tenant_suspected_injection.labels(tenant=label).inc()
 
@@ -286,8 +288,10 @@ class Metrics:
         if needs_review:
             self.grades_needs_review.labels(model=model).inc()
 
-    def expect_dead_letter_reasons(self, reasons: Iterable[str]) -> None:
-        """Create the dead-letter series at 0 (see ``items_graded`` above);
-        the reasons are the pipeline's, which this module cannot import."""
-        for reason in reasons:
-            self.dead_letters.labels(reason=reason)
+    @staticmethod
+    def expect(metric: Counter | Gauge | Histogram, values: Iterable[str]) -> None:
+        """Create a one-label metric's series at 0 for each of ``values`` (see
+        ``items_graded`` above): called by the module that emits the label, with
+        the enum it emits from, so each label value is written once, there."""
+        for value in values:
+            metric.labels(value)

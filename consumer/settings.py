@@ -37,6 +37,11 @@ DEFAULT_FEEDBACK_MAX_CHARS = 176  # what the prototype's 200 tokens were meant t
 CPU_DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_REVIEW_CONFIDENCE = 0.5  # REVIEW_CONFIDENCE's default; why: beside the setting
 DEFAULT_TIE_MARGIN = 0.03  # TIE_MARGIN's default; why: beside the setting
+# Named because code outside this module needs the same value as its default (the fake engine,
+# consumer.kafka.TopicReader): the why stays beside each setting.
+DEFAULT_MAX_MODEL_LEN = 2048
+DEFAULT_SCREEN_ANSWERS = True
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DECISIONS_RETENTION_DAYS = 183  # the EU AI Act's six months for a high-risk system's logs (Art. 19, 26(6))
 
 
@@ -100,7 +105,7 @@ class EngineSettings(_Section):
     # the hub's main branch at the first download (`texteval doctor --gpu` prints the commit to pin).
     model_revision: str | None = Field(default=None)
     # Context in tokens; a prompt that does not fit with MAX_TOKENS is an input_too_long result.
-    max_model_len: int = Field(default=2048, ge=128)
+    max_model_len: int = Field(default=DEFAULT_MAX_MODEL_LEN, ge=128)
     # GPUs per engine (vLLM tensor parallelism).
     tensor_parallel_size: int = Field(default=1, ge=1)
     # vLLM's weight and activation type. Unset: bfloat16 on a GPU (the fine-tune's
@@ -171,7 +176,7 @@ class EngineSettings(_Section):
     # Contract 1.3: review reasons read from the answer itself (suspected_injection,
     # repetition, keyword_stuffing, no_answer, copies_prompt, other_language,
     # gibberish; consumer/engine/screening.py). false: only the grade's own reasons.
-    screen_answers: bool = Field(default=True)
+    screen_answers: bool = Field(default=DEFAULT_SCREEN_ANSWERS)
     # Temperatures fitted on teachers' corrections by `texteval calibrate`, keyed by model
     # name and prompt format: confidence, needs_review and the published nota_probabilities
     # use the calibrated distribution (the grade never changes; the decision record keeps
@@ -357,7 +362,7 @@ class KafkaSettings(_Section):
     isolation_level: Literal["read_committed", "read_uncommitted"] = Field(default="read_committed")
     # A full job (2000 items of up to 20,000 characters) can be tens of MB;
     # the broker's message.max.bytes must allow what upstream sends.
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     # Create missing topics at start (development; production topics come from deploy/kafka/create-topics.sh).
     create_topics: bool = Field(default=False)
     # Partitions of topics created with KAFKA_CREATE_TOPICS.

@@ -38,7 +38,7 @@ def test_every_retained_place_is_a_topic_the_script_creates_with_the_same_retent
     kafka = DEFAULTS.kafka
     assert {p.topic for p in places} == {
         kafka.requests_topic, kafka.results_topic, kafka.progress_topic, kafka.dlt_topic,
-        kafka.corrections_topic, kafka.corrections_dlt_topic,
+        kafka.corrections_topic, kafka.corrections_dlt_topic, kafka.shadow_results_topic,
     }  # fmt: skip
     for place in places:
         topic = topics[place.topic]
@@ -56,7 +56,8 @@ def test_every_topic_that_holds_student_data_is_in_the_answer(topics: dict[str, 
     named = {p["place"] for p in answer["erased_now"]} | {p["place"] for p in answer["kept_until_retention"]}  # type: ignore[attr-defined]
     assert set(topics) - named == {DEFAULTS.kafka.control_topic, DEFAULTS.kafka.decisions_topic}
     assert [p["place"] for p in answer["records_kept"]] == [DEFAULTS.kafka.decisions_topic]  # type: ignore[attr-defined]
-    assert DEFAULTS.kafka.checkpoints_topic in {p["place"] for p in answer["erased_now"]}  # type: ignore[attr-defined]
+    erased = {p["place"] for p in answer["erased_now"]}  # type: ignore[attr-defined]
+    assert {DEFAULTS.kafka.checkpoints_topic, DEFAULTS.kafka.shadow_checkpoints_topic} <= erased
 
 
 def test_the_answer_says_the_decision_records_stay_without_text_and_the_loop_skips_the_job(

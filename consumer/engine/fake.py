@@ -21,7 +21,12 @@ from consumer.engine.grading import grade_prompt
 from consumer.engine.output import Generation
 from consumer.engine.prompt import PromptBuilder
 from consumer.engine.screening import Screener, Screening, shared_screener
-from consumer.settings import DEFAULT_REVIEW_CONFIDENCE, DEFAULT_TIE_MARGIN
+from consumer.settings import (
+    DEFAULT_MAX_MODEL_LEN,
+    DEFAULT_REVIEW_CONFIDENCE,
+    DEFAULT_SCREEN_ANSWERS,
+    DEFAULT_TIE_MARGIN,
+)
 
 # (item, attempt) -> a generation; raising simulates an engine failure.
 Script = Callable[[Item, int], Generation]
@@ -59,7 +64,7 @@ class FakeEngine:
         *,
         script: Script = deterministic_script,
         delay_s: float = 0.0,
-        max_model_len: int = 2048,
+        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
         sampling: Sampling | None = None,
         attempts: int = 2,
         builder: PromptBuilder | None = None,
@@ -67,7 +72,7 @@ class FakeEngine:
         timeout_s: float | None = None,
         review_below: float | None = DEFAULT_REVIEW_CONFIDENCE,
         tie_margin: float = DEFAULT_TIE_MARGIN,
-        screen_answers: bool = True,
+        screen_answers: bool = DEFAULT_SCREEN_ANSWERS,
         screener: Screener | None = None,
         calibration: Calibration | None = None,
     ) -> None:

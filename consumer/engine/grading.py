@@ -38,10 +38,11 @@ async def grade_prompt(
     max_prompt_tokens: int,
     generate: Generate,
     attempts: int,
+    *,
+    tie_margin: float,
     timeout_s: float | None = None,
     review_below: float | None = None,
     require_distribution: bool = False,
-    tie_margin: float = 0.0,
     answer_reasons: Sequence[ReviewReason] | None = None,
     calibration: Calibration | None = None,
 ) -> GradeOutcome:

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from consumer.contract import Item, Sampling
 from consumer.engine import vllm_compat
@@ -78,29 +78,39 @@ class EngineStats:
     retried_items: int  # grade() calls that needed more than one attempt
 
 
+class EngineOptions(TypedDict):
+    """How the engine grades, from the settings' engine section and the resolved model
+    (``factory.build_engine``): given whole to ``VllmEngine.start`` and on to the engine."""
+
+    model_name: str
+    sampling: Sampling
+    feedback_max_chars: int
+    attempts: int
+    device: str
+    timeout_s: float | None
+    review_below: float | None
+    tie_margin: float
+    screener: Screener | None
+    prompt_format: str
+    model_revision: str | None
+    calibration: Calibration | None
+
+
 class VllmEngine:
     def __init__(
         self,
         llm: AsyncLLM,
         tokenizer: PreTrainedTokenizerBase,
         *,
-        model_name: str,
         builder: PromptBuilder,
-        sampling: Sampling,
-        feedback_max_chars: int,
         max_model_len: int,
-        attempts: int,
-        device: str,
-        timeout_s: float | None = None,
-        review_below: float | None = None,
-        tie_margin: float = 0.0,
-        screener: Screener | None = None,
-        prompt_format: str = "",
-        model_revision: str | None = None,
-        calibration: Calibration | None = None,
+        **options: Unpack[EngineOptions],
     ) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        model_name, sampling, attempts = options["model_name"], options["sampling"], options["attempts"]
+        review_below, feedback_max_chars = options["review_below"], options["feedback_max_chars"]
 
         self._llm: AsyncLLM | None = llm
         self._prompts = PromptTokenizer(tokenizer)
@@ -110,19 +120,20 @@ class VllmEngine:
         self._sampling = sampling
         self._max_prompt_tokens = max_model_len - sampling.max_tokens
         self._attempts = attempts
-        self._device = device
-        self._timeout_s = timeout_s
-        self._tie_margin = tie_margin
+        self._device = options["device"]
+        self._timeout_s = options["timeout_s"]
+        self._tie_margin = options["tie_margin"]
         # Contract 1.3: the answer is read before the model reads it (screening.py);
         # None: no answer reasons (SCREEN_ANSWERS=false). Public: a benchmark compares both.
-        self.screener = screener
-        self._prompt_format = prompt_format
-        self._model_revision = model_revision
+        self.screener = options["screener"]
+        self._prompt_format = options["prompt_format"]
+        self._model_revision = options["model_revision"]
         # Contract 1.2: with review_below set, every ok grade carries the
         # model's distribution over 0..5, read from the log-probabilities of
         # the digit tokens (consumer/engine/confidence.py says what vLLM gives).
         self._review_below = review_below
-        self._calibration = calibration  # CALIBRATION_FILE's entry for this model and format (calibration.py)
+        # CALIBRATION_FILE's entry for this model and format (calibration.py)
+        self._calibration = options["calibration"]
         self._digits = GradeDigits.from_tokenizer(tokenizer) if review_below is not None else None
         digit_logprobs: dict[str, Any] = {}
         if self._digits is not None:
@@ -165,21 +176,10 @@ class VllmEngine:
         cls,
         *,
         engine_args: dict[str, Any],
-        model_name: str,
         prompt_parts: Callable[[object], tuple[PreTrainedTokenizerBase, PromptBuilder]],
-        sampling: Sampling,
-        feedback_max_chars: int,
-        attempts: int,
-        device: str,
-        timeout_s: float | None = None,
-        review_below: float | None = None,
-        tie_margin: float = 0.0,
-        screener: Screener | None = None,
-        prompt_format: str = "",
-        model_revision: str | None = None,
         warm_up: bool = True,
-        calibration: Calibration | None = None,
         fork: bool = False,
+        **options: Unpack[EngineOptions],
     ) -> VllmEngine:
         """Load the model (tens of seconds) without blocking the event loop, then warm it up.
 
@@ -202,24 +202,7 @@ class VllmEngine:
         except BaseException:
             await vllm_compat.shut_down(llm)
             raise
-        engine = cls(
-            llm,
-            tokenizer,
-            model_name=model_name,
-            builder=builder,
-            sampling=sampling,
-            feedback_max_chars=feedback_max_chars,
-            max_model_len=int(engine_args["max_model_len"]),
-            attempts=attempts,
-            device=device,
-            timeout_s=timeout_s,
-            review_below=review_below,
-            tie_margin=tie_margin,
-            screener=screener,
-            prompt_format=prompt_format,
-            model_revision=model_revision,
-            calibration=calibration,
-        )
+        engine = cls(llm, tokenizer, builder=builder, max_model_len=int(engine_args["max_model_len"]), **options)
         if warm_up:
             try:
                 await engine.warm_up()

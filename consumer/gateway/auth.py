@@ -98,7 +98,7 @@ def parse_entries(entries: Sequence[str]) -> list[tuple[str, str]]:
 
 
 class ApiKeys:
-    def __init__(self, tenant_keys: Sequence[tuple[str, str]] = (), admin_keys: Sequence[str] = ()) -> None:
+    def __init__(self, tenant_keys: Sequence[tuple[str, str]], admin_keys: Sequence[str]) -> None:
         self._callers: list[tuple[bytes, Caller]] = []
         seen: dict[bytes, str] = {}
         named = [(f"tenant {t}", k, t) for t, k in tenant_keys] + [("an admin key", k, None) for k in admin_keys]
@@ -115,7 +115,7 @@ class ApiKeys:
             self._callers.append((d, Caller(key_id_of(d), tenant=tenant, admin=tenant is None)))
 
     @classmethod
-    def from_entries(cls, entries: Sequence[str], admin_keys: Sequence[str] = ()) -> ApiKeys:
+    def from_entries(cls, entries: Sequence[str], admin_keys: Sequence[str]) -> ApiKeys:
         return cls(parse_entries(entries), admin_keys)
 
     @property

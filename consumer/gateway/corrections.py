@@ -43,17 +43,27 @@ import json
 import logging
 import weakref
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any, Protocol
 
 from consumer.contract import CorrectionRecord, utc_now
 from consumer.corrections import Correction, InvalidCorrection, correction_by, correction_record, parse_correction
 from consumer.gateway.jobs import JobRecord, results_rows
-from consumer.gateway.metrics import Agreement
 
 logger = logging.getLogger(__name__)
 
+
+class Agreement(StrEnum):
+    """The label of texteval_gateway_corrections: a teacher's grade against the
+    model's for the same item (agreement_of, below)."""
+
+    EXACT = "exact"
+    WITHIN_ONE = "within_one"  # one point apart: the "adjacent agreement" of essay scoring
+    OFF = "off"  # two or more apart
+    UNKNOWN = "unknown"  # the gateway holds no grade for the item
+
+
 MAX_ERRORS_SHOWN = 20  # as POST /evaluate's 422
-MAX_ENTRIES = 200  # GATEWAY_MAX_CORRECTIONS_PER_REQUEST's default
 
 
 class CorrectingCaller(Protocol):
@@ -68,7 +78,7 @@ class CorrectingCaller(Protocol):
 
 
 def parse_corrections(
-    body: bytes, job_id: str, *, max_items: int, total_items: int, max_entries: int = MAX_ENTRIES
+    body: bytes, job_id: str, *, max_items: int, total_items: int, max_entries: int
 ) -> list[Correction] | list[dict[str, Any]]:
     """The corrections, or the FastAPI-shaped errors (a list of dicts) when any entry is bad.
 

@@ -25,7 +25,7 @@ from fastapi import Depends, Header, Query, Request
 from consumer.gateway.auth import Caller
 from consumer.gateway.errors import JobNotFound, Unauthorized
 from consumer.gateway.jobs import JobRecord
-from consumer.gateway.limits import Refused
+from consumer.gateway.limits import Limit, Refused
 from consumer.gateway.middleware import audit_entry
 from consumer.gateway.service import Gateway
 
@@ -47,7 +47,7 @@ def _failed(request: Request, gateway: Gateway) -> Exception:
     ``GATEWAY_FORWARDED_ALLOW_IPS`` names that proxy (consumer/http.py)."""
     peer = request.client.host if request.client is not None else "unknown"
     try:
-        gateway.auth_failures.take(peer, "requests with a wrong key from this address", "auth_failures")
+        gateway.auth_failures.take(peer, "requests with a wrong key from this address", Limit.AUTH_FAILURES)
     except Refused as exc:
         return exc
     return Unauthorized()
@@ -95,7 +95,7 @@ ReaderDep = Annotated[Caller, Depends(key_or_token_caller)]
 async def writer(caller: CallerDep, gateway: GatewayDep) -> Caller:
     """The caller, within its school's write limit (every key of a tenant shares one)."""
     if not caller.open:
-        gateway.writes.take(caller.limit_key, "writes for this school", "writes")
+        gateway.writes.take(caller.limit_key, "writes for this school", Limit.WRITES)
     return caller
 
 

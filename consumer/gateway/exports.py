@@ -41,9 +41,9 @@ from typing import Protocol
 
 import xlsxwriter
 
+from consumer.gateway.catalogues import LANGS, catalogue
 from consumer.spreadsheets import BOM, safe_cell
 
-LANGS = ("ca", "es", "en")
 SEPARATOR = ";"
 
 # Keys of a row (JSONL), in column order.
@@ -52,80 +52,8 @@ KEYS = (
     "teacher_nota", "teacher_feedback", "teacher_comment", "final_nota", "status", "item_index",
 )  # fmt: skip
 
-HEADERS: dict[str, dict[str, str]] = {
-    "ca": {
-        "id_alumno": "id_alumno", "curso": "curs", "consigna": "consigna", "model_nota": "nota del model",
-        "model_feedback": "retorn del model", "model_certainty": "certesa del model (%)",
-        "review_reasons": "motius per revisar", "teacher_nota": "nota del docent",
-        "teacher_feedback": "retorn del docent", "teacher_comment": "comentari del docent",
-        "final_nota": "nota final", "status": "estat", "item_index": "núm. de fila",
-    },
-    "es": {
-        "id_alumno": "id_alumno", "curso": "curso", "consigna": "consigna", "model_nota": "nota del modelo",
-        "model_feedback": "comentario del modelo", "model_certainty": "certeza del modelo (%)",
-        "review_reasons": "motivos para revisar", "teacher_nota": "nota del docente",
-        "teacher_feedback": "comentario del docente", "teacher_comment": "observación del docente",
-        "final_nota": "nota final", "status": "estado", "item_index": "núm. de fila",
-    },
-    "en": {
-        "id_alumno": "id_alumno", "curso": "course", "consigna": "question", "model_nota": "model's grade",
-        "model_feedback": "model's feedback", "model_certainty": "model's certainty (%)",
-        "review_reasons": "reasons to review", "teacher_nota": "teacher's grade",
-        "teacher_feedback": "teacher's feedback", "teacher_comment": "teacher's comment",
-        "final_nota": "final grade", "status": "status", "item_index": "row no.",
-    },
-}  # fmt: skip
-
-# Contract 1.3's review reasons, as the page words them (static/index.html REASON_TEXT).
-REASONS: dict[str, dict[str, str]] = {
-    "ca": {
-        "low_confidence": "el model no n'està segur d'aquesta nota",
-        "near_tie": "dues notes gairebé empatades: podria ser l'altra",
-        "suspected_injection": (
-            "s'adreça al corrector (demana una nota o dona instruccions): s'ha avaluat sense aquesta part"
-        ),
-        "repetition": "allarga el text repetint-lo",
-        "keyword_stuffing": "una llista de paraules clau, no una resposta",
-        "no_answer": "sense resposta",
-        "copies_prompt": "copia l'enunciat",
-        "other_language": "no està escrita en català",
-        "gibberish": "text sense sentit",
-    },
-    "es": {
-        "low_confidence": "el modelo no está seguro de esta nota",
-        "near_tie": "dos notas casi empatadas: podría ser la otra",
-        "suspected_injection": (
-            "se dirige al corrector (pide una nota o da instrucciones): se ha evaluado sin esa parte"
-        ),
-        "repetition": "alarga el texto repitiéndolo",
-        "keyword_stuffing": "una lista de palabras clave, no una respuesta",
-        "no_answer": "sin respuesta",
-        "copies_prompt": "copia el enunciado",
-        "other_language": "no está escrita en catalán",
-        "gibberish": "texto sin sentido",
-    },
-    "en": {
-        "low_confidence": "the model is not sure of this grade",
-        "near_tie": "two grades almost tied: it could be the other one",
-        "suspected_injection": (
-            "it addresses the grader (asks for a grade or gives instructions): graded without that part"
-        ),
-        "repetition": "pads the text by repeating it",
-        "keyword_stuffing": "a list of keywords, not an answer",
-        "no_answer": "no answer",
-        "copies_prompt": "copies the question",
-        "other_language": "not written in Catalan",
-        "gibberish": "meaningless text",
-    },
-}  # fmt: skip
-
-STATUS_WORDS = {
-    "ca": {"ok": "avaluada", "error": "el model no l'ha pogut avaluar"},
-    "es": {"ok": "evaluada", "error": "el modelo no la ha podido evaluar"},
-    "en": {"ok": "graded", "error": "the model could not grade it"},
-}
-
-RESULTS_WORD = {"ca": "resultats", "es": "resultados", "en": "results"}
+# The words (column headers, review reasons, status, "results") are the page's:
+# consumer/gateway/catalogues.py, static/i18n/{lang}.json.
 
 MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
@@ -156,8 +84,14 @@ def _lang(lang: str) -> str:
     return lang
 
 
+def headers(lang: str) -> dict[str, str]:
+    """The column headers of the files in ``lang``, by key (``KEYS``)."""
+    words: dict[str, str] = catalogue(_lang(lang))["export_headers"]
+    return words
+
+
 def reasons_in_words(reasons: Sequence[str], lang: str = "ca") -> list[str]:
-    words = REASONS[_lang(lang)]
+    words: dict[str, str] = catalogue(_lang(lang))["reasons"]
     return [words.get(reason, reason) for reason in reasons]
 
 
@@ -220,7 +154,7 @@ def _cells(row: Mapping[str, object], columns: Sequence[str], lang: str) -> list
         if key == "review_reasons":
             value = "; ".join(reasons_in_words(value, lang)) if isinstance(value, list) else ""
         elif key == "status":
-            value = STATUS_WORDS[lang].get(str(value), str(value))
+            value = catalogue(lang)["status_words"].get(str(value), str(value))
         cells.append("" if value is None else value)
     return cells
 
@@ -236,7 +170,7 @@ def export_csv(
     buffer = io.StringIO()
     buffer.write(BOM)
     writer = csv.writer(buffer, delimiter=SEPARATOR, lineterminator="\r\n")
-    writer.writerow([HEADERS[lang][c] for c in columns])
+    writer.writerow([headers(lang)[c] for c in columns])
     for row in rows:
         writer.writerow([safe_cell(cell) for cell in _cells(row, columns, lang)])
     return buffer.getvalue()
@@ -268,12 +202,12 @@ def export_xlsx(
     # strings_to_*: False, and write_string below: a cell is never a formula, a number or a link by guess.
     options = {"in_memory": True, "strings_to_formulas": False, "strings_to_urls": False, "strings_to_numbers": False}
     workbook = xlsxwriter.Workbook(buffer, options)
-    worksheet = workbook.add_worksheet(_sheet_name(sheet or RESULTS_WORD[lang]))
+    worksheet = workbook.add_worksheet(_sheet_name(sheet or catalogue(lang)["messages"]["results_word"]))
     bold = workbook.add_format({"bold": True, "text_wrap": True, "valign": "top"})
     wrap = workbook.add_format({"text_wrap": True, "valign": "top"})
     top = workbook.add_format({"valign": "top"})
     for col, key in enumerate(columns):
-        worksheet.write_string(0, col, HEADERS[lang][key], bold)
+        worksheet.write_string(0, col, headers(lang)[key], bold)
         wide = key in ("model_feedback", "teacher_feedback", "teacher_comment", "review_reasons", "consigna")
         worksheet.set_column(col, col, 45 if wide else 14, wrap if wide else top)
     for r, row in enumerate(rows, start=1):
@@ -299,7 +233,7 @@ def export_filename(job_id: str, fmt: str, lang: str = "ca") -> str:
     dropped), filesystem-safe, then the word for results in ``lang``."""
     if fmt not in MEDIA_TYPES:
         raise ValueError(f"format must be one of {tuple(MEDIA_TYPES)}")
-    word = RESULTS_WORD[_lang(lang)]
+    word = catalogue(_lang(lang))["messages"]["results_word"]
     name = job_id.rsplit("/", 1)[-1]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "feina"
     return f"{name[:60]}-{word}.{fmt}"

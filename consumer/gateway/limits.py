@@ -24,15 +24,27 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from consumer.gateway.jobs import JobStore
 from consumer.tenants import tenant_of
 
 
+class Limit(StrEnum):
+    """The `limit` label of texteval_gateway_limited: which limit refused a request (never a tenant or a key)."""
+
+    STREAMS = "streams"
+    WRITES = "writes"
+    AUTH_FAILURES = "auth_failures"
+    TENANT_OPEN_JOBS = "tenant_open_jobs"
+    TENANT_WAITING_ITEMS = "tenant_waiting_items"
+    INFLIGHT_BODY_BYTES = "inflight_body_bytes"  # the gateway's own capacity: a 503
+
+
 class Refused(Exception):
     """A request over a limit: 429 (or ``status``, 503 for the gateway's own capacity) with Retry-After."""
 
-    def __init__(self, detail: str, retry_after_s: float, limit: str, status: int = 429) -> None:
+    def __init__(self, detail: str, retry_after_s: float, limit: Limit, status: int = 429) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after_s = max(1, math.ceil(retry_after_s))
@@ -69,7 +81,7 @@ class Lease:
         if self._budget.used + n_bytes > self._budget.max_bytes:
             self.release()
             raise Refused("the gateway is reading too many request bodies at once; retry later", 5,
-                          "inflight_body_bytes", status=503)  # fmt: skip
+                          Limit.INFLIGHT_BODY_BYTES, status=503)  # fmt: skip
         self._budget.used += n_bytes
         self.held += n_bytes
 
@@ -111,7 +123,7 @@ class RateLimiter:
         bucket = self._bucket(key)
         return 0.0 if bucket.tokens >= 1 else (1 - bucket.tokens) / self._rate_per_s
 
-    def take(self, key: str, what: str, limit: str) -> None:
+    def take(self, key: str, what: str, limit: Limit) -> None:
         """Take a token or raise Refused."""
         bucket = self._bucket(key)
         if bucket.tokens < 1:
@@ -131,10 +143,10 @@ class StreamSlots:
         """A slot for one stream; ``key_id`` None (an open gateway) counts in the total only."""
         if self.total >= self._max_total:
             self.refused += 1
-            raise Refused("too many open streams on this gateway; retry later", 5, "streams")
+            raise Refused("too many open streams on this gateway; retry later", 5, Limit.STREAMS)
         if key_id is not None and self._per_key.get(key_id, 0) >= self._max_per_key:
             self.refused += 1
-            raise Refused("too many open streams for this school; close some first", 5, "streams")
+            raise Refused("too many open streams for this school; close some first", 5, Limit.STREAMS)
         self.total += 1
         if key_id is not None:
             self._per_key[key_id] = self._per_key.get(key_id, 0) + 1

@@ -6,25 +6,13 @@ job id (unbounded) and never student text.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from consumer.gateway.corrections import Agreement
 from consumer.gateway.jobs import EvictReason
+from consumer.gateway.limits import Limit
 
-# Labels of texteval_gateway_limited (a fixed set; never a tenant or a key).
-LIMITS = ("streams", "writes", "auth_failures", "tenant_open_jobs", "tenant_waiting_items")
-
-
-class Agreement(StrEnum):
-    """The label of texteval_gateway_corrections: a teacher's grade against the
-    model's for the same item (consumer.gateway.corrections.agreement_of)."""
-
-    EXACT = "exact"
-    WITHIN_ONE = "within_one"  # one point apart: the "adjacent agreement" of essay scoring
-    OFF = "off"  # two or more apart
-    UNKNOWN = "unknown"  # the gateway holds no grade for the item
-
+# Every label's values are an enum of the module that emits them, created here at 0.
 
 _DELIVERY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -61,7 +49,7 @@ class GatewayMetrics:
             "texteval_gateway_jobs_evicted", "Jobs dropped from memory, by reason", ["reason"], registry=r
         )
         for reason in EvictReason:  # exported at 0 from the start, so rates and alerts see them
-            self.jobs_evicted.labels(reason.value)
+            self.jobs_evicted.labels(reason)
         self.jobs_submitted = Counter("texteval_gateway_jobs_submitted", "Requests produced to Kafka", registry=r)
         self.cancels = Counter("texteval_gateway_cancels", "Cancel commands produced", registry=r)
         self.streams_stalled = Counter(
@@ -71,7 +59,7 @@ class GatewayMetrics:
         self.limited = Counter(
             "texteval_gateway_limited", "Requests refused with 429, by the limit they hit", ["limit"], registry=r
         )
-        for limit in LIMITS:
+        for limit in Limit:
             self.limited.labels(limit)
         # Every accepted correction, by how its grade compares with the model's
         # for that item (`unknown`: the gateway holds no grade for it, e.g. an
@@ -83,4 +71,4 @@ class GatewayMetrics:
             registry=r,
         )
         for agreement in Agreement:
-            self.corrections.labels(agreement.value)
+            self.corrections.labels(agreement)

@@ -24,11 +24,23 @@ import hashlib
 import re
 from importlib.resources import files
 
+from consumer.gateway.catalogues import catalogues_json
+
 _INLINE = {"script": re.compile(r"<script>(.*?)</script>", re.S), "style": re.compile(r"<style>(.*?)</style>", re.S)}
 
 
+# Where the words go: a JSON data block, never run, so the CSP's script hashes do not cover it
+# (and need no change when a word does); the page's script reads it before it shows anything.
+CATALOGUES_SLOT = '<script type="application/json" id="catalogues"></script>'
+
+
 def page_html() -> str:
-    return files("consumer.gateway").joinpath("static/index.html").read_text(encoding="utf-8")
+    """The page with its catalogues (static/i18n/, ``catalogues.py``) put in."""
+    html = files("consumer.gateway").joinpath("static/index.html").read_text(encoding="utf-8")
+    if CATALOGUES_SLOT not in html:
+        raise RuntimeError("static/index.html has no slot for its catalogues")
+    filled = CATALOGUES_SLOT.replace("></", f">{catalogues_json()}</")
+    return html.replace(CATALOGUES_SLOT, filled, 1)
 
 
 def _hashes(pattern: re.Pattern[str], html: str) -> str:

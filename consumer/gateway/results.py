@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from consumer.gateway.catalogues import LANGS
 from consumer.gateway.jobs import JobRecord, ParsedResults, results_rows
 from consumer.spreadsheets import csv_text
 
@@ -32,13 +33,13 @@ Row = dict[str, object]
 
 
 class RowsCache:
-    """The rows of the ``max_jobs`` jobs asked for last, kept on their records (read only, shared),
+    """The rows of the ``recent_jobs`` jobs asked for last, kept on their records (read only, shared),
     and their machine-readable files as served: a file is built once per new event, not once per
     download (a 2,000-row CSV is tens of milliseconds of the event loop). A job dropped from the
     store (TTL, memory, erase) drops its rows and files with it (``JobStore._drop``)."""
 
-    def __init__(self, max_jobs: int = 8) -> None:
-        self._max_jobs = max_jobs
+    def __init__(self, recent_jobs: int = 8) -> None:  # not GATEWAY_MAX_JOBS: the jobs whose rows stay parsed
+        self._recent_jobs = recent_jobs
         # Weak: a record dropped from the store is not kept alive here.
         self._recent: OrderedDict[int, weakref.ref[JobRecord]] = OrderedDict()
 
@@ -61,7 +62,7 @@ class RowsCache:
             parsed = record.rows_cache = ParsedResults(len(record.events), results_rows(record))
         self._recent[id(record)] = weakref.ref(record)
         self._recent.move_to_end(id(record))
-        while len(self._recent) > self._max_jobs:
+        while len(self._recent) > self._recent_jobs:
             _, ref = self._recent.popitem(last=False)
             old = ref()
             if old is not None:
@@ -78,8 +79,6 @@ class ResultsFile:
 
 def results_problem(fmt: str, lang: str, layout: str) -> dict[str, object] | None:
     """The 422 problem of a results request's query, or None."""
-    from consumer.gateway.exports import LANGS
-
     for name, value, allowed in (("format", fmt, FORMATS), ("lang", lang, LANGS), ("layout", layout, LAYOUTS)):
         if value not in allowed:
             return {"loc": ["query", name], "msg": f"use {' or '.join(allowed)}", "type": "enum"}

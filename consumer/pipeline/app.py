@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from consumer.health import HealthReport
 from consumer.pipeline.decisions import DecisionLog
 from consumer.pipeline.fetch import SafeFetch
-from consumer.pipeline.intake import RejectReason
 from consumer.pipeline.watchdog import Watchdog
 from consumer.pipeline.work import Work
 
@@ -36,36 +35,31 @@ if TYPE_CHECKING:
     from consumer.pipeline.jobstate import Ledger
     from consumer.pipeline.scheduler import Scheduler
     from consumer.pipeline.sinks import Sinks
-    from consumer.settings import Settings
+    from consumer.settings import JobsSettings, KafkaSettings
 
 logger = logging.getLogger(__name__)
 
 
 class ConsumerApp:
     def __init__(
-        self, consumer: AIOKafkaConsumer, sinks: Sinks, engine: GradingEngine, metrics: Metrics, settings: Settings,
-        *, scheduler: Scheduler, ledger: Ledger, control: ControlReader, decisions: DecisionLog | None = None,
+        self, consumer: AIOKafkaConsumer, sinks: Sinks, engine: GradingEngine, metrics: Metrics,
+        *, jobs: JobsSettings, kafka: KafkaSettings, scheduler: Scheduler, ledger: Ledger, control: ControlReader,
+        decisions: DecisionLog | None = None,
     ) -> None:  # fmt: skip
-        """``ledger``: job state; ``control``: cancel commands; ``decisions``: grade records
-        (contract 1.3; None: not written); ``scheduler``: decides what the engine runs next."""
-        self._consumer, self._settings, self._control = consumer, settings, control
+        """``jobs``, ``kafka``: the settings' sections it reads; ``ledger``: job state (and the
+        cancels the ``control`` reader hands it); ``decisions``: grade records (contract 1.3; None:
+        not written); ``scheduler``: decides what the engine runs next."""
+        self._consumer, self._kafka, self._control = consumer, kafka, control
         self.scheduler = scheduler
-        metrics.expect_dead_letter_reasons([*RejectReason, "too_large_to_fetch"])
         metrics.expect_model(engine.model_name)
         self._work = Work(
-            consumer, sinks, engine, metrics, settings,
-            scheduler=scheduler, ledger=ledger, control=control, decisions=decisions,
+            consumer, sinks, engine, metrics, jobs=jobs, kafka=kafka, scheduler=scheduler, ledger=ledger,
+            decisions=decisions,
         )  # fmt: skip
         self._fetch = SafeFetch(consumer, metrics)
-        outputs = (
-            settings.kafka.results_topic,
-            settings.kafka.progress_topic,
-            settings.kafka.dlt_topic,
-            settings.kafka.checkpoints_topic,
-        )
+        outputs = (kafka.results_topic, kafka.progress_topic, kafka.dlt_topic, kafka.checkpoints_topic)
         self._watchdog = Watchdog(
-            consumer, engine, metrics, output_topics=outputs, interval_s=settings.kafka.check_interval_s,
-            group=self._work,
+            consumer, engine, metrics, output_topics=outputs, interval_s=kafka.check_interval_s, group=self._work,
         )  # fmt: skip
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -75,12 +69,12 @@ class ConsumerApp:
     async def run(self) -> None:
         """Consume until ``stop()``; then drain within the grace period."""
         work, watchdog = self._work, self._watchdog
-        self._consumer.subscribe([self._settings.kafka.requests_topic], listener=work)
+        self._consumer.subscribe([self._kafka.requests_topic], listener=work)
         await watchdog.check()  # know whether the output topics exist before grading anything
         timers = [asyncio.create_task(self._control.run())]
         # Cancels of the last CANCEL_TTL_S first: a cancelled job's request must not start.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._control.ready.wait(), self._settings.kafka.revoke_timeout_s)
+            await asyncio.wait_for(self._control.ready.wait(), self._kafka.revoke_timeout_s)
         timers += [asyncio.create_task(work.checkpoint.run()), asyncio.create_task(watchdog.run())]
         try:
             while not self._stopping.is_set() and not self._engine_died():

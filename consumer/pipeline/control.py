@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka.errors import KafkaError
@@ -39,10 +40,20 @@ logger = logging.getLogger(__name__)
 CONTROL_BACKOFF = Backoff(first_s=2.0, max_s=10.0)
 
 
+class CommandResult(StrEnum):
+    """The `result` label of texteval_control_commands."""
+
+    CANCEL = "cancel"  # the first command for a job
+    ERASE = "erase"  # the first erase for a job
+    REPEATED = "repeated"
+    MALFORMED = "malformed"
+    FOREIGN = "foreign"  # another tenant's job: ignored
+
+
 class Commanded(Protocol):
     """What a command acts on (``jobstate.Ledger``)."""
 
-    def cancel(self, job_id: str) -> None: ...
+    def cancel(self, job_id: str, until_s: float) -> None: ...
 
     def erase(self, job_id: str, until_s: float) -> None: ...
 
@@ -60,11 +71,13 @@ class ControlReader:
         backoff: Backoff = CONTROL_BACKOFF,
     ) -> None:
         """``client``: consumer.kafka.client_kwargs (the topic is read with no consumer group);
-        ``jobs``: told ``cancel(job_id)`` on each job's first cancel (or erase), and
-        ``erase(job_id, until_s)`` after it on each job's first erase (``until_s``: the unix
-        time its TTL ends)."""
+        ``jobs``: the holder of the cancels in force (``jobstate.Ledger``: a request's plan reads
+        them), told ``cancel(job_id, until_s)`` on each job's first cancel (or erase) and whenever
+        a later erase holds it longer, and ``erase(job_id, until_s)`` after it on each job's
+        first erase (``until_s``: the unix time its TTL ends)."""
         self._client = client
         self._metrics = metrics
+        metrics.expect(metrics.control_commands, CommandResult)
         self._jobs = jobs
         self._topic = topic
         self._ttl_s = ttl_s
@@ -73,10 +86,6 @@ class ControlReader:
         self._cancelled: dict[str, float] = {}  # job_id -> unix time of the command (cancel or erase)
         self._erased: dict[str, float] = {}  # job_id -> unix time of its erase
         self.ready = asyncio.Event()  # set once the commands of the last ttl_s are read
-
-    def is_cancelled(self, job_id: str) -> bool:
-        at = self._cancelled.get(job_id)
-        return at is not None and time.time() - at <= self._ttl_s
 
     async def run(self) -> None:
         """Read the commands of the last ``ttl_s``, then follow the topic until cancelled."""
@@ -114,7 +123,7 @@ class ControlReader:
             command = ControlCommand.model_validate_json(value or b"")
         except ValidationError as exc:
             logger.warning("malformed control command at %s: %d errors", where, exc.error_count())
-            self._metrics.control_commands.labels(result="malformed").inc()
+            self._metrics.control_commands.labels(result=CommandResult.MALFORMED).inc()
             return
         timestamp_ms = getattr(record, "timestamp", None)
         at = timestamp_ms / 1000 if isinstance(timestamp_ms, int) and timestamp_ms > 0 else time.time()
@@ -124,21 +133,26 @@ class ControlReader:
             # Ids only: which job, which tenant asked, where the command is.
             logger.warning("control command for another tenant's job ignored: action=%s job_id=%s tenant=%s at %s",
                            command.action.value, command.job_id, command.tenant or "-", where)  # fmt: skip
-            self._metrics.control_commands.labels(result="foreign").inc()
+            self._metrics.control_commands.labels(result=CommandResult.FOREIGN).inc()
             return
         erase = command.action is ControlAction.ERASE
         first = command.job_id not in self._cancelled
         first_erase = erase and command.job_id not in self._erased
-        self._cancelled.setdefault(command.job_id, at)
+        before = self._cancelled.setdefault(command.job_id, at)
         if erase:  # an erase after a cancel holds for its own TTL
             self._erased.setdefault(command.job_id, at)
             self._cancelled[command.job_id] = max(self._cancelled[command.job_id], at)
         self._metrics.control_commands.labels(
-            result="erase" if first_erase else "cancel" if first and not erase else "repeated"
+            result=CommandResult.ERASE
+            if first_erase
+            else CommandResult.CANCEL
+            if first and not erase
+            else CommandResult.REPEATED
         ).inc()
         if first:
             logger.info("%s received: job_id=%s", command.action.value, command.job_id)
-            self._jobs.cancel(command.job_id)
+        if first or self._cancelled[command.job_id] > before:
+            self._jobs.cancel(command.job_id, self._cancelled[command.job_id] + self._ttl_s)
         if first_erase:
             if not first:
                 logger.info("erase received: job_id=%s", command.job_id)

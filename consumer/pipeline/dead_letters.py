@@ -16,10 +16,12 @@ finds the request in the source topic by ``texteval.original.*``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
+from consumer.pipeline.intake import RejectReason
 from consumer.pipeline.sinks import DeadLetterForm, DeliveryFailed
 
 if TYPE_CHECKING:
@@ -38,8 +40,20 @@ class DeadLetters:
     def __init__(self, sinks: Sinks, metrics: Metrics) -> None:
         self._sinks = sinks
         self._metrics = metrics
+        metrics.expect(metrics.dead_letters, RejectReason)
+        metrics.expect(
+            metrics.dead_letters_reduced, [form for form in DeadLetterForm if form is not DeadLetterForm.WHOLE]
+        )
 
-    async def deliver(self, record: Any, rejection: Rejection) -> None:
+    def deliver(self, record: Any, rejection: Rejection) -> Coroutine[Any, Any, None]:
+        """A record's dead letter: logged (its coordinates and reason, never its value) and counted
+        now; the coroutine returned sends it (``_send``)."""
+        logger.warning("dead letter: %s:%s:%s reason=%s", record.topic, record.partition, record.offset,
+                       rejection.reason)  # fmt: skip
+        self._metrics.dead_letters.labels(reason=rejection.reason.value).inc()
+        return self._send(record, rejection)
+
+    async def _send(self, record: Any, rejection: Rejection) -> None:
         """Send the dead letter in the largest form the broker takes; wait for its ack.
 
         Other failures (broker unreachable past the producer's retries) are
@@ -60,5 +74,5 @@ class DeadLetters:
                 )  # fmt: skip
                 continue
             if form is not DeadLetterForm.WHOLE:
-                self._metrics.dead_letters_reduced.labels(form=form.value).inc()
+                self._metrics.dead_letters_reduced.labels(form=form).inc()
             return

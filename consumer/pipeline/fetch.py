@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import (
@@ -79,10 +80,21 @@ class Unreadable:
 Fetched = dict["TopicPartition", list[Any]]  # ConsumerRecord or Unreadable, in offset order
 
 
+class FetchError(StrEnum):
+    """The `kind` label of texteval_fetch_errors."""
+
+    UNDECODABLE_RECORD = "undecodable_record"  # moved past, to the DLT
+    FETCH_FAILED = "fetch_failed"  # not a record's fault: retried
+    # Skipped by aiokafka, so also counted as a dead letter (its `reason`): no record to send.
+    TOO_LARGE_TO_FETCH = "too_large_to_fetch"
+
+
 class SafeFetch:
     def __init__(self, consumer: AIOKafkaConsumer, metrics: Metrics, *, backoff: Backoff = FETCH_BACKOFF) -> None:
         self._consumer = consumer
         self._metrics = metrics
+        metrics.expect(metrics.fetch_errors, FetchError)
+        metrics.expect(metrics.dead_letters, [FetchError.TOO_LARGE_TO_FETCH])
         self._backoff = backoff
         self.failing: str | None = None  # why fetching fails (not a record's fault), for /health
         self._failing_since: float | None = None
@@ -100,8 +112,8 @@ class SafeFetch:
             # of returning it whole, KIP-74) makes it unreadable: aiokafka
             # skips it. Say so loudly; the loop goes on behind it.
             logger.error("request record too large to fetch, skipped: %s", type(exc).__name__)
-            self._metrics.fetch_errors.labels(kind="too_large_to_fetch").inc()
-            self._metrics.dead_letters.labels(reason="too_large_to_fetch").inc()
+            self._metrics.fetch_errors.labels(kind=FetchError.TOO_LARGE_TO_FETCH).inc()
+            self._metrics.dead_letters.labels(reason=FetchError.TOO_LARGE_TO_FETCH).inc()
             return {}
         except Exception as exc:  # noqa: BLE001 - sorted by _is_decode_error; lifecycle errors re-raised
             if not _is_decode_error(exc):
@@ -144,7 +156,7 @@ class SafeFetch:
         self._consumer.seek(tp, offset + 1)
         kind = type(exc).__name__
         logger.error("undecodable record skipped to the DLT: %s:%d:%d (%s)", tp.topic, tp.partition, offset, kind)
-        self._metrics.fetch_errors.labels(kind="undecodable_record").inc()
+        self._metrics.fetch_errors.labels(kind=FetchError.UNDECODABLE_RECORD).inc()
         return Unreadable(tp.topic, tp.partition, offset, kind)
 
     async def _not_the_records_fault(self, exc: Exception) -> None:
@@ -154,7 +166,7 @@ class SafeFetch:
         if self._failing_since is None:
             self._failing_since = time.monotonic()
         self.failing = kind
-        self._metrics.fetch_errors.labels(kind="fetch_failed").inc()
+        self._metrics.fetch_errors.labels(kind=FetchError.FETCH_FAILED).inc()
         self._failures += 1
         await asyncio.sleep(self._backoff.delay_s(self._failures))
 

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from consumer.contract import (
     AcceptedData,
@@ -46,7 +46,7 @@ from consumer.contract import (
     ProgressFigures,
 )
 from consumer.engine.base import GradeOutcome, GradingEngine
-from consumer.metrics import Metrics, job_size_bucket
+from consumer.metrics import NO_ERROR_CODE, Metrics, job_size_bucket
 from consumer.pipeline.decisions import DecisionLog
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobstate import Progress
@@ -127,18 +127,14 @@ class JobRun:
         self.remaining = len(job.items)  # items not yet back from the engine
         # Resumed (contract 1.1): what an earlier owner got acknowledged is not graded again,
         # and every count covers the whole job.
-        prior = resume or Progress()
+        self._prior = prior = resume or Progress()  # what earlier runs got acknowledged
         self.resumed_items = len(prior.done)
-        self._acked: set[int] = set(prior.done)  # items whose result and progress event the broker acknowledged
-        self._acked_ok = self._prior_succeeded = prior.succeeded
-        self._acked_failed = self._prior_failed_n = prior.failed
-        self._prior_elapsed_s = prior.elapsed_s
-        # 1.2: ok results flagged needs_review; None until one carries a distribution.
-        self._acked_review = self._prior_review = prior.needs_review
-        self._review_here: int | None = None  # of the results this run sent
+        self._acked = prior  # and this run too: items whose result and progress event the broker acknowledged
+        # 1.2: ok results flagged needs_review, of the results this run sent; None until one carries a distribution.
+        self._review_here: int | None = None
         # Outcomes graded and not yet acknowledged: a failed run leaves here
         # what its retry publishes without grading (``carried``).
-        self._carried = {i: o for i, o in (carried or {}).items() if i not in self._acked}
+        self._carried = {i: o for i, o in (carried or {}).items() if i not in prior.done}
         self.unacked: dict[int, GradeOutcome] = dict(self._carried)  # a retry that fails early keeps them
         self._started = time.monotonic()
         self.terminal: CompleteEvent | CancelledEvent | None = None  # the last event, once acknowledged
@@ -154,12 +150,12 @@ class JobRun:
     @property
     def elapsed_s(self) -> float:
         """Grading time of the whole job, earlier owners included."""
-        return self._prior_elapsed_s + time.monotonic() - self._started
+        return self._prior.elapsed_s + time.monotonic() - self._started
 
     @property
     def progress(self) -> Progress:
         """What the broker acknowledged so far, earlier owners included: what the job state keeps."""
-        return Progress(frozenset(self._acked), self._acked_ok, self._acked_failed, self.elapsed_s, self._acked_review)
+        return replace(self._acked, elapsed_s=self.elapsed_s)
 
     def request_cancel(self) -> None:
         """Stop grading: the job ends with a ``cancelled`` event (contract 1.1)."""
@@ -173,7 +169,7 @@ class JobRun:
         job, total = self.job, len(self.job.items)
         started = self._started = time.monotonic()
         acks: list[Awaitable[object]] = []
-        todo = [i for i in range(total) if i not in self._acked]
+        todo = [i for i in range(total) if i not in self._acked.done]
         to_grade = [i for i in todo if i not in self._carried]
         self.remaining = len(to_grade)
         self._ticket = ticket = self._scheduler.submit(job.job_id, job.items, self._graded, indices=to_grade)
@@ -198,17 +194,17 @@ class JobRun:
                 terminal = CancelledEvent(
                     job_id=job.job_id,
                     data=CancelledData(
-                        total_items=total, completed=done, succeeded=self._prior_succeeded + ok,
-                        failed=self._prior_failed_n + failed, total_time_seconds=round(self.elapsed_s, 3),
+                        total_items=total, completed=done, succeeded=self._prior.succeeded + ok,
+                        failed=self._prior.failed + failed, total_time_seconds=round(self.elapsed_s, 3),
                     ),
                 )  # fmt: skip
             else:
                 terminal = CompleteEvent(
                     job_id=job.job_id,
                     data=CompleteData(
-                        total_processed=total, succeeded=self._prior_succeeded + ok,
-                        failed=self._prior_failed_n + failed, total_time_seconds=round(self.elapsed_s, 3),
-                        needs_review=_add(self._prior_review, self._review_here),
+                        total_processed=total, succeeded=self._prior.succeeded + ok,
+                        failed=self._prior.failed + failed, total_time_seconds=round(self.elapsed_s, 3),
+                        needs_review=_add(self._prior.needs_review, self._review_here),
                     ),
                 )  # fmt: skip
             acks.append(await self._sinks.progress(terminal))
@@ -310,14 +306,15 @@ class JobRun:
         def acknowledged(fut: asyncio.Future[list[object]]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 return  # not acknowledged: the item is graded again by whoever resumes the job
+            ok, review = 0, None
             for f in batch:
-                self._acked.add(f.index)
                 self.unacked.pop(f.index, None)
                 if f.outcome.status is ItemStatus.OK:
-                    self._acked_ok += 1
-                    self._acked_review = _add(self._acked_review, _flagged(f.outcome))
-                else:
-                    self._acked_failed += 1
+                    ok += 1
+                    review = _add(review, _flagged(f.outcome))
+            self._acked = self._acked.acknowledged(
+                (f.index for f in batch), succeeded=ok, failed=len(batch) - ok, needs_review=review
+            )
 
         both.add_done_callback(acknowledged)
 
@@ -372,8 +369,8 @@ class JobRun:
         return ack
 
     def _observe(self, outcome: GradeOutcome) -> None:
-        code = outcome.error.code.value if outcome.error else ""
-        self._metrics.items_graded.labels(status=outcome.status.value, error_code=code).inc()
+        code = outcome.error.code if outcome.error else NO_ERROR_CODE
+        self._metrics.items_graded.labels(status=outcome.status, error_code=code).inc()
         if outcome.nota is not None:  # grades by model, for the drift alerts (contract 1.2)
             sure = outcome.grade_confidence
             confidence, review = (sure.confidence, sure.needs_review) if sure else (None, None)

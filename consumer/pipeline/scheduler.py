@@ -18,9 +18,9 @@ step of ``engine.grade``) happens as an item is fed, a few thousand
 characters per turn of the event loop, never for a whole job up front: the loop stays responsive
 (``/health``, heartbeats, acks) while a 16 MB job is fed.
 
-``release(ticket)`` (a job aborted: revoke, shutdown, failure) and
-``cancel(job_id)`` drop the job's waiting items in O(1) and abort its items
-in the engine (at most ``depth``); nothing of it is delivered afterwards.
+``release(ticket)`` (a job cancelled, or aborted: revoke, shutdown, failure;
+its ``JobRun`` releases it) drops the job's waiting items in O(1) and aborts
+its items in the engine (at most ``depth``); nothing of it is delivered afterwards.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from consumer.contract import ErrorCode, Item
 from consumer.engine.base import GradeOutcome, GradingEngine
-from consumer.metrics import Metrics
+from consumer.metrics import Metrics, TenantLabel
 from consumer.pipeline.policy import OLDEST_SHARE, Picker, SchedulingPolicy
 from consumer.tenants import tenant_of
 
@@ -55,7 +55,6 @@ TENANT_SERIES = 10
 # many dispatches in between (sorting the tenants on every item would cost
 # more than the picking itself).
 TENANT_GAUGE_EVERY = 64
-OTHER_TENANTS, NO_TENANT = "_other", "_none"  # never a tenant's name: tenants have no `_` (contract 1.2)
 
 
 class EngineMeter:
@@ -139,7 +138,6 @@ class Scheduler:
         self._picker: Picker[Ticket] = Picker(policy, oldest_share, tenant_weights=tenant_weights, by_tenant=by_tenant)
         self.depth = depth
         self.meter = meter or EngineMeter()
-        self._by_job_id: dict[str, dict[Ticket, None]] = {}
         self._seq = 0
         self._waiting_items = 0
         self._in_engine = 0
@@ -174,7 +172,6 @@ class Scheduler:
         self._seq += 1
         queue = deque(range(len(items)) if indices is None else indices)
         ticket = Ticket(job_id, self._seq, items, deliver, queue)
-        self._by_job_id.setdefault(job_id, {})[ticket] = None
         if queue:
             self._picker.add(ticket, tenant_of(job_id))
             self._waiting_items += len(queue)
@@ -196,21 +193,9 @@ class Scheduler:
         self._horizons = None
         for task in ticket.running:  # at most `depth`
             task.cancel()  # cancelling grade() aborts the generation
-        same_id = self._by_job_id.get(ticket.job_id)
-        if same_id is not None:
-            same_id.pop(ticket, None)
-            if not same_id:
-                del self._by_job_id[ticket.job_id]
         self._update_gauges()
         self._update_tenant_gauges()
         return dropped
-
-    def cancel(self, job_id: str) -> int:
-        """Release every job running under ``job_id``; returns the items dropped.
-
-        The caller ends the job's ``JobRun`` (its items will not come back).
-        """
-        return sum(self.release(ticket) for ticket in list(self._by_job_id.get(job_id, ())))
 
     # --- estimates ---------------------------------------------------------
 
@@ -304,8 +289,8 @@ class Scheduler:
     def _update_tenant_gauges(self) -> None:
         """Items waiting by tenant: the TENANT_SERIES largest, the rest in ``_other`` (bounded cardinality)."""
         ranked = sorted(self._picker.waiting_by_tenant().items(), key=lambda entry: -entry[1])
-        values = {NO_TENANT if tenant is None else tenant: items for tenant, items in ranked[:TENANT_SERIES]}
-        values[OTHER_TENANTS] = sum(items for _, items in ranked[TENANT_SERIES:])
+        values = {TenantLabel.NONE if tenant is None else tenant: items for tenant, items in ranked[:TENANT_SERIES]}
+        values[TenantLabel.OTHER] = sum(items for _, items in ranked[TENANT_SERIES:])
         gauge = self._metrics.scheduler_tenant_items_waiting
         for gone in self._tenant_series - values.keys():
             gauge.remove(gone)

@@ -130,7 +130,7 @@ async def consumer_running(settings: Settings, engine: GradingEngine, metrics: M
         await producer.stop()
         raise
     app = ConsumerApp(
-        consumer, sinks, engine, metrics, settings,
+        consumer, sinks, engine, metrics, jobs=settings.jobs, kafka=settings.kafka,
         scheduler=scheduler_from(settings, engine, metrics), ledger=ledger, control=control, decisions=decisions,
     )  # fmt: skip
     task = asyncio.create_task(app.run())
@@ -185,7 +185,8 @@ async def job_state(
         producer, client, metrics, topic=settings.kafka.checkpoints_topic,
         retention_s=settings.privacy.job_id_retention_s, max_message_bytes=size,
     )  # fmt: skip
-    ledger = Ledger(store, metrics)
+    # A shadow grades only its sample (pipeline/shadow.py); the plan takes the others as done.
+    ledger = Ledger(store, metrics, sample_rate=settings.jobs.shadow_sample_rate if settings.jobs.shadow else 1.0)
     control = ControlReader(
         client,
         metrics,

@@ -6,11 +6,12 @@ live group reads, at its own pace (it never holds the live consumers back,
 and on another process or GPU costs them nothing). Two things differ, both
 here, so the data path stays the live one:
 
-- at intake, ``unsampled`` marks the items outside ``SHADOW_SAMPLE_RATE`` as
-  already done, so the job's run grades only the sample. The sample is a
-  hash of ``job_id`` and ``id_alumno`` (not a random draw): every run and
-  every shadow takes the same items, and the live grade of each is on the
-  results topic to compare with;
+- in the job's plan (``jobstate.plan``, the ledger's ``sample_rate``), the
+  items outside ``SHADOW_SAMPLE_RATE`` (``sampled``) are done before the run
+  starts, so the run grades only the sample. The sample is a hash of
+  ``job_id`` and ``id_alumno`` (not a random draw): every run and every
+  shadow takes the same items, and the live grade of each is on the results
+  topic to compare with;
 - at the sinks, ``ShadowSinks``: results go to ``KAFKA_SHADOW_RESULTS_TOPIC``
   (same contract, plus the Kafka header ``texteval.shadow: 1``); progress
   events and dead letters are not written (the live group writes them: a
@@ -24,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from consumer.pipeline.jobstate import Progress
 from consumer.pipeline.sinks import Ack, DeadLetterForm, Sinks
 
 if TYPE_CHECKING:
@@ -35,10 +36,17 @@ if TYPE_CHECKING:
 
     from consumer.contract import AcceptedEvent, BatchCompleteEvent, CancelledEvent, CompleteEvent, EvaluationResult
     from consumer.metrics import Metrics
-    from consumer.pipeline.intake import Job, Rejection
+    from consumer.pipeline.intake import Rejection
 
 SHADOW_HEADER = ("texteval.shadow", b"1")
 _SCALE = 2**64
+
+
+class Sampled(StrEnum):
+    """The `sampled` label of texteval_shadow_items: whether SHADOW_SAMPLE_RATE took the item."""
+
+    YES = "true"
+    NO = "false"
 
 
 def sampled(job_id: str, id_alumno: str, rate: float) -> bool:
@@ -47,16 +55,6 @@ def sampled(job_id: str, id_alumno: str, rate: float) -> bool:
         return True
     digest = hashlib.sha256(f"{job_id}\x1f{id_alumno}".encode()).digest()
     return int.from_bytes(digest[:8], "big") < rate * _SCALE
-
-
-def unsampled(job: Job, resume: Progress | None, rate: float, metrics: Metrics, model: str) -> Progress | None:
-    """The job's progress with the items outside the sample marked done (so they are not graded)."""
-    if rate >= 1.0:
-        return resume
-    skip = frozenset(i for i, item in enumerate(job.items) if not sampled(job.job_id, item.id_alumno, rate))
-    metrics.shadow_items.labels(model=model, sampled="false").inc(len(skip))
-    prior = resume or Progress()
-    return Progress(prior.done | skip, prior.succeeded, prior.failed, prior.elapsed_s, prior.needs_review)
 
 
 def _done() -> Ack:
@@ -73,7 +71,7 @@ class ShadowSinks(Sinks):
         self._metrics = metrics
 
     async def result(self, result: EvaluationResult) -> Ack:
-        self._metrics.shadow_items.labels(model=result.model, sampled="true").inc()
+        self._metrics.shadow_items.labels(model=result.model, sampled=Sampled.YES).inc()
         self._metrics.shadow_engine_seconds.labels(model=result.model).inc(result.latency_ms / 1000.0)
         return await self._produce(
             self._results_topic,

@@ -10,8 +10,13 @@ listener, so a revoke is one walk over the records it owns (quix-streams
 merged its pausing manager into the consumer for the same reason: state
 kept where the record is).
 
-    poll -> add -> next (admission) -> start -> (job run | dead letter | answer)
-         -> finished -> done -> the checkpoint commits its offset
+    poll -> add -> next (admission) -> start: its plan (Ledger.plan), then its one task
+         (job run | dead letter | answer | nothing) -> finished -> done -> the checkpoint commits its offset
+
+A record goes one way: what it gets is decided once, from everything known
+of its job id (its job state, the cancels in force, a shadow's sample: all
+the ledger's); its work is one task; how it ended is taken in one place,
+when that task is over.
 
 **Admission** costs memory only: the scheduler, not admission, decides what
 the engine runs, so a small job behind big ones is admitted and served at
@@ -61,7 +66,7 @@ from consumer.pipeline.intake import Job, Rejection, RejectReason, parse_request
 from consumer.pipeline.jobs import EngineUnavailable, JobRun
 from consumer.pipeline.jobstate import Action, Lease
 from consumer.pipeline.offsets import OffsetTracker
-from consumer.pipeline.shadow import unsampled
+from consumer.pipeline.shadow import Sampled
 from consumer.pipeline.sinks import DeliveryFailed
 
 if TYPE_CHECKING:
@@ -69,12 +74,11 @@ if TYPE_CHECKING:
 
     from consumer.engine.base import GradeOutcome, GradingEngine
     from consumer.metrics import Metrics
-    from consumer.pipeline.control import ControlReader
     from consumer.pipeline.decisions import DecisionLog
     from consumer.pipeline.jobstate import Ledger, Plan
     from consumer.pipeline.scheduler import Scheduler
     from consumer.pipeline.sinks import Sinks
-    from consumer.settings import Settings
+    from consumer.settings import JobsSettings, KafkaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -110,21 +114,27 @@ def _unreadable(record: Any) -> Rejection | None:
     return None
 
 
+async def _nothing() -> None:
+    """The work of a record that has none (a re-send of a running job): done when it is over."""
+
+
 class Work(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
-        self, consumer: AIOKafkaConsumer, sinks: Sinks, engine: GradingEngine, metrics: Metrics, settings: Settings,
-        *, scheduler: Scheduler, ledger: Ledger, control: ControlReader, decisions: DecisionLog | None,
-        clock: Callable[[], float] = time.monotonic,
+        self, consumer: AIOKafkaConsumer, sinks: Sinks, engine: GradingEngine, metrics: Metrics,
+        *, jobs: JobsSettings, kafka: KafkaSettings, scheduler: Scheduler, ledger: Ledger,
+        decisions: DecisionLog | None, clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
+        """``jobs``: the caps and the job runs' settings; ``kafka``: retries, commits and rebalance bounds;
+        ``ledger``: what each request gets (its job state, the cancels in force, a shadow's sample)."""
         self._consumer, self._sinks, self._engine, self._metrics = consumer, sinks, engine, metrics
-        self._settings = settings
-        self._scheduler, self._ledger, self._control, self._decisions = scheduler, ledger, control, decisions
+        self._jobs, self._kafka = jobs, kafka
+        self._scheduler, self._ledger, self._decisions = scheduler, ledger, decisions
         self._clock = clock
-        self._backoff = Backoff(settings.kafka.delivery_retry_backoff_s, settings.kafka.delivery_retry_backoff_max_s)
+        self._backoff = Backoff(kafka.delivery_retry_backoff_s, kafka.delivery_retry_backoff_max_s)
         self._dead_letters = DeadLetters(sinks, metrics)
         self._offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.checkpoint = Checkpoint(
-            consumer, sinks, ledger, self._offsets, metrics, interval_s=settings.kafka.commit_interval_ms / 1000
+            consumer, sinks, ledger, self._offsets, metrics, interval_s=kafka.commit_interval_ms / 1000
         )
         self._records: dict[TopicPartition, dict[int, Record]] = {}  # polled, not done: by partition, by offset
         self._backlog: deque[Record] = deque()  # waiting to start, in order (retries first)
@@ -191,7 +201,7 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
             head.parsed = parse_request(
                 record.value,
                 fallback_job_id=f"{record.topic}:{record.partition}:{record.offset}",
-                max_items=self._settings.jobs.max_items_per_job,
+                max_items=self._jobs.max_items_per_job,
             )
         parsed = head.parsed
         items, size_bytes = (len(parsed.items), len(record.value or b"")) if isinstance(parsed, Job) else (0, 0)
@@ -201,8 +211,8 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         return head
 
     def _has_room(self, items: int, size_bytes: int, *, retry: bool) -> bool:
-        settings = self._settings
-        if self.jobs >= settings.jobs.max_concurrent_jobs:
+        caps = self._jobs
+        if self.jobs >= caps.max_concurrent_jobs:
             return False
         if self._undelivered and not retry:
             return False
@@ -210,8 +220,7 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         if inflight == 0:
             return True  # an idle consumer always takes the next job, even one above the caps
         return (
-            inflight + items <= settings.jobs.max_inflight_items
-            and self.request_bytes + size_bytes <= settings.jobs.max_inflight_bytes
+            inflight + items <= caps.max_inflight_items and self.request_bytes + size_bytes <= caps.max_inflight_bytes
         )
 
     def apply_pause(self, *, outputs_ok: bool) -> None:
@@ -238,55 +247,48 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
     # --- starting work ---------------------------------------------------
 
     def start(self, rec: Record) -> None:
-        """Start the record's work: grade it, answer it from its job state, or dead-letter it."""
-        rec.run = rec.lease = rec.rejection = None
+        """Start the record's work: grade it, answer it from its job state, or dead-letter it.
+
+        Its plan (``Ledger.plan``) decides from everything known of its job id,
+        then its one task runs; how it ended is taken when the task is over
+        (``_finished``), in one place.
+        """
+        rec.run = rec.lease = None
         parsed = rec.parsed
+        rec.rejection = parsed if isinstance(parsed, Rejection) else None
+        work: Coroutine[Any, Any, None] | None = None  # None: skip (its original is running): nothing to do
         if isinstance(parsed, Job):
-            record = rec.record
-            cancelled = self._control.is_cancelled(parsed.job_id)
-            plan = self._ledger.plan(parsed, record.value or b"", rec.tp.partition, rec.offset, cancelled=cancelled)
+            plan = self._ledger.plan(parsed, rec.record.value or b"", rec.tp.partition, rec.offset)
+            if plan.unsampled:  # a shadow: its items outside the sample (pipeline/shadow.py)
+                self._metrics.shadow_items.labels(model=self._engine.model_name, sampled=Sampled.NO).inc(plan.unsampled)
+            rec.rejection = plan.rejection
             if plan.action.grades:
-                self._grade(rec, parsed, plan)
-                return
-            logger.info("request %s: %s (no grading)", rec.where, plan.action.value)
+                rec.run = self._job_run(rec, parsed, plan)
+                rec.lease = self._ledger.started(parsed.job_id, rec.run)
+                work = rec.run.run()
+            else:
+                logger.info("request %s: %s (no grading)", rec.where, plan.action.value)
             if plan.event is not None:  # republish, cancelled
-                self._spawn(rec, self._sinks.send_progress(plan.event))
-                return
-            if plan.rejection is None:  # skip: its original is running
-                self._done(rec)
-                return
-            parsed = plan.rejection
-        assert parsed is not None  # next() parsed it
-        self._dead_letter(rec, parsed)
+                work = self._sinks.send_progress(plan.event)
+        if rec.rejection is not None:
+            work = self._dead_letters.deliver(rec.record, rec.rejection)
+        rec.task = task = asyncio.create_task(work or _nothing())
+        self._running[task] = rec
+        self._metrics.jobs_active.set(self.jobs)
+        task.add_done_callback(self._finished)
 
-    def _dead_letter(self, rec: Record, rejection: Rejection) -> None:
-        logger.warning("dead letter: %s reason=%s", rec.where, rejection.reason)
-        self._metrics.dead_letters.labels(reason=rejection.reason.value).inc()
-        rec.rejection = rejection
-        self._spawn(rec, self._dead_letters.deliver(rec.record, rejection))
-
-    def _grade(self, rec: Record, job: Job, plan: Plan) -> None:
-        settings, record = self._settings, rec.record
-        resume = plan.state.progress if plan.state is not None else None
-        if settings.jobs.shadow:  # a candidate grades only its sample (pipeline/shadow.py)
-            resume = unsampled(job, resume, settings.jobs.shadow_sample_rate, self._metrics, self._engine.model_name)
-        rec.run = JobRun(
+    def _job_run(self, rec: Record, job: Job, plan: Plan) -> JobRun:
+        jobs, record = self._jobs, rec.record
+        run = JobRun(
             job, engine=self._engine, sinks=self._sinks, metrics=self._metrics, scheduler=self._scheduler,
-            batch_size=settings.jobs.batch_size, flush_s=settings.jobs.progress_flush_ms / 1000,
-            request_bytes=len(record.value or b""), resume=resume,
+            batch_size=jobs.batch_size, flush_s=jobs.progress_flush_ms / 1000,
+            request_bytes=len(record.value or b""), resume=plan.state.progress if plan.state is not None else None,
             carried=rec.carried if rec in self._undelivered else None, decisions=self._decisions,
             read_back_since_ms=record.timestamp if plan.action is Action.RESUME else None,
         )  # fmt: skip
         logger.info("job accepted: job_id=%s items=%d offset=%d", job.job_id, len(job.items), rec.offset)
         self._metrics.jobs_accepted.inc()
-        rec.lease = self._ledger.started(job.job_id, rec.run)
-        self._spawn(rec, rec.run.run())
-
-    def _spawn(self, rec: Record, work: Coroutine[Any, Any, None]) -> None:
-        rec.task = task = asyncio.create_task(work)
-        self._running[task] = rec
-        self._metrics.jobs_active.set(self.jobs)
-        task.add_done_callback(self._finished)
+        return run
 
     # --- how work ends ----------------------------------------------------
 
@@ -344,8 +346,8 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         if rec.rejection is not None and rec.rejection.reason is RejectReason.INTERNAL_ERROR:
             self._done(rec)  # the dead letter of a bug hit a bug: give up
             return
-        rec.run = rec.lease = None
-        self._dead_letter(rec, Rejection(RejectReason.INTERNAL_ERROR, kind))
+        rec.parsed = Rejection(RejectReason.INTERNAL_ERROR, kind)  # what the record is now: its retries too
+        self.start(rec)
 
     # --- rebalance and drain ------------------------------------------------
 
@@ -357,13 +359,13 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
             logger.info("revoked %d partitions: aborting %d jobs", len(revoked), len(lost))
         await self._cancel(lost)
         self.drop(revoked)
-        await self.checkpoint.release(revoked, self._settings.kafka.revoke_timeout_s)
+        await self.checkpoint.release(revoked, self._kafka.revoke_timeout_s)
         self._loaded -= revoked
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         assigned = set(assigned)
         try:
-            async with asyncio.timeout(self._settings.kafka.revoke_timeout_s * 3):
+            async with asyncio.timeout(self._kafka.revoke_timeout_s * 3):
                 await self._ledger.load(tp.partition for tp in assigned)
         except (KafkaError, TimeoutError, LookupError) as exc:
             # Jobs are then graded from their first item: at-least-once, as before job state.
@@ -379,7 +381,7 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         with contextlib.suppress(KafkaError, AssertionError):
             self._consumer.pause(*self._consumer.assignment())
         if self._running:
-            _, late = await asyncio.wait(list(self._running), timeout=self._settings.kafka.shutdown_grace_s)
+            _, late = await asyncio.wait(list(self._running), timeout=self._kafka.shutdown_grace_s)
             if late:
                 logger.warning("grace period over: aborting %d jobs", len(late))
                 await self._cancel(late)
@@ -390,4 +392,4 @@ class Work(ConsumerRebalanceListener):  # type: ignore[misc]
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=self._settings.kafka.revoke_timeout_s)
+            await asyncio.wait(tasks, timeout=self._kafka.revoke_timeout_s)

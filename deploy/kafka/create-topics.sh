@@ -99,14 +99,23 @@ create "${KAFKA_CORRECTIONS_TOPIC:-evaluation.corrections}.DLT" 3 "$dlt_ms"
 # 1.3: decision records, keyed by job_id (texteval explain reads the one
 # partition a job maps to); kept for appeals, under the same 1.1 x rule.
 create "${KAFKA_DECISIONS_TOPIC:-evaluation.decisions}" 12 "$decisions_ms"
+# 1.3 (shadow grading, docs/models.md): a candidate model's results, as the
+# live results (id_alumno, grade, feedback) and kept as long; read only by
+# `texteval release-check`. Created here so that a shadow started later
+# never writes to a topic made with the broker's defaults (no bound).
+create "${KAFKA_SHADOW_RESULTS_TOPIC:-evaluation.results.shadow}" 12 "$results_ms"
 # Job state: compacted, one record per job, and exactly as many partitions as
 # the requests topic (partition p holds the jobs of requests partition p; the
-# consumer refuses to start otherwise).
-segment=$(segment_ms "$job_state_ms")
-"$kafka_topics" --bootstrap-server "$bootstrap" --create --if-not-exists \
-    --topic "${KAFKA_CHECKPOINTS_TOPIC:-evaluation.checkpoints}" --partitions 12 --replication-factor "$replication" \
-    --config cleanup.policy=compact --config "segment.ms=$segment" --config "max.compaction.lag.ms=$segment" \
-    --config "segment.bytes=$segment_bytes" --config "delete.retention.ms=$day_ms" \
-    --config message.timestamp.type=LogAppendTime --config "max.message.bytes=$max_bytes"
+# consumer refuses to start otherwise). A shadow keeps its own, by the same rule.
+create_state() {  # name
+    segment=$(segment_ms "$job_state_ms")
+    "$kafka_topics" --bootstrap-server "$bootstrap" --create --if-not-exists \
+        --topic "$1" --partitions 12 --replication-factor "$replication" \
+        --config cleanup.policy=compact --config "segment.ms=$segment" --config "max.compaction.lag.ms=$segment" \
+        --config "segment.bytes=$segment_bytes" --config "delete.retention.ms=$day_ms" \
+        --config message.timestamp.type=LogAppendTime --config "max.message.bytes=$max_bytes"
+}
+create_state "${KAFKA_CHECKPOINTS_TOPIC:-evaluation.checkpoints}"
+create_state "${KAFKA_SHADOW_CHECKPOINTS_TOPIC:-evaluation.checkpoints.shadow}"
 
 "$kafka_topics" --bootstrap-server "$bootstrap" --list

@@ -84,9 +84,14 @@ def topics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Topic]:
 
 
 def test_every_topic_the_code_uses_is_created(topics: dict[str, Topic]) -> None:
-    assert set(DEFAULTS.service_topics()) == set(topics)
+    # A shadow's topics too: one may start at any time, and must find them bounded.
+    shadow = DEFAULTS.with_(shadow=True, kafka_group_id="texteval-shadow")
+    assert set(DEFAULTS.service_topics()) | set(shadow.service_topics()) == set(topics)
     # Job state: partition p holds the jobs of requests partition p.
-    assert topics[DEFAULTS.kafka.checkpoints_topic].partitions == topics[DEFAULTS.kafka.requests_topic].partitions
+    requests = topics[DEFAULTS.kafka.requests_topic].partitions
+    assert topics[DEFAULTS.kafka.checkpoints_topic].partitions == requests
+    assert topics[DEFAULTS.kafka.shadow_checkpoints_topic].partitions == requests
+    assert topics[DEFAULTS.kafka.shadow_checkpoints_topic].config == topics[DEFAULTS.kafka.checkpoints_topic].config
 
 
 def test_every_topic_is_gone_within_its_retention_plus_ten_percent(topics: dict[str, Topic]) -> None:

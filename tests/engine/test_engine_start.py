@@ -14,7 +14,13 @@ import pytest
 
 from consumer.contract import Sampling
 from consumer.engine import vllm_compat
-from consumer.engine.vllm_engine import VllmEngine
+from consumer.engine.vllm_engine import EngineOptions, VllmEngine
+
+OPTIONS = EngineOptions(
+    model_name="stub", sampling=Sampling(temperature=0.1, top_p=1.0, max_tokens=64, seed=0), feedback_max_chars=40,
+    attempts=1, device="cpu", timeout_s=None, review_below=None, tie_margin=0.0, screener=None, prompt_format="",
+    model_revision=None, calibration=None,
+)  # fmt: skip
 
 
 class _StubLLM:
@@ -39,13 +45,9 @@ def _stub_vllm(monkeypatch: pytest.MonkeyPatch, stub: _StubLLM, tokenizer: objec
 async def _start(prompt_parts: Any) -> VllmEngine:
     return await VllmEngine.start(
         engine_args={"model": "stub", "max_model_len": 512},
-        model_name="stub",
         prompt_parts=prompt_parts,
-        sampling=Sampling(temperature=0.1, top_p=1.0, max_tokens=64, seed=0),
-        feedback_max_chars=40,
-        attempts=1,
-        device="cpu",
         warm_up=False,
+        **OPTIONS,
     )
 
 
@@ -94,11 +96,7 @@ async def test_an_engine_that_fails_to_start_fails_the_start_with_its_own_error(
     with pytest.raises(RuntimeError, match="Engine core initialization failed"):
         await VllmEngine.start(
             engine_args={"model": "stub", "max_model_len": 512},
-            model_name="stub",
             prompt_parts=lambda loaded: (object(), object()),  # type: ignore[arg-type,return-value]
-            sampling=Sampling(temperature=0.1, top_p=1.0, max_tokens=64, seed=0),
-            feedback_max_chars=40,
-            attempts=1,
-            device="cpu",
             warm_up=False,
+            **OPTIONS,
         )

@@ -44,7 +44,7 @@ class Script:
 
 
 async def grade(script: Script, **kw: object) -> object:
-    defaults: dict[str, object] = {"attempts": 2, "review_below": 0.5, "require_distribution": True}
+    defaults: dict[str, object] = {"attempts": 2, "review_below": 0.5, "require_distribution": True, "tie_margin": 0.0}
     return await grade_prompt(PROMPT, 10, 1000, script, **{**defaults, **kw})  # type: ignore[arg-type]
 
 

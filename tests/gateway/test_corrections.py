@@ -123,20 +123,24 @@ def test_parse_corrections_caps_the_list_and_shows_no_text() -> None:
     too_many = json.dumps([{"item_index": i, "nota": 1} for i in range(6)]).encode()
     errors: Any = parse_corrections(too_many, "s/j", max_items=50, total_items=10, max_entries=5)
     assert errors == [{"loc": ["body"], "msg": "at most 5 corrections per request", "type": "too_long"}]
-    (ok,) = parse_corrections(b'[{"item_index": 4, "nota": 0}]', "s/j", max_items=50, total_items=5)
+    (ok,) = parse_corrections(b'[{"item_index": 4, "nota": 0}]', "s/j", max_items=50, total_items=5, max_entries=200)
     assert getattr(ok, "item_index", None) == 4
 
 
 def test_each_correction_names_an_item_of_the_job_once_per_request() -> None:
     """Finding 7 of the second red team: five requests wrote 10,000 records for a 10-item job."""
     body = json.dumps([{"item_index": 1, "nota": 2}, {"item_index": 1, "nota": 3}, {"item_index": 10, "nota": 1}])
-    errors: Any = parse_corrections(body.encode(), "s/j", max_items=2000, total_items=10)
+    errors: Any = parse_corrections(body.encode(), "s/j", max_items=2000, total_items=10, max_entries=200)
     assert [(e["loc"], e["type"]) for e in errors] == [
         (["body", 1, "item_index"], "duplicate"), (["body", 2, "item_index"], "less_than"),
     ]  # fmt: skip
     # A job whose size the gateway does not know yet takes no correction at all.
-    unknown: Any = parse_corrections(b'[{"item_index": 0, "nota": 0}]', "s/j", max_items=2000, total_items=0)
+    unknown: Any = parse_corrections(
+        b'[{"item_index": 0, "nota": 0}]', "s/j", max_items=2000, total_items=0, max_entries=200
+    )
     assert unknown[0]["msg"] == "the job's size is not known yet"
     # JSON nested deeper than the parser goes is a 422's error, not a 500.
-    deep: Any = parse_corrections(b"[" * 100_000 + b"]" * 100_000, "s/j", max_items=2000, total_items=10)
+    deep: Any = parse_corrections(
+        b"[" * 100_000 + b"]" * 100_000, "s/j", max_items=2000, total_items=10, max_entries=200
+    )
     assert deep == [{"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}]

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from consumer.engine.fake import FakeEngine
-from consumer.gateway.corrections import agreement_of
-from consumer.gateway.metrics import Agreement, GatewayMetrics
+from consumer.gateway.corrections import Agreement, agreement_of
+from consumer.gateway.metrics import GatewayMetrics
 from consumer.gateway.server import gateway_serving
 from consumer.testing.topics import create_topics, items, make_settings, running, wait_for
 from tests.kafka_harness import TopicNames

@@ -119,7 +119,9 @@ async def test_an_erased_job_is_gone_from_every_gateway_its_state_is_a_tombstone
     assert answer.status_code == 202, answer.text
     body = answer.json()
     assert body["job_id"] == job_id and body["status"] == "erase_requested"
-    assert [p["place"] for p in body["erased_now"]] == ["gateway memory", settings.kafka.checkpoints_topic]
+    assert [p["place"] for p in body["erased_now"]] == [
+        "gateway memory", settings.kafka.checkpoints_topic, settings.kafka.shadow_checkpoints_topic,
+    ]  # fmt: skip
     kept = {p["place"]: p for p in body["kept_until_retention"]}
     assert {
         settings.kafka.requests_topic,

@@ -14,10 +14,9 @@ from xml.etree import ElementTree
 import pytest
 
 from consumer.corrections import Correction
+from consumer.gateway.catalogues import catalogue
 from consumer.gateway.exports import (
-    HEADERS,
     KEYS,
-    REASONS,
     TeacherWord,
     export,
     export_csv,
@@ -25,8 +24,11 @@ from consumer.gateway.exports import (
     export_jsonl,
     export_rows,
     export_xlsx,
+    headers,
 )
 from consumer.spreadsheets import restore_cell
+
+WORDS_CA = catalogue("ca")["reasons"]
 
 JOB = "school-3/3rESO-fotosintesi-2026-12-06-ab12cd34"
 
@@ -75,13 +77,13 @@ def test_rows_put_the_teachers_word_beside_the_models_and_a_final_grade() -> Non
 
 def test_csv_is_semicolon_separated_with_a_bom_and_no_formula_and_says_reasons_in_catalan() -> None:
     text = export_csv(RESULTS, CORRECTIONS)
-    assert text.splitlines()[0] == "\ufeff" + ";".join(HEADERS["ca"][k] for k in KEYS if k not in ("curso", "consigna"))
+    assert text.splitlines()[0] == "\ufeff" + ";".join(headers("ca")[k] for k in KEYS if k not in ("curso", "consigna"))
     rows = read_csv(text)
     assert len(rows) == 4
     first = rows[0]
     assert first["id_alumno"] == "A001" and first["nota del model"] == "2" and first["nota del docent"] == "4"
     assert first["nota final"] == "4" and first["retorn del docent"].startswith("Molt bé")
-    assert first["motius per revisar"] == f"{REASONS['ca']['low_confidence']}; {REASONS['ca']['near_tie']}"
+    assert first["motius per revisar"] == f"{WORDS_CA['low_confidence']}; {WORDS_CA['near_tie']}"
     assert first["certesa del model (%)"] == "60" and first["estat"] == "avaluada"
     # Formula-looking cells start with a quote (and come back exactly); newlines and quotes survive.
     assert (
@@ -104,7 +106,7 @@ def test_csv_in_spanish_and_english_and_with_the_items_columns() -> None:
     es = read_csv(export_csv(RESULTS, CORRECTIONS, items=items, lang="es"))
     assert es[0]["curso"] == "3r ESO" and es[0]["consigna"] == "Explica la fotosíntesi."
     assert es[1]["consigna"] == "'+Defineix" and es[2]["curso"] == ""
-    assert es[0]["motivos para revisar"].startswith(REASONS["es"]["low_confidence"])
+    assert es[0]["motivos para revisar"].startswith(catalogue("es")["reasons"]["low_confidence"])
     en = read_csv(export_csv(RESULTS, CORRECTIONS, lang="en"))
     assert en[0]["teacher's grade"] == "4" and en[0]["final grade"] == "4"
     with pytest.raises(ValueError):
@@ -115,7 +117,7 @@ def test_jsonl_keeps_codes_and_words() -> None:
     lines = [json.loads(line) for line in export_jsonl(RESULTS, CORRECTIONS).splitlines()]
     assert [row["item_index"] for row in lines] == [0, 1, 2, 3]
     assert lines[0]["review_reasons"] == ["low_confidence", "near_tie"]
-    assert lines[0]["review_reasons_text"][0] == REASONS["ca"]["low_confidence"]
+    assert lines[0]["review_reasons_text"][0] == WORDS_CA["low_confidence"]
     assert lines[0]["teacher_feedback"].startswith("Molt bé") and lines[0]["final_nota"] == 4
     assert lines[1]["id_alumno"] == '=HYPERLINK("http://x")'  # JSON is data: no spreadsheet rule
 

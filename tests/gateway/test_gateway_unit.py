@@ -129,12 +129,12 @@ ALPHA, BETA, GAMMA = "alpha-" + "a" * 30, "beta-" + "b" * 30, "gamma-" + "c" * 3
 
 
 def test_api_keys_compare_every_key_and_accept_only_bearer() -> None:
-    keys = ApiKeys.from_entries([f"school-1={ALPHA}", f"school-2={BETA}"])
+    keys = ApiKeys.from_entries([f"school-1={ALPHA}", f"school-2={BETA}"], [])
     assert keys.allows(f"Bearer {BETA}") and keys.allows(f"bearer {ALPHA}")
     assert not keys.allows(f"Bearer {GAMMA}") and not keys.allows(BETA) and not keys.allows(None)
     assert not keys.allows(f"Basic {ALPHA}", ALPHA)  # a wrong header is not rescued by the query
     assert keys.allows(None, ALPHA) and not keys.allows(None, "")
-    assert ApiKeys().allows(None)
+    assert ApiKeys([], []).allows(None)
 
 
 HOSTS = [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("10.0.0.5", False),
@@ -145,12 +145,12 @@ HOSTS = [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", Fa
 def test_an_open_gateway_only_on_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
     if loopback:
-        check_exposure(host, ApiKeys([]), allow_anonymous=False)
+        check_exposure(host, ApiKeys([], []), allow_anonymous=False)
     else:
         with pytest.raises(GatewaySetupError, match="GATEWAY_API_KEYS"):
-            check_exposure(host, ApiKeys([]), allow_anonymous=False)
-    check_exposure(host, ApiKeys([]), allow_anonymous=True)
-    check_exposure(host, ApiKeys.from_entries([f"t={ALPHA}"]), allow_anonymous=False)
+            check_exposure(host, ApiKeys([], []), allow_anonymous=False)
+    check_exposure(host, ApiKeys([], []), allow_anonymous=True)
+    check_exposure(host, ApiKeys.from_entries([f"t={ALPHA}"], []), allow_anonymous=False)
 
 
 def test_api_keys_setting_is_secret_and_comma_separated() -> None:

@@ -82,8 +82,8 @@ class Consumer:
 def work(consumer: Consumer, settings: Settings, metrics: Metrics, clock: Clock | None = None) -> Work:
     """A record owner with only what admission, retries and pausing use (no broker, no engine)."""
     return Work(
-        consumer, None, _NoEngine(), metrics, settings,  # type: ignore[arg-type]
-        scheduler=None, ledger=None, control=None, decisions=None,  # type: ignore[arg-type]
+        consumer, None, _NoEngine(), metrics, jobs=settings.jobs, kafka=settings.kafka,  # type: ignore[arg-type]
+        scheduler=None, ledger=None, decisions=None,  # type: ignore[arg-type]
         clock=clock or Clock(),
     )  # fmt: skip
 

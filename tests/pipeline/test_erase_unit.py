@@ -31,13 +31,13 @@ def _ledger() -> tuple[Ledger, JobStateStore, Producer, Clock]:
 
 async def test_an_erased_running_job_is_cancelled_its_state_tombstoned_and_never_written_back() -> None:
     ledger, store, producer, clock = _ledger()
-    assert ledger.plan(JOB, REQUEST, 2, 7, cancelled=False).action is Action.GRADE
+    assert ledger.plan(JOB, REQUEST, 2, 7).action is Action.GRADE
     run = Run()
     lease = ledger.started(JOB.job_id, run)
     run.progress = Progress(frozenset({0, 1}), 2, 0, 0.5)
     await ledger.save()
     # The control reader's order for an erase: the cancel, then the erase.
-    ledger.cancel(JOB.job_id)
+    ledger.cancel(JOB.job_id, clock.now + TTL_S)
     ledger.erase(JOB.job_id, clock.now + TTL_S)
     assert run.cancel_requested and store.get(JOB.job_id) is None
     # The run ends with its `cancelled` event and more acknowledged items: none of it is written.
@@ -48,8 +48,8 @@ async def test_an_erased_running_job_is_cancelled_its_state_tombstoned_and_never
     ledger.ended(lease)
     await ledger.save()
     assert store.get(JOB.job_id) is None and producer.sent[-1] == (JOB.job_id, None)
-    # A re-send within the TTL: `cancelled` (the control reader says so), and still no record.
-    resent = ledger.plan(JOB, REQUEST, 2, 9, cancelled=True)
+    # A re-send within the TTL: `cancelled` (the cancel is in force), and still no record.
+    resent = ledger.plan(JOB, REQUEST, 2, 9)
     assert resent.action is Action.CANCELLED and isinstance(resent.event, CancelledEvent)
     assert resent.event.data.completed == 0
     await ledger.save()
@@ -61,7 +61,7 @@ async def test_after_the_erases_ttl_the_id_is_an_ordinary_one_again() -> None:
     ledger.erase(JOB.job_id, clock.now + TTL_S)
     clock.now += TTL_S + 61  # past the TTL, and past the ledger's expiry timer
     await ledger.save()
-    assert ledger.plan(JOB, REQUEST, 2, 9, cancelled=False).action is Action.GRADE
+    assert ledger.plan(JOB, REQUEST, 2, 9).action is Action.GRADE
     assert store.get(JOB.job_id) is not None
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from consumer.engine.fake import FakeEngine
 from consumer.metrics import Metrics
+from consumer.pipeline.intake import RejectReason
 from consumer.testing.topics import count_events, items, job, produce, read_until, running
 from tests.helpers import SettingsFactory
 from tests.kafka_harness import TopicNames
@@ -18,7 +19,7 @@ from tests.kafka_harness import TopicNames
 def test_labelled_series_exist_at_zero_before_their_first_event() -> None:
     # A series born at 1 hides its first increase from rate()/increase().
     metrics = Metrics()
-    metrics.expect_dead_letter_reasons(["invalid_json"])
+    metrics.expect(metrics.dead_letters, [RejectReason.INVALID_JSON])
     sample = metrics.registry.get_sample_value
     assert sample("texteval_items_graded_total", {"status": "ok", "error_code": ""}) == 0
     assert sample("texteval_items_graded_total", {"status": "error", "error_code": "input_too_long"}) == 0

@@ -26,6 +26,7 @@ from consumer.pipeline.service import job_state, scheduler_from
 from consumer.pipeline.sinks import Sinks
 from consumer.testing.topics import (
     at_least,
+    committed_to_end,
     count_events,
     create_topics,
     items,
@@ -106,6 +107,29 @@ async def test_an_identical_resend_is_not_graded_and_a_different_one_is_a_confli
     assert metrics.registry.get_sample_value("texteval_jobs_deduplicated_total", {"admission": "republish"}) == 1
 
 
+async def test_an_identical_resend_while_the_original_runs_is_skipped_and_committed_after_it(
+    kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
+) -> None:
+    settings = settings_for()
+    engine = FakeEngine(delay_s=0.05, max_concurrency=8)  # 400 items: 2.5 s
+    metrics = Metrics()
+    request = job("school-8/long", items(400))
+    async with running(settings, engine, metrics):
+        await _send(kafka_bootstrap, topic_names.requests, "school-8/long", request)
+        await read_until(kafka_bootstrap, topic_names.results, at_least(1))  # the original runs
+        await _send(kafka_bootstrap, topic_names.requests, "school-8/long", request)  # byte-identical
+        await wait_for(
+            lambda: (
+                metrics.registry.get_sample_value("texteval_jobs_deduplicated_total", {"admission": "duplicate"}) == 1
+            )
+        )
+        progress = values(await read_until(kafka_bootstrap, topic_names.progress, count_events("complete", 1)))
+        # The re-send's record is done at once, its offset committed once the original's is.
+        assert await committed_to_end(kafka_bootstrap, settings.kafka.group_id, topic_names.requests)
+    assert engine.calls == 400  # the re-send cost no engine call
+    assert [e["event"] for e in progress].count("accepted") == 1  # and published nothing
+
+
 async def test_cancel_stops_a_running_job_within_seconds_and_a_cancelled_request_is_never_graded(
     kafka_bootstrap: str, settings_for: SettingsFactory, topic_names: TopicNames
 ) -> None:
@@ -180,8 +204,8 @@ async def test_a_job_whose_results_could_not_be_sent_is_sent_again_not_graded_ag
     sinks = Sinks(flaky, results_topic=topic_names.results, progress_topic=topic_names.progress,  # type: ignore[arg-type]
                   dlt_topic=topic_names.dlt, group_id=settings.kafka.group_id)  # fmt: skip
     ledger, control = await job_state(settings, consumer, producer, metrics)
-    app = ConsumerApp(consumer, sinks, engine, metrics, settings, scheduler=scheduler_from(settings, engine, metrics),
-                      ledger=ledger, control=control)  # fmt: skip
+    app = ConsumerApp(consumer, sinks, engine, metrics, jobs=settings.jobs, kafka=settings.kafka,
+                      scheduler=scheduler_from(settings, engine, metrics), ledger=ledger, control=control)  # fmt: skip
     task = asyncio.create_task(app.run())
     try:
         await wait_for(lambda: flaky.failed >= 60)  # every grade computed, none delivered
@@ -257,9 +281,11 @@ class _Commanded:
 
     def __init__(self, seen: list[str]) -> None:
         self.seen = seen
+        self.until: dict[str, float] = {}
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, until_s: float) -> None:
         self.seen.append(job_id)
+        self.until[job_id] = until_s
 
     def erase(self, job_id: str, until_s: float) -> None:
         pass
@@ -275,11 +301,12 @@ async def test_control_commands_are_read_from_the_past_and_followed(kafka_bootst
         await producer.send_and_wait(topic, key=b"x", value=b"not json")
         seen: list[str] = []
         metrics = Metrics()
-        control = ControlReader({"bootstrap_servers": kafka_bootstrap}, metrics, _Commanded(seen), topic=topic,
+        commanded = _Commanded(seen)
+        control = ControlReader({"bootstrap_servers": kafka_bootstrap}, metrics, commanded, topic=topic,
                                 ttl_s=3600)  # fmt: skip
         task = asyncio.create_task(control.run())
         await asyncio.wait_for(control.ready.wait(), 20)
-        assert seen == ["a"] and control.is_cancelled("a") and not control.is_cancelled("b")
+        assert seen == ["a"] and commanded.until["a"] > time.time() + 3500  # in force for the TTL
         for _ in range(2):  # the second is a repeat: no second callback
             await producer.send_and_wait(topic, key=b"b", value=b'{"action": "cancel", "job_id": "b"}')
         await wait_for(lambda: seen == ["a", "b"])

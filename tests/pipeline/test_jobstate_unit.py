@@ -20,6 +20,7 @@ from consumer.pipeline.jobstate import (
     fingerprint,
     plan,
 )
+from consumer.pipeline.shadow import sampled
 from consumer.testing.topics import items
 from tests.pipeline import doubles
 from tests.pipeline.doubles import Clock, Producer, Run
@@ -30,6 +31,7 @@ V1_RECORD = (
     b'"phase":"running","done":"Ew==","succeeded":2,"failed":1,"elapsed_s":1.5,"updated_at":1.5,"terminal":null}'
 )
 JOB = Job("school/1", tuple(Item.model_validate(i) for i in items(20)))
+UNTIL_S = 2_000_000.0  # unix time: a cancel in force all through a test (the ledger runs on a fake clock)
 REQUEST = b"the request's bytes"
 
 
@@ -109,20 +111,45 @@ def test_a_cancelled_job_id_is_never_graded_and_its_state_is_finished() -> None:
     assert plan(finished, JOB, fingerprint(REQUEST), 2, 9, cancelled=True).action is Action.REPUBLISH
 
 
+def test_a_shadow_grades_only_its_sample_the_others_are_done_before_it_starts() -> None:
+    outside = {i for i, item in enumerate(JOB.items) if not sampled(JOB.job_id, item.id_alumno, 0.5)}
+    assert 0 < len(outside) < len(JOB.items)  # the hash splits this job
+    fresh = plan(None, JOB, fingerprint(REQUEST), 0, 1, cancelled=False, sample_rate=0.5)
+    assert fresh.action is Action.GRADE and fresh.state is not None
+    assert fresh.state.done == outside and fresh.unsampled == len(outside)
+    resumed = plan(_state(done={0, 1}, succeeded=2), JOB, fingerprint(REQUEST), 2, 7, cancelled=False, sample_rate=0.5)
+    assert resumed.state is not None and resumed.state.done == outside | {0, 1} and resumed.state.succeeded == 2
+    # The live consumer (rate 1) grades every item; a cancel still wins over the sample.
+    assert plan(None, JOB, fingerprint(REQUEST), 0, 1, cancelled=False).state.done == set()  # type: ignore[union-attr]
+    assert plan(None, JOB, fingerprint(REQUEST), 0, 1, cancelled=True, sample_rate=0.5).action is Action.CANCELLED
+
+
+def test_the_ledger_answers_cancelled_while_a_cancel_is_in_force() -> None:
+    ledger, store, _, clock, metrics = _ledger()
+    ledger.cancel(JOB.job_id, clock.now + 10)
+    assert ledger.plan(JOB, REQUEST, 2, 7).action is Action.CANCELLED
+    assert metrics.registry.get_sample_value("texteval_jobs_cancelled_total") == 1
+    later = Job("school/2", JOB.items)
+    ledger.cancel(later.job_id, clock.now + 10)
+    clock.now += 11  # its cancel's TTL is over: the id is an ordinary one again
+    assert ledger.plan(later, REQUEST, 2, 8).action is Action.GRADE
+    assert store.get(later.job_id) is not None and not store.get(later.job_id).finished  # type: ignore[union-attr]
+
+
 def _ledger(retention_s: float = 3600.0) -> tuple[Ledger, JobStateStore, Producer, Clock, Metrics]:
     return doubles.ledger(retention_s)
 
 
 async def test_a_later_plan_of_the_same_job_ends_the_old_runs_right_to_write_its_state() -> None:
     ledger, store, producer, _, metrics = _ledger()
-    assert ledger.plan(JOB, REQUEST, 2, 7, cancelled=False).action is Action.GRADE
+    assert ledger.plan(JOB, REQUEST, 2, 7).action is Action.GRADE
     old_run = Run()
     old = ledger.started(JOB.job_id, old_run)
     old_run.progress = Progress(frozenset({0, 1, 2}), 3, 0, 1.0)
     ledger.ended(old)  # aborted (a failed delivery): still tracked, its sends may be acknowledged later
     assert store.get(JOB.job_id).done == {0, 1, 2}  # type: ignore[union-attr]
     # The same record read again (its retry): a new lease; the old run's late acknowledgements no longer count.
-    assert ledger.plan(JOB, REQUEST, 2, 7, cancelled=False).action is Action.RESUME
+    assert ledger.plan(JOB, REQUEST, 2, 7).action is Action.RESUME
     assert metrics.registry.get_sample_value("texteval_items_resumed_total") == 3
     new_run = Run()
     new = ledger.started(JOB.job_id, new_run)
@@ -139,21 +166,21 @@ async def test_a_later_plan_of_the_same_job_ends_the_old_runs_right_to_write_its
 
 def test_a_cancel_reaches_only_a_run_that_is_still_grading() -> None:
     ledger, *_, metrics = _ledger()
-    ledger.plan(JOB, REQUEST, 2, 7, cancelled=False)
+    ledger.plan(JOB, REQUEST, 2, 7)
     run = Run()
     lease = ledger.started(JOB.job_id, run)
-    ledger.cancel("another job")
+    ledger.cancel("another job", UNTIL_S)
     assert not run.cancel_requested
-    ledger.cancel(JOB.job_id)
+    ledger.cancel(JOB.job_id, UNTIL_S)
     assert run.cancel_requested and metrics.registry.get_sample_value("texteval_jobs_cancelled_total") == 1
     ledger.ended(lease)
-    ledger.cancel(JOB.job_id)  # over: nothing to stop, nothing counted
+    ledger.cancel(JOB.job_id, UNTIL_S)  # over: nothing to stop, nothing counted
     assert metrics.registry.get_sample_value("texteval_jobs_cancelled_total") == 1
 
 
 async def test_a_run_that_hit_a_bug_leaves_no_state_so_a_resend_is_graded_afresh() -> None:
     ledger, store, producer, *_ = _ledger()
-    ledger.plan(JOB, REQUEST, 2, 7, cancelled=False)
+    ledger.plan(JOB, REQUEST, 2, 7)
     run = Run()
     run.progress = Progress(frozenset({0}), 1, 0, 0.1)
     lease = ledger.started(JOB.job_id, run)
@@ -162,7 +189,7 @@ async def test_a_run_that_hit_a_bug_leaves_no_state_so_a_resend_is_graded_afresh
     assert store.get(JOB.job_id) is None
     await ledger.save()
     assert producer.sent[-1] == (JOB.job_id, None)  # a tombstone
-    assert ledger.plan(JOB, REQUEST, 2, 9, cancelled=False).action is Action.GRADE  # not skipped as a duplicate
+    assert ledger.plan(JOB, REQUEST, 2, 9).action is Action.GRADE  # not skipped as a duplicate
 
 
 async def test_finished_jobs_past_their_retention_are_deleted_on_a_timer_in_a_running_consumer() -> None:

@@ -24,7 +24,7 @@ from consumer.metrics import Metrics
 from consumer.pipeline.intake import Job
 from consumer.pipeline.jobs import JobRun
 from consumer.pipeline.policy import SchedulingPolicy
-from consumer.pipeline.scheduler import TENANT_SERIES, Scheduler
+from consumer.pipeline.scheduler import TENANT_SERIES, Scheduler, Ticket
 from consumer.pipeline.sinks import Sinks
 
 
@@ -118,8 +118,8 @@ async def test_the_eta_counts_the_other_tenants_share() -> None:
         # Two tenants: each gets half until both end; one tenant: the older job first, as under FIFO.
         assert scheduler.estimate_s(first) == pytest.approx(first_s, abs=0.02)
         assert scheduler.estimate_s(second) == pytest.approx(second_s, abs=0.02)
-        scheduler.cancel(f"{tenants[0]}/1")
-        scheduler.cancel(f"{tenants[1]}/2")
+        scheduler.release(first)
+        scheduler.release(second)
 
 
 async def big_job_in_a_stream_of_small_ones(big_items: int, depth: int, share: float) -> tuple[int, int]:
@@ -128,6 +128,7 @@ async def big_job_in_a_stream_of_small_ones(big_items: int, depth: int, share: f
     scheduler = Scheduler(engine, Metrics(), policy=SchedulingPolicy.FAIR, depth=depth, oldest_share=share)
     finished_at: list[int] = []
     small_ids: list[str] = []
+    small: list[Ticket] = []
     served = 0
 
     def more_small(index: int, outcome: GradeOutcome) -> None:
@@ -135,7 +136,7 @@ async def big_job_in_a_stream_of_small_ones(big_items: int, depth: int, share: f
         served += 1
         for _ in range(2):  # the stream only grows: a small job is always waiting
             small_ids.append(f"small-{len(small_ids)}")
-            scheduler.submit(small_ids[-1], items(1), more_small)
+            small.append(scheduler.submit(small_ids[-1], items(1), more_small))
 
     def big(index: int, outcome: GradeOutcome) -> None:
         finished_at.append(engine.calls)
@@ -144,8 +145,8 @@ async def big_job_in_a_stream_of_small_ones(big_items: int, depth: int, share: f
     more_small(0, GradeOutcome.ok(3, "x", prompt_sha256="", latency_ms=0.0))
     await until(lambda: len(finished_at) == big_items)
     small_served = served - 1
-    for job_id in small_ids:
-        scheduler.cancel(job_id)
+    for ticket in small:
+        scheduler.release(ticket)
     return max(finished_at), small_served
 
 
@@ -195,12 +196,12 @@ async def test_release_drops_waiting_items_at_once_and_aborts_the_running_ones()
     assert engine.in_flight == 0 and log.done == []
     assert metrics.registry.get_sample_value("texteval_engine_queue_depth") == 0
 
-    # cancel(job_id): the next job's cancel command; other jobs go on.
+    # release(ticket): a cancelled job's items leave (JobRun.request_cancel); other jobs go on.
     quick = FakeEngine(delay_s=0.01)
     scheduler = Scheduler(quick, Metrics(), depth=2)
-    scheduler.submit("gone", items(50), log.deliver("gone"))
+    gone = scheduler.submit("gone", items(50), log.deliver("gone"))
     scheduler.submit("kept", items(5), log.deliver("kept"))
-    assert scheduler.cancel("gone") == 50 and scheduler.cancel("unknown") == 0
+    assert scheduler.release(gone) == 50 and scheduler.release(gone) == 0
     await until(lambda: len(log.done) == 5)
     assert {job for job, _ in log.done} == {"kept"}
 
@@ -235,8 +236,8 @@ async def test_the_eta_is_the_jobs_share_not_the_whole_engines_rate() -> None:
         else:
             assert small_s == pytest.approx(2020 / 100 + 0.5)  # behind the whole big job
             assert big_s == pytest.approx(2000 / 100 + 0.5)
-        scheduler.cancel("big")
-        scheduler.cancel("small")
+        scheduler.release(big)
+        scheduler.release(small)
 
 
 class SlowTokenizer(FakeEngine):
@@ -351,18 +352,19 @@ async def test_items_waiting_by_tenant_keep_a_bounded_number_of_series() -> None
         }
 
     assert series() == {"_other": 0.0}  # there from the start, at 0
+    tickets = {}
     for i in range(1, 13):  # 12 schools, school-i with 10 * i items
-        scheduler.submit(f"school-{i}/term-1", items(10 * i), lambda i, o: None)
-    scheduler.submit("no-tenant-id", items(5), lambda i, o: None)
+        tickets[f"school-{i}/term-1"] = scheduler.submit(f"school-{i}/term-1", items(10 * i), lambda i, o: None)
+    tickets["no-tenant-id"] = scheduler.submit("no-tenant-id", items(5), lambda i, o: None)
     shown = series()
     assert len(shown) == TENANT_SERIES + 1
     assert {f"school-{i}" for i in range(3, 13)} <= shown.keys()  # the ten with the most waiting
     assert shown["_other"] == 10 + 20 + 5  # school-1, school-2 and the tenant-less job
     for i in range(3, 13):
-        scheduler.cancel(f"school-{i}/term-1")
+        scheduler.release(tickets[f"school-{i}/term-1"])
     # Cancelled tenants' series are gone; the small ones now have their own.
     assert series() == {"school-1": 10.0, "school-2": 20.0, "_none": 5.0, "_other": 0.0}
-    scheduler.cancel("school-1/term-1")
-    scheduler.cancel("school-2/term-1")
-    scheduler.cancel("no-tenant-id")
+    scheduler.release(tickets["school-1/term-1"])
+    scheduler.release(tickets["school-2/term-1"])
+    scheduler.release(tickets["no-tenant-id"])
     assert series() == {"_other": 0.0}

@@ -15,8 +15,11 @@ import json
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from consumer.commands import produce_command
 from consumer.engine.fake import FakeEngine
+from consumer.erasure import erase_command
 from consumer.metrics import Metrics
 from consumer.pipeline.shadow import SHADOW_HEADER, sampled
 from consumer.settings import Settings
@@ -91,6 +94,16 @@ async def test_a_shadow_grades_its_sample_beside_the_live_group_and_writes_only_
         decisions = await read_until(kafka_bootstrap, topic_names.decisions, at_least(120))
         await asyncio.sleep(0.5)  # anything more the shadow would write
         dead_after = await read_until(kafka_bootstrap, topic_names.dlt, at_least(1))
+        # An erase reaches the shadow's copy too: it reads the same control topic and
+        # tombstones the job's state on its own job-state topic (docs/privacy.md).
+        erased = "school-1/j0"
+        async with AIOKafkaProducer(bootstrap_servers=kafka_bootstrap) as producer:
+            await produce_command(producer, topic_names.control, erase_command(erased, tenant=None, admin=True))
+        shadow_state = await read_until(
+            kafka_bootstrap, shadow_settings.kafka.shadow_checkpoints_topic,
+            lambda rs: [r.value for r in rs if r.key == erased.encode()][-1:] == [None],
+        )  # fmt: skip
+    assert next(r.value for r in shadow_state if r.key == erased.encode()) is not None  # its state, then the tombstone
     shadow_values = values(shadow)
     assert {r["result_id"] for r in shadow_values} == expected_shadow
     assert {r["model"] for r in shadow_values} == {CANDIDATE}

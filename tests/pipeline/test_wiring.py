@@ -2,7 +2,8 @@
 consumer/pipeline/ hands a lambda, or a bound method of one of its parts, to a
 constructor. A callback hides who depends on whom (``is_member=lambda:
 self._rebalance.member`` read an attribute assigned two statements later);
-an object passed whole shows it in the signature. Read from the source with
+an object passed whole shows it in the signature. Nor does a part take the whole
+``Settings``: it is given the sections it reads. Read from the source with
 ``ast``, so the rule cannot quietly come back."""
 
 from __future__ import annotations
@@ -71,3 +72,39 @@ def test_the_check_sees_both_kinds_of_callback() -> None:
         "m.py:1: a lambda into Watchdog()",
         "m.py:1: the method app.stop into Watchdog()",
     ]
+
+
+def _whole_settings(source: str, where: str) -> list[str]:
+    """Constructors of classes that take the whole ``Settings`` (any annotation naming it)."""
+    found = []
+    for node in ast.walk(ast.parse(source, where)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for item in node.body:
+            if not isinstance(item, ast.FunctionDef) or item.name != "__init__":
+                continue
+            for arg in [*item.args.posonlyargs, *item.args.args, *item.args.kwonlyargs]:
+                names = {n.id for n in ast.walk(arg.annotation) if isinstance(n, ast.Name)} if arg.annotation else set()
+                if "Settings" in names:
+                    found.append(f"{where}:{arg.lineno}: {node.name}({arg.arg}: Settings)")
+    return found
+
+
+def test_pipeline_parts_are_given_their_settings_sections_not_the_whole_settings() -> None:
+    """A part is given the sections it reads (``settings.jobs``, ``settings.kafka``, ...) or plain
+    values; only the wiring's functions (``pipeline/service.py``) hold the whole ``Settings``, so a
+    part's signature says which settings can change what it does."""
+    offences = [
+        offence
+        for path in sorted(PIPELINE.rglob("*.py"))
+        for offence in _whole_settings(path.read_text(), str(path.relative_to(CONSUMER.parent)))
+    ]
+    assert offences == []
+
+
+def test_the_settings_check_sees_a_constructor_taking_the_whole_settings() -> None:
+    source = (
+        "class Work:\n    def __init__(self, c: C, settings: Settings, *, jobs: JobsSettings) -> None: ...\n"
+        "class Fine:\n    def __init__(self, kafka: KafkaSettings) -> None: ...\n"
+    )
+    assert _whole_settings(source, "m.py") == ["m.py:2: Work(settings: Settings)"]

@@ -20,7 +20,7 @@ from consumer.gateway.auth import Caller
 from consumer.gateway.deps import GatewayDep, WriterDep
 from consumer.gateway.errors import Conflict, KafkaUnavailable, PayloadTooLarge, UnsupportedMediaType
 from consumer.gateway.jobs import JobRecord
-from consumer.gateway.limits import Refused, tenant_load
+from consumer.gateway.limits import Limit, Refused, tenant_load
 from consumer.gateway.middleware import audit_entry
 from consumer.gateway.service import Gateway
 from consumer.gateway.submit import NOT_JSON, Submission, is_json, parse_submission, read_limited
@@ -80,12 +80,12 @@ def check_quota(gateway: Gateway, tenant: str, new_items: int) -> None:
     load = tenant_load(gateway.store, tenant)
     if load.open_jobs >= s.gateway.tenant_max_open_jobs:
         raise Refused(f"{load.open_jobs} jobs of this tenant are not finished yet (limit "
-                      f"{s.gateway.tenant_max_open_jobs}); retry when one is", 30, "tenant_open_jobs")  # fmt: skip
+                      f"{s.gateway.tenant_max_open_jobs}); retry when one is", 30, Limit.TENANT_OPEN_JOBS)  # fmt: skip
     excess = load.waiting_items + new_items - s.gateway.tenant_max_waiting_items
     if excess > 0:
         retry_s = min(600.0, max(1.0, excess * gateway.store.seconds_per_item))
         detail = f"{load.waiting_items} items of this tenant are waiting (limit {s.gateway.tenant_max_waiting_items})"
-        raise Refused(f"{detail}; retry later", retry_s, "tenant_waiting_items")
+        raise Refused(f"{detail}; retry later", retry_s, Limit.TENANT_WAITING_ITEMS)
 
 
 def accepted(gateway: Gateway, record: JobRecord, caller: Caller) -> JSONResponse:

@@ -1,7 +1,10 @@
 """The app's one door to job state: what a request gets, and what the runs got acknowledged.
 
 ``plan`` decides (``plan.plan``, pure) and then does what the decision
-needs: writes the state, counts it. ``save`` copies every tracked run's
+needs: writes the state, counts it. What it decides from is all here: the
+job's state, the cancels in force (the control reader hands each on:
+``cancel``, ``erase``) and, for a shadow, its sample (``sample_rate``), so a
+request's work is decided in one call. ``save`` copies every tracked run's
 progress into its state and writes them; the checkpoint calls it before every
 offset commit, so an offset is never committed ahead of the state that
 explains it.
@@ -20,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from consumer.contract import CancelledEvent, CompleteEvent
@@ -33,8 +37,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 # jobs_deduplicated's label for each action that grades nothing (the series dashboards read).
-_DEDUPLICATED = {Action.SKIP: "duplicate", Action.REPUBLISH: "republish", Action.CONFLICT: "conflict"}
+class Deduplicated(StrEnum):
+    """The `admission` label of texteval_jobs_deduplicated: a request not graded, its job id known."""
+
+    DUPLICATE = "duplicate"
+    REPUBLISH = "republish"
+    CONFLICT = "conflict"
+
+
+_DEDUPLICATED = {
+    Action.SKIP: Deduplicated.DUPLICATE,
+    Action.REPUBLISH: Deduplicated.REPUBLISH,
+    Action.CONFLICT: Deduplicated.CONFLICT,
+}
 
 
 class Run(Protocol):
@@ -60,6 +77,7 @@ class Lease:
 class _Tracked:
     run: Run
     running: bool = True  # False: aborted (revoke, failed delivery), its sends may still be acknowledged
+    cancelled: bool = False  # a cancel reached it (counted once)
 
 
 class Ledger:
@@ -68,20 +86,31 @@ class Ledger:
         store: JobStateStore,
         metrics: Metrics,
         *,
+        sample_rate: float = 1.0,
         expire_every_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``sample_rate``: a shadow's share of each job's items (pipeline/shadow.py; 1: all);
+        ``clock``: unix time, the time the control commands carry."""
         self._store = store
         self._metrics = metrics
+        metrics.expect(metrics.jobs_deduplicated, Deduplicated)
         self._numbers = itertools.count(1)
         self._leases: dict[str, Lease] = {}  # job_id -> the current lease
         self._runs: dict[Lease, _Tracked] = {}  # runs whose progress may still change
+        self._cancels: dict[str, float] = {}  # job_id -> unix time until which a cancel is in force
+        self._sample_rate = sample_rate
         self._expire_every_s = expire_every_s
         self._clock = clock
         self._next_expiry = clock() + expire_every_s
 
-    def plan(self, job: Job, value: bytes, partition: int, offset: int, *, cancelled: bool) -> Plan:
-        decided = plan(self._store.get(job.job_id), job, fingerprint(value), partition, offset, cancelled=cancelled)
+    def plan(self, job: Job, value: bytes, partition: int, offset: int) -> Plan:
+        """What the request read at ``partition``/``offset`` (``value``: its bytes) gets."""
+        cancelled = self._cancels.get(job.job_id, 0.0) >= self._clock()
+        decided = plan(
+            self._store.get(job.job_id), job, fingerprint(value), partition, offset,
+            cancelled=cancelled, sample_rate=self._sample_rate,
+        )  # fmt: skip
         if decided.state is not None:
             self._store.put(decided.state)
             self._leases[job.job_id] = Lease(job.job_id, partition, next(self._numbers))
@@ -100,12 +129,15 @@ class Ledger:
         self._runs[lease] = _Tracked(run)
         return lease
 
-    def cancel(self, job_id: str) -> None:
-        """A cancel command (control topic): stop the job if it runs here."""
+    def cancel(self, job_id: str, until_s: float) -> None:
+        """A cancel command (control topic), in force until ``until_s`` (unix time): a request
+        under the id planned until then is answered ``cancelled``; the job stops if it runs here."""
+        self._cancels[job_id] = max(until_s, self._cancels.get(job_id, 0.0))
         lease = self._leases.get(job_id)
         tracked = self._runs.get(lease) if lease is not None else None
-        if tracked is None or not tracked.running or tracked.run.terminal is not None:
+        if tracked is None or not tracked.running or tracked.cancelled or tracked.run.terminal is not None:
             return
+        tracked.cancelled = True
         tracked.run.request_cancel()
         self._metrics.jobs_cancelled.inc()
         logger.info("job cancelled: job_id=%s", job_id)
@@ -155,8 +187,9 @@ class Ledger:
         on a timer, the finished jobs past their retention deleted."""
         for lease, tracked in list(self._runs.items()):
             self._snapshot(lease, tracked.run)
-        if self._clock() >= self._next_expiry:
-            self._next_expiry = self._clock() + self._expire_every_s
+        if (now := self._clock()) >= self._next_expiry:
+            self._next_expiry = now + self._expire_every_s
+            self._cancels = {job_id: until for job_id, until in self._cancels.items() if until >= now}
             if expired := self._store.expire():
                 logger.info("job state: %d finished jobs past their retention deleted", expired)
         await self._store.flush()

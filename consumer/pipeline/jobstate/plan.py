@@ -6,7 +6,7 @@ nothing here touches the store, the metrics or the clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from pydantic import TypeAdapter
@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from consumer.contract import CancelledData, CancelledEvent, CompleteEvent, ProgressEvent
 from consumer.pipeline.intake import Job, Rejection, RejectReason
 from consumer.pipeline.jobstate.record import JobState
+from consumer.pipeline.shadow import sampled
 
 _EVENT = TypeAdapter[ProgressEvent](ProgressEvent)
 
@@ -37,16 +38,21 @@ class Plan:
     state: JobState | None = None  # the state to write before acting (GRADE, RESUME, CANCELLED)
     event: CompleteEvent | CancelledEvent | None = None  # what to publish (REPUBLISH, CANCELLED)
     rejection: Rejection | None = None  # the dead letter's reason (CONFLICT)
+    unsampled: int = 0  # a shadow's items outside its sample, marked done in ``state`` (GRADE, RESUME)
 
 
 def plan(
-    state: JobState | None, job: Job, print_: str, partition: int, offset: int, *, cancelled: bool
+    state: JobState | None, job: Job, print_: str, partition: int, offset: int, *, cancelled: bool,
+    sample_rate: float = 1.0,
 ) -> Plan:  # fmt: skip
-    """``print_``: the request's fingerprint; ``cancelled``: a cancel command for the job id is in force."""
+    """``print_``: the request's fingerprint; ``cancelled``: a cancel command for the job id is in force;
+    ``sample_rate``: a shadow's share of the items (the others are done before it starts)."""
     if state is None:
         fresh = JobState(job_id=job.job_id, fingerprint=print_, partition=partition, offset=offset,
                          total_items=len(job.items))  # fmt: skip
-        return _cancelled(fresh, job) if cancelled else Plan(Action.GRADE, state=fresh)
+        if cancelled:
+            return _cancelled(fresh, job)
+        return _graded(Plan(Action.GRADE, state=fresh), job, sample_rate)
     if state.fingerprint != print_:
         detail = (
             f"job_id {job.job_id} is {state.phase.value} with a different request "
@@ -61,7 +67,18 @@ def plan(
     if (state.partition, state.offset) != (partition, offset):
         # A re-send while the original runs (its record is uncommitted, so it is read again).
         return Plan(Action.SKIP)
-    return _cancelled(state, job) if cancelled else Plan(Action.RESUME, state=state.model_copy(deep=True))
+    if cancelled:
+        return _cancelled(state, job)
+    return _graded(Plan(Action.RESUME, state=state.model_copy(deep=True)), job, sample_rate)
+
+
+def _graded(decided: Plan, job: Job, sample_rate: float) -> Plan:
+    """A shadow grades only its sample (pipeline/shadow.py): the other items are done from the start."""
+    if sample_rate >= 1.0 or decided.state is None:
+        return decided
+    outside = frozenset(i for i, item in enumerate(job.items) if not sampled(job.job_id, item.id_alumno, sample_rate))
+    decided.state.done |= outside
+    return replace(decided, unsampled=len(outside))
 
 
 def _cancelled(state: JobState, job: Job) -> Plan:

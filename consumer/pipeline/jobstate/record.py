@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -71,6 +72,13 @@ class Progress:
     failed: int = 0
     elapsed_s: float = 0.0  # grading time, earlier owners included
     needs_review: int | None = None  # 1.2: ok results flagged for review; None while none carried a distribution
+
+    def acknowledged(self, done: Iterable[int], *, succeeded: int, failed: int, needs_review: int | None) -> Progress:
+        """This progress and more items acknowledged: ``succeeded`` and ``failed`` of them, and
+        ``needs_review`` of the succeeded flagged (None: none of them carried a distribution)."""
+        review = self.needs_review if needs_review is None else (self.needs_review or 0) + needs_review
+        return Progress(self.done | frozenset(done), self.succeeded + succeeded, self.failed + failed,
+                        self.elapsed_s, review)  # fmt: skip
 
 
 class JobState(BaseModel):

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from consumer.kafka import Start, TopicReader
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
     from consumer.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+
+class SkipReason(StrEnum):
+    """The `reason` label of texteval_job_state_skipped: a job-state record not loaded."""
+
+    UNKNOWN_VERSION = "unknown_version"  # a newer consumer's
+    UNREADABLE = "unreadable"
 
 
 class JobStateStore:
@@ -50,6 +58,7 @@ class JobStateStore:
         self._client = client  # consumer.kafka.client_kwargs: the topic is read with no consumer group
         self._max_message_bytes = max_message_bytes
         self._metrics = metrics
+        metrics.expect(metrics.job_state_skipped, SkipReason)
         self.topic = topic
         self._retention_s = retention_s
         self._load_timeout_s = load_timeout_s
@@ -122,11 +131,11 @@ class JobStateStore:
         try:
             self._states[job_id] = JobState.decode(value)
         except UnknownSchemaVersion as exc:  # a newer consumer's record: left alone, not overwritten by a guess
-            self._skipped(job_id, "unknown_version", f"version {exc.version!r}")
+            self._skipped(job_id, SkipReason.UNKNOWN_VERSION, f"version {exc.version!r}")
         except ValueError as exc:  # json's and pydantic's too: a record we cannot read must not stop the load
-            self._skipped(job_id, "unreadable", type(exc).__name__)
+            self._skipped(job_id, SkipReason.UNREADABLE, type(exc).__name__)
 
-    def _skipped(self, job_id: str, reason: str, why: str) -> None:
+    def _skipped(self, job_id: str, reason: SkipReason, why: str) -> None:
         logger.error("job-state record for job_id=%s skipped (%s): %s", job_id, reason, why)
         self._metrics.job_state_skipped.labels(reason=reason).inc()
 
