@@ -242,7 +242,7 @@ class VllmEngine:
         else:
             kept = self._tokenizer.encode(WARM_UP_GRADE_POSITION, add_special_tokens=False)
             final, forced = await asyncio.gather(
-                first, self._continue(token_ids, kept, 0, "warm-up/forced", max_tokens=WARM_UP_MAX_TOKENS)
+                first, self._continue(token_ids, kept, 0, "warm-up/forced", at_most=WARM_UP_MAX_TOKENS)
             )
             if forced.outputs[0].finish_reason not in _WARM_UP_ENDS:
                 raise EngineWarmUpError(f"warm-up continuation ended with {forced.outputs[0].finish_reason!r}")
@@ -309,18 +309,18 @@ class VllmEngine:
         return await self._continue(token_ids, kept, attempt, request_id)
 
     async def _continue(
-        self, token_ids: list[int], kept: list[int], attempt: int, request_id: str, *, max_tokens: int | None = None
+        self, token_ids: list[int], kept: list[int], attempt: int, request_id: str, *, at_most: int | None = None
     ) -> RequestOutput:
         """``kept`` (an output up to and with its grade token) continued under the forced grade's grammar.
 
-        ``max_tokens``: fewer than the rest of the output's budget (the warm-up's).
+        ``at_most``: fewer tokens than the rest of the output's budget (the warm-up's).
         """
         from vllm.inputs import TokensPrompt
 
         params = self._forced_params[attempt].clone()
         params.max_tokens = max(1, self._sampling.max_tokens - len(kept))
-        if max_tokens is not None:
-            params.max_tokens = min(params.max_tokens, max_tokens)
+        if at_most is not None:
+            params.max_tokens = min(params.max_tokens, at_most)
         final = None
         self._generations += 1
         async for output in self._live().generate(
