@@ -253,10 +253,12 @@ def configure_cpu_runtime(settings: Settings) -> None:
         os.environ.setdefault(name, value)
 
 
-async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngine:
+async def build_engine(settings: Settings, *, warm_up: bool = True, fork: bool = False) -> VllmEngine:
     """The real engine, warmed up (its grammar compiled) before it is returned: callers report ready after.
 
     ``warm_up=False`` only for measuring what a cold first request costs (bench/warm_start.py).
+    ``fork=True``: vLLM's processes forked from this one on CPU, not spawned
+    (vllm_compat.start_async_llm; `texteval demo`).
     """
     from consumer.engine.screening import Screener
     from consumer.engine.vllm_engine import VllmEngine
@@ -269,8 +271,12 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
     vllm_compat.configure_grammar_timeout()
     model = prefer_offline(resolve_model(settings, device))
 
-    def prompt_parts() -> tuple[PreTrainedTokenizerBase, PromptBuilder]:
-        tokenizer = load_tokenizer(model)
+    def prompt_parts(loaded: object) -> tuple[PreTrainedTokenizerBase, PromptBuilder]:
+        # vLLM's own (the same files, revision and class); another kind (a
+        # tokenizer_mode of its own), or none: ours, as the prompt format expects.
+        from transformers import PreTrainedTokenizerBase
+
+        tokenizer = loaded if isinstance(loaded, PreTrainedTokenizerBase) else load_tokenizer(model)
         builder = build_prompt_builder(model, tokenizer)
         build_prompt_tokenizer(builder, tokenizer)  # fails at the start, not on every item
         return tokenizer, builder
@@ -292,6 +298,7 @@ async def build_engine(settings: Settings, *, warm_up: bool = True) -> VllmEngin
         prompt_format=model.prompt_format,
         model_revision=resolve_model(settings, device).revision,  # the pinned one, also when loaded offline
         warm_up=warm_up,
+        fork=fork,
         calibration=calibration_for(settings, model.name, model.prompt_format),
     )
 

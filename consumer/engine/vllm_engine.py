@@ -50,6 +50,19 @@ WARM_UP_ITEM = Item(
 # every output begin with, and a grade (any: the text that follows is not read).
 WARM_UP_GRADE_POSITION = '{"nota": 1'
 
+# The warm-up's outputs stop here, past the grade: every token is at least one
+# character, so the grade's digit (the last character of WARM_UP_GRADE_POSITION)
+# is within them. What the warm-up is for is paid before the first token (the
+# grammars' compilation, the first forward pass, the log-probability path at
+# the grade); the ~100-token feedback that followed, decoded two sequences at a
+# time, was half of a 24 s warm-up on a quiet 2-core machine, and nobody reads it.
+WARM_UP_MAX_TOKENS = len(WARM_UP_GRADE_POSITION) + 2
+
+
+# A warm-up output cut at WARM_UP_MAX_TOKENS ends with "length" (or "stop" if
+# it closed first); a grammar that failed to compile ends it with "error".
+_WARM_UP_ENDS = frozenset({"stop", "length"})
+
 
 class EngineWarmUpError(RuntimeError):
     """The warm-up generation did not give a clean grade: the engine is not fit to be ready."""
@@ -163,33 +176,32 @@ class VllmEngine:
         cls,
         *,
         engine_args: dict[str, Any],
-        prompt_parts: Callable[[], tuple[PreTrainedTokenizerBase, PromptBuilder]],
+        prompt_parts: Callable[[object], tuple[PreTrainedTokenizerBase, PromptBuilder]],
         warm_up: bool = True,
+        fork: bool = False,
         **options: Unpack[EngineOptions],
     ) -> VllmEngine:
         """Load the model (tens of seconds) without blocking the event loop, then warm it up.
 
-        ``prompt_parts`` loads the tokenizer and builds the prompt format (it
-        raises for one that cannot work): it runs while vLLM starts its
-        engine processes, not before (seconds for Gemma's 262k pieces, on
-        the path of every start).
+        ``prompt_parts`` gets the tokenizer vLLM loaded (``vllm_compat.loaded_tokenizer``)
+        and returns the tokenizer to use and the prompt format (it raises for
+        one that cannot work). Gemma's tokenizer (262k pieces) takes ~4 s of
+        Python to load; a second copy loaded beside vLLM's, in a thread of
+        the same process, slowed vLLM's own by as much, before it spawns
+        its engine process: on the path of every start.
         """
         from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(**engine_args)
         # Built in a worker thread so /health keeps answering while it loads;
         # AsyncLLM starts its output loop lazily, on the caller's event loop.
-        built, parts = await asyncio.gather(
-            asyncio.to_thread(AsyncLLM.from_engine_args, args), asyncio.to_thread(prompt_parts), return_exceptions=True
-        )
-        if isinstance(parts, BaseException):
-            if not isinstance(built, BaseException):
-                await vllm_compat.shut_down(built)
-            raise parts
-        if isinstance(built, BaseException):
-            raise built
-        llm, (tokenizer, builder) = built, parts
+        # ``fork``: vllm_compat.start_async_llm (the demo's start).
+        llm = await asyncio.to_thread(vllm_compat.start_async_llm, args, fork=fork)
+        try:
+            tokenizer, builder = await asyncio.to_thread(prompt_parts, vllm_compat.loaded_tokenizer(llm))
+        except BaseException:
+            await vllm_compat.shut_down(llm)
+            raise
         engine = cls(llm, tokenizer, builder=builder, max_model_len=int(engine_args["max_model_len"]), **options)
         if warm_up:
             try:
@@ -217,19 +229,25 @@ class VllmEngine:
         2-core host), the second in well under a second (xgrammar reuses what
         the first built), and decodes them in the same steps: the warm-up
         costs one generation, not two in a row (measured in docs/benchmarks.md).
+        Both stop a few tokens past the grade (``WARM_UP_MAX_TOKENS``): the
+        feedback after it would exercise nothing the grade's steps did not.
         """
         started = time.perf_counter()
         _, token_ids = self.encode(WARM_UP_ITEM)
-        first = self.generate(token_ids, 0, "warm-up")
+        short = self._params[0].clone()
+        short.max_tokens = WARM_UP_MAX_TOKENS
+        first = self.generate(token_ids, 0, "warm-up", short)
         if self._digits is None:
             final = await first
         else:
             kept = self._tokenizer.encode(WARM_UP_GRADE_POSITION, add_special_tokens=False)
-            final, forced = await asyncio.gather(first, self._continue(token_ids, kept, 0, "warm-up/forced"))
-            if forced.outputs[0].finish_reason != "stop":
+            final, forced = await asyncio.gather(
+                first, self._continue(token_ids, kept, 0, "warm-up/forced", at_most=WARM_UP_MAX_TOKENS)
+            )
+            if forced.outputs[0].finish_reason not in _WARM_UP_ENDS:
                 raise EngineWarmUpError(f"warm-up continuation ended with {forced.outputs[0].finish_reason!r}")
         completion = final.outputs[0]
-        if completion.finish_reason != "stop":
+        if completion.finish_reason not in _WARM_UP_ENDS:
             raise EngineWarmUpError(
                 f"warm-up generation ended with {completion.finish_reason!r} (a grammar that failed to compile "
                 "ends with 'error'; the engine's log has the cause)"
@@ -290,12 +308,19 @@ class VllmEngine:
         kept = [*output_ids[: distribution.position], self._digits.token_for(distribution.prefix, grade)]
         return await self._continue(token_ids, kept, attempt, request_id)
 
-    async def _continue(self, token_ids: list[int], kept: list[int], attempt: int, request_id: str) -> RequestOutput:
-        """``kept`` (an output up to and with its grade token) continued under the forced grade's grammar."""
+    async def _continue(
+        self, token_ids: list[int], kept: list[int], attempt: int, request_id: str, *, at_most: int | None = None
+    ) -> RequestOutput:
+        """``kept`` (an output up to and with its grade token) continued under the forced grade's grammar.
+
+        ``at_most``: fewer tokens than the rest of the output's budget (the warm-up's).
+        """
         from vllm.inputs import TokensPrompt
 
         params = self._forced_params[attempt].clone()
         params.max_tokens = max(1, self._sampling.max_tokens - len(kept))
+        if at_most is not None:
+            params.max_tokens = min(params.max_tokens, at_most)
         final = None
         self._generations += 1
         async for output in self._live().generate(

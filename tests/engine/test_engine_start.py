@@ -1,18 +1,19 @@
-"""VllmEngine.start loads the tokenizer while vLLM starts its engine processes; a failed half stops the other.
+"""VllmEngine.start builds the prompt format from the tokenizer vLLM loaded; a failed half stops the other.
 
-vLLM's side is a stand-in here (no model): what is checked is the overlap
-and the clean-up, which the real engine's tests cannot make fail.
+vLLM's side is a stand-in here (no model): what is checked is which
+tokenizer the prompt format gets and the clean-up, which the real engine's
+tests cannot make fail.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from consumer.contract import Sampling
+from consumer.engine import vllm_compat
 from consumer.engine.vllm_engine import EngineOptions, VllmEngine
 
 OPTIONS = EngineOptions(
@@ -34,39 +35,52 @@ class _StubLLM:
         self.shut_down.set()
 
 
-async def _start(monkeypatch: pytest.MonkeyPatch, stub: _StubLLM, prompt_parts: Callable[[], Any]) -> None:
+def _stub_vllm(monkeypatch: pytest.MonkeyPatch, stub: _StubLLM, tokenizer: object) -> None:
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    loading = threading.Event()
+    monkeypatch.setattr(AsyncLLM, "from_engine_args", staticmethod(lambda args: stub))
+    monkeypatch.setattr(vllm_compat, "loaded_tokenizer", lambda llm: tokenizer if llm is stub else None)
 
-    def parts() -> Any:
-        loading.set()
-        return prompt_parts()
 
-    def from_engine_args(args: object) -> _StubLLM:
-        # Returns only once the tokenizer's half has begun: the two run at the same time.
-        assert loading.wait(30), "the tokenizer did not load while the engine started"
-        return stub
-
-    monkeypatch.setattr(AsyncLLM, "from_engine_args", staticmethod(from_engine_args))
-    await VllmEngine.start(
+async def _start(prompt_parts: Any) -> VllmEngine:
+    return await VllmEngine.start(
         engine_args={"model": "stub", "max_model_len": 512},
-        prompt_parts=parts,
+        prompt_parts=prompt_parts,
         warm_up=False,
         **OPTIONS,
     )
+
+
+async def test_the_prompt_format_gets_the_tokenizer_vllm_loaded_not_a_second_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stub, vllms = _StubLLM(), object()
+    _stub_vllm(monkeypatch, stub, vllms)
+    given: list[object] = []
+
+    class Seen(Exception):
+        pass
+
+    def parts(loaded: object) -> Any:
+        given.append(loaded)
+        raise Seen  # a stub tokenizer would not build an engine; what it was given is the point
+
+    with pytest.raises(Seen):
+        await _start(parts)
+    assert given == [vllms]
 
 
 async def test_a_tokenizer_that_cannot_work_fails_the_start_and_the_started_engine_is_shut_down(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stub = _StubLLM()
+    _stub_vllm(monkeypatch, stub, object())
 
-    def no_bos() -> Any:
+    def no_bos(loaded: object) -> Any:
         raise ValueError("the gemma_finetune format starts with <bos>, and this tokenizer has no BOS token")
 
     with pytest.raises(ValueError, match="no BOS token"):
-        await _start(monkeypatch, stub, no_bos)
+        await _start(no_bos)
     assert stub.shut_down.is_set()  # no engine process left behind
 
 
@@ -82,7 +96,7 @@ async def test_an_engine_that_fails_to_start_fails_the_start_with_its_own_error(
     with pytest.raises(RuntimeError, match="Engine core initialization failed"):
         await VllmEngine.start(
             engine_args={"model": "stub", "max_model_len": 512},
-            prompt_parts=lambda: (object(), object()),  # type: ignore[arg-type,return-value]
+            prompt_parts=lambda loaded: (object(), object()),  # type: ignore[arg-type,return-value]
             warm_up=False,
             **OPTIONS,
         )
