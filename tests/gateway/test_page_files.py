@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import xlsxwriter
 from playwright.async_api import async_playwright
 
 from consumer.engine.fake import FakeEngine
@@ -79,6 +81,28 @@ class Case:
     students: int  # read with every student (0: refused)
     reason: str = ""  # refused: a piece of the Catalan reason shown
     check: str = ""  # read: a text one answer must hold exactly (accents survived)
+
+
+MULTILINE = 'Primer la llum;\n després "l\'aigua"\tarriba.'
+
+
+def workbook() -> bytes:
+    """A real Excel workbook (xlsxwriter, as exports.py writes them): a Catalan header, a numeric id,
+    an answer with accents, a line break, a quote and a tab, and an empty row in the middle."""
+    buffer = io.BytesIO()
+    book = xlsxwriter.Workbook(buffer, {"in_memory": True})
+    sheet = book.add_worksheet("Respostes")
+    sheet.write_row(0, 0, ["Alumne", "Curs", "Consigna", "Resposta"])
+    answers = [ANSWERS[0], MULTILINE, *ANSWERS[2:]]
+    rows_at = [1, 2, 4, 5, 6]  # the sheet's row 4 left empty
+    for n, (at, answer) in enumerate(zip(rows_at, answers, strict=True), start=1):
+        if n == 1:
+            sheet.write_number(at, 0, 1001)  # an id typed as a number
+        else:
+            sheet.write_string(at, 0, f"A{n:03d}")
+        sheet.write_row(at, 1, ["3r ESO", Q, answer])
+    book.close()
+    return buffer.getvalue()
 
 
 def cases() -> list[Case]:
@@ -156,7 +180,8 @@ def cases() -> list[Case]:
             0,
             reason="Massa respostes: 2001 (com a molt 2000 per feina)",
         ),
-        Case("notes.xlsx", b"PK\x03\x04" + bytes(200), 0, reason="desa'l com a «CSV UTF-8"),
+        Case("excel-workbook.xlsx", workbook(), 5, check=MULTILINE),
+        Case("notes.xlsx", b"PK\x03\x04" + bytes(200), 0, reason="no es pot llegir (.xls, .ods o un .xlsx malmès)"),
         Case(
             "unquoted-comma.csv",
             rows(",", ["id_alumno", "curso", "consigna", "respuesta"])
@@ -180,6 +205,7 @@ PREVIEW_JS = (
     " shown: Array.from(document.querySelectorAll('#problems li')).map(li => li.textContent),"
     " summary: document.getElementById('preview-summary').textContent,"
     " note: document.getElementById('preview-note').hidden ? '' : document.getElementById('preview-note').textContent,"
+    " columns: document.getElementById('preview-columns').textContent,"
     " submit: !document.getElementById('submit').disabled, label: document.getElementById('submit').textContent})"
 )
 
@@ -214,6 +240,8 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
                 seen[case.name] = await page.evaluate(PREVIEW_JS)
                 if case.name == "latin1-excel.csv":
                     await page.screenshot(path=str(shots / "page-preview-latin1-1280.png"))
+                if case.name == "excel-workbook.xlsx":
+                    await page.screenshot(path=str(shots / "page-preview-xlsx-1280.png"))
                 if case.name == "quote-swallows-three.csv":
                     await page.screenshot(path=str(shots / "page-preview-refused-1280.png"))
                 await page.evaluate("window.texteval.preview = null")
@@ -224,6 +252,7 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
             template_name = template.suggested_filename
             template_bytes = await asyncio.to_thread(Path(await template.path()).read_bytes)
             await page.set_input_files("#file", files=[payload(Case(template_name, template_bytes, 2))])
+            await page.wait_for_function("() => window.texteval.preview !== null")  # the file is read asynchronously
             template_read = await page.evaluate(PREVIEW_JS)
             before_submit = list(posts)
             # The formula file, confirmed: a double click sends one job, and every student gets a grade.
@@ -257,6 +286,10 @@ async def test_every_file_is_read_whole_or_refused_in_catalan_and_nothing_leaves
             assert any(case.reason in text for text in got["shown"]), (case.name, got["shown"])
     assert seen["latin1-excel.csv"]["encoding"] == "cp1252" and "Windows-1252" in seen["latin1-excel.csv"]["note"]
     assert "fotosíntesi" in seen["latin1-excel.csv"]["note"]
+    xlsx = seen["excel-workbook.xlsx"]  # the first sheet, cells as stored: a number id, the answer untouched
+    assert xlsx["ids"] == ["1001", "A002", "A003", "A004", "A005"] and xlsx["encoding"] == "xlsx", xlsx
+    assert "Llegit del primer full del llibre d'Excel" in xlsx["columns"] and "Separador" not in xlsx["columns"]
+    assert MULTILINE in xlsx["answers"]
     assert seen["excel-ca-semicolon-bom.csv"]["ids"] == [f"A{i:03d}" for i in range(1, 6)]  # the BOM is not in the id
     assert seen["formula-cells.csv"]["ids"] == ["=A001", "+A002", "@A003", "-A004", "A005"]  # text, kept as typed
     assert sorted(graded) == sorted(["=A001", "+A002", "@A003", "-A004", "A005"]) and job_id.startswith(
