@@ -143,13 +143,13 @@ class ControlReader:
         if erase:  # an erase after a cancel holds for its own TTL
             self._erased.setdefault(command.job_id, at)
             self._cancelled[command.job_id] = max(self._cancelled[command.job_id], at)
-        self._metrics.control_commands.labels(
-            result=CommandResult.ERASE
-            if first_erase
-            else CommandResult.CANCEL
-            if first and not erase
-            else CommandResult.REPEATED
-        ).inc()
+        if first_erase:
+            result = CommandResult.ERASE
+        elif first and not erase:
+            result = CommandResult.CANCEL
+        else:
+            result = CommandResult.REPEATED
+        self._metrics.control_commands.labels(result=result).inc()
         if first:
             logger.info("%s received: job_id=%s", command.action.value, command.job_id)
         if first or self._cancelled[command.job_id] > before:
